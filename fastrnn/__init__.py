@@ -1,0 +1,13 @@
+"""fastrnn: drop-in ``torch.nn`` recurrent layers whose time loop runs in fused Triton kernels.
+
+>>> import torch, fastrnn
+>>> rnn = fastrnn.LSTM(8, 16, num_layers=2)          # same API as torch.nn.LSTM
+>>> out, (h, c) = rnn(torch.randn(5, 3, 8))
+"""
+
+from . import functional, reference
+from ._version import __version__
+from .dispatch import BackendUnavailable, explain
+from .modules import GRU, LSTM, RNN
+
+__all__ = ["RNN", "LSTM", "GRU", "functional", "reference", "explain", "BackendUnavailable", "__version__"]

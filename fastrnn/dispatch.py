@@ -1,0 +1,98 @@
+"""Backend choice for one forward call.
+
+* ``"triton"``: the fastrnn kernels (CUDA tensors; CPU tensors through Triton's interpreter).
+* ``"torch"``: the ``torch.nn`` twin's own code (aten/cuDNN): the fastest choice on CPU and the
+  honest fallback wherever a kernel does not support an input.
+* ``"auto"`` (default): triton on CUDA tensors when the kernels support the call, torch otherwise.
+  ``auto`` never fails where ``torch.nn`` would have worked.
+
+The environment variable ``FASTRNN_BACKEND`` (``auto``/``triton``/``torch``) replaces ``"auto"``
+for modules built with the default.  A backend asked for explicitly that cannot serve an input
+raises :class:`BackendUnavailable` listing every reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+class BackendUnavailable(RuntimeError):
+    """``backend='triton'`` was requested for an input the kernels cannot serve."""
+
+
+def check_backend_name(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def requested_backend(module) -> str:
+    backend = module.backend
+    if backend == "auto":
+        env = os.environ.get("FASTRNN_BACKEND", "auto") or "auto"
+        check_backend_name(env)
+        backend = env
+    return backend
+
+
+def triton_reasons(module, input) -> list[str]:
+    """Every reason the Triton kernels cannot run this module on ``input`` (empty: they can)."""
+    data = input.data if isinstance(input, PackedSequence) else input
+    reasons = []
+    if importlib.util.find_spec("triton") is None:
+        return ["Triton is not installed"]
+    from .kernels import _runtime
+    from .kernels.recurrent import tier1_unsupported
+
+    dev = data.device
+    if dev.type == "cuda" and _runtime.INTERPRET:
+        reasons.append("TRITON_INTERPRET=1 is set, so the kernels run on CPU tensors only")
+    elif dev.type == "cpu" and not _runtime.INTERPRET:
+        reasons.append(
+            "CPU tensors run the kernels in Triton's interpreter, which needs TRITON_INTERPRET=1 set "
+            "before fastrnn is imported on a machine with a CUDA device"
+        )
+    elif dev.type not in ("cpu", "cuda"):
+        reasons.append(f"{dev.type} tensors are not supported")
+    params = module._flat_weights
+    if params and params[0].device != dev:
+        reasons.append(f"input is on {dev} but the parameters are on {params[0].device}")
+    if torch.is_autocast_enabled(dev.type):
+        reasons.append("autocast is enabled (fastrnn follows torch.nn's autocast behaviour via torch)")
+    why = tier1_unsupported(module.mode, module.hidden_size, module.proj_size, data.dtype)
+    if why:
+        reasons.append(why)
+    return reasons
+
+
+def select_backend(module, input) -> str:
+    """``"triton"`` or ``"torch"`` for this call (see module doc)."""
+    backend = requested_backend(module)
+    if backend == "torch":
+        return "torch"
+    data = input.data if isinstance(input, PackedSequence) else input
+    if backend == "auto" and data.device.type != "cuda":
+        return "torch"
+    reasons = triton_reasons(module, input)
+    if not reasons:
+        return "triton"
+    if backend == "auto":
+        return "torch"
+    raise BackendUnavailable(f"fastrnn {type(module).__name__}: backend='triton' cannot run this call: " + "; ".join(reasons))
+
+
+def explain(module, input) -> str:
+    """One line saying which backend ``module(input)`` uses, and why."""
+    backend = requested_backend(module)
+    chosen = select_backend(module, input) if backend != "triton" or not triton_reasons(module, input) else "error"
+    reasons = triton_reasons(module, input)
+    data = input.data if isinstance(input, PackedSequence) else input
+    why = "; ".join(reasons) if reasons else "the tier-1 kernels support this call"
+    if backend == "auto" and data.device.type != "cuda" and not reasons:
+        why = f"{data.device.type} tensors: torch (aten) is the fastest there; pass backend='triton' for the kernels"
+    return f"requested {backend!r} -> {chosen}: {why}"

@@ -1,0 +1,199 @@
+"""Multi-layer recurrences over explicit weights, on the Triton kernels.
+
+``weights`` is the flat list ``torch.nn.RNNBase._flat_weights`` holds, in the same order: for
+each layer and direction ``w_ih, w_hh[, b_ih, b_hh][, w_hr]``.  Inputs are time-major padded
+``(T, B, I)`` tensors (``batch_first=True`` takes ``(B, T, I)``), with optional per-sequence
+``lengths`` for variable-length batches (padding positions of the output are zero).
+
+Example::
+
+    lstm = torch.nn.LSTM(8, 16, num_layers=2)
+    x = torch.randn(5, 3, 8)
+    out, (h_n, c_n) = fastrnn.functional.lstm(x, lstm._flat_weights, num_layers=2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import ops
+from .kernels.cells import MODES
+
+
+def _per_layer(weights: Sequence[torch.Tensor], num_layers: int, num_directions: int) -> list[list[torch.Tensor]]:
+    per = len(weights) // (num_layers * num_directions)
+    if per * num_layers * num_directions != len(weights) or per not in (2, 3, 4, 5):
+        raise ValueError(
+            f"expected {num_layers * num_directions} groups of (w_ih, w_hh[, b_ih, b_hh][, w_hr]) "
+            f"weights, got {len(weights)} tensors"
+        )
+    return [list(weights[i * per : (i + 1) * per]) for i in range(num_layers * num_directions)]
+
+
+def _split_group(group: list[torch.Tensor], has_bias: bool, has_proj: bool):
+    w_ih, w_hh = group[0], group[1]
+    b_ih, b_hh = (group[2], group[3]) if has_bias else (None, None)
+    w_hr = group[-1] if has_proj else None
+    return w_ih, w_hh, b_ih, b_hh, w_hr
+
+
+def recurrent_stack(
+    mode: str,
+    input: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    h0: torch.Tensor | None = None,
+    c0: torch.Tensor | None = None,
+    *,
+    num_layers: int = 1,
+    bias: bool = True,
+    bidirectional: bool = False,
+    proj_size: int = 0,
+    dropout: float = 0.0,
+    training: bool = False,
+    lengths: torch.Tensor | None = None,
+    allow_tf32: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Run a ``torch.nn``-style stack of recurrent layers; the core of every module.
+
+    Args:
+        mode: ``"RNN_TANH"``, ``"RNN_RELU"``, ``"LSTM"`` or ``"GRU"``.
+        input: ``(T, B, I)`` time-major input.
+        weights: flat ``_flat_weights``-ordered list (see module doc).
+        h0: ``(L*D, B, P)`` or ``None``; c0: ``(L*D, B, H)`` (LSTM) or ``None``.
+        lengths: ``(B,)`` int64 lengths on ``input``'s device, or ``None`` (all ``T``).
+
+    Returns:
+        ``(output (T, B, D*P), h_n (L*D, B, P), c_n (L*D, B, H) or None)``.
+    """
+    D = 2 if bidirectional else 1
+    G = MODES[mode][2]
+    groups = _per_layer(weights, num_layers, D)
+    layer_input = input
+    h_n, c_n = [], []
+    for layer in range(num_layers):
+        parts = [_split_group(groups[layer * D + d], bias, proj_size > 0) for d in range(D)]
+        H = parts[0][1].shape[0] // G
+        # One GEMM gives the input projection of every step and both directions.
+        w_ih = parts[0][0] if D == 1 else torch.cat([p[0] for p in parts])
+        b_x = None
+        if bias:
+            b_xs = []
+            for _, _, b_ih, b_hh, _ in parts:
+                if mode == "GRU":  # b_hn stays inside r * (W_hn h + b_hn)
+                    b_xs.append(b_ih + torch.cat([b_hh[: 2 * H], b_hh.new_zeros(H)]))
+                else:
+                    b_xs.append(b_ih + b_hh)
+            b_x = b_xs[0] if D == 1 else torch.cat(b_xs)
+        gx_all = F.linear(layer_input, w_ih, b_x)
+        outs = []
+        for d, (_, w_hh, _, b_hh, w_hr) in enumerate(parts):
+            idx = layer * D + d
+            out, hn, cn = ops.recurrence(
+                mode,
+                gx_all[..., d * G * H : (d + 1) * G * H],
+                w_hh,
+                h0[idx] if h0 is not None else None,
+                c0[idx] if c0 is not None else None,
+                lengths,
+                b_hn=b_hh[2 * H :] if (mode == "GRU" and bias) else None,
+                w_hr=w_hr,
+                reverse=d == 1,
+                allow_tf32=allow_tf32,
+            )
+            outs.append(out)
+            h_n.append(hn)
+            c_n.append(cn)
+        layer_input = outs[0] if D == 1 else torch.cat(outs, dim=2)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = F.dropout(layer_input, p=dropout, training=True)
+    return layer_input, torch.stack(h_n), (torch.stack(c_n) if mode == "LSTM" else None)
+
+
+def _run(mode, input, weights, h0, c0, num_layers, bias, batch_first, dropout, training, bidirectional, proj_size,
+         lengths, allow_tf32):
+    x = input.transpose(0, 1) if batch_first else input
+    out, h_n, c_n = recurrent_stack(
+        mode, x, weights, h0, c0, num_layers=num_layers, bias=bias, bidirectional=bidirectional,
+        proj_size=proj_size, dropout=dropout, training=training, lengths=lengths, allow_tf32=allow_tf32,
+    )
+    return (out.transpose(0, 1) if batch_first else out), h_n, c_n
+
+
+def rnn(
+    input: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    hx: torch.Tensor | None = None,
+    *,
+    nonlinearity: str = "tanh",
+    num_layers: int = 1,
+    bias: bool = True,
+    batch_first: bool = False,
+    dropout: float = 0.0,
+    training: bool = False,
+    bidirectional: bool = False,
+    lengths: torch.Tensor | None = None,
+    allow_tf32: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elman RNN stack: ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``.
+
+    ``input`` (T, B, I) (or (B, T, I) with ``batch_first``), ``hx`` (L*D, B, H).
+    Returns ``(output (T, B, D*H), h_n (L*D, B, H))``.
+    """
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+    out, h_n, _ = _run(mode, input, weights, hx, None, num_layers, bias, batch_first, dropout, training,
+                       bidirectional, 0, lengths, allow_tf32)
+    return out, h_n
+
+
+def lstm(
+    input: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    hx: tuple[torch.Tensor, torch.Tensor] | None = None,
+    *,
+    num_layers: int = 1,
+    bias: bool = True,
+    batch_first: bool = False,
+    dropout: float = 0.0,
+    training: bool = False,
+    bidirectional: bool = False,
+    proj_size: int = 0,
+    lengths: torch.Tensor | None = None,
+    allow_tf32: bool = False,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """LSTM stack (gate order i, f, g, o; optional projection ``h_t = W_hr (o * tanh(c_t))``).
+
+    ``input`` (T, B, I), ``hx = (h_0 (L*D, B, P), c_0 (L*D, B, H))`` with ``P = proj_size or H``.
+    Returns ``(output (T, B, D*P), (h_n (L*D, B, P), c_n (L*D, B, H)))``.
+    """
+    h0, c0 = hx if hx is not None else (None, None)
+    out, h_n, c_n = _run("LSTM", input, weights, h0, c0, num_layers, bias, batch_first, dropout, training,
+                         bidirectional, proj_size, lengths, allow_tf32)
+    return out, (h_n, c_n)
+
+
+def gru(
+    input: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    hx: torch.Tensor | None = None,
+    *,
+    num_layers: int = 1,
+    bias: bool = True,
+    batch_first: bool = False,
+    dropout: float = 0.0,
+    training: bool = False,
+    bidirectional: bool = False,
+    lengths: torch.Tensor | None = None,
+    allow_tf32: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRU stack with PyTorch's maths (gate order r, z, n; ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))``).
+
+    ``input`` (T, B, I), ``hx`` (L*D, B, H).  Returns ``(output (T, B, D*H), h_n (L*D, B, H))``.
+    """
+    out, h_n, _ = _run("GRU", input, weights, hx, None, num_layers, bias, batch_first, dropout, training,
+                       bidirectional, 0, lengths, allow_tf32)
+    return out, h_n

@@ -1,0 +1,34 @@
+"""fastrnn: drop-in torch.nn RNN/LSTM/GRU on Triton kernels.
+
+``kernels/`` at the top of the repository is installed as ``fastrnn.kernels`` (never as a
+top-level ``kernels`` package: that name is taken on PyPI).
+"""
+
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+version = re.search(r'__version__ = "([^"]+)"', Path("fastrnn/_version.py").read_text()).group(1)
+
+setup(
+    name="fastrnn",
+    version=version,
+    description="Drop-in torch.nn.RNN/LSTM/GRU whose recurrence runs in fused Triton kernels",
+    long_description=Path("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["fastrnn", "fastrnn.kernels"],
+    package_dir={"fastrnn": "fastrnn", "fastrnn.kernels": "kernels"},
+    install_requires=[
+        "torch>=2.11",
+        "triton>=3.6",
+        "numpy>=1.24",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100"],
+        "bench": ["matplotlib>=3.7", "tqdm>=4.60"],
+        "dev": ["ruff>=0.6"],
+    },
+    entry_points={"console_scripts": ["fastrnn = fastrnn.__main__:main"]},
+)
