@@ -1,0 +1,84 @@
+"""Test helpers: twin modules on one state dict, losses that reach every gradient, comparisons."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+import fastrnn
+
+TWINS = {"RNN": (fastrnn.RNN, nn.RNN), "LSTM": (fastrnn.LSTM, nn.LSTM), "GRU": (fastrnn.GRU, nn.GRU)}
+
+# One place for tolerances: fp32 with TF32 off, fp64.
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def twins(cell: str, *args, dtype=torch.float32, **kwargs):
+    """``(fastrnn module with backend='triton', torch.nn module)`` sharing one state dict."""
+    fast_cls, torch_cls = TWINS[cell]
+    ref = torch_cls(*args, **kwargs).to(device=device(), dtype=dtype)
+    fast = fast_cls(*args, **kwargs, backend="triton").to(device=device(), dtype=dtype)
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    return fast, ref
+
+
+def _tensors(obj):
+    if isinstance(obj, PackedSequence):
+        return [obj.data]
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    return [t for o in obj for t in _tensors(o)]
+
+
+def run_and_grad(module, x, hx, leaves, weights_seed: int = 1):
+    """Forward, then backward of a random linear functional of every output; returns
+    ``(outputs, {name: grad})`` with grads of ``leaves`` (input, initial states) and every parameter."""
+    module.zero_grad(set_to_none=True)
+    for t in leaves:
+        t.grad = None
+    out = module(x, hx)
+    flat = _tensors(out)
+    g = torch.Generator(device="cpu").manual_seed(weights_seed)
+    loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype).to(t.device)).sum() for t in flat)
+    loss.backward()
+    grads = {f"input{i}": t.grad.clone() for i, t in enumerate(leaves)}
+    grads.update({n: p.grad.clone() for n, p in module.named_parameters()})
+    return [t.detach().clone() for t in flat], grads
+
+
+def assert_same_structure(a, b):
+    assert type(a) is type(b), (type(a), type(b))
+    if isinstance(a, PackedSequence):
+        torch.testing.assert_close(a.batch_sizes, b.batch_sizes)
+        for x, y in ((a.sorted_indices, b.sorted_indices), (a.unsorted_indices, b.unsorted_indices)):
+            assert (x is None) == (y is None)
+            if x is not None:
+                torch.testing.assert_close(x, y)
+    elif isinstance(a, torch.Tensor):
+        assert a.shape == b.shape and a.dtype == b.dtype and a.device == b.device, (a.shape, b.shape)
+    else:
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same_structure(x, y)
+
+
+def compare_twins(fast, ref, make_inputs, dtype):
+    """Run both modules on identical fresh inputs; outputs and every gradient must agree.
+
+    ``make_inputs()`` returns ``(x, hx, leaves)``: the module arguments and the leaf tensors
+    whose gradients are compared."""
+    x1, h1, leaves1 = make_inputs()
+    x2, h2, leaves2 = make_inputs()
+    assert_same_structure(fast(x1, h1), ref(x2, h2))
+    out_f, g_f = run_and_grad(fast, x1, h1, leaves1)
+    out_r, g_r = run_and_grad(ref, x2, h2, leaves2)
+    for a, b in zip(out_f, out_r):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+    assert g_f.keys() == g_r.keys()
+    for k in g_f:
+        torch.testing.assert_close(g_f[k], g_r[k], **TOL[dtype], msg=lambda m, k=k: f"gradient {k}: {m}")

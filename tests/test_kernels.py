@@ -1,0 +1,128 @@
+"""The recurrence kernels directly: float64 gradcheck, launch counts, variable lengths, empty batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastrnn import ops, reference
+from fastrnn.kernels import _runtime
+from fastrnn.kernels.cells import gate_count
+from helpers import device
+
+MODES = ["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]
+
+
+def _layer_inputs(mode, T, B, H, P=None, dtype=torch.float64, proj=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    P = P or H
+    G = gate_count(mode)
+    r = lambda *s: (0.5 * torch.randn(*s, generator=g, dtype=dtype)).to(device()).requires_grad_()
+    args = dict(gx=r(T, B, G * H), w_hh=r(G * H, P), h0=r(B, P))
+    if mode == "LSTM":
+        args["c0"] = r(B, H)
+    if mode == "GRU":
+        args["b_hn"] = r(H)
+    if proj:
+        args["w_hr"] = r(P, H)
+    return args
+
+
+def _call(mode, args, lengths=None, reverse=False):
+    out, h_n, c_n = ops.recurrence(
+        mode, args["gx"], args["w_hh"], args["h0"], args.get("c0"), lengths,
+        b_hn=args.get("b_hn"), w_hr=args.get("w_hr"), reverse=reverse,
+    )
+    return (out, h_n) if c_n is None else (out, h_n, c_n)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("varlen", [False, True], ids=["dense", "varlen"])
+@pytest.mark.parametrize("mode,proj", [(m, False) for m in MODES] + [("LSTM", True)],
+                         ids=["tanh", "relu", "lstm", "gru", "lstm_proj"])
+def test_gradcheck_float64(mode, proj, varlen, reverse):
+    """Every differentiable input of one layer/direction, through the kernels, in float64."""
+    T, B, H = 4, 3, 3
+    args = _layer_inputs(mode, T, B, H, P=2 if proj else None, proj=proj)
+    lengths = torch.tensor([4, 2, 3], device=device()) if varlen else None
+    names = list(args)
+
+    def f(*tensors):
+        return _call(mode, dict(zip(names, tensors)), lengths, reverse)
+
+    # fast_mode checks random projections of the Jacobian (same maths, far fewer kernel runs)
+    assert torch.autograd.gradcheck(f, tuple(args.values()), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize("mode", MODES + ["LSTM_PROJ"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_matches_reference_varlen(mode, reverse):
+    """Variable lengths against the step-loop reference (padding positions must be zero)."""
+    proj = mode == "LSTM_PROJ"
+    mode = "LSTM" if proj else mode
+    T, B, H, I = 5, 4, 4, 3
+    g = torch.Generator().manual_seed(3)
+    G = gate_count(mode)
+    P = 3 if proj else H
+    x = torch.randn(T, B, I, generator=g, dtype=torch.float64)
+    w_ih = torch.randn(G * H, I, generator=g, dtype=torch.float64)
+    w_hh = torch.randn(G * H, P, generator=g, dtype=torch.float64) * 0.5
+    b_ih = torch.randn(G * H, generator=g, dtype=torch.float64)
+    b_hh = torch.randn(G * H, generator=g, dtype=torch.float64)
+    w_hr = torch.randn(P, H, generator=g, dtype=torch.float64) if proj else None
+    h0 = torch.randn(B, P, generator=g, dtype=torch.float64)
+    c0 = torch.randn(B, H, generator=g, dtype=torch.float64) if mode == "LSTM" else None
+    lengths = torch.tensor([2, 5, 1, 3])
+    ref_out, ref_h, ref_c, _ = reference.layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=w_hr,
+                                                       lengths=lengths, reverse=reverse)
+    if mode == "GRU":
+        gx = torch.nn.functional.linear(x, w_ih, b_ih + torch.cat([b_hh[: 2 * H], torch.zeros(H, dtype=x.dtype)]))
+        b_hn = b_hh[2 * H :]
+    else:
+        gx, b_hn = torch.nn.functional.linear(x, w_ih, b_ih + b_hh), None
+    dev = device()
+    mv = lambda t: None if t is None else t.to(dev)
+    out, h_n, c_n = ops.recurrence(mode, gx.to(dev), w_hh.to(dev), h0.to(dev), mv(c0), lengths.to(dev),
+                                   b_hn=mv(b_hn), w_hr=mv(w_hr), reverse=reverse)
+    torch.testing.assert_close(out.cpu(), ref_out, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(h_n.cpu(), ref_h, rtol=1e-10, atol=1e-10)
+    if mode == "LSTM":
+        torch.testing.assert_close(c_n.cpu(), ref_c, rtol=1e-10, atol=1e-10)
+    for b, L in enumerate(lengths.tolist()):
+        assert torch.all(out[L:, b] == 0), "padding positions must be zero"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_launch_count_constant_in_sequence_length(mode):
+    """The time loop runs inside the kernels: one forward+backward launches the same number of
+    Triton kernels for T=2 and T=9."""
+    counts = []
+    for T in (2, 9):
+        args = _layer_inputs(mode, T, 3, 4, dtype=torch.float32)
+        before = _runtime.total_launches()
+        outs = _call(mode, args)
+        sum(o.sum() for o in outs).backward()
+        counts.append(_runtime.total_launches() - before)
+    assert counts[0] == counts[1] == 2, counts
+
+
+def test_launch_count_module_bidirectional_two_layers():
+    import fastrnn
+
+    m = fastrnn.LSTM(3, 4, num_layers=2, bidirectional=True, backend="triton").to(device())
+    counts = []
+    for T in (2, 7):
+        before = _runtime.total_launches()
+        out, _ = m(torch.randn(T, 2, 3, device=device()))
+        out.sum().backward()
+        counts.append(_runtime.total_launches() - before)
+    assert counts == [8, 8]  # (forward + backward) x 2 layers x 2 directions
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_empty_batch(mode):
+    args = _layer_inputs(mode, 3, 0, 4, dtype=torch.float32)
+    outs = _call(mode, args)
+    assert outs[0].shape == (3, 0, 4)
+    sum(o.sum() for o in outs).backward()
+    assert args["w_hh"].grad is not None and torch.all(args["w_hh"].grad == 0)
