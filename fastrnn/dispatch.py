@@ -64,7 +64,10 @@ def triton_reasons(module, input) -> list[str]:
         reasons.append(f"input is on {dev} but the parameters are on {params[0].device}")
     if torch.is_autocast_enabled(dev.type):
         reasons.append("autocast is enabled (fastrnn follows torch.nn's autocast behaviour via torch)")
-    why = tier1_unsupported(module.mode, module.hidden_size, module.proj_size, data.dtype)
+    # The parameters' dtype decides: an input of another dtype is rejected by the argument checks
+    # (the same ValueError as torch.nn), not by the backend choice.
+    dtype = params[0].dtype if params else data.dtype
+    why = tier1_unsupported(module.mode, module.hidden_size, module.proj_size, dtype)
     if why:
         reasons.append(why)
     return reasons
@@ -83,7 +86,9 @@ def select_backend(module, input) -> str:
         return "triton"
     if backend == "auto":
         return "torch"
-    raise BackendUnavailable(f"fastrnn {type(module).__name__}: backend='triton' cannot run this call: " + "; ".join(reasons))
+    raise BackendUnavailable(
+        f"fastrnn {type(module).__name__}: backend='triton' cannot run this call: " + "; ".join(reasons)
+    )
 
 
 def explain(module, input) -> str:

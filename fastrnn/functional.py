@@ -112,12 +112,37 @@ def recurrent_stack(
     return layer_input, torch.stack(h_n), (torch.stack(c_n) if mode == "LSTM" else None)
 
 
-def _run(mode, input, weights, h0, c0, num_layers, bias, batch_first, dropout, training, bidirectional, proj_size,
-         lengths, allow_tf32):
+def _run(
+    mode,
+    input,
+    weights,
+    h0,
+    c0,
+    num_layers,
+    bias,
+    batch_first,
+    dropout,
+    training,
+    bidirectional,
+    proj_size,
+    lengths,
+    allow_tf32,
+):
     x = input.transpose(0, 1) if batch_first else input
     out, h_n, c_n = recurrent_stack(
-        mode, x, weights, h0, c0, num_layers=num_layers, bias=bias, bidirectional=bidirectional,
-        proj_size=proj_size, dropout=dropout, training=training, lengths=lengths, allow_tf32=allow_tf32,
+        mode,
+        x,
+        weights,
+        h0,
+        c0,
+        num_layers=num_layers,
+        bias=bias,
+        bidirectional=bidirectional,
+        proj_size=proj_size,
+        dropout=dropout,
+        training=training,
+        lengths=lengths,
+        allow_tf32=allow_tf32,
     )
     return (out.transpose(0, 1) if batch_first else out), h_n, c_n
 
@@ -145,8 +170,22 @@ def rnn(
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
     mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
-    out, h_n, _ = _run(mode, input, weights, hx, None, num_layers, bias, batch_first, dropout, training,
-                       bidirectional, 0, lengths, allow_tf32)
+    out, h_n, _ = _run(
+        mode,
+        input,
+        weights,
+        hx,
+        None,
+        num_layers,
+        bias,
+        batch_first,
+        dropout,
+        training,
+        bidirectional,
+        0,
+        lengths,
+        allow_tf32,
+    )
     return out, h_n
 
 
@@ -171,8 +210,22 @@ def lstm(
     Returns ``(output (T, B, D*P), (h_n (L*D, B, P), c_n (L*D, B, H)))``.
     """
     h0, c0 = hx if hx is not None else (None, None)
-    out, h_n, c_n = _run("LSTM", input, weights, h0, c0, num_layers, bias, batch_first, dropout, training,
-                         bidirectional, proj_size, lengths, allow_tf32)
+    out, h_n, c_n = _run(
+        "LSTM",
+        input,
+        weights,
+        h0,
+        c0,
+        num_layers,
+        bias,
+        batch_first,
+        dropout,
+        training,
+        bidirectional,
+        proj_size,
+        lengths,
+        allow_tf32,
+    )
     return out, (h_n, c_n)
 
 
@@ -194,6 +247,20 @@ def gru(
 
     ``input`` (T, B, I), ``hx`` (L*D, B, H).  Returns ``(output (T, B, D*H), h_n (L*D, B, H))``.
     """
-    out, h_n, _ = _run("GRU", input, weights, hx, None, num_layers, bias, batch_first, dropout, training,
-                       bidirectional, 0, lengths, allow_tf32)
+    out, h_n, _ = _run(
+        "GRU",
+        input,
+        weights,
+        hx,
+        None,
+        num_layers,
+        bias,
+        batch_first,
+        dropout,
+        training,
+        bidirectional,
+        0,
+        lengths,
+        allow_tf32,
+    )
     return out, h_n

@@ -10,7 +10,6 @@ recurrence kernels, ``"torch"`` runs the very code of the ``torch.nn`` twin (ate
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
@@ -67,6 +66,12 @@ class _RecurrentBase(nn.RNNBase):
         hx = self._check_hx(hx, is_batched, orig_input)
         if hx is not None:
             self.check_forward_args(input, hx, batch_sizes)
+            for state in hx if is_lstm else (hx,):
+                if state.dtype != input.dtype or state.device != input.device:
+                    raise RuntimeError(
+                        f"{name}: initial states must match the input's dtype and device ({input.dtype} on "
+                        f"{input.device}), got {state.dtype} on {state.device}"
+                    )
             hx = self.permute_hidden(hx, sorted_indices)
         else:
             self.check_input(input, batch_sizes)
@@ -79,13 +84,24 @@ class _RecurrentBase(nn.RNNBase):
             x = input.transpose(0, 1) if self.batch_first else input
             lengths_dev = None
             if x.shape[0] == 0:
-                raise RuntimeError(f"Expected sequence length to be larger than 0 in {'RNN' if not is_lstm else 'LSTM'}")
+                raise RuntimeError(
+                    f"Expected sequence length to be larger than 0 in {'RNN' if not is_lstm else 'LSTM'}"
+                )
 
         out, h_n, c_n = recurrent_stack(
-            self.mode, x, self._flat_weights, h0, c0,
-            num_layers=self.num_layers, bias=self.bias, bidirectional=self.bidirectional,
-            proj_size=self.proj_size, dropout=self.dropout, training=self.training,
-            lengths=lengths_dev, allow_tf32=self.allow_tf32,
+            self.mode,
+            x,
+            self._flat_weights,
+            h0,
+            c0,
+            num_layers=self.num_layers,
+            bias=self.bias,
+            bidirectional=self.bidirectional,
+            proj_size=self.proj_size,
+            dropout=self.dropout,
+            training=self.training,
+            lengths=lengths_dev,
+            allow_tf32=self.allow_tf32,
         )
         hidden = (h_n, c_n) if is_lstm else h_n
         if batch_sizes is not None:
@@ -135,9 +151,22 @@ class RNN(_RecurrentBase):
 
     _twin = nn.RNN
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
-                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, backend: str = "auto", allow_tf32: bool = False) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        backend: str = "auto",
+        allow_tf32: bool = False,
+    ) -> None:
         if nonlinearity == "tanh":
             mode = "RNN_TANH"
         elif nonlinearity == "relu":
@@ -145,8 +174,20 @@ class RNN(_RecurrentBase):
         else:
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         self.nonlinearity = nonlinearity
-        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device=device, dtype=dtype, backend=backend, allow_tf32=allow_tf32)
+        super().__init__(
+            mode,
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            device=device,
+            dtype=dtype,
+            backend=backend,
+            allow_tf32=allow_tf32,
+        )
 
 
 class LSTM(_RecurrentBase):
@@ -167,11 +208,37 @@ class LSTM(_RecurrentBase):
     get_expected_cell_size = nn.LSTM.get_expected_cell_size
     permute_hidden = nn.LSTM.permute_hidden
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-                 device=None, dtype=None, *, backend: str = "auto", allow_tf32: bool = False) -> None:
-        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device=device, dtype=dtype, backend=backend, allow_tf32=allow_tf32)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        backend: str = "auto",
+        allow_tf32: bool = False,
+    ) -> None:
+        super().__init__(
+            "LSTM",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            proj_size,
+            device=device,
+            dtype=dtype,
+            backend=backend,
+            allow_tf32=allow_tf32,
+        )
 
 
 class GRU(_RecurrentBase):
@@ -187,8 +254,32 @@ class GRU(_RecurrentBase):
 
     _twin = nn.GRU
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, backend: str = "auto", allow_tf32: bool = False) -> None:
-        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device=device, dtype=dtype, backend=backend, allow_tf32=allow_tf32)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        backend: str = "auto",
+        allow_tf32: bool = False,
+    ) -> None:
+        super().__init__(
+            "GRU",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            device=device,
+            dtype=dtype,
+            backend=backend,
+            allow_tf32=allow_tf32,
+        )

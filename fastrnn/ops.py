@@ -23,7 +23,10 @@ def _kernels():
 
 
 def _recurrent_weight_grad(
-    d_gh: torch.Tensor, out: torch.Tensor, h0: torch.Tensor | None, lengths: torch.Tensor | None,
+    d_gh: torch.Tensor,
+    out: torch.Tensor,
+    h0: torch.Tensor | None,
+    lengths: torch.Tensor | None,
     reverse: bool,
 ) -> torch.Tensor:
     """``sum_t d_gh[t]^T h_{t-1}`` as two GEMMs, with ``h_{t-1}`` read from ``out`` shifted by one.
@@ -58,7 +61,16 @@ class RecurrenceFunction(torch.autograd.Function):
         k = _kernels()
         save = torch.is_grad_enabled() or any(ctx.needs_input_grad)
         res = k.recurrent_fwd(
-            mode, gx, w_hh, h0, c0, lengths, b_hn=b_hn, w_hr=w_hr, reverse=reverse, save=save,
+            mode,
+            gx,
+            w_hh,
+            h0,
+            c0,
+            lengths,
+            b_hn=b_hn,
+            w_hr=w_hr,
+            reverse=reverse,
+            save=save,
             allow_tf32=allow_tf32,
         )
         ctx.mode, ctx.reverse, ctx.allow_tf32 = mode, reverse, allow_tf32
@@ -75,7 +87,17 @@ class RecurrenceFunction(torch.autograd.Function):
         mode = ctx.mode
         fwd = k.ForwardResult(out, None, None, gates, aux)
         res = k.recurrent_bwd(
-            mode, d_out, d_hn, d_cn, fwd, w_hh, h0, c0, lengths, w_hr=w_hr, reverse=ctx.reverse,
+            mode,
+            d_out,
+            d_hn,
+            d_cn,
+            fwd,
+            w_hh,
+            h0,
+            c0,
+            lengths,
+            w_hr=w_hr,
+            reverse=ctx.reverse,
             allow_tf32=ctx.allow_tf32,
         )
         need = ctx.needs_input_grad  # mode, gx, w_hh, h0, c0, lengths, b_hn, w_hr, ...

@@ -117,7 +117,9 @@ def layer_forward(
     return out.to(dtype), h.to(dtype), c_n, cache
 
 
-def layer_backward(cache: LayerCache, d_out: torch.Tensor, d_hn: torch.Tensor, d_cn: torch.Tensor | None = None) -> dict:
+def layer_backward(
+    cache: LayerCache, d_out: torch.Tensor, d_hn: torch.Tensor, d_cn: torch.Tensor | None = None
+) -> dict:
     """Hand-written BPTT of :func:`layer_forward`.
 
     Returns a dict with ``x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0`` gradients (float64 when the
@@ -152,8 +154,15 @@ def layer_backward(cache: LayerCache, d_out: torch.Tensor, d_hn: torch.Tensor, d
                 dm = dh_t
             tc = torch.tanh(c)
             dc_t = dc + dm * o * (1 - tc * tc)
-            dpre = torch.cat([dc_t * gg * i * (1 - i), dc_t * st["c_prev"] * f * (1 - f),
-                              dc_t * i * (1 - gg * gg), dm * tc * o * (1 - o)], dim=1)
+            dpre = torch.cat(
+                [
+                    dc_t * gg * i * (1 - i),
+                    dc_t * st["c_prev"] * f * (1 - f),
+                    dc_t * i * (1 - gg * gg),
+                    dm * tc * o * (1 - o),
+                ],
+                dim=1,
+            )
             dgi = dgh = torch.where(a, dpre, torch.zeros_like(dpre))
             dc = torch.where(a, dc_t * f, dc)
             dh_prev_extra = 0
@@ -208,9 +217,18 @@ def stack_forward(
             b_ih, b_hh = (grp[2], grp[3]) if bias else (None, None)
             w_hr = grp[-1] if proj_size else None
             out, hn, cn, _ = layer_forward(
-                mode, inp, w_ih, w_hh, b_ih, b_hh,
-                None if h0 is None else h0[k], None if c0 is None else c0[k],
-                w_hr=w_hr, lengths=lengths, reverse=d == 1, upcast=upcast,
+                mode,
+                inp,
+                w_ih,
+                w_hh,
+                b_ih,
+                b_hh,
+                None if h0 is None else h0[k],
+                None if c0 is None else c0[k],
+                w_hr=w_hr,
+                lengths=lengths,
+                reverse=d == 1,
+                upcast=upcast,
             )
             outs.append(out)
             hs.append(hn)

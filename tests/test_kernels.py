@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from fastrnn import ops, reference
 from fastrnn.kernels import _runtime
 from fastrnn.kernels.cells import gate_count
 from helpers import device
+
+from fastrnn import ops, reference
 
 MODES = ["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]
 
@@ -30,16 +30,24 @@ def _layer_inputs(mode, T, B, H, P=None, dtype=torch.float64, proj=False, seed=0
 
 def _call(mode, args, lengths=None, reverse=False):
     out, h_n, c_n = ops.recurrence(
-        mode, args["gx"], args["w_hh"], args["h0"], args.get("c0"), lengths,
-        b_hn=args.get("b_hn"), w_hr=args.get("w_hr"), reverse=reverse,
+        mode,
+        args["gx"],
+        args["w_hh"],
+        args["h0"],
+        args.get("c0"),
+        lengths,
+        b_hn=args.get("b_hn"),
+        w_hr=args.get("w_hr"),
+        reverse=reverse,
     )
     return (out, h_n) if c_n is None else (out, h_n, c_n)
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("varlen", [False, True], ids=["dense", "varlen"])
-@pytest.mark.parametrize("mode,proj", [(m, False) for m in MODES] + [("LSTM", True)],
-                         ids=["tanh", "relu", "lstm", "gru", "lstm_proj"])
+@pytest.mark.parametrize(
+    "mode,proj", [(m, False) for m in MODES] + [("LSTM", True)], ids=["tanh", "relu", "lstm", "gru", "lstm_proj"]
+)
 def test_gradcheck_float64(mode, proj, varlen, reverse):
     """Every differentiable input of one layer/direction, through the kernels, in float64."""
     T, B, H = 4, 3, 3
@@ -73,8 +81,9 @@ def test_matches_reference_varlen(mode, reverse):
     h0 = torch.randn(B, P, generator=g, dtype=torch.float64)
     c0 = torch.randn(B, H, generator=g, dtype=torch.float64) if mode == "LSTM" else None
     lengths = torch.tensor([2, 5, 1, 3])
-    ref_out, ref_h, ref_c, _ = reference.layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=w_hr,
-                                                       lengths=lengths, reverse=reverse)
+    ref_out, ref_h, ref_c, _ = reference.layer_forward(
+        mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=w_hr, lengths=lengths, reverse=reverse
+    )
     if mode == "GRU":
         gx = torch.nn.functional.linear(x, w_ih, b_ih + torch.cat([b_hh[: 2 * H], torch.zeros(H, dtype=x.dtype)]))
         b_hn = b_hh[2 * H :]
@@ -82,8 +91,17 @@ def test_matches_reference_varlen(mode, reverse):
         gx, b_hn = torch.nn.functional.linear(x, w_ih, b_ih + b_hh), None
     dev = device()
     mv = lambda t: None if t is None else t.to(dev)
-    out, h_n, c_n = ops.recurrence(mode, gx.to(dev), w_hh.to(dev), h0.to(dev), mv(c0), lengths.to(dev),
-                                   b_hn=mv(b_hn), w_hr=mv(w_hr), reverse=reverse)
+    out, h_n, c_n = ops.recurrence(
+        mode,
+        gx.to(dev),
+        w_hh.to(dev),
+        h0.to(dev),
+        mv(c0),
+        lengths.to(dev),
+        b_hn=mv(b_hn),
+        w_hr=mv(w_hr),
+        reverse=reverse,
+    )
     torch.testing.assert_close(out.cpu(), ref_out, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(h_n.cpu(), ref_h, rtol=1e-10, atol=1e-10)
     if mode == "LSTM":

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
-
 from helpers import compare_twins, device, twins
+from torch.nn.utils.rnn import pack_padded_sequence
 
 # (name, constructor kwargs, T, B, input kind, with initial state)
 CONFIGS = [
@@ -26,7 +25,14 @@ CONFIGS = [
     ("unbatched_batch_first_bidir", dict(batch_first=True, bidirectional=True), 3, None, "unbatched", False),
     ("packed_sorted", dict(num_layers=2), 5, 4, "packed_sorted", True),
     ("packed_unsorted_bidir", dict(bidirectional=True), 5, 4, "packed_unsorted", True),
-    ("packed_unsorted_bf_bidir_2l", dict(num_layers=2, bidirectional=True, batch_first=True), 4, 3, "packed_unsorted", False),
+    (
+        "packed_unsorted_bf_bidir_2l",
+        dict(num_layers=2, bidirectional=True, batch_first=True),
+        4,
+        3,
+        "packed_unsorted",
+        False,
+    ),
     ("two_batch_tiles", dict(bidirectional=True), 3, 17, "dense", True),
 ]
 
