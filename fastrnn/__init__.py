@@ -8,6 +8,17 @@
 from . import functional, reference
 from ._version import __version__
 from .dispatch import BackendUnavailable, explain
+from .embedding import EmbeddingRNN
 from .modules import GRU, LSTM, RNN
 
-__all__ = ["RNN", "LSTM", "GRU", "functional", "reference", "explain", "BackendUnavailable", "__version__"]
+__all__ = [
+    "RNN",
+    "LSTM",
+    "GRU",
+    "EmbeddingRNN",
+    "functional",
+    "reference",
+    "explain",
+    "BackendUnavailable",
+    "__version__",
+]

@@ -43,8 +43,14 @@ def _timed(fn, device: torch.device, repeats: int) -> float:
 
 
 def run_check(
-    T: int = 16, B: int = 4, input_size: int = 8, hidden_size: int = 16, num_layers: int = 2,
-    bidirectional: bool = True, device: str | None = None, repeats: int = 2,
+    T: int = 16,
+    B: int = 4,
+    input_size: int = 8,
+    hidden_size: int = 16,
+    num_layers: int = 2,
+    bidirectional: bool = True,
+    device: str | None = None,
+    repeats: int = 2,
 ) -> list[dict]:
     """Compare fastrnn (backend='triton') with torch.nn for RNN, LSTM and GRU; return one row per cell.
 
@@ -66,8 +72,8 @@ def run_check(
                 cell=cell,
                 max_out_diff=max((a - b).abs().max().item() for a, b in zip(outs_f, outs_r)),
                 max_grad_diff=max((grads_f[k] - grads_r[k]).abs().max().item() for k in grads_r),
-                ms_fastrnn=_timed(lambda fast=fast: _fwd_bwd(fast, x, 1), dev, repeats),
-                ms_torch=_timed(lambda ref=ref: _fwd_bwd(ref, x, 1), dev, repeats),
+                ms_fastrnn=_timed(lambda fast=fast, x=x: _fwd_bwd(fast, x, 1), dev, repeats),
+                ms_torch=_timed(lambda ref=ref, x=x: _fwd_bwd(ref, x, 1), dev, repeats),
             )
         )
     return rows

@@ -40,6 +40,39 @@ def _split_group(group: list[torch.Tensor], has_bias: bool, has_proj: bool):
     return w_ih, w_hh, b_ih, b_hh, w_hr
 
 
+def _projection(mode: str, parts: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Weight ``(D*G*H, I)`` and bias ``(D*G*H,)`` of one layer's input projection, both
+    directions stacked.  Biases are folded: ``b_ih + b_hh``, except GRU's ``b_hn`` which stays
+    inside ``r * (W_hn h + b_hn)`` in the kernel."""
+    w = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts])
+    if parts[0][2] is None:
+        return w, None
+    biases = []
+    for _, w_hh, b_ih, b_hh, _ in parts:
+        if mode == "GRU":
+            H = w_hh.shape[0] // 3
+            biases.append(b_ih + torch.cat([b_hh[: 2 * H], b_hh.new_zeros(H)]))
+        else:
+            biases.append(b_ih + b_hh)
+    return w, (biases[0] if len(biases) == 1 else torch.cat(biases))
+
+
+def first_layer_projection(
+    mode: str,
+    weights: Sequence[torch.Tensor],
+    *,
+    num_layers: int = 1,
+    bias: bool = True,
+    bidirectional: bool = False,
+    proj_size: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(W, b)`` with ``gx = F.linear(x, W, b)`` the first layer's input projection that
+    :func:`recurrent_stack` expects as ``input_projection`` (both directions stacked)."""
+    D = 2 if bidirectional else 1
+    groups = _per_layer(weights, num_layers, D)
+    return _projection(mode, [_split_group(groups[d], bias, proj_size > 0) for d in range(D)])
+
+
 def recurrent_stack(
     mode: str,
     input: torch.Tensor,
@@ -55,6 +88,7 @@ def recurrent_stack(
     training: bool = False,
     lengths: torch.Tensor | None = None,
     allow_tf32: bool = False,
+    input_projection: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run a ``torch.nn``-style stack of recurrent layers; the core of every module.
 
@@ -64,6 +98,9 @@ def recurrent_stack(
         weights: flat ``_flat_weights``-ordered list (see module doc).
         h0: ``(L*D, B, P)`` or ``None``; c0: ``(L*D, B, H)`` (LSTM) or ``None``.
         lengths: ``(B,)`` int64 lengths on ``input``'s device, or ``None`` (all ``T``).
+        input_projection: ``(T, B, D*G*H)`` first-layer input projection computed elsewhere (the
+            fused embedding); it must equal ``F.linear(input, *first_layer_projection(...))``.
+            ``input`` is then not read.
 
     Returns:
         ``(output (T, B, D*P), h_n (L*D, B, P), c_n (L*D, B, H) or None)``.
@@ -76,18 +113,10 @@ def recurrent_stack(
     for layer in range(num_layers):
         parts = [_split_group(groups[layer * D + d], bias, proj_size > 0) for d in range(D)]
         H = parts[0][1].shape[0] // G
-        # One GEMM gives the input projection of every step and both directions.
-        w_ih = parts[0][0] if D == 1 else torch.cat([p[0] for p in parts])
-        b_x = None
-        if bias:
-            b_xs = []
-            for _, _, b_ih, b_hh, _ in parts:
-                if mode == "GRU":  # b_hn stays inside r * (W_hn h + b_hn)
-                    b_xs.append(b_ih + torch.cat([b_hh[: 2 * H], b_hh.new_zeros(H)]))
-                else:
-                    b_xs.append(b_ih + b_hh)
-            b_x = b_xs[0] if D == 1 else torch.cat(b_xs)
-        gx_all = F.linear(layer_input, w_ih, b_x)
+        if layer == 0 and input_projection is not None:
+            gx_all = input_projection
+        else:
+            gx_all = F.linear(layer_input, *_projection(mode, parts))
         outs = []
         for d, (_, w_hh, _, b_hh, w_hr) in enumerate(parts):
             idx = layer * D + d

@@ -10,6 +10,7 @@ recurrence kernels, ``"torch"`` runs the very code of the ``torch.nn`` twin (ate
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
@@ -42,7 +43,11 @@ class _RecurrentBase(nn.RNNBase):
 
     # -- the triton path: the twin's argument handling, then recurrent_stack ---------------------
 
-    def _triton_forward(self, input, hx):
+    def _triton_forward(self, input, hx, lengths=None, project=None):
+        """The triton path.  ``lengths`` (B,) gives per-sequence lengths of a padded batch (any
+        order; output zero at padding).  ``project(T, B)`` returns the first layer's input
+        projection ``(T, B, D*G*H)`` instead of computing it from ``input``, which is then only
+        a shape proxy and never read (the fused embedding)."""
         self._update_flat_weights()
         is_lstm = self.mode == "LSTM"
         name = "LSTM" if is_lstm else type(self).__name__
@@ -78,12 +83,18 @@ class _RecurrentBase(nn.RNNBase):
         h0, c0 = (hx if is_lstm else (hx, None)) if hx is not None else (None, None)
 
         if batch_sizes is not None:  # packed: sorted, padded, with lengths on the device
-            x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            if project is None:
+                x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            else:
+                x = None
+                lengths = (batch_sizes[None, :] > torch.arange(int(batch_sizes[0]))[:, None]).sum(1)
             lengths_dev = lengths.to(device=data.device)
+            T, B = len(batch_sizes), int(batch_sizes[0])
         else:
             x = input.transpose(0, 1) if self.batch_first else input
-            lengths_dev = None
-            if x.shape[0] == 0:
+            lengths_dev = lengths
+            T, B = x.shape[:2]
+            if T == 0:
                 raise RuntimeError(
                     f"Expected sequence length to be larger than 0 in {'RNN' if not is_lstm else 'LSTM'}"
                 )
@@ -102,6 +113,7 @@ class _RecurrentBase(nn.RNNBase):
             training=self.training,
             lengths=lengths_dev,
             allow_tf32=self.allow_tf32,
+            input_projection=project(T, B) if project is not None else None,
         )
         hidden = (h_n, c_n) if is_lstm else h_n
         if batch_sizes is not None:
@@ -283,3 +295,37 @@ class GRU(_RecurrentBase):
             backend=backend,
             allow_tf32=allow_tf32,
         )
+
+
+#: torch.nn class -> fastrnn twin (exact classes: subclasses may override forward).
+FAST_TWINS: dict[type, type[_RecurrentBase]] = {nn.RNN: RNN, nn.LSTM: LSTM, nn.GRU: GRU}
+
+
+def fast_twin(module: nn.RNNBase, *, backend: str = "auto") -> _RecurrentBase:
+    """A fastrnn module configured like ``module`` that shares its very parameter tensors.
+
+    ``module`` is an ``nn.RNN``/``nn.LSTM``/``nn.GRU`` (or a fastrnn module); the result keeps its
+    device, dtype, training mode and parameters (the same ``nn.Parameter`` objects, so optimiser
+    state and ``state_dict`` keys carry over).
+
+    Example::
+
+        fast = fast_twin(torch.nn.LSTM(8, 16))
+    """
+    cls = FAST_TWINS.get(type(module)) or (type(module) if isinstance(module, _RecurrentBase) else None)
+    if cls is None:
+        raise TypeError(f"fast_twin: expected nn.RNN, nn.LSTM or nn.GRU, got {type(module).__name__}")
+    kw = dict(
+        num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
+        dropout=module.dropout, bidirectional=module.bidirectional, device="meta", backend=backend,
+    )  # fmt: skip
+    if cls is RNN:
+        kw["nonlinearity"] = module.nonlinearity
+    if cls is LSTM:
+        kw["proj_size"] = module.proj_size
+    fast = cls(module.input_size, module.hidden_size, **kw)
+    for name in module._flat_weights_names:
+        setattr(fast, name, getattr(module, name))
+    fast._init_flat_weights()
+    fast.train(module.training)
+    return fast

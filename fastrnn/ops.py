@@ -140,3 +140,66 @@ def recurrence(
     """
     outs = RecurrenceFunction.apply(mode, gx, w_hh, h0, c0, lengths, b_hn, w_hr, reverse, allow_tf32)
     return (outs[0], outs[1], outs[2] if len(outs) == 3 else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused embedding + first-layer input projection
+
+
+class EmbeddingProjectionFunction(torch.autograd.Function):
+    """``gx = E[ids] @ W^T + b`` without an ``(N, K)`` tensor of embeddings, forward or backward.
+
+    Forward, by ``strategy``: ``"table"`` projects the whole vocabulary once (``E W^T + b``,
+    ``(V, M)``) and gathers rows; ``"gather_gemm"`` runs a GEMM whose A-rows are read from ``E`` by
+    id (:func:`fastrnn.kernels.embedding.gather_gemm`).  Backward (both): the gradients of the
+    ``N`` tokens are summed per vocabulary row into ``dT`` (``(V, M)``, deterministic under
+    ``torch.use_deterministic_algorithms``), then ``dE = dT W``, ``dW = dT^T E``, ``db = sum dT``;
+    the ``padding_idx`` row of ``dE`` is zero, as ``nn.Embedding``.
+    """
+
+    @staticmethod
+    def forward(ctx, ids, emb, w, b, padding_idx, strategy, allow_tf32):
+        if strategy == "table":
+            gx = torch.nn.functional.linear(emb, w, b)[ids]
+        else:
+            from .kernels.embedding import gather_gemm
+
+            gx = gather_gemm(ids, emb, w, b, allow_tf32=allow_tf32)
+        ctx.save_for_backward(ids, emb, w)
+        ctx.padding_idx = padding_idx
+        ctx.has_bias = b is not None
+        return gx
+
+    @staticmethod
+    def backward(ctx, d_gx):
+        ids, emb, w = ctx.saved_tensors
+        acc = torch.float64 if emb.dtype == torch.float64 else torch.float32
+        d_table = torch.zeros(emb.shape[0], w.shape[0], dtype=acc, device=emb.device)
+        d_table.index_put_((ids,), d_gx.to(acc), accumulate=True)
+        need = ctx.needs_input_grad
+        d_emb = d_w = d_b = None
+        if need[1]:
+            d_emb = d_table @ w.to(acc)
+            if ctx.padding_idx is not None:
+                d_emb[ctx.padding_idx] = 0
+            d_emb = d_emb.to(emb.dtype)
+        if need[2]:
+            d_w = (d_table.t() @ emb.to(acc)).to(w.dtype)
+        if ctx.has_bias and need[3]:
+            d_b = d_table.sum(0).to(w.dtype)
+        return None, d_emb, d_w, d_b, None, None, None
+
+
+def embedding_projection(
+    ids: torch.Tensor,
+    emb: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None = None,
+    *,
+    padding_idx: int | None = None,
+    strategy: str = "table",
+    allow_tf32: bool = False,
+) -> torch.Tensor:
+    """Differentiable ``E[ids] @ W^T + b`` for ``ids`` ``(N,)`` int64, ``E`` ``(V, K)``,
+    ``W`` ``(M, K)``; returns ``(N, M)``.  See :class:`EmbeddingProjectionFunction`."""
+    return EmbeddingProjectionFunction.apply(ids, emb, w, b, padding_idx, strategy, allow_tf32)

@@ -1,0 +1,201 @@
+"""``fastrnn.EmbeddingRNN``: token ids -> embedding -> RNN/LSTM/GRU stack, fused.
+
+The first layer's input gates come straight from the token ids: no ``(T, B, E)`` tensor of
+embeddings exists in forward or backward.  Two strategies compute ``gx = E[ids] W_ih^T + b``:
+
+* ``"table"``: project the whole vocabulary once (``V x E x D*G*H`` FLOPs) and gather rows;
+* ``"gather_gemm"``: a GEMM whose A-rows are read from the embedding by id (``N x E x D*G*H``
+  FLOPs for ``N = T*B`` tokens).
+
+``strategy="auto"`` (the cost model) takes ``"table"`` when the vocabulary has no more rows than
+the batch has tokens (``V <= N``), i.e. when it costs no more FLOPs, else ``"gather_gemm"``.
+The backward is shared: token gradients summed per vocabulary row (``(V, D*G*H)``), then
+``dE``, ``dW_ih`` and ``db`` are GEMMs/reductions over that.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import dispatch, ops
+from .functional import first_layer_projection
+from .modules import GRU, LSTM, RNN, _RecurrentBase, fast_twin
+
+STRATEGIES = ("auto", "table", "gather_gemm")
+_MODES = {"RNN_TANH": RNN, "RNN_RELU": RNN, "RNN": RNN, "LSTM": LSTM, "GRU": GRU}
+
+
+def choose_strategy(num_embeddings: int, num_tokens: int) -> str:
+    """The cost model: ``"table"`` when ``V <= N`` (no more FLOPs than the gather-GEMM)."""
+    return "table" if num_embeddings <= num_tokens else "gather_gemm"
+
+
+class EmbeddingRNN(nn.Module):
+    """Embedding + recurrent stack with the embedding fused into the first layer.
+
+    Args:
+        num_embeddings, embedding_dim, padding_idx: as :class:`torch.nn.Embedding`.
+        hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
+        nonlinearity: as the ``torch.nn`` recurrent module of ``mode``.
+        mode: ``"LSTM"``, ``"GRU"``, ``"RNN"``/``"RNN_TANH"`` or ``"RNN_RELU"``.
+        backend: as :class:`fastrnn.LSTM`.  strategy: ``"auto"``, ``"table"``, ``"gather_gemm"``.
+
+    Parameters: ``embedding.weight`` and the recurrent module's under ``rnn.`` -- the state dict
+    of a module holding ``embedding = nn.Embedding(...)`` and ``rnn = nn.LSTM(...)`` loads as is.
+
+    Forward ``(input, hx=None, lengths=None)``: ``input`` is ``(T, B)`` int64 ids (``(B, T)`` with
+    ``batch_first``, ``(T,)`` unbatched) or a ``PackedSequence`` of ids.  With ``lengths`` (``(B,)``,
+    any order) the padded batch is treated as variable-length: the output is zero at padding
+    positions and ``h_n`` is each sequence's state at its last valid step.  Returns what the
+    recurrent module returns.
+
+    Example::
+
+        enc = fastrnn.EmbeddingRNN(1000, 32, 64, mode="GRU", padding_idx=0)
+        out, h_n = enc(torch.randint(1, 1000, (12, 4)))   # out: (12, 4, 64)
+    """
+
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, hidden_size: int, num_layers: int = 1, *,
+        mode: str = "LSTM", padding_idx: int | None = None, nonlinearity: str | None = None,
+        bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+        proj_size: int = 0, device=None, dtype=None, backend: str = "auto", strategy: str = "auto",
+        allow_tf32: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        self.embedding = nn.Embedding(num_embeddings, embedding_dim, padding_idx, device=device, dtype=dtype)
+        kw = dict(bias=bias, batch_first=batch_first, dropout=dropout, bidirectional=bidirectional,
+                  device=device, dtype=dtype, backend=backend, allow_tf32=allow_tf32)  # fmt: skip
+        cls = _MODES[mode]
+        if cls is RNN:
+            kw["nonlinearity"] = nonlinearity or ("relu" if mode == "RNN_RELU" else "tanh")
+        elif nonlinearity is not None:
+            raise ValueError(f"nonlinearity applies to mode='RNN' only, not {mode!r}")
+        if cls is LSTM:
+            kw["proj_size"] = proj_size
+        elif proj_size:
+            raise ValueError(f"proj_size applies to mode='LSTM' only, not {mode!r}")
+        self.rnn: _RecurrentBase = cls(embedding_dim, hidden_size, num_layers, **kw)
+        self.strategy = strategy
+
+    @classmethod
+    def from_modules(
+        cls, embedding: nn.Embedding, rnn: nn.RNNBase, *, backend: str | None = None, strategy: str = "auto"
+    ) -> EmbeddingRNN:
+        """Build one from existing modules, sharing their parameter tensors.
+
+        ``rnn`` is an ``nn.RNN``/``nn.LSTM``/``nn.GRU`` (or fastrnn module) whose ``input_size``
+        equals ``embedding.embedding_dim``; ``backend`` defaults to the fastrnn module's own, or
+        ``"auto"``.
+        """
+        if rnn.input_size != embedding.embedding_dim:
+            raise ValueError(
+                f"rnn.input_size ({rnn.input_size}) must equal embedding.embedding_dim ({embedding.embedding_dim})"
+            )
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.embedding = embedding
+        if isinstance(rnn, _RecurrentBase) and backend is None:
+            self.rnn = rnn
+        else:
+            self.rnn = fast_twin(rnn, backend=backend or "auto")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        self.strategy = strategy
+        return self
+
+    def extra_repr(self) -> str:
+        return f"strategy={self.strategy!r}" if self.strategy != "auto" else ""
+
+    # ------------------------------------------------------------------------------------------
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise TypeError(f"EmbeddingRNN: token ids must be an integer tensor, got {ids.dtype}")
+        emb = self.embedding
+        if emb.max_norm is not None:
+            raise ValueError("EmbeddingRNN: embedding.max_norm is not supported (it rewrites weights in forward)")
+        if emb.sparse:
+            raise ValueError("EmbeddingRNN: embedding.sparse=True is not supported (dense gradients only)")
+        if emb.scale_grad_by_freq:
+            raise ValueError("EmbeddingRNN: embedding.scale_grad_by_freq is not supported")
+        if ids.numel():
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= emb.num_embeddings:
+                bad = lo if lo < 0 else hi
+                raise IndexError(
+                    f"EmbeddingRNN: token id {bad} is out of range [0, {emb.num_embeddings}) of the embedding"
+                )
+
+    def forward(self, input, hx=None, lengths: torch.Tensor | None = None):
+        packed = isinstance(input, PackedSequence)
+        ids = input.data if packed else input
+        self._check_ids(ids)
+        if packed and lengths is not None:
+            raise ValueError("EmbeddingRNN: pass lengths with a padded batch, not with a PackedSequence")
+        if lengths is not None:
+            lengths = self._check_lengths(ids, lengths)
+        if dispatch.select_backend(self.rnn, ids) == "torch":
+            return self._unfused(input, hx, lengths)
+        return self._fused(input, hx, lengths)
+
+    def _check_lengths(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if ids.dim() != 2:
+            raise ValueError(f"EmbeddingRNN: lengths need a batched (2-D) input of ids, got {ids.dim()}-D")
+        T = ids.shape[1] if self.rnn.batch_first else ids.shape[0]
+        B = ids.shape[0] if self.rnn.batch_first else ids.shape[1]
+        lengths = torch.as_tensor(lengths)
+        if lengths.shape != (B,):
+            raise ValueError(f"EmbeddingRNN: lengths must have shape ({B},), got {tuple(lengths.shape)}")
+        if B and (int(lengths.min()) < 1 or int(lengths.max()) > T):
+            raise ValueError(f"EmbeddingRNN: lengths must lie in [1, {T}] (the padded length)")
+        return lengths.to(device=ids.device, dtype=torch.int64)
+
+    def _unfused(self, input, hx, lengths):
+        """torch backend: nn.Embedding, then the recurrent module (packing when lengths are given)."""
+        if isinstance(input, PackedSequence):
+            return self.rnn(input._replace(data=self.embedding(input.data)), hx)
+        x = self.embedding(input)
+        if lengths is None:
+            return self.rnn(x, hx)
+        bf = self.rnn.batch_first
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=bf, enforce_sorted=False)
+        out, hidden = self.rnn(packed, hx)
+        out, _ = pad_packed_sequence(out, batch_first=bf, total_length=x.shape[1] if bf else x.shape[0])
+        return out, hidden
+
+    def _fused(self, input, hx, lengths):
+        rnn, emb = self.rnn, self.embedding
+        rnn._update_flat_weights()
+        w, b = first_layer_projection(
+            rnn.mode, rnn._flat_weights, num_layers=rnn.num_layers, bias=rnn.bias,
+            bidirectional=rnn.bidirectional, proj_size=rnn.proj_size,
+        )  # fmt: skip
+        packed = isinstance(input, PackedSequence)
+        ids = input.data
+        if packed:  # padded, sorted ids (T, B): the layout the packed path of the kernels uses
+            ids_tb, _ = pad_packed_sequence(PackedSequence(ids, input.batch_sizes))
+        elif ids.dim() == 1:
+            ids_tb = ids[:, None]
+        else:
+            ids_tb = ids.t() if rnn.batch_first else ids
+
+        def project(T: int, B: int) -> torch.Tensor:
+            flat = ids_tb.reshape(-1).to(torch.int64)
+            strategy = self.strategy if self.strategy != "auto" else choose_strategy(emb.num_embeddings, flat.numel())
+            gx = ops.embedding_projection(
+                flat, emb.weight, w, b, padding_idx=emb.padding_idx, strategy=strategy, allow_tf32=rnn.allow_tf32
+            )
+            return gx.view(T, B, -1)
+
+        # A zero-stride proxy of the embedded input carries shape, dtype and device through the
+        # recurrent module's argument checks; it is never read and allocates nothing.
+        proxy_of = lambda t: emb.weight.new_zeros(()).expand(*t.shape, emb.embedding_dim)
+        proxy = input._replace(data=proxy_of(ids)) if packed else proxy_of(ids)
+        return rnn._triton_forward(proxy, hx, lengths=lengths, project=project)
