@@ -52,7 +52,6 @@ class _RecurrentBase(nn.RNNBase):
         is_lstm = self.mode == "LSTM"
         name = "LSTM" if is_lstm else type(self).__name__
         orig_input = input
-        lengths = None
         is_batched = True
         batch_dim = 0 if self.batch_first else 1
         if isinstance(orig_input, PackedSequence):
