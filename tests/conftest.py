@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from fastrnn.kernels import _runtime
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import TOL, TWINS, device, twins
 from torch import nn
 
 import fastrnn
+from helpers import TOL, TWINS, device, twins
 
 SPECS = [
     ("RNN", dict(num_layers=2, nonlinearity="relu", bidirectional=True)),

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import twins
 from torch import nn
 
 import fastrnn
+from helpers import twins
 
 I, H, T, B = 3, 4, 5, 2
 

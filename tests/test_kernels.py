@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from fastrnn import ops, reference
 from fastrnn.kernels import _runtime
 from fastrnn.kernels.cells import gate_count
 from helpers import device
-
-from fastrnn import ops, reference
 
 MODES = ["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import compare_twins, device, twins
 from torch.nn.utils.rnn import pack_padded_sequence
+
+from helpers import compare_twins, device, twins
 
 # (name, constructor kwargs, T, B, input kind, with initial state)
 CONFIGS = [

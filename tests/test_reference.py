@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import TWINS
 
 from fastrnn import reference
+from helpers import TWINS
 
 CASES = [("RNN_TANH", {}), ("RNN_RELU", {}), ("LSTM", {}), ("LSTM", dict(proj_size=2)), ("GRU", {})]
 
