@@ -17,7 +17,7 @@ import triton.language as tl
 from . import _runtime
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])  # N = T*B tokens: one compiled kernel for every shape
 def _gather_gemm_kernel(
     ids_ptr,  # ids: (N,) int64, all in [0, V) (checked on the host)
     emb_ptr, s_emb_v, s_emb_k,  # E: (V, K)
