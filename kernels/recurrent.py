@@ -28,6 +28,7 @@ fp64 for fp64 tensors), stores in the output dtype.  Offsets are int64.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,15 @@ _GRU = tl.constexpr(GRU)
 
 # ---------------------------------------------------------------------------------------------
 # jit helpers
+
+
+def _jit_shape_generic(fn):
+    """``triton.jit`` with every stride (``s_*``) and the sizes ``T``/``B`` left unspecialised:
+    Triton would otherwise compile a new variant when an integer argument changes between
+    ``== 1``, divisible by 16 and neither -- and strides scale with ``B``.  One compiled kernel
+    serves every sequence length and batch size."""
+    names = [n for n in inspect.signature(fn).parameters if n.startswith("s_") or n in ("T", "B")]
+    return triton.jit(do_not_specialize=names)(fn)
 
 
 @triton.jit
@@ -104,7 +114,7 @@ def _time_index(s, seq_len, REVERSE: tl.constexpr):
 # forward
 
 
-@triton.jit(do_not_specialize=["T", "B"])
+@_jit_shape_generic
 def _recurrent_fwd_kernel(
     gx_ptr, s_gx_t, s_gx_b,  # gx: (T, B, G*H) = x W_ih^T + biases, last dim contiguous
     w_hh_ptr, s_whh_r, s_whh_c,  # W_hh: (G*H, P), gate blocks in torch order
@@ -217,7 +227,7 @@ def _recurrent_fwd_kernel(
 # backward
 
 
-@triton.jit(do_not_specialize=["T", "B"])
+@_jit_shape_generic
 def _recurrent_bwd_kernel(
     dout_ptr, s_do_t, s_do_b,  # dL/d out: (T, B, P)
     dhn_ptr, s_dhn_b,  # dL/d h_n: (B, P)
