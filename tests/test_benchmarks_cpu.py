@@ -1,0 +1,317 @@
+"""The benchmark suite on the CPU: the CI-sized run end to end, and the parts it is built from.
+
+The end-to-end test runs ``python -m benchmarks`` in a subprocess with CUDA hidden, exactly as
+CI and a user without a GPU would, and checks every output file for real figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `benchmarks` is a folder of the repository, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import cases  # noqa: E402
+from benchmarks.cases import CPU_SUITE, GPU_SUITE, Case, compile_filter  # noqa: E402
+from benchmarks.cli import main, measure_row  # noqa: E402
+from benchmarks.loop import loop_stack  # noqa: E402
+from benchmarks.rnn import KIND  # noqa: E402
+from benchmarks.timing import TimingConfig  # noqa: E402
+
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+FAKE_MACHINE = {
+    "bandwidth_gbs": 10.0,
+    "matmul_tflops": {"fp32": 0.1, "fp64": 0.05},
+    "step_us": 2.0,
+    "step_source": "cpu_op_us",
+}
+
+
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory):
+    """One CPU-mode run of ``python -m benchmarks`` (the CI command), with CUDA hidden."""
+    out = tmp_path_factory.mktemp("bench_cpu")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    env.pop("FASTRNN_BACKEND", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--out", str(out), "--no-progress"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, proc.stdout
+
+
+def test_cpu_mode_says_so_in_one_line_and_reports_the_overhead(cpu_run):
+    _, stdout = cpu_run
+    lines = stdout.splitlines()
+    assert lines[0].startswith("No CUDA GPU found: running the CPU comparison")
+    assert sum("No CUDA GPU" in ln for ln in lines) == 1
+    overhead = [ln for ln in lines if ln.startswith("fastrnn wrapper overhead")]
+    assert len(overhead) == 1 and "% (median over 30 rows; fwd " in overhead[0]
+
+
+def test_cpu_mode_json(cpu_run):
+    out, _ = cpu_run
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["suite"] == "cpu" and doc["subject"] == "fastrnn_auto" and doc["baseline"] == "torch_nn"
+    planned = len(cases.grid("cpu"))
+    assert doc["rows_planned"] == planned == doc["rows_measured"] == len(doc["rows"]) == 30
+    assert doc["complete"] is True
+    env = doc["env"]
+    assert env["torch"] == torch.__version__ and env["device_type"] == "cpu" and env["date"]
+    assert env["cpu_threads"] == 1
+    m = doc["machine"]
+    assert m["bandwidth_gbs"] > 0 and m["matmul_tflops"]["fp32"] > 0 and m["step_us"] > 0
+    keys = set()
+    for row in doc["rows"]:
+        keys.add(row["key"])
+        assert Case.from_fields(row["case"]).key == row["key"]
+        f = row["floors"]
+        assert f["bytes"] > 0 and f["flops"] > 0 and f["steps"] >= row["case"]["T"]
+        assert f["floor_ms"] == max(v for v in (f["bw_floor_ms"], f["flop_floor_ms"], f["seq_floor_ms"]))
+        assert f["floor_bound"] in ("bw", "flop", "seq")
+        for provider in ("fastrnn_auto", "torch_nn"):
+            res = row["results"][provider]
+            assert res["status"] == "ok", res
+            assert 0 < res["p20_ms"] <= res["median_ms"] <= res["p80_ms"]
+            assert res["min_ms"] <= res["median_ms"] and res["reps"] >= 15
+            assert 0 < res["frac_of_floor"] == pytest.approx(f["floor_ms"] / res["median_ms"])
+        assert row["speedup"] == pytest.approx(
+            row["results"]["torch_nn"]["median_ms"] / row["results"]["fastrnn_auto"]["median_ms"]
+        )
+        assert "torch" in row["results"]["fastrnn_auto"]["note"]  # explain(): auto picked torch on CPU
+        if row["case"]["mode"] == "fwd":
+            # backend='auto' on CPU runs torch.nn's own code: bit-identical outputs
+            assert row["max_abs_diff"] == 0.0
+    assert len(keys) == 30
+    ov = doc["cpu_overhead"]
+    assert ov["rows"] == 30 and isinstance(ov["pct"], float) and math.isfinite(ov["pct"])
+    assert set(ov["by_mode"]) == {"fwd", "fwdbwd"} and math.isfinite(ov["geomean_pct"])
+    for row in doc["rows"]:  # interleaved samples: the per-round ratio the overhead is built from
+        assert row["paired_ratio"] > 0
+    assert isinstance(ov["median_us"], float) and ov["target_pct"] == 5.0
+    # A sanity bound, loose enough for a noisy shared CI machine: an 'auto' that stopped calling
+    # torch's own code (the interpreter, an extra copy) would be far above it.
+    assert -25.0 < ov["pct"] < 25.0
+
+
+def test_cpu_mode_csv_markdown_plot_jsonl(cpu_run):
+    out, stdout = cpu_run
+    with open(out / "results.csv") as f:
+        recs = list(csv.DictReader(f))
+    assert len(recs) == 60  # 30 rows x 2 providers
+    for rec in recs:
+        assert rec["provider"] in ("fastrnn_auto", "torch_nn") and rec["status"] == "ok"
+        assert float(rec["median_ms"]) > 0 and float(rec["floor_ms"]) > 0
+        assert rec["torch"] == torch.__version__ and rec["date"]
+    assert {"gpu", "driver", "cuda", "triton", "commit", "bw_floor_ms", "flop_floor_ms", "seq_floor_ms"} <= set(recs[0])
+    md = (out / "results.md").read_text()
+    for cell in ("LSTM", "GRU", "RNN"):
+        assert f"## {cell} fp32" in md
+    assert "fastrnn wrapper overhead" in md
+    table_rows = [ln for ln in md.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
+    assert len(table_rows) == 30
+    if HAS_MATPLOTLIB:
+        for name in ("speedup_fwd.png", "speedup_fwdbwd.png"):
+            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:  # the run says so instead of failing
+        assert "plot skipped: matplotlib is not installed" in stdout
+    lines = [json.loads(ln) for ln in (out / "rows.jsonl").read_text().splitlines()]
+    assert [ln["type"] for ln in lines].count("row") == 30 and lines[0]["type"] == "run"
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed (pip install -e '.[bench]')")
+def test_plot_entry_point(cpu_run, tmp_path):
+    from benchmarks.plot import main as plot_main
+
+    out, _ = cpu_run
+    assert plot_main([str(out / "results.json"), "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["speedup_fwd.png", "speedup_fwdbwd.png"]
+
+
+def test_time_cap_then_resume(tmp_path):
+    """A capped run keeps what it measured; --resume measures only the rest with the same floors."""
+    args = ["--device", "cpu", "--filter", "LSTM B=8 H=128", "--out", str(tmp_path), "--no-progress", "--quiet"]
+    args += ["--no-plot", "--rep-ms", "5"]
+    threads = torch.get_num_threads()
+    assert main(args + ["--max-minutes", "0.00001"]) == 0
+    assert torch.get_num_threads() == threads  # global settings restored
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["rows_planned"] == 2 and doc["rows_measured"] == 1 and doc["complete"] is False
+    assert "--max-minutes" in doc["runs"][-1]["stopped"]
+    first = doc["rows"][0]["key"]
+    assert main(args + ["--resume"]) == 0
+    doc2 = json.loads((tmp_path / "results.json").read_text())
+    assert doc2["rows_measured"] == 2 and doc2["complete"] is True and len(doc2["runs"]) == 2
+    assert doc2["machine"] == doc["machine"]
+    assert doc2["rows"][0]["key"] == first and doc2["rows"][0] == doc["rows"][0]
+    assert main(["--report-only", "--out", str(tmp_path), "--no-plot", "--quiet"]) == 0
+
+
+def test_a_row_that_never_finished_is_not_retried_by_default(tmp_path):
+    """A row a killed (or hung) run started is recorded as failed on --resume, unless asked to retry."""
+    args = ["--device", "cpu", "--filter", "cell=RNN B=1 H=32", "--out", str(tmp_path), "--no-progress", "--quiet"]
+    args += ["--no-plot", "--rep-ms", "5"]
+    assert main(args + ["--limit", "1"]) == 0
+    second = cases.select(cases.grid("cpu"), ["cell=RNN B=1 H=32"])[1].key
+    with open(tmp_path / "rows.jsonl", "a") as f:  # what a run killed in the middle of that row leaves
+        f.write(json.dumps({"type": "row_start", "key": second}) + "\n")
+    assert main(args + ["--resume"]) == 0
+    doc = json.loads((tmp_path / "results.json").read_text())
+    row = next(r for r in doc["rows"] if r["key"] == second)
+    assert row["unfinished"] and all(
+        res["status"] == "error" and "did not finish" in res["error"] for res in row["results"].values()
+    )
+    assert main(args + ["--resume", "--retry-unfinished"]) == 0
+    doc = json.loads((tmp_path / "results.json").read_text())
+    row = next(r for r in doc["rows"] if r["key"] == second)
+    assert "unfinished" not in row and all(res["status"] == "ok" for res in row["results"].values())
+    assert doc["rows_measured"] == 2 and doc["complete"]
+
+
+def test_a_provider_that_raises_is_recorded_not_fatal():
+    """fastrnn's tier-1 kernels cannot hold an fp32 LSTM with H=256: that cell records the reason."""
+    case = Case("rnn", "LSTM", "fp32", B=2, H=256, T=3)
+    cfg = TimingConfig(rep_ms=1.0, warmup_ms=0.0, min_reps=3, max_reps=3, flush_l2=False)
+    row, fatal = measure_row(
+        case,
+        suite=GPU_SUITE,
+        providers=["fastrnn", "cudnn", "loop"],
+        device=torch.device("cpu"),
+        machine=FAKE_MACHINE,
+        cfg=cfg,
+        base_seed=0,
+        run_slow=True,
+    )
+    assert fatal is None
+    assert row["results"]["fastrnn"]["status"] == "error"
+    assert row["results"]["fastrnn"]["error"].startswith("BackendUnavailable:")
+    assert "hidden_size=256" in row["results"]["fastrnn"]["error"]
+    assert row["results"]["cudnn"]["status"] == "ok" and row["results"]["loop"]["status"] == "ok"
+    assert row["speedup"] is None and row["results"]["cudnn"]["median_ms"] > 0
+
+
+def test_gpu_suite_code_on_cpu_triton_interpreter():
+    """The GPU suite's providers on tiny CPU shapes (kernels in Triton's interpreter): outputs agree."""
+    case = Case("rnn", "GRU", "fp32", B=3, H=8, T=4, packed=True)
+    cfg = TimingConfig(rep_ms=1.0, warmup_ms=0.0, min_reps=3, max_reps=3, flush_l2=False)
+    row, fatal = measure_row(
+        case,
+        suite=GPU_SUITE,
+        providers=["fastrnn", "cudnn", "loop"],
+        device=torch.device("cpu"),
+        machine=FAKE_MACHINE,
+        cfg=cfg,
+        base_seed=0,
+        run_slow=True,
+    )
+    assert fatal is None
+    assert all(row["results"][p]["status"] == "ok" for p in ("fastrnn", "cudnn", "loop")), row["results"]
+    assert row["max_abs_diff"] < 1e-5 and row["speedup"] > 0
+    assert row["results"]["fastrnn"]["note"].startswith("requested 'triton' -> triton")
+
+
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("bidir", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_loop_reference_matches_torch_nn(cell, layers, bidir, packed):
+    torch.manual_seed(0)
+    m = {"RNN": torch.nn.RNN, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}[cell](
+        6, 5, num_layers=layers, bidirectional=bidir, dtype=torch.float64
+    )
+    x = torch.randn(7, 4, 6, dtype=torch.float64)
+    if packed:
+        p = pack_padded_sequence(x, torch.tensor([3, 7, 1, 5]), enforce_sorted=False)
+        want = m(p)[0].data
+        got = loop_stack(cell, p.data, p.batch_sizes.tolist(), m._flat_weights, num_layers=layers, bidirectional=bidir)
+    else:
+        want = m(x)[0]
+        got = loop_stack(cell, x.reshape(28, 6), [4] * 7, m._flat_weights, num_layers=layers, bidirectional=bidir)
+        got = got.reshape(7, 4, -1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_filters():
+    rows = cases.grid("full")
+    assert len(cases.select(rows, ["kind=rnn"])) == 3 * 3 * 5 * 5 * 2 * 2 * 2 * 2 * 2
+    pick = cases.select(rows, ["kind=rnn lstm", "H=256,512 B>=64", "dtype!=fp32", "packed=1", "mode=fwd"])
+    assert pick and all(
+        r.cell == "LSTM" and r.H in (256, 512) and r.B >= 64 and r.dtype != "fp32" and r.packed and r.mode == "fwd"
+        for r in pick
+    )
+    assert len(pick) == 2 * 2 * 2 * 2 * 2 * 2  # H x B (64, 256) x dtype (fp16, bf16) x T x layers x bidir
+    assert compile_filter(["/uni/"])(Case("rnn", "GRU", "fp16", 1, 128, 128))
+    assert not compile_filter(["bidir=1"])(Case("rnn", "GRU", "fp16", 1, 128, 128))
+    assert cases.select(rows, ["nothing-matches"]) == []
+
+
+def test_run_order_headline_first_then_core():
+    rows = cases.grid("full")
+    assert [r.key for r in rows[:2]] == [
+        "rnn/LSTM/fp16/B16/H768/T1024/L1/uni/dense/fwd",
+        "rnn/LSTM/fp16/B16/H768/T1024/L1/uni/dense/fwdbwd",
+    ]
+    tiers = [cases.tier(r) for r in rows]
+    assert tiers == sorted(tiers)
+    core = [r for r in rows if cases.tier(r) == 1]
+    assert len(core) == 3 * 3 * 2 * 2 * 2
+    assert {r.cell for r in core} == {"RNN", "LSTM", "GRU"} and {r.B for r in core} == {16, 64}
+    quick = cases.grid("quick")
+    assert quick[0].key == rows[0].key and len(quick) == 86 + 8  # rnn + embed rows
+
+
+def test_cost_model():
+    c = Case("rnn", "LSTM", "fp16", B=16, H=768, T=1024)
+    cost = KIND.cost(c, 0)
+    assert cost.flops == 2 * 16 * 1024 * 4 * 768 * (768 + 768)
+    assert cost.steps == 1024 and cost.tokens == 16 * 1024
+    assert cost.bytes == 2 * (16 * 1024 * 768 + 4 * 768 * 1536 + 16 * 1024 * 768)
+    train = KIND.cost(Case("rnn", "LSTM", "fp16", B=16, H=768, T=1024, mode="fwdbwd"), 0)
+    assert train.flops == 3 * cost.flops and train.steps == 2 * 1024 and train.bytes > 2 * cost.bytes
+    assert KIND.cost(Case("rnn", "GRU", "fp32", 4, 8, 10, layers=2), 0).steps == 11  # wavefront
+    assert KIND.cost(Case("rnn", "GRU", "fp32", 4, 8, 10, layers=2, bidir=True), 0).steps == 20
+    packed = Case("rnn", "RNN", "fp32", B=8, H=8, T=50, packed=True)
+    assert 50 <= KIND.cost(packed, 3).tokens < 8 * 50
+
+
+def test_embedding_kind_rows():
+    """The "embed" kind: fastrnn.EmbeddingRNN (auto: nn.Embedding + torch.nn on CPU) vs the same modules."""
+    case = Case("embed", "LSTM", "fp32", B=3, H=8, T=6, packed=True, extra=(("E", 5), ("V", 40)))
+    assert case.key == "embed/LSTM/fp32/B3/H8/T6/L1/uni/packed/fwd/E5/V40"
+    assert Case.from_fields(case.fields()) == case
+    cfg = TimingConfig(rep_ms=1.0, warmup_ms=0.0, min_reps=3, max_reps=3, flush_l2=False)
+    row, fatal = measure_row(
+        case,
+        suite=CPU_SUITE,
+        providers=["fastrnn_auto", "torch_nn", "loop"],
+        device=torch.device("cpu"),
+        machine=FAKE_MACHINE,
+        cfg=cfg,
+        base_seed=0,
+        run_slow=True,
+    )
+    assert fatal is None and all(r["status"] == "ok" for r in row["results"].values()), row["results"]
+    assert row["max_abs_diff"] == 0.0
+    cost = cases.KINDS["embed"].cost(case, case.seed(0))
+    assert cost.tokens == row["tokens"] and cost.flops > 0 and cost.steps == 6
+    assert cases.select(cases.grid("full"), ["kind=embed"]) and all(
+        dict(c.extra)["E"] == c.H for c in cases.select(cases.grid("full"), ["kind=embed"])
+    )
