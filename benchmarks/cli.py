@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(tier <= 1; with --quick only their fp16 rows: a torch.compile per cell, dtype and grad mode "
         "is the slow part), all, none",
     )
+    g.add_argument(
+        "--only-comparable",
+        action="store_true",
+        help="skip the other providers on rows fastrnn cannot run (covers the comparable rows of a big grid faster)",
+    )
     g.add_argument("--limit", type=int, help="run at most this many rows (after filtering)")
     g.add_argument("--list", action="store_true", help="print the selected rows and exit")
     g.add_argument("--suite", choices=sorted(SUITES), help="force a suite (gpu on --device cpu: development only)")
@@ -158,11 +163,13 @@ def measure_row(
     cfg: TimingConfig,
     base_seed: int,
     run_slow: bool,
+    only_comparable: bool = False,
 ) -> tuple[dict[str, Any], str | None]:
     """Measure every provider on ``case``.
 
     Returns ``(row record, fatal)``: ``fatal`` is set when the CUDA context broke (the run must end).
     A provider that raises gets ``{"status": "error", "error": "Type: message"}`` in its cell.
+    With ``only_comparable``, a row the subject (fastrnn) cannot run skips the other providers.
     """
     kind = KINDS[case.kind]
     t0 = time.perf_counter()
@@ -199,8 +206,16 @@ def measure_row(
                     steps[p] = kind.providers[p](case, wl, device)
                 except Exception as e:
                     results[p] = _error(e)
+
+    def subject_failed() -> bool:
+        return only_comparable and results.get(suite.subject, {}).get("status") in ("error", "skipped")
+
+    if subject_failed():
+        steps = {}  # the subject could not even be built: nothing to compare with
     if device.type == "cuda":
         for p, step in steps.items():
+            if p != suite.subject and subject_failed():
+                break
             try:
                 timing = time_cuda(step, cfg, device)
                 res: dict[str, Any] = {"status": "ok", **timing.as_dict(), "peak_mib": peak_memory_mib(step, device)}
@@ -218,6 +233,8 @@ def measure_row(
     else:
         ready = {}
         for p, step in steps.items():
+            if p != suite.subject and subject_failed():
+                break
             try:
                 out = step()  # first call: compilation, lazy init; never timed
                 ready[p] = step
@@ -238,6 +255,8 @@ def measure_row(
             if getattr(step, "note", None):
                 results[p]["note"] = step.note
     for p in providers:
+        if p not in results and subject_failed():
+            results[p] = {"status": "skipped", "reason": f"{suite.subject} cannot run this row (--only-comparable)"}
         results.setdefault(p, {"status": "error", "error": "not run: the CUDA context broke earlier in this row"})
         res = results[p]
         if res["status"] == "ok" and res["median_ms"] > 0:
@@ -331,7 +350,9 @@ def _progress(total: int, disabled: bool):
         return _NoBar()
     if disabled:
         return _NoBar()
-    return tqdm(total=total, unit="row", mininterval=1.0, dynamic_ncols=True, file=sys.stderr)
+    # Not a terminal (a log, a remote runner keeping the tail of the output): update rarely.
+    every = 1.0 if sys.stderr.isatty() else 30.0
+    return tqdm(total=total, unit="row", mininterval=every, maxinterval=max(every, 10.0), file=sys.stderr)
 
 
 def _plot(out: Path, doc: dict[str, Any]) -> list[Path]:
@@ -540,6 +561,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
                     cfg=cfg,
                     base_seed=args.seed,
                     run_slow=run_slow,
+                    only_comparable=args.only_comparable,
                 )
             store.add(row)
             in_flight = None

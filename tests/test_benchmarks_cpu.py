@@ -206,6 +206,20 @@ def test_a_provider_that_raises_is_recorded_not_fatal():
     assert "hidden_size=256" in row["results"]["fastrnn"]["error"]
     assert row["results"]["cudnn"]["status"] == "ok" and row["results"]["loop"]["status"] == "ok"
     assert row["speedup"] is None and row["results"]["cudnn"]["median_ms"] > 0
+    row, fatal = measure_row(
+        case,
+        suite=GPU_SUITE,
+        providers=["fastrnn", "cudnn", "loop"],
+        device=torch.device("cpu"),
+        machine=FAKE_MACHINE,
+        cfg=cfg,
+        base_seed=0,
+        run_slow=True,
+        only_comparable=True,
+    )
+    assert fatal is None and row["results"]["fastrnn"]["status"] == "error"
+    assert [row["results"][p]["status"] for p in ("cudnn", "loop")] == ["skipped", "skipped"]
+    assert "--only-comparable" in row["results"]["cudnn"]["reason"]
 
 
 def test_gpu_suite_code_on_cpu_triton_interpreter():
