@@ -7,6 +7,7 @@
 
 from . import functional, reference
 from ._version import __version__
+from .convert import convert
 from .dispatch import BackendUnavailable, explain
 from .embedding import EmbeddingRNN
 from .modules import GRU, LSTM, RNN
@@ -19,6 +20,7 @@ __all__ = [
     "functional",
     "reference",
     "explain",
+    "convert",
     "BackendUnavailable",
     "__version__",
 ]

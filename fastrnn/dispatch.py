@@ -52,6 +52,8 @@ def triton_reasons(module, input) -> list[str]:
     dev = data.device
     if dev.type == "cuda" and _runtime.INTERPRET:
         reasons.append("TRITON_INTERPRET=1 is set, so the kernels run on CPU tensors only")
+    elif dev.type == "cpu" and _runtime.LATE_INTERPRET:
+        reasons.append("Triton was imported before fastrnn without TRITON_INTERPRET=1 (import fastrnn first)")
     elif dev.type == "cpu" and not _runtime.INTERPRET:
         reasons.append(
             "CPU tensors run the kernels in Triton's interpreter, which needs TRITON_INTERPRET=1 set "
@@ -62,8 +64,6 @@ def triton_reasons(module, input) -> list[str]:
     params = module._flat_weights
     if params and params[0].device != dev:
         reasons.append(f"input is on {dev} but the parameters are on {params[0].device}")
-    if torch.is_autocast_enabled(dev.type):
-        reasons.append("autocast is enabled (fastrnn follows torch.nn's autocast behaviour via torch)")
     # The parameters' dtype decides: an input of another dtype is rejected by the argument checks
     # (the same ValueError as torch.nn), not by the backend choice.
     dtype = params[0].dtype if params else data.dtype
@@ -71,6 +71,21 @@ def triton_reasons(module, input) -> list[str]:
     if why:
         reasons.append(why)
     return reasons
+
+
+def autocast_dtype(mode: str, input: torch.Tensor) -> torch.dtype | None:
+    """The dtype the ``torch.nn`` twin computes in under the active autocast, or ``None``.
+
+    CUDA autocast runs every cuDNN RNN in the autocast dtype.  CPU autocast (torch 2.11-2.13)
+    lowers LSTM and RNN but leaves GRU in fp32; ``tests/test_autocast.py`` checks this rule
+    against ``torch.nn`` so a change in PyTorch shows up as a failing test.
+    """
+    dev = input.device.type
+    if dev not in ("cuda", "cpu") or not torch.is_autocast_enabled(dev) or not input.is_floating_point():
+        return None
+    if dev == "cpu" and mode == "GRU":
+        return None
+    return torch.get_autocast_dtype(dev)
 
 
 def select_backend(module, input) -> str:

@@ -125,7 +125,11 @@ class EmbeddingRNN(nn.Module):
             raise ValueError("EmbeddingRNN: embedding.sparse=True is not supported (dense gradients only)")
         if emb.scale_grad_by_freq:
             raise ValueError("EmbeddingRNN: embedding.scale_grad_by_freq is not supported")
-        if ids.numel():
+        if ids.numel() and torch.compiler.is_compiling():
+            # No host sync inside a graph: an assertion op instead (on CUDA it fires on the device).
+            ok = (ids >= 0).all() & (ids < emb.num_embeddings).all()
+            torch._assert_async(ok, "EmbeddingRNN: token ids out of range of the embedding")
+        elif ids.numel():
             lo, hi = int(ids.min()), int(ids.max())
             if lo < 0 or hi >= emb.num_embeddings:
                 bad = lo if lo < 0 else hi
@@ -186,12 +190,13 @@ class EmbeddingRNN(nn.Module):
         else:
             ids_tb = ids.t() if rnn.batch_first else ids
 
-        def project(T: int, B: int) -> torch.Tensor:
+        def project(T: int, B: int, dtype: torch.dtype) -> torch.Tensor:
             flat = ids_tb.reshape(-1).to(torch.int64)
             strategy = self.strategy if self.strategy != "auto" else choose_strategy(emb.num_embeddings, flat.numel())
             gx = ops.embedding_projection(
-                flat, emb.weight, w, b, padding_idx=emb.padding_idx, strategy=strategy, allow_tf32=rnn.allow_tf32
-            )
+                flat, emb.weight.to(dtype), w.to(dtype), None if b is None else b.to(dtype),
+                padding_idx=emb.padding_idx, strategy=strategy, allow_tf32=rnn.allow_tf32,
+            )  # fmt: skip
             return gx.view(T, B, -1)
 
         # A zero-stride proxy of the embedded input carries shape, dtype and device through the

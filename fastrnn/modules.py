@@ -45,8 +45,8 @@ class _RecurrentBase(nn.RNNBase):
 
     def _triton_forward(self, input, hx, lengths=None, project=None):
         """The triton path.  ``lengths`` (B,) gives per-sequence lengths of a padded batch (any
-        order; output zero at padding).  ``project(T, B)`` returns the first layer's input
-        projection ``(T, B, D*G*H)`` instead of computing it from ``input``, which is then only
+        order; output zero at padding).  ``project(T, B, dtype)`` returns the first layer's input
+        projection ``(T, B, D*G*H)`` (in dtype ``dtype``) instead of computing it from ``input``, which is then only
         a shape proxy and never read (the fused embedding)."""
         self._update_flat_weights()
         is_lstm = self.mode == "LSTM"
@@ -68,10 +68,11 @@ class _RecurrentBase(nn.RNNBase):
             if not is_batched:
                 input = input.unsqueeze(batch_dim)
         hx = self._check_hx(hx, is_batched, orig_input)
+        cast = dispatch.autocast_dtype(self.mode, input)
         if hx is not None:
             self.check_forward_args(input, hx, batch_sizes)
             for state in hx if is_lstm else (hx,):
-                if state.dtype != input.dtype or state.device != input.device:
+                if (state.dtype != input.dtype and cast is None) or state.device != input.device:
                     raise RuntimeError(
                         f"{name}: initial states must match the input's dtype and device ({input.dtype} on "
                         f"{input.device}), got {state.dtype} on {state.device}"
@@ -98,22 +99,14 @@ class _RecurrentBase(nn.RNNBase):
                     f"Expected sequence length to be larger than 0 in {'RNN' if not is_lstm else 'LSTM'}"
                 )
 
-        out, h_n, c_n = recurrent_stack(
-            self.mode,
-            x,
-            self._flat_weights,
-            h0,
-            c0,
-            num_layers=self.num_layers,
-            bias=self.bias,
-            bidirectional=self.bidirectional,
-            proj_size=self.proj_size,
-            dropout=self.dropout,
-            training=self.training,
-            lengths=lengths_dev,
-            allow_tf32=self.allow_tf32,
-            input_projection=project(T, B) if project is not None else None,
-        )
+        weights = self._flat_weights
+        if cast is not None:  # autocast: compute in its dtype as the torch.nn twin does
+            to = lambda t: None if t is None else t.to(cast)
+            weights, x, h0, c0 = [to(w) for w in weights], to(x), to(h0), to(c0)
+        dtype = weights[0].dtype
+        # Inside, autocast is off: the stack runs in exactly the dtype chosen above.
+        with torch.autocast(input.device.type, enabled=False):
+            out, h_n, c_n = self._run_stack(x, weights, h0, c0, lengths_dev, project(T, B, dtype) if project else None)
         hidden = (h_n, c_n) if is_lstm else h_n
         if batch_sizes is not None:
             packed_out = pack_padded_sequence(out, lengths, enforce_sorted=True)
@@ -125,6 +118,24 @@ class _RecurrentBase(nn.RNNBase):
             out = out.squeeze(batch_dim)
             hidden = (h_n.squeeze(1), c_n.squeeze(1)) if is_lstm else h_n.squeeze(1)
         return out, hidden
+
+    def _run_stack(self, x, weights, h0, c0, lengths, input_projection):
+        return recurrent_stack(
+            self.mode,
+            x,
+            weights,
+            h0,
+            c0,
+            num_layers=self.num_layers,
+            bias=self.bias,
+            bidirectional=self.bidirectional,
+            proj_size=self.proj_size,
+            dropout=self.dropout,
+            training=self.training,
+            lengths=lengths,
+            allow_tf32=self.allow_tf32,
+            input_projection=input_projection,
+        )
 
     def _check_hx(self, hx, is_batched: bool, orig_input):
         """The twin's rank checks of ``hx``; unbatched states get their batch dimension."""

@@ -15,10 +15,17 @@ so it is made once, here, before any kernel module is imported:
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
+#: Set when Triton was imported (by the user, torch.compile, ...) before fastrnn on a machine with
+#: no CUDA device and no TRITON_INTERPRET: Triton's own library functions (``tl.zeros`` ...) were
+#: then built for compilation and cannot run in the interpreter.
+LATE_INTERPRET = False
+
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    LATE_INTERPRET = "triton" in sys.modules
     os.environ["TRITON_INTERPRET"] = "1"
 
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -34,6 +41,12 @@ def check_device(device: torch.device) -> None:
             )
         return
     if device.type == "cpu":
+        if LATE_INTERPRET:
+            raise RuntimeError(
+                "fastrnn: Triton was imported before fastrnn on this machine without a CUDA device, so "
+                "its library was built for compilation and the kernels cannot run in Triton's "
+                "interpreter; import fastrnn first, or set TRITON_INTERPRET=1 in the environment"
+            )
         if not INTERPRET:
             raise RuntimeError(
                 "fastrnn: backend='triton' on CPU tensors runs the kernels in Triton's interpreter, "
