@@ -14,6 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="compare fastrnn's kernels with torch.nn on the same weights (default)")
     check.add_arguments(p)
     p.set_defaults(run=check.main)
+    from .seq2seq import cli as seq2seq_cli
+
+    seq2seq_cli.add_subcommands(sub)  # train, translate, evaluate, demo
     return parser
 
 

@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..embedding import EmbeddingRNN
 from ..modules import GRU, LSTM, RNN
@@ -158,10 +157,8 @@ class Encoder(nn.Module):
     def forward(self, src: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         """``src (B, S)`` ids, ``lengths (B,)`` (any order) -> :class:`EncoderOutput`."""
         check_batch(src, lengths, "source")
-        # A packed batch of ids: the state is each sequence's own last step, in both directions.
-        packed = pack_padded_sequence(src, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, state = self.rnn(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])
+        # Variable-length: outputs zero at padding, the state is each sequence's own last step.
+        out, state = self.rnn(src, lengths=lengths)
         mask = torch.arange(src.shape[1], device=src.device)[None, :] < lengths.to(src.device)[:, None]
         return EncoderOutput(out, state, mask, lengths)
 

@@ -1,0 +1,217 @@
+"""``fastrnn train | translate | evaluate | demo``: the seq2seq command line.
+
+Every command prints a one-line ``fastrnn CMD: error: ...`` and exits with status 2 on bad input
+(missing or damaged files, malformed data, mismatching checkpoints); nothing is overwritten then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+import torch
+
+from .data import TASKS, Seq2SeqError, check_texts, encode_batch, make_task, read_tsv
+from .model import ATTENTIONS, MODES
+
+EXIT_ERROR = 2
+
+
+def _none_or(kind):
+    return lambda s: None if s.lower() == "none" else kind(s)
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    """Register ``train``, ``translate``, ``evaluate`` and ``demo`` on the ``fastrnn`` parser."""
+    from .train import TrainOptions
+
+    d = TrainOptions()
+    p = sub.add_parser(
+        "train",
+        help="train a seq2seq model on a built-in task or a TSV file",
+        description="Train an encoder-decoder. Multi-process: torchrun --nproc_per_node N -m fastrnn train ...",
+    )
+    g = p.add_argument_group("data")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--task", choices=TASKS, help="built-in task, generated from --seed (default: reverse)")
+    src.add_argument("--data", metavar="FILE.tsv", help="training pairs, one source<TAB>target per line")
+    g.add_argument("--valid-data", metavar="FILE.tsv", help="validation pairs (default: every 20th line of --data)")
+    g.add_argument("--level", choices=("char", "word"), default=d.level, help="tokenisation of --data (default: %(default)s)")  # fmt: skip
+    g.add_argument("--max-vocab", type=int, default=d.max_vocab, help="keep the most frequent tokens only")
+    g.add_argument("--train-size", type=int, default=d.train_size, help="pairs generated for a task (default: %(default)s)")  # fmt: skip
+    g.add_argument("--valid-size", type=int, default=d.valid_size, help="validation pairs (default: %(default)s)")
+    g.add_argument("--min-len", type=int, default=d.min_len, help="shortest task source (default: %(default)s)")
+    g.add_argument("--max-len", type=int, default=d.max_len, help="longest task source (default: %(default)s)")
+    g = p.add_argument_group("model")
+    g.add_argument("--mode", choices=MODES, default=d.mode, help="recurrent cell (default: %(default)s)")
+    g.add_argument("--embedding-dim", type=int, default=d.embedding_dim)
+    g.add_argument("--hidden-size", type=int, default=d.hidden_size)
+    g.add_argument("--num-layers", type=int, default=d.num_layers)
+    g.add_argument("--bidirectional", action="store_true", help="bidirectional encoder")
+    g.add_argument("--attention", type=_none_or(str), default=None, choices=ATTENTIONS, metavar="{none,dot,general,concat,bahdanau}", help="none (default), dot, general, concat (Luong) or bahdanau")  # fmt: skip
+    g.add_argument("--attention-size", type=int, default=None, help="hidden size of additive scores")
+    g.add_argument("--dropout", type=float, default=d.dropout)
+    g.add_argument("--backend", choices=("auto", "triton", "torch"), default=d.backend)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    g.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clip (default: %(default)s)")
+    g.add_argument("--teacher-forcing", type=float, default=d.teacher_forcing, help="< 1: scheduled sampling")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("running")
+    g.add_argument("--out", default=d.out, help="run directory; checkpoint at OUT/checkpoint.pt (default: %(default)s)")  # fmt: skip
+    g.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    g.add_argument("--overwrite", action="store_true", help="start over even if --out holds a checkpoint")
+    g.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps")
+    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    g.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    g.add_argument("--device", default=None, help="default: cuda (per local rank) if available, else cpu")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_guard(run_train))
+
+    p = sub.add_parser("translate", help="translate sources (arguments, or lines on stdin) with a checkpoint")
+    p.add_argument("text", nargs="*", help="sources to translate (default: read lines from stdin)")
+    _checkpoint_args(p)
+    p.set_defaults(run=_guard(run_translate))
+
+    p = sub.add_parser("evaluate", help="exact match, token accuracy and BLEU of a checkpoint, by source length")
+    _checkpoint_args(p)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--task", choices=TASKS, help="evaluate on fresh pairs of a built-in task")
+    src.add_argument("--data", metavar="FILE.tsv", help="evaluate on these pairs")
+    p.add_argument("--size", type=int, default=1000, help="pairs of --task (default: %(default)s)")
+    p.add_argument("--min-len", type=int, default=None, help="--task: shortest source (default: the checkpoint's)")
+    p.add_argument("--max-len", type=int, default=None, help="--task: longest source (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, default=12345, help="--task: generation seed (default: %(default)s)")
+    p.add_argument("--buckets", type=int, default=6, help="number of source-length buckets (default: %(default)s)")
+    p.set_defaults(run=_guard(run_evaluate))
+
+    from . import demo
+
+    p = sub.add_parser("demo", help="long-range forgetting, measured: seq2seq with and without attention on reverse")
+    demo.add_arguments(p)
+    p.set_defaults(run=_guard(demo.main))
+
+
+def _checkpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", "-c", required=True, help="checkpoint file, or a run directory")
+    p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy; default: %(default)s)")
+    p.add_argument("--max-out", type=int, default=None, help="longest output (default: 2 x source + 10)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+
+
+def _guard(fn):
+    """Run a command; a :class:`Seq2SeqError` becomes a one-line message and exit status 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except Seq2SeqError as e:
+            print(f"fastrnn {args.command}: error: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            print(f"fastrnn {args.command}: interrupted", file=sys.stderr)
+            return 130
+
+    return run
+
+
+def _device(name: str | None) -> torch.device:
+    return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .train import TrainOptions, train
+
+    kw = {f.name: getattr(args, f.name) for f in fields(TrainOptions) if hasattr(args, f.name)}
+    if kw["task"] is None and kw["data"] is None:
+        kw["task"] = "reverse"
+    if kw["valid_data"] is not None and kw["data"] is None:
+        raise Seq2SeqError("--valid-data needs --data")
+    train(TrainOptions(**kw))
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from .train import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    if args.beam < 1:
+        raise Seq2SeqError(f"--beam must be at least 1, got {args.beam}")
+    model, src_vocab, tgt_vocab = model_from_checkpoint(ckpt, _device(args.device))
+    return ckpt, model, src_vocab, tgt_vocab
+
+
+def run_translate(args: argparse.Namespace) -> int:
+    from .decoding import beam_search, greedy_decode
+
+    _, model, src_vocab, tgt_vocab = _load(args)
+    if args.text:
+        texts, what = list(args.text), "arguments"
+    else:
+        texts, what = sys.stdin.read().splitlines(), "stdin"
+    if not texts:
+        raise Seq2SeqError(f"nothing to translate on {what}")
+    check_texts(texts, what)
+    device = next(model.parameters()).device
+    for i in range(0, len(texts), args.batch_size):
+        src, src_len = encode_batch(src_vocab, texts[i : i + args.batch_size], add_eos=False, device=device)
+        if args.beam > 1:
+            hyp = beam_search(model, src, src_len, beam_size=args.beam, max_len=args.max_out)
+        else:
+            hyp = greedy_decode(model, src, src_len, max_len=args.max_out)
+        for ids in hyp.to_lists():
+            print(tgt_vocab.decode(ids))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .train import TrainOptions, bleu_score, bucket_rows, evaluate, length_buckets, prepare_data
+
+    ckpt, model, src_vocab, tgt_vocab = _load(args)
+    saved = {f.name: v for f, v in ((f, ckpt.get("options", {}).get(f.name)) for f in fields(TrainOptions))}
+    if args.data is not None:
+        pairs, name = read_tsv(args.data), args.data
+    elif args.task is not None:
+        min_len = args.min_len if args.min_len is not None else saved.get("min_len") or 1
+        max_len = args.max_len if args.max_len is not None else saved.get("max_len") or 20
+        pairs = make_task(args.task, args.size, seed=args.seed, split="valid", min_len=min_len, max_len=max_len)
+        name = f"task {args.task} (seed {args.seed}, source lengths {min_len}..{max_len})"
+    else:
+        try:
+            opts = TrainOptions(**{k: v for k, v in saved.items() if v is not None or k in ("task", "data")})
+        except TypeError as e:
+            raise Seq2SeqError(
+                f"the checkpoint does not say what it was trained on ({e}); pass --task or --data"
+            ) from None
+        pairs, name = prepare_data(opts)[1], "the checkpoint's validation data"
+    res = evaluate(
+        model, pairs, src_vocab, tgt_vocab, batch_size=args.batch_size, beam_size=args.beam, max_len=args.max_out
+    )
+    print(f"{name}: {res.summary()}" + (f", beam {args.beam}" if args.beam > 1 else ""))
+    text = tgt_vocab.level == "word"
+    srcs = [s for s, _ in pairs]
+    copy_bleu = bleu_score(srcs, [r[3] for r in res.rows]) if text else None
+    if copy_bleu is not None:
+        print(f"copying the source as the translation: BLEU {copy_bleu:.2f}")
+    lengths = [r[0] for r in res.rows]
+    header = f"{'source length':>14} {'pairs':>6} {'exact match':>12}"
+    with_bleu = text and res.bleu is not None
+    if with_bleu:
+        header += f" {'BLEU':>6} {'copy BLEU':>10}"
+    print(header)
+    index = {id(r): i for i, r in enumerate(res.rows)}
+    for lo, hi, n, em, rows in bucket_rows(res.rows, length_buckets(lengths, args.buckets)):
+        line = f"{f'{lo}-{hi}':>14} {n:>6} {em:>12.3f}"
+        if with_bleu and rows:
+            b = bleu_score([r[2] for r in rows], [r[3] for r in rows])
+            c = bleu_score([srcs[index[id(r)]] for r in rows], [r[3] for r in rows])
+            line += f" {b:>6.2f} {c:>10.2f}"
+        print(line)
+    return 0
