@@ -12,7 +12,7 @@ from dataclasses import fields
 
 import torch
 
-from .data import TASKS, Seq2SeqError, check_texts, encode_batch, make_task, read_tsv
+from .data import STRING_TASKS, TASKS, Seq2SeqError, check_texts, encode_batch, make_task, read_tsv
 from .model import ATTENTIONS, MODES
 
 EXIT_ERROR = 2
@@ -67,6 +67,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     g.add_argument("--overwrite", action="store_true", help="start over even if --out holds a checkpoint")
     g.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps")
+    g.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after N steps in all")
     g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     g.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
     g.add_argument("--device", default=None, help="default: cuda (per local rank) if available, else cpu")
@@ -182,7 +183,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         min_len = args.min_len if args.min_len is not None else saved.get("min_len") or 1
         max_len = args.max_len if args.max_len is not None else saved.get("max_len") or 20
         pairs = make_task(args.task, args.size, seed=args.seed, split="valid", min_len=min_len, max_len=max_len)
-        name = f"task {args.task} (seed {args.seed}, source lengths {min_len}..{max_len})"
+        name = f"task {args.task} (seed {args.seed}" + (
+            f", source lengths {min_len}..{max_len})" if args.task in STRING_TASKS else ")"
+        )
     else:
         try:
             opts = TrainOptions(**{k: v for k, v in saved.items() if v is not None or k in ("task", "data")})
@@ -208,7 +211,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(header)
     index = {id(r): i for i, r in enumerate(res.rows)}
     for lo, hi, n, em, rows in bucket_rows(res.rows, length_buckets(lengths, args.buckets)):
-        line = f"{f'{lo}-{hi}':>14} {n:>6} {em:>12.3f}"
+        if not n:
+            continue
+        line = f"{f'{lo}-{hi}' if hi > lo else str(lo):>14} {n:>6} {em:>12.3f}"
         if with_bleu and rows:
             b = bleu_score([r[2] for r in rows], [r[3] for r in rows])
             c = bleu_score([srcs[index[id(r)]] for r in rows], [r[3] for r in rows])

@@ -86,6 +86,7 @@ class TrainOptions:
     seed: int = 0
     # running
     save_every: int = 0
+    max_steps: int | None = None
     eval_batch_size: int = 256
     progress: bool = True
     bf16: bool = False
@@ -110,7 +111,7 @@ class TrainOptions:
 
 
 #: Options that may change when a run is resumed; every other one must match the checkpoint's.
-RESUMABLE_OPTIONS = {"out", "epochs", "save_every", "eval_batch_size", "progress", "device", "resume", "overwrite", "quiet", "label"}  # fmt: skip
+RESUMABLE_OPTIONS = {"out", "epochs", "max_steps", "save_every", "eval_batch_size", "progress", "device", "resume", "overwrite", "quiet", "label"}  # fmt: skip
 
 
 @dataclass
@@ -482,8 +483,8 @@ def train(opts: TrainOptions) -> TrainResult:
         epoch, batch_in_epoch, step = (ckpt["progress"][k] for k in ("epoch", "batch", "step"))
         losses, history = list(ckpt["losses"]), list(ckpt["history"])
         _set_rng_state(ckpt["rng"][rank], device)
-        if epoch >= opts.epochs:
-            say(f"{path}: already trained for {epoch} epoch(s); pass a larger --epochs to train on")
+        if epoch >= opts.epochs or (opts.max_steps is not None and step >= opts.max_steps):
+            say(f"{path}: already trained for {epoch} epoch(s), {step} steps; raise --epochs/--max-steps to train on")
             return TrainResult(model.eval(), src_vocab, tgt_vocab, losses, history, path)
         say(f"resuming {path} at epoch {epoch + 1}, step {step}")
 
@@ -557,10 +558,16 @@ def train(opts: TrainOptions) -> TrainResult:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-            if opts.save_every and step % opts.save_every == 0 and batch_in_epoch < steps_per_epoch:
+            stop = opts.max_steps is not None and step >= opts.max_steps and batch_in_epoch < steps_per_epoch
+            if stop or (opts.save_every and step % opts.save_every == 0 and batch_in_epoch < steps_per_epoch):
                 checkpoint()
+            if stop:
+                break
         if bar is not None:
             bar.close()
+        if batch_in_epoch < steps_per_epoch:  # stopped by max_steps in mid-epoch
+            say(f"stopped at step {step} (--max-steps); checkpoint {path}")
+            break
         epoch, batch_in_epoch = epoch + 1, 0
         metrics = {"epoch": epoch, "step": step, "loss": sum(losses[-steps_per_epoch:]) / steps_per_epoch}
         if is_main:
@@ -569,7 +576,11 @@ def train(opts: TrainOptions) -> TrainResult:
             say(f"epoch {epoch}: step {step}, loss {metrics['loss']:.4f}, valid {res.summary()}, {time.perf_counter() - t0:.1f}s")  # fmt: skip
         history.append(metrics)
         checkpoint()
-    say(f"saved {path}")
+        if opts.max_steps is not None and step >= opts.max_steps and epoch < opts.epochs:
+            say(f"stopped at step {step} (--max-steps); checkpoint {path}")
+            break
+    else:
+        say(f"saved {path}")
     if distributed:
         dist.destroy_process_group()
     return TrainResult(model.eval(), src_vocab, tgt_vocab, losses, history, path)
