@@ -100,3 +100,28 @@ def test_torch_backend_is_torch_nn_exactly():
 def test_isinstance_is_rnnbase_not_twin():
     m = fastrnn.LSTM(3, 4)
     assert isinstance(m, nn.RNNBase) and not isinstance(m, nn.LSTM)
+
+
+def test_weight_norm_parametrization_like_torch_nn():
+    from torch.nn.utils import parametrizations
+
+    fast, ref = twins("GRU", 3, 4)
+    for m in (ref, fast):
+        parametrizations.weight_norm(m, "weight_hh_l0")
+    x = torch.randn(5, 2, 3, device=device())
+    a, b = fast(x)[0], ref(x)[0]
+    torch.testing.assert_close(a, b, **TOL[torch.float32])
+    a.sum().backward()
+    b.sum().backward()
+    g = lambda m: m.parametrizations.weight_hh_l0.original0.grad
+    torch.testing.assert_close(g(fast), g(ref), **TOL[torch.float32])
+
+
+def test_inference_mode_and_no_grad():
+    fast, ref = twins("LSTM", 3, 4)
+    x = torch.randn(5, 2, 3, device=device())
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x)[0], ref(x)[0], **TOL[torch.float32])
+    with torch.no_grad():
+        out = fast(x)[0]
+    assert not out.requires_grad
