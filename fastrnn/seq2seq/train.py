@@ -50,6 +50,26 @@ CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
+LR_DECAYS = ("none", "linear", "cosine")
+
+
+def lr_schedule(warmup_steps: int, decay: str, total_steps: int):
+    """The learning-rate factor of step ``s``: linear warm-up over ``warmup_steps``, then constant
+    (``"none"``) or decaying to 5% at ``total_steps`` (``"linear"``, ``"cosine"``)."""
+    warmup = max(warmup_steps, 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if decay == "none":
+            return 1.0
+        frac = min(1.0, (step - warmup) / max(total_steps - warmup, 1))
+        shape = 1.0 - frac if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
+        return 0.05 + 0.95 * shape
+
+    return factor
+
+
 @dataclass
 class TrainOptions:
     """Every setting of a training run (the ``fastrnn train`` flags; saved in the checkpoint)."""
@@ -81,6 +101,7 @@ class TrainOptions:
     lr: float = 3e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
+    lr_decay: str = "none"
     clip: float = 1.0
     teacher_forcing: float = 1.0
     seed: int = 0
@@ -106,6 +127,8 @@ class TrainOptions:
                 raise Seq2SeqError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.teacher_forcing <= 1.0:
             raise Seq2SeqError(f"teacher-forcing must lie in [0, 1], got {self.teacher_forcing}")
+        if self.lr_decay not in LR_DECAYS:
+            raise Seq2SeqError(f"lr-decay must be one of {LR_DECAYS}, got {self.lr_decay!r}")
         if self.lr <= 0 or self.clip <= 0:
             raise Seq2SeqError("lr and clip must be positive")
 
@@ -467,8 +490,9 @@ def train(opts: TrainOptions) -> TrainResult:
     config = model_config(opts, src_vocab, tgt_vocab)
     model = Seq2Seq(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    warmup = max(opts.warmup_steps, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_schedule(opts.warmup_steps, opts.lr_decay, opts.epochs * steps_per_epoch)
+    )
     torch.manual_seed(opts.seed + 1 + rank)  # dropout / sampling stream, one per process
     epoch, batch_in_epoch, step = 0, 0, 0
     losses: list[float] = []
