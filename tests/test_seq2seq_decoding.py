@@ -10,6 +10,15 @@ import torch
 from fastrnn.seq2seq import EOS, PAD, SOS, Seq2Seq, Seq2SeqConfig, beam_search, greedy_decode
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one intra-op thread, and do not suffer from a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class TableModel:
     """A decoder model whose next-token distribution depends only on the tokens so far.
 

@@ -30,17 +30,19 @@ from .data import make_task
 class DemoSettings:
     """Sizes of the demo's models and runs (the defaults are the tuned ones)."""
 
-    steps: int = 1500
+    steps: int = 2000
     batch_size: int = 64
     min_len: int = 1
-    max_len: int = 25
+    max_len: int = 20
     hidden_size: int = 128
     embedding_dim: int = 32
     attention: str = "general"
     lr: float = 3e-3
-    test_size: int = 1500
+    lr_decay: str = "linear"
+    test_size: int = 2000
     seed: int = 0
     epochs: int = 5
+    bucket: int = 4
 
 
 VARIANTS = (("no attention", None), ("attention", "attention"))
@@ -57,15 +59,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sequential", action="store_true", help="train the two models one after the other")
 
 
-def _train_variant(label: str, attention: str | None, s: DemoSettings, out: str) -> dict:
-    """Train one variant (in its own process) and return its per-pair test results."""
-    torch.set_num_threads(1)
+def _train_variant(label: str, attention: str | None, s: DemoSettings, out: str, threads: int | None = None) -> dict:
+    """Train one variant and return its per-pair test results (``threads``: set in a worker process)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     from .train import TrainOptions, evaluate, train
 
     opts = TrainOptions(
-        out=out, task="reverse", train_size=s.steps * s.batch_size, valid_size=300, min_len=s.min_len,
+        out=out, task="reverse", train_size=max(1, s.steps // s.epochs) * s.batch_size, valid_size=300, min_len=s.min_len,
         max_len=s.max_len, mode="GRU", embedding_dim=s.embedding_dim, hidden_size=s.hidden_size,
-        bidirectional=True, attention=attention, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
+        bidirectional=True, attention=attention, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, lr_decay=s.lr_decay,
         seed=s.seed, progress=False, overwrite=True, label=label,
     )  # fmt: skip
     t0 = time.perf_counter()
@@ -82,14 +85,17 @@ def accuracy_by_length(rows: list[tuple[int, bool]], lo: int, hi: int) -> tuple[
     return len(sel), (sum(sel) / len(sel) if sel else float("nan"))
 
 
-def table(results: dict[str, dict], s: DemoSettings, width: int = 5) -> str:
-    """The exact-match table by source-length bucket (``width`` lengths per bucket)."""
+def table(results: dict[str, dict], s: DemoSettings) -> str:
+    """The exact-match table by source-length bucket (``s.bucket`` lengths per bucket)."""
     names = list(results)
     lines = [f"{'source length':>13} {'pairs':>6} " + " ".join(f"{n:>13}" for n in names)]
-    for lo in range(s.min_len, s.max_len + 1, width):
-        hi = min(lo + width - 1, s.max_len)
+    for lo in range(s.min_len, s.max_len + 1, s.bucket):
+        hi = min(lo + s.bucket - 1, s.max_len)
         counts = [accuracy_by_length(results[n]["rows"], lo, hi) for n in names]
-        lines.append(f"{f'{lo}-{hi}':>13} {counts[0][0]:>6} " + " ".join(f"{acc:>13.1%}" for _, acc in counts))
+        lines.append(
+            f"{f'{lo}-{hi}' if hi > lo else str(lo):>13} {counts[0][0]:>6} "
+            + " ".join(f"{acc:>13.1%}" for _, acc in counts)
+        )
     lines.append(f"{'all':>13} {s.test_size:>6} " + " ".join(f"{results[n]['exact']:>13.1%}" for n in names))
     return "\n".join(lines)
 
@@ -137,7 +143,7 @@ def run_demo(s: DemoSettings, out: str | Path = "fastrnn-demo", sequential: bool
     else:
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(len(jobs)) as pool:
-            pending = [pool.apply_async(_train_variant, job) for job in jobs]
+            pending = [pool.apply_async(_train_variant, (*job, 1)) for job in jobs]
             results = {job[0]: p.get() for job, p in zip(jobs, pending)}
     print(f"\nexact-match accuracy on {s.test_size} unseen pairs, by source length:")
     print(table(results, s))

@@ -69,6 +69,11 @@ class Seq2SeqConfig:
         for name in ("src_vocab_size", "tgt_vocab_size", "embedding_dim", "hidden_size", "num_layers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.attention == "dot" and self.key_size != self.hidden_size:
+            raise ValueError(
+                f"attention 'dot' needs the decoder hidden size ({self.hidden_size}) to equal the encoder output "
+                f"size ({self.key_size} = directions x encoder hidden size); use 'general' or 'concat'"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
 
