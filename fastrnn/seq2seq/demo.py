@@ -107,6 +107,7 @@ def plot(results: dict[str, dict], s: DemoSettings, path: Path) -> Path | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -114,10 +115,11 @@ def plot(results: dict[str, dict], s: DemoSettings, path: Path) -> Path | None:
     for (name, res), marker in zip(results.items(), "os"):
         acc = [accuracy_by_length(res["rows"], n, n)[1] * 100 for n in lengths]
         ax.plot(lengths, acc, marker=marker, ms=4, label=name)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("source length (characters)")
     ax.set_ylabel("exact-match accuracy (%)")
     ax.set_ylim(-3, 103)
-    ax.set_title(f"reverse task: GRU seq2seq, {s.steps} steps each, unseen test pairs")
+    ax.set_title(f"reverse task: GRU encoder-decoder, {s.steps} training steps each, unseen pairs")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
