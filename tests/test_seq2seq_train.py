@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -196,9 +197,11 @@ def test_translate_and_evaluate(trained, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("abc\n??\n"))  # '?' is not in the vocabulary
     assert main(["translate", "-c", str(trained / "checkpoint.pt"), "--beam", "3"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
-    assert main(["evaluate", "-c", str(trained), "--task", "copy", "--size", "40", "--beam", "2"]) == 0
+    plot = trained / "by_length.png"
+    assert main(["evaluate", "-c", str(trained), "--task", "copy", "--size", "40", "--beam", "2", "--plot", str(plot)]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "exact match" in out and "token accuracy" in out and "source length" in out
+    assert plot.stat().st_size > 5000
 
 
 def test_translate_and_train_bad_input(trained, tmp_path, capsys, monkeypatch):
@@ -230,6 +233,12 @@ def test_tsv_training_with_word_level_and_unknown_words(tmp_path, capsys):
     assert ckpt["src_vocab"]["level"] == "word" and "green" in ckpt["src_vocab"]["tokens"]
     assert main(["translate", "-c", str(out), "red cat", "purple cat"]) == 0  # 'purple' -> <unk>
     assert len(capsys.readouterr().out.splitlines()) == 2
+    assert main(["evaluate", "-c", str(out), "--data", str(data)]) == 0
+    report = capsys.readouterr().out
+    if importlib.util.find_spec("sacrebleu") is None:  # BLEU is optional: the report says how to get it
+        assert "install sacrebleu" in report
+    else:
+        assert "BLEU" in report and "copying the source as the translation: BLEU" in report and "copy BLEU" in report
 
 
 def test_demo_runs_end_to_end_on_tiny_settings(tmp_path, capsys):

@@ -91,6 +91,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-len", type=int, default=None, help="--task: longest source (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=12345, help="--task: generation seed (default: %(default)s)")
     p.add_argument("--buckets", type=int, default=6, help="number of source-length buckets (default: %(default)s)")
+    p.add_argument("--plot", metavar="FILE.png", help="plot the metric by source-length bucket (BLEU for text)")
     p.set_defaults(run=_guard(run_evaluate))
 
     from . import demo
@@ -200,24 +201,57 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     print(f"{name}: {res.summary()}" + (f", beam {args.beam}" if args.beam > 1 else ""))
     text = tgt_vocab.level == "word"
-    srcs = [s for s, _ in pairs]
-    copy_bleu = bleu_score(srcs, [r[3] for r in res.rows]) if text else None
-    if copy_bleu is not None:
-        print(f"copying the source as the translation: BLEU {copy_bleu:.2f}")
-    lengths = [r[0] for r in res.rows]
-    header = f"{'source length':>14} {'pairs':>6} {'exact match':>12}"
     with_bleu = text and res.bleu is not None
+    if text and not with_bleu:
+        print("(install sacrebleu for BLEU: pip install sacrebleu)")
+    srcs = [s for s, _ in pairs]
     if with_bleu:
-        header += f" {'BLEU':>6} {'copy BLEU':>10}"
-    print(header)
+        print(f"copying the source as the translation: BLEU {bleu_score(srcs, [r[3] for r in res.rows]):.2f}")
+    header = f"{'source length':>14} {'pairs':>6} {'exact match':>12}"
+    print(header + (f" {'BLEU':>6} {'copy BLEU':>10}" if with_bleu else ""))
     index = {id(r): i for i, r in enumerate(res.rows)}
-    for lo, hi, n, em, rows in bucket_rows(res.rows, length_buckets(lengths, args.buckets)):
+    table = []  # (label, exact match, BLEU, copy BLEU)
+    for lo, hi, n, em, rows in bucket_rows(res.rows, length_buckets([r[0] for r in res.rows], args.buckets)):
         if not n:
             continue
-        line = f"{f'{lo}-{hi}' if hi > lo else str(lo):>14} {n:>6} {em:>12.3f}"
-        if with_bleu and rows:
-            b = bleu_score([r[2] for r in rows], [r[3] for r in rows])
-            c = bleu_score([srcs[index[id(r)]] for r in rows], [r[3] for r in rows])
-            line += f" {b:>6.2f} {c:>10.2f}"
+        label = f"{lo}-{hi}" if hi > lo else str(lo)
+        line = f"{label:>14} {n:>6} {em:>12.3f}"
+        bleu = copy = None
+        if with_bleu:
+            bleu = bleu_score([r[2] for r in rows], [r[3] for r in rows])
+            copy = bleu_score([srcs[index[id(r)]] for r in rows], [r[3] for r in rows])
+            line += f" {bleu:>6.2f} {copy:>10.2f}"
+        table.append((label, em, bleu, copy))
         print(line)
+    if args.plot:
+        print(f"plot: {_plot_buckets(table, args.plot, name, with_bleu)}")
     return 0
+
+
+def _plot_buckets(table: list[tuple], path: str, title: str, with_bleu: bool) -> str:
+    """BLEU (and the copy baseline) or exact match by source-length bucket, as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise Seq2SeqError("--plot needs matplotlib: pip install matplotlib") from None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    x = list(range(len(table)))
+    if with_bleu:
+        ax.plot(x, [t[2] for t in table], marker="o", label="model")
+        ax.plot(x, [t[3] for t in table], marker="s", ls="--", label="copy the source")
+        ax.set_ylabel("BLEU")
+    else:
+        ax.plot(x, [100 * t[1] for t in table], marker="o", label="model")
+        ax.set_ylabel("exact match (%)")
+    ax.set_xticks(x, [t[0] for t in table])
+    ax.set_xlabel("source length (tokens)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
