@@ -454,6 +454,8 @@ def train(opts: TrainOptions) -> TrainResult:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     is_main = rank == 0
