@@ -339,6 +339,7 @@ class Seq2Seq(nn.Module):
 
     @staticmethod
     def reorder_state(state: DecoderState, index: torch.Tensor) -> DecoderState:
+        """The states of batch entries ``index (N,)``: beam search expands and reorders with it."""
         return state.index_select(index)
 
 
