@@ -5,7 +5,7 @@
 >>> out, (h, c) = rnn(torch.randn(5, 3, 8))
 """
 
-from . import functional, reference
+from . import functional, reference, seq2seq
 from ._version import __version__
 from .convert import convert
 from .dispatch import BackendUnavailable, explain
@@ -17,7 +17,7 @@ __all__ = [
     "LSTM",
     "GRU",
     "EmbeddingRNN",
-    "functional",
+    "functional", "seq2seq",
     "reference",
     "explain",
     "convert",

@@ -11,7 +11,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     from . import check
 
-    p = sub.add_parser("check", help="compare fastrnn's kernels with torch.nn on the same weights (default)")
+    p = sub.add_parser("check", help="compare fastrnn's kernels with torch.nn on the same weights")
     check.add_arguments(p)
     p.set_defaults(run=check.main)
     from .seq2seq import cli as seq2seq_cli
@@ -23,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:  # the built-in default job
-        args = parser.parse_args(["check", *(argv or [])])
+    if args.command is None:  # the built-in default job: the seq2seq demo (README's main job)
+        args = parser.parse_args(["demo", *(argv or [])])
     return args.run(args)
 
 
