@@ -130,7 +130,7 @@ class EmbeddingRNN(nn.Module):
             ok = (ids >= 0).all() & (ids < emb.num_embeddings).all()
             torch._assert_async(ok, "EmbeddingRNN: token ids out of range of the embedding")
         elif ids.numel():
-            lo, hi = int(ids.min()), int(ids.max())
+            lo, hi = (int(v) for v in torch.aminmax(ids))  # one host sync
             if lo < 0 or hi >= emb.num_embeddings:
                 bad = lo if lo < 0 else hi
                 raise IndexError(
