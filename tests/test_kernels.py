@@ -144,3 +144,25 @@ def test_empty_batch(mode):
     assert outs[0].shape == (3, 0, 4)
     sum(o.sum() for o in outs).backward()
     assert args["w_hh"].grad is not None and torch.all(args["w_hh"].grad == 0)
+
+
+def test_offsets_past_2_to_the_31_elements_in_the_interpreter():
+    """A gx whose time stride is 2**30 elements (an int32 value): the offset of step 2 is past
+    2**31, so the kernel's address arithmetic must widen to int64 (int32 would wrap and read the
+    wrong row).  The 12 GiB buffer is virtual: only the rows written here are ever touched."""
+    if device().type != "cpu":
+        pytest.skip("the GPU variant is tests/test_gpu.py::test_offsets_past_2_to_the_31_elements")
+    B, H = 2, 4
+    stride_t = 2**30 + 8
+    try:
+        base = torch.empty(2 * stride_t + B * H, dtype=torch.float32)
+    except RuntimeError as e:  # no overcommit on this machine
+        pytest.skip(f"cannot reserve 12 GiB of virtual memory: {e}")
+    gx = base.as_strided((3, B, H), (stride_t, H, 1))
+    dense = torch.randn(3, B, H)
+    gx.copy_(dense)
+    w_hh = torch.randn(H, H)
+    got, h_n, _ = ops.recurrence("RNN_TANH", gx, w_hh)
+    want, h_want, _ = ops.recurrence("RNN_TANH", dense, w_hh)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(h_n, h_want)
