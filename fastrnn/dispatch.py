@@ -67,7 +67,7 @@ def triton_reasons(module, input) -> list[str]:
     # The parameters' dtype decides: an input of another dtype is rejected by the argument checks
     # (the same ValueError as torch.nn), not by the backend choice.
     dtype = params[0].dtype if params else data.dtype
-    why = tier1_unsupported(module.mode, module.hidden_size, module.proj_size, dtype)
+    why = tier1_unsupported(module.mode, module.hidden_size, module.proj_size, dtype, interpreted=dev.type == "cpu")
     if why:
         reasons.append(why)
     return reasons

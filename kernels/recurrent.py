@@ -381,7 +381,7 @@ def _recurrent_bwd_kernel(
 #: a tier-1 program holds in registers without spilling.  Measured with the kernel report
 #: (``python -m fastrnn.kernels.report``, sm_90, see kernels/NOTES.md): the default configs up to
 #: this size compile without spills.
-TIER1_MAX_WEIGHT_BYTES = 64 * 1024
+TIER1_MAX_WEIGHT_BYTES = 12 * 1024
 
 
 @dataclass(frozen=True)
@@ -406,26 +406,46 @@ def weight_bytes(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype
     return tiles * torch.empty((), dtype=dtype).element_size()
 
 
-def tier1_unsupported(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> str | None:
-    """Why tier 1 cannot run this layer (``None`` when it can)."""
+#: The interpreter has no registers to spill; its limit only keeps CPU runs tractable.
+INTERPRETER_MAX_WEIGHT_BYTES = 4 * 1024 * 1024
+
+
+def tier1_unsupported(
+    mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, interpreted: bool = False
+) -> str | None:
+    """Why tier 1 cannot run this layer (``None`` when it can); ``interpreted``: in Triton's
+    interpreter (CPU tensors), where the register limit of a compiled kernel does not apply."""
     if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         return f"dtype {dtype} is not supported (float16, bfloat16, float32, float64 are)"
     nbytes = weight_bytes(mode, hidden_size, proj_size, dtype)
-    if nbytes > TIER1_MAX_WEIGHT_BYTES:
+    limit = INTERPRETER_MAX_WEIGHT_BYTES if interpreted else TIER1_MAX_WEIGHT_BYTES
+    if nbytes > limit:
         return (
             f"{mode} with hidden_size={hidden_size}"
             + (f", proj_size={proj_size}" if proj_size else "")
             + f" in {dtype} needs {nbytes // 1024} KiB of recurrent weights on chip; the tier-1 "
-            f"kernel holds at most {TIER1_MAX_WEIGHT_BYTES // 1024} KiB"
+            f"kernel holds at most {limit // 1024} KiB" + (" in the interpreter" if interpreted else "")
         )
     return None
 
 
 def launch_config(mode: str, batch: int, hidden_size: int, proj_size: int, dtype: torch.dtype) -> LaunchConfig:
-    """Tile sizes for one layer/direction (never depends on T; B only picks the tile height)."""
-    block_b = 16 if _runtime.INTERPRET else min(64, _pow2(batch))
-    big = weight_bytes(mode, hidden_size, proj_size, dtype) > 32 * 1024
-    return LaunchConfig(block_b, _pow2(hidden_size), _pow2(proj_size or hidden_size), 8 if big else 4)
+    """Tile sizes for one layer/direction (never depends on T or B: no recompiles as they vary)."""
+    # Measured with the kernel report (kernels/NOTES.md, sm_90 and sm_80): BLOCK_B = 16 (the
+    # smallest tl.dot tile) compiles without spills up to the tier-1 limit, while BLOCK_B = 64
+    # spills already at H = 32 (LSTM/GRU); 16 also keeps the most programs (SMs) busy.
+    block_b = 16
+    block_h, block_p = _pow2(hidden_size), _pow2(proj_size or hidden_size)
+    if proj_size and block_h >= 64:
+        # A 16-wide projection dot makes Triton put every warp on the same 16 batch rows of all
+        # gates (255 registers and spills at any warp count); 32 (masked) does not.
+        block_p = max(block_p, 32)
+    # 4 warps below 8 KiB of weights, 8 from there and for a projected LSTM from H = 32: where
+    # their 4-warp builds spill inside the time loop.  Not 8 everywhere: GRU fp16 H=32 spills in
+    # the loop with 8 warps, and LSTM-proj fp32 H=16 with 8 warps crashes triton 3.9's LLVM (sm_90).
+    big = weight_bytes(mode, hidden_size, proj_size, dtype) >= 8 * 1024
+    num_warps = 8 if big or (proj_size and block_h >= 32) else 4
+    return LaunchConfig(block_b, block_h, block_p, num_warps)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
