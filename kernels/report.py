@@ -1,0 +1,714 @@
+"""Kernel report: compile every tier-1 kernel for sm_90 / sm_80 on a machine without a GPU.
+
+Each configuration is compiled with Triton's own toolchain (``triton.compile`` of an
+``ASTSource`` for a ``GPUTarget``) into a real cubin, which is then read with the CUDA tools that
+ship inside Triton (``cuobjdump -res-usage`` and ``nvdisasm``):
+
+* registers per thread, stack frame bytes and ptxas' spill store/load bytes,
+* local-memory instructions in the SASS (``LDL``/``STL``), and how many sit inside a loop: ptxas
+  sometimes parks a few bytes on the stack before/after the time loop (at register-occupancy
+  cliffs), which costs nothing per step; local memory inside the loop is a real spill,
+* shared memory (``compiled.metadata.shared``: static and dynamic, which cuobjdump does not show),
+* tensor-core instructions (``HMMA``/``HGMMA``/``DMMA``/...), and the compile time.
+
+The kernel arguments are not written down here a second time: the real launchers
+(:func:`~fastrnn.kernels.recurrent.recurrent_fwd` / ``recurrent_bwd``) are called on ``meta``
+tensors with the kernels swapped for a recorder, so the report sees exactly the positional
+arguments, flags (``HAS_H0``, ``SAVE``, ...) and constexprs (``launch_config`` +
+``_kernel_consts``) a real launch would pass.  Triton's own binder then turns them into the
+``signature``/``constexprs``/``attrs`` the JIT would use (its value-1 and divisible-by-16
+specialisation, honouring the kernel's ``do_not_specialize``).
+
+Command line (``python -m fastrnn.kernels.report --help``)::
+
+    python -m fastrnn.kernels.report                       # heaviest variant, every cell/dtype
+    python -m fastrnn.kernels.report --variants all --jobs 2
+    python -m fastrnn.kernels.report --beyond-limit --num-warps 4 8 --hidden 128 256
+
+Compiling needs real ``JITFunction`` kernels, so :func:`compile_report` compiles in worker
+subprocesses started with ``TRITON_INTERPRET=0`` (this process may interpret, see
+:mod:`._runtime`); a compiler crash (LLVM assertions abort the process) then costs only the row
+of its config.  Works with triton 3.6 and 3.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import itertools
+import json
+import os
+import queue
+import re
+import select
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import triton
+
+from . import _runtime, recurrent
+from .cells import MODES
+
+#: Shared memory one block may use (opt-in maximum), bytes.  H100: 227 KB; A100: 163 KB.
+SHARED_LIMIT: dict[int, int] = {90: 227 * 1024, 80: 163 * 1024}
+
+#: Cells of the report: name -> torch.nn mode string.  LSTMP is an LSTM with ``proj_size``.
+CELLS: dict[str, str] = {
+    "RNN_TANH": "RNN_TANH",
+    "RNN_RELU": "RNN_RELU",
+    "LSTM": "LSTM",
+    "GRU": "GRU",
+    "LSTMP": "LSTM",
+}
+
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp64": torch.float64,
+}
+
+#: Tier-1 kernels: report name -> (kernel attribute in recurrent.py, launcher attribute).
+KERNELS: dict[str, tuple[str, str]] = {
+    "fwd": ("_recurrent_fwd_kernel", "recurrent_fwd"),
+    "bwd": ("_recurrent_bwd_kernel", "recurrent_bwd"),
+}
+
+_TENSOR_CORE_OPS = ("HGMMA", "HMMA", "DMMA", "IMMA", "QGMMA", "IGMMA", "UTCMMA")
+_SASS_LINE = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s*(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)(.*)$")
+_SASS_LABEL = re.compile(r"^(\.L_x_\d+):")
+_SASS_BRANCH_TARGET = re.compile(r"`\((\.L_x_\d+)\)")
+_RES_USAGE = re.compile(r"Function\s+(\S+):\s*\n\s*REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+_PTXAS_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """One tier-1 kernel compile: which kernel, cell, dtype, size, variant and target.
+
+    ``num_warps``/``block_b`` of ``None`` mean "what ``launch_config`` picks" (the default); an
+    integer overrides it, for exploring (the launcher itself is still what builds the call).
+    ``proj_size`` is LSTMP's projection size (0: ``hidden_size // 2``); other cells ignore it.
+    """
+
+    kernel: str  # "fwd" or "bwd"
+    cell: str  # key of CELLS
+    dtype: str  # key of DTYPES
+    hidden_size: int
+    arch: int = 90  # compute capability: 90 (H100) or 80 (A100)
+    varlen: bool = False  # per-sequence lengths (packed sequences)
+    reverse: bool = False  # reverse direction of a bidirectional layer
+    has_h0: bool = False  # initial state given (h0, and c0 for LSTM)
+    save: bool = True  # forward saves what backward needs (training); False: inference
+    batch: int = 64  # the batch only picks BLOCK_B (min(64, next_pow2(batch)))
+    num_warps: int | None = None
+    block_b: int | None = None
+    allow_tf32: bool = False
+    proj_size: int = 0
+
+    @property
+    def mode(self) -> str:
+        """The ``torch.nn`` mode string of this cell."""
+        return CELLS[self.cell]
+
+    @property
+    def proj(self) -> int:
+        """The LSTM projection size the layer has (0: none)."""
+        if self.cell != "LSTMP":
+            return 0
+        proj = self.proj_size or max(1, self.hidden_size // 2)
+        if not 0 < proj < self.hidden_size:
+            raise ValueError(f"proj_size must be in (0, hidden_size), got {proj} for hidden_size {self.hidden_size}")
+        return proj
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def variant(self) -> str:
+        """Short name of the variant flags, e.g. ``varlen,rev,h0``."""
+        flags = [("varlen" if self.varlen else "dense"), ("rev" if self.reverse else "fwd")]
+        if self.has_h0:
+            flags.append("h0")
+        if self.kernel == "fwd" and not self.save:
+            flags.append("nosave")
+        if self.allow_tf32:
+            flags.append("tf32")
+        return ",".join(flags)
+
+    def tier1_unsupported(self) -> str | None:
+        """Why tier 1 refuses this size (``None``: it accepts it)."""
+        return recurrent.tier1_unsupported(self.mode, self.hidden_size, self.proj, self.torch_dtype)
+
+
+def tier1_configs(
+    cells: Sequence[str] = tuple(CELLS),
+    dtypes: Sequence[str] = ("fp32", "bf16", "fp16", "fp64"),
+    hidden_sizes: Sequence[int] = (32, 64, 128, 256),
+    archs: Sequence[int] = (90, 80),
+    kernels: Sequence[str] = ("fwd", "bwd"),
+    variants: str = "heaviest",
+    num_warps: Sequence[int | None] = (None,),
+    block_b: Sequence[int | None] = (None,),
+    beyond_limit: bool = False,
+    batch: int = 64,
+    proj_sizes: Sequence[int] = (0,),
+) -> list[KernelConfig]:
+    """The configurations to compile.
+
+    Args:
+        variants: ``"heaviest"`` (varlen, reverse, with h0 and, forward, saving: the most live
+            values), ``"default"`` (dense, forward, no h0), or ``"all"`` (every combination of
+            dense/varlen, forward/reverse, with/without h0, plus inference forwards).
+        num_warps, block_b: ``None`` is ``launch_config``'s choice; integers override it.
+        beyond_limit: also sizes that ``tier1_unsupported`` refuses (to find the spill frontier).
+        proj_sizes: LSTMP projection sizes (0: ``hidden_size // 2``); sizes not below the hidden
+            size are left out.
+
+    Example::
+
+        cfgs = tier1_configs(cells=["LSTM"], dtypes=["bf16"], hidden_sizes=[64], archs=[90])
+    """
+    if variants == "heaviest":
+        flag_sets = [(True, True, True, True)]
+    elif variants == "default":
+        flag_sets = [(False, False, False, True)]
+    elif variants == "all":
+        flag_sets = [(v, r, h, True) for v, r, h in itertools.product((False, True), repeat=3)]
+        flag_sets.append((False, False, False, False))
+    else:
+        raise ValueError(f"variants must be 'heaviest', 'default' or 'all', got {variants!r}")
+    out = []
+    sizes = [(cell, h, p) for cell in cells for h in hidden_sizes for p in (proj_sizes if cell == "LSTMP" else (0,))]
+    for (cell, hidden, proj), dtype, arch, kernel, (varlen, rev, h0, save), warps, bb in itertools.product(
+        dict.fromkeys(sizes), dtypes, archs, kernels, flag_sets, num_warps, block_b
+    ):
+        proj = (proj or max(1, hidden // 2)) if cell == "LSTMP" else 0
+        if (kernel == "bwd" and not save) or proj >= hidden:
+            continue  # inference has no backward; a projection is smaller than the hidden size
+        cfg = KernelConfig(kernel, cell, dtype, hidden, arch, varlen, rev, h0, save, batch, warps, bb, proj_size=proj)
+        if beyond_limit or cfg.tier1_unsupported() is None:
+            out.append(cfg)
+    return list(dict.fromkeys(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# The launch, as the real launcher makes it
+
+
+class _LaunchRecorder:
+    """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](*args, **kwargs)`` is recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, tuple, dict]] = []
+
+    def __getitem__(self, grid):
+        def record(*args, **kwargs):
+            self.calls.append((grid, args, kwargs))
+
+        return record
+
+
+@contextlib.contextmanager
+def _recorded_launches() -> Iterator[dict[str, _LaunchRecorder]]:
+    """Swap the tier-1 kernels for recorders and let the launchers accept ``meta`` tensors."""
+    saved = {name: getattr(recurrent, name) for name, _ in KERNELS.values()}
+    saved_check, saved_count = _runtime.check_device, _runtime.count_launch
+    recorders = {key: _LaunchRecorder() for key in KERNELS}
+    try:
+        for key, (name, _) in KERNELS.items():
+            setattr(recurrent, name, recorders[key])
+        _runtime.check_device = lambda device: None
+        _runtime.count_launch = lambda name: None
+        yield recorders
+    finally:
+        for name, fn in saved.items():
+            setattr(recurrent, name, fn)
+        _runtime.check_device, _runtime.count_launch = saved_check, saved_count
+
+
+def launch_arguments(cfg: KernelConfig, seq_len: int = 8) -> tuple[object, tuple, dict]:
+    """The kernel and the ``(args, kwargs)`` its launcher passes for ``cfg`` (``meta`` tensors).
+
+    The forward and backward launchers of ``recurrent.py`` are called exactly as
+    ``fastrnn.ops`` calls them (GRU with its ``b_hn``, projected LSTM with ``w_hr``, ``c0`` with
+    ``h0`` for LSTM); ``cfg.num_warps``/``cfg.block_b`` then override ``launch_config``'s choice.
+    """
+    mode, H, P0, dt = cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype
+    P, G, T, B = P0 or H, MODES[mode][2], seq_len, cfg.batch
+
+    def new(*shape: int, dtype: torch.dtype = dt) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, device="meta")
+
+    gx, w_hh = new(T, B, G * H), new(G * H, P)
+    h0 = new(B, P) if cfg.has_h0 else None
+    c0 = new(B, H) if (cfg.has_h0 and mode == "LSTM") else None
+    lengths = new(B, dtype=torch.int64) if cfg.varlen else None
+    b_hn = new(H) if mode == "GRU" else None
+    w_hr = new(P, H) if P0 else None
+    with _recorded_launches() as rec:
+        fwd = recurrent.recurrent_fwd(
+            mode,
+            gx,
+            w_hh,
+            h0,
+            c0,
+            lengths,
+            b_hn=b_hn,
+            w_hr=w_hr,
+            reverse=cfg.reverse,
+            save=cfg.save or cfg.kernel == "bwd",
+            allow_tf32=cfg.allow_tf32,
+        )
+        if cfg.kernel == "bwd":
+            d_cn = new(B, H) if mode == "LSTM" else None
+            recurrent.recurrent_bwd(
+                mode,
+                new(T, B, P),
+                new(B, P),
+                d_cn,
+                fwd,
+                w_hh,
+                h0,
+                c0,
+                lengths,
+                w_hr=w_hr,
+                reverse=cfg.reverse,
+                allow_tf32=cfg.allow_tf32,
+            )
+    calls = rec[cfg.kernel].calls
+    if len(calls) != 1:
+        raise RuntimeError(f"expected one {cfg.kernel} launch, the launcher made {len(calls)}")
+    _, args, kwargs = calls[0]
+    kwargs = dict(kwargs)
+    if cfg.num_warps is not None:
+        kwargs["num_warps"] = cfg.num_warps
+    if cfg.block_b is not None:
+        kwargs["BLOCK_B"] = cfg.block_b
+    return getattr(recurrent, KERNELS[cfg.kernel][0]), args, kwargs
+
+
+def compile_source(cfg: KernelConfig):
+    """``(ASTSource, GPUTarget, options)`` for ``cfg``: what ``triton.compile`` takes.
+
+    Uses Triton's own argument binder, so the signature, constexprs (including arguments equal
+    to 1) and divisibility attributes are the ones the JIT would derive at launch time.
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+
+    kernel, args, kwargs = launch_arguments(cfg)
+    if not isinstance(kernel, JITFunction):
+        raise RuntimeError(
+            "the kernels were built for Triton's interpreter; compile them in a process started "
+            "with TRITON_INTERPRET=0 (compile_report does that for you)"
+        )
+    target = GPUTarget("cuda", cfg.arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+    return ASTSource(kernel, signature, constexprs, attrs), target, options.__dict__
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the cubin
+
+
+def nvidia_tool(name: str) -> str | None:
+    """Path of a CUDA tool shipped with Triton (``ptxas``, ``cuobjdump``, ``nvdisasm``), or ``None``."""
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    if path.is_file() and os.access(path, os.X_OK):
+        return str(path)
+    return None
+
+
+def missing_tools() -> list[str]:
+    """The CUDA tools the report needs that are not available here (empty: all present)."""
+    return [name for name in ("ptxas", "cuobjdump", "nvdisasm") if nvidia_tool(name) is None]
+
+
+def analyse_cubin(cubin: bytes, kernel_name: str) -> dict:
+    """Registers, stack, static shared/local memory and SASS opcode counts of one cubin."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        res = subprocess.run(
+            [nvidia_tool("cuobjdump"), "-res-usage", path], capture_output=True, text=True, check=True
+        ).stdout
+        sass = subprocess.run([nvidia_tool("nvdisasm"), "-c", path], capture_output=True, text=True, check=True).stdout
+    usage = {m.group(1): m.groups()[1:] for m in _RES_USAGE.finditer(res)}
+    if kernel_name not in usage:
+        raise RuntimeError(f"cuobjdump -res-usage shows no function {kernel_name}:\n{res}")
+    regs, stack, static_shared, local = map(int, usage[kernel_name])
+    ops, loop_local = _sass_ops(sass)
+    return dict(
+        registers=regs,
+        stack_bytes=stack,
+        static_shared=static_shared,
+        local_bytes=local,
+        sass_ops=ops,
+        loop_local_insts=loop_local,
+    )
+
+
+def _sass_ops(sass: str) -> tuple[dict[str, int], int]:
+    """Opcode counts of ``nvdisasm -c`` output, and the local-memory instructions (LDL/STL) that
+    sit inside a loop (between a backward branch and its target, e.g. the time loop)."""
+    ops: dict[str, int] = {}
+    labels: dict[str, int] = {}
+    insts: list[tuple[int, str, str]] = []
+    pending: list[str] = []
+    for line in sass.splitlines():
+        if m := _SASS_LABEL.match(line):
+            pending.append(m.group(1))
+        elif m := _SASS_LINE.match(line):
+            addr = int(m.group(1), 16)
+            for label in pending:
+                labels[label] = addr
+            pending.clear()
+            insts.append((addr, m.group(2), m.group(3)))
+            ops[m.group(2)] = ops.get(m.group(2), 0) + 1
+    loops = []
+    for addr, op, rest in insts:
+        if op == "BRA" and (t := _SASS_BRANCH_TARGET.search(rest)) and labels.get(t.group(1), addr + 1) <= addr:
+            loops.append((labels[t.group(1)], addr))
+    loop_local = sum(1 for addr, op, _ in insts if op in ("LDL", "STL") and any(a <= addr <= b for a, b in loops))
+    return ops, loop_local
+
+
+def _error_row(cfg: KernelConfig, error: str | None) -> dict:
+    """The row's config part (tiles as ``launch_config`` picks them, overrides applied)."""
+    row = dict(
+        dataclasses.asdict(cfg),
+        mode=cfg.mode,
+        P=cfg.proj_size,
+        variant=cfg.variant,
+        shared_limit=SHARED_LIMIT.get(cfg.arch),
+        error=error,
+        block_b=cfg.block_b,
+        block_h=None,
+        block_p=None,
+        num_warps=cfg.num_warps,
+    )
+    try:
+        lc = recurrent.launch_config(cfg.mode, cfg.batch, cfg.hidden_size, cfg.proj, cfg.torch_dtype)
+    except Exception as exc:  # an invalid config: say so in the row
+        row["error"] = row["error"] or f"{type(exc).__name__}: {exc}"
+        return row
+    row.update(
+        P=cfg.proj,
+        block_b=cfg.block_b or lc.block_b,
+        block_h=lc.block_h,
+        block_p=lc.block_p,
+        num_warps=cfg.num_warps or lc.num_warps,
+    )
+    return row
+
+
+def _compile_one(cfg: KernelConfig) -> dict:
+    """Compile ``cfg`` and measure it; errors are reported in the row, not raised."""
+    row = _error_row(cfg, None)
+    if row["error"]:
+        return row
+    try:
+        src, target, options = compile_source(cfg)
+        row.update(
+            num_warps=options["num_warps"],
+            block_b=src.constants[(src.fn.arg_names.index("BLOCK_B"),)],
+            block_h=src.constants[(src.fn.arg_names.index("BLOCK_H"),)],
+            block_p=src.constants[(src.fn.arg_names.index("BLOCK_P"),)],
+        )
+        log = io.StringIO()
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(log), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. triton 3.9's TRITON_DEFAULT_FP_FUSION notice
+            compiled = triton.compile(src, target=target, options=options)
+        row["compile_s"] = round(time.perf_counter() - start, 2)
+        spills = _PTXAS_SPILLS.search(log.getvalue())
+        row["spill_stores"], row["spill_loads"] = (
+            (int(spills.group(2)), int(spills.group(3))) if spills else (None, None)
+        )
+        info = analyse_cubin(compiled.asm["cubin"], src.name)
+        ops = info.pop("sass_ops")
+        row.update(info)
+        row["shared_bytes"] = compiled.metadata.shared
+        row["local_insts"] = sum(n for op, n in ops.items() if op in ("LDL", "STL"))
+        row["tensor_core_ops"] = {op: ops[op] for op in _TENSOR_CORE_OPS if op in ops}
+        row["tensor_cores"] = bool(row["tensor_core_ops"])
+        row["spills"] = bool(row["stack_bytes"] or row["local_insts"] or row["spill_stores"])
+        row["loop_spills"] = row["loop_local_insts"] > 0  # local-memory traffic inside the time loop
+        row["shared_ok"] = row["shared_limit"] is None or row["shared_bytes"] <= row["shared_limit"]
+    except Exception as exc:  # a config that fails to compile is a finding of the report
+        row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    return row
+
+
+def _serve() -> None:
+    """Worker loop: one JSON config per stdin line -> one JSON row per line on the original stdout.
+
+    Everything else written to stdout (by Triton, LLVM or ptxas) goes to stderr, so the result
+    stream stays clean; a compile that kills the process (an LLVM assertion, say) is noticed by
+    the parent, which reports it for that config and starts a fresh worker.
+    """
+    results = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"  # ptxas -v output: spill store/load bytes
+    os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # honest compile times, a ptxas log every time
+    for line in sys.stdin:
+        if line.strip():
+            row = _compile_one(KernelConfig(**json.loads(line)))
+            results.write(json.dumps(row) + "\n")
+            results.flush()
+
+
+class _Worker:
+    """A ``python -m fastrnn.kernels.report --serve`` subprocess with ``TRITON_INTERPRET=0``."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ, TRITON_INTERPRET="0")
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fastrnn.kernels.report", "--serve"],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
+
+    def compile(self, cfg: KernelConfig, timeout: float | None) -> dict:
+        self.proc.stdin.write(json.dumps(dataclasses.asdict(cfg)) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if line:
+            return json.loads(line)
+        if not ready:
+            self.proc.kill()
+        rc = self.proc.wait()
+        self.log.seek(0)
+        tail = [t for t in self.log.read().splitlines() if t.strip() and "Warning" not in t and "warn_once" not in t]
+        why = f"timed out after {timeout} s" if not ready else f"compiler process died (exit {rc})"
+        crash = next((t for t in reversed(tail) if "Assertion" in t or "Error" in t), tail[-1] if tail else "")
+        crash = re.sub(r"^(?:\S+: )?\S*/([^/\s]+:\d+:)", r"\1", crash.strip())  # drop the build path
+        return _error_row(cfg, f"{why}: {crash[:300]}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait()
+        self.log.close()
+
+
+def compile_report(configs: Sequence[KernelConfig], jobs: int = 1, timeout: float | None = None) -> list[dict]:
+    """Compile every config and return one row (a dict) per config, in order.
+
+    Each row holds the config's fields plus ``P`` (projection size), ``num_warps``,
+    ``block_b/h/p``, ``registers``, ``stack_bytes``, ``spill_stores``/``spill_loads`` (ptxas),
+    ``local_insts`` (LDL/STL count) and ``loop_local_insts`` (those inside a loop),
+    ``spills`` (any stack/local memory) and ``loop_spills`` (local memory inside the time loop:
+    the spills that cost every step), ``shared_bytes`` and ``shared_ok`` (against
+    :data:`SHARED_LIMIT`), ``tensor_cores`` and ``tensor_core_ops``, ``compile_s`` and ``error``
+    (``None`` when it compiled; else why not, e.g. a compiler crash or ``timeout`` seconds passed).
+
+    The compiles run in ``jobs`` worker subprocesses started with ``TRITON_INTERPRET=0`` (so
+    this works from a process whose kernels are interpreted, and a compiler crash only costs
+    its own config).
+
+    Example::
+
+        rows = compile_report(tier1_configs(cells=["GRU"], dtypes=["fp16"], hidden_sizes=[64]))
+        assert not any(r["loop_spills"] for r in rows)
+    """
+    configs = list(configs)
+    if missing_tools():
+        raise RuntimeError(f"CUDA tools missing from triton/backends/nvidia/bin: {', '.join(missing_tools())}")
+    rows: list[dict | None] = [None] * len(configs)
+    todo = queue.SimpleQueue()
+    for item in enumerate(configs):
+        todo.put(item)
+
+    def drain() -> None:
+        worker = None
+        try:
+            while True:
+                try:
+                    i, cfg = todo.get_nowait()
+                except queue.Empty:
+                    return
+                worker = worker or _Worker()
+                rows[i] = worker.compile(cfg, timeout)
+                if worker.proc.poll() is not None:  # died: the next config gets a fresh one
+                    worker.close()
+                    worker = None
+        finally:
+            if worker is not None:
+                worker.close()
+
+    threads = [threading.Thread(target=drain) for _ in range(max(1, min(jobs, len(configs))))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def _kib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024:.1f}"
+
+
+def format_table(rows: Sequence[dict], markdown: bool = False) -> str:
+    """A readable table, one row per compiled kernel/config."""
+    head = [
+        "kernel",
+        "cell",
+        "dtype",
+        "H",
+        "P",
+        "sm",
+        "variant",
+        "BLOCK_B",
+        "warps",
+        "W KiB",
+        "regs",
+        "stack B",
+        "spill st/ld B",
+        "LDL/STL (in loop)",
+        "smem KiB",
+        "TC",
+        "compile s",
+        "status",
+    ]
+    lines = []
+    for r in rows:
+        wbytes = recurrent.weight_bytes(r["mode"], r["hidden_size"], r["P"], DTYPES[r["dtype"]])
+        base = [r["kernel"], r["cell"], r["dtype"], r["hidden_size"], r["P"] or "-", r["arch"], r["variant"]]
+        if r["error"]:
+            lines.append(
+                base
+                + [r.get("block_b", "-"), r.get("num_warps", "-"), _kib(wbytes)]
+                + ["-"] * 7
+                + [f"ERROR {r['error'][:100]}"]
+            )
+            continue
+        status = []
+        if r["loop_spills"]:
+            status.append("SPILLS IN LOOP")
+        elif r["spills"]:
+            status.append("SPILLS (outside loops)")
+        if not r["shared_ok"]:
+            status.append("SMEM>LIMIT")
+        st = "-" if r["spill_stores"] is None else f"{r['spill_stores']}/{r['spill_loads']}"
+        tc = ",".join(r["tensor_core_ops"]) if r["tensor_cores"] else "no"
+        lines.append(
+            base
+            + [
+                r["block_b"],
+                r["num_warps"],
+                _kib(wbytes),
+                r["registers"],
+                r["stack_bytes"],
+                st,
+                f"{r['local_insts']} ({r['loop_local_insts']})",
+                _kib(r["shared_bytes"]),
+                tc,
+                f"{r['compile_s']:.1f}",
+                " ".join(status) or "ok",
+            ]
+        )
+    cells = [[str(c) for c in line] for line in lines]
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(c) + " |" for c in cells]
+        return "\n".join(out)
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(head)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in cells]
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; 1 when a config spills in its time loop, overflows shared memory or fails."""
+    p = argparse.ArgumentParser(prog="python -m fastrnn.kernels.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    p.add_argument("--hidden", nargs="+", type=int, default=[32, 64, 128, 256])
+    p.add_argument("--proj", nargs="+", type=int, default=[0], help="LSTMP proj_size (0: hidden // 2)")
+    p.add_argument("--arch", nargs="+", type=int, default=[90, 80], choices=sorted(SHARED_LIMIT))
+    p.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=list(KERNELS))
+    p.add_argument("--variants", default="heaviest", choices=["heaviest", "default", "all"])
+    p.add_argument("--num-warps", nargs="+", type=int, default=None, help="override launch_config's choice")
+    p.add_argument("--block-b", nargs="+", type=int, default=None, help="override launch_config's BLOCK_B")
+    p.add_argument("--beyond-limit", action="store_true", help="also sizes tier 1 refuses")
+    p.add_argument("--batch", type=int, default=64, help="batch given to launch_config (picks BLOCK_B)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per compile (default: no limit)")
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # a compile_report worker
+    a = p.parse_args(argv)
+
+    if a.serve:
+        _serve()
+        return 0
+    missing = missing_tools()
+    if missing:
+        print(f"cannot compile: {', '.join(missing)} not found in triton/backends/nvidia/bin", file=sys.stderr)
+        return 2
+    configs = tier1_configs(
+        a.cells,
+        a.dtypes,
+        a.hidden,
+        a.arch,
+        a.kernels,
+        a.variants,
+        a.num_warps or [None],
+        a.block_b or [None],
+        a.beyond_limit,
+        a.batch,
+        a.proj,
+    )
+    start = time.perf_counter()
+    rows = compile_report(configs, jobs=a.jobs, timeout=a.timeout)
+    print(
+        f"# fastrnn tier-1 kernel report: triton {triton.__version__}, TIER1_MAX_WEIGHT_BYTES="
+        f"{recurrent.TIER1_MAX_WEIGHT_BYTES} ({recurrent.TIER1_MAX_WEIGHT_BYTES // 1024} KiB), "
+        f"{len(rows)} compiles in {time.perf_counter() - start:.0f} s with {a.jobs} jobs"
+    )
+    print(format_table(rows, markdown=a.markdown))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    bad = [r for r in rows if r["error"] or r["loop_spills"] or not r["shared_ok"]]
+    outside = [r for r in rows if not r["error"] and r["spills"] and not r["loop_spills"]]
+    if outside:
+        print(f"{len(outside)} of {len(rows)} configs keep a few bytes on the stack outside the time loop")
+    if bad:
+        print(
+            f"{len(bad)} of {len(rows)} configs fail (spills in the time loop, shared memory over the limit, or error)"
+        )
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
