@@ -187,8 +187,9 @@ def test_a_row_that_never_finished_is_not_retried_by_default(tmp_path):
 
 
 def test_a_provider_that_raises_is_recorded_not_fatal():
-    """fastrnn's tier-1 kernels cannot hold an fp32 LSTM with H=256: that cell records the reason."""
-    case = Case("rnn", "LSTM", "fp32", B=2, H=256, T=3)
+    """fastrnn's tier-1 kernels cannot hold an fp32 LSTM with H=1024 (not even in the
+    interpreter, whose limit is 4 MiB of weights): that cell records the reason."""
+    case = Case("rnn", "LSTM", "fp32", B=2, H=1024, T=3)
     cfg = TimingConfig(rep_ms=1.0, warmup_ms=0.0, min_reps=3, max_reps=3, flush_l2=False)
     row, fatal = measure_row(
         case,
@@ -203,7 +204,7 @@ def test_a_provider_that_raises_is_recorded_not_fatal():
     assert fatal is None
     assert row["results"]["fastrnn"]["status"] == "error"
     assert row["results"]["fastrnn"]["error"].startswith("BackendUnavailable:")
-    assert "hidden_size=256" in row["results"]["fastrnn"]["error"]
+    assert "hidden_size=1024" in row["results"]["fastrnn"]["error"]
     assert row["results"]["cudnn"]["status"] == "ok" and row["results"]["loop"]["status"] == "ok"
     assert row["speedup"] is None and row["results"]["cudnn"]["median_ms"] > 0
     row, fatal = measure_row(
