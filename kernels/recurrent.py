@@ -381,7 +381,7 @@ def _recurrent_bwd_kernel(
 #: a tier-1 program holds in registers without spilling.  Measured with the kernel report
 #: (``python -m fastrnn.kernels.report``, sm_90, see kernels/NOTES.md): the default configs up to
 #: this size compile without spills.
-TIER1_MAX_WEIGHT_BYTES = 12 * 1024
+TIER1_MAX_WEIGHT_BYTES = 10 * 1024
 
 
 @dataclass(frozen=True)
@@ -436,9 +436,10 @@ def launch_config(mode: str, batch: int, hidden_size: int, proj_size: int, dtype
     # spills already at H = 32 (LSTM/GRU); 16 also keeps the most programs (SMs) busy.
     block_b = 16
     block_h, block_p = _pow2(hidden_size), _pow2(proj_size or hidden_size)
-    if proj_size and block_h >= 64:
-        # A 16-wide projection dot makes Triton put every warp on the same 16 batch rows of all
-        # gates (255 registers and spills at any warp count); 32 (masked) does not.
+    if proj_size and block_h >= 32 and dtype in (torch.float16, torch.bfloat16):
+        # A 16-wide projection mma makes Triton put every warp on the same 16 batch rows of all
+        # gates (H=32: 242 registers, H=64: spills at any warp count); 32 (masked) does not.
+        # (fp32's FMA dot is better off at 16: 32 spills on sm_80 and crashes triton 3.9 on sm_90.)
         block_p = max(block_p, 32)
     # 4 warps below 8 KiB of weights, 8 from there and for a projected LSTM from H = 32: where
     # their 4-warp builds spill inside the time loop.  Not 8 everywhere: GRU fp16 H=32 spills in
