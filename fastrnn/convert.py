@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .modules import FAST_TWINS, _RecurrentBase, fast_twin
+from .modules import FAST_TWINS, _RecurrentBase, fast_twin, rebuild_sharing_parameters
 
 log = logging.getLogger("fastrnn.convert")
 
@@ -35,21 +35,7 @@ class Conversion:
 
 
 def _torch_twin(module: _RecurrentBase) -> nn.RNNBase:
-    cls = _TORCH_TWINS[type(module)]
-    kw = dict(
-        num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
-        dropout=module.dropout, bidirectional=module.bidirectional, device="meta",
-    )  # fmt: skip
-    if cls is nn.RNN:
-        kw["nonlinearity"] = module.nonlinearity
-    if cls is nn.LSTM:
-        kw["proj_size"] = module.proj_size
-    twin = cls(module.input_size, module.hidden_size, **kw)
-    for name in module._flat_weights_names:
-        setattr(twin, name, getattr(module, name))
-    twin._init_flat_weights()
-    twin.train(module.training)
-    return twin
+    return rebuild_sharing_parameters(module, _TORCH_TWINS[type(module)])
 
 
 def _plan(module: nn.Module, reverse: bool) -> tuple[bool, str]:

@@ -311,6 +311,26 @@ class GRU(_RecurrentBase):
 FAST_TWINS: dict[type, type[_RecurrentBase]] = {nn.RNN: RNN, nn.LSTM: LSTM, nn.GRU: GRU}
 
 
+def rebuild_sharing_parameters(module: nn.RNNBase, cls: type, **extra) -> nn.RNNBase:
+    """An instance of ``cls`` (a torch.nn or fastrnn recurrent class) configured like ``module``,
+    holding the very same ``nn.Parameter`` objects, on its device, in its training mode.
+    ``extra`` goes to ``cls``'s constructor (e.g. ``backend=``)."""
+    kw = dict(
+        num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
+        dropout=module.dropout, bidirectional=module.bidirectional, device="meta", **extra,
+    )  # fmt: skip
+    if cls in (nn.RNN, RNN):
+        kw["nonlinearity"] = module.nonlinearity
+    if cls in (nn.LSTM, LSTM):
+        kw["proj_size"] = module.proj_size
+    twin = cls(module.input_size, module.hidden_size, **kw)  # meta: no memory, no init work
+    for name in module._flat_weights_names:
+        setattr(twin, name, getattr(module, name))
+    twin._init_flat_weights()
+    twin.train(module.training)
+    return twin
+
+
 def fast_twin(module: nn.RNNBase, *, backend: str = "auto") -> _RecurrentBase:
     """A fastrnn module configured like ``module`` that shares its very parameter tensors.
 
@@ -325,17 +345,4 @@ def fast_twin(module: nn.RNNBase, *, backend: str = "auto") -> _RecurrentBase:
     cls = FAST_TWINS.get(type(module)) or (type(module) if isinstance(module, _RecurrentBase) else None)
     if cls is None:
         raise TypeError(f"fast_twin: expected nn.RNN, nn.LSTM or nn.GRU, got {type(module).__name__}")
-    kw = dict(
-        num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
-        dropout=module.dropout, bidirectional=module.bidirectional, device="meta", backend=backend,
-    )  # fmt: skip
-    if cls is RNN:
-        kw["nonlinearity"] = module.nonlinearity
-    if cls is LSTM:
-        kw["proj_size"] = module.proj_size
-    fast = cls(module.input_size, module.hidden_size, **kw)
-    for name in module._flat_weights_names:
-        setattr(fast, name, getattr(module, name))
-    fast._init_flat_weights()
-    fast.train(module.training)
-    return fast
+    return rebuild_sharing_parameters(module, cls, backend=backend, allow_tf32=getattr(module, "allow_tf32", False))
