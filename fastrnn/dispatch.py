@@ -107,12 +107,19 @@ def select_backend(module, input) -> str:
 
 
 def explain(module, input) -> str:
-    """One line saying which backend ``module(input)`` uses, and why."""
+    """One line saying which backend ``module(input)`` uses, and why (mirrors :func:`select_backend`)."""
     backend = requested_backend(module)
-    chosen = select_backend(module, input) if backend != "triton" or not triton_reasons(module, input) else "error"
+    if backend == "torch":
+        return "requested 'torch' -> torch: asked for explicitly"
     reasons = triton_reasons(module, input)
-    data = input.data if isinstance(input, PackedSequence) else input
-    why = "; ".join(reasons) if reasons else "the tier-1 kernels support this call"
-    if backend == "auto" and data.device.type != "cuda" and not reasons:
-        why = f"{data.device.type} tensors: torch (aten) is the fastest there; pass backend='triton' for the kernels"
-    return f"requested {backend!r} -> {chosen}: {why}"
+    device = (input.data if isinstance(input, PackedSequence) else input).device.type
+    if backend == "auto" and device != "cuda":
+        why = (
+            "; ".join(reasons)
+            or f"{device} tensors: torch (aten) is the fastest there; pass backend='triton' for the kernels"
+        )
+        return f"requested 'auto' -> torch: {why}"
+    if not reasons:
+        return f"requested {backend!r} -> triton: the tier-1 kernels support this call"
+    chosen = "torch" if backend == "auto" else "error"
+    return f"requested {backend!r} -> {chosen}: " + "; ".join(reasons)
