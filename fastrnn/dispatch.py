@@ -47,7 +47,7 @@ def triton_reasons(module, input) -> list[str]:
     if importlib.util.find_spec("triton") is None:
         return ["Triton is not installed"]
     from .kernels import _runtime
-    from .kernels.recurrent import tier1_unsupported
+    from .kernels.multi import choose_tier
 
     dev = data.device
     if dev.type == "cuda" and _runtime.INTERPRET:
@@ -67,10 +67,21 @@ def triton_reasons(module, input) -> list[str]:
     # The parameters' dtype decides: an input of another dtype is rejected by the argument checks
     # (the same ValueError as torch.nn), not by the backend choice.
     dtype = params[0].dtype if params else data.dtype
-    why = tier1_unsupported(module.mode, module.hidden_size, module.proj_size, dtype, interpreted=dev.type == "cpu")
-    if why:
+    tier, why = choose_tier(module.mode, module.hidden_size, module.proj_size, dtype, interpreted=dev.type == "cpu")
+    if tier is None:
         reasons.append(why)
     return reasons
+
+
+def kernel_tier(module, input) -> tuple[int | None, str]:
+    """``(tier, why)`` of the kernels for ``module(input)``'s layers (all layers have the same
+    sizes but the first's input width, which only the input-projection GEMM sees)."""
+    from .kernels.multi import choose_tier
+
+    data = input.data if isinstance(input, PackedSequence) else input
+    params = module._flat_weights
+    dtype = params[0].dtype if params else data.dtype
+    return choose_tier(module.mode, module.hidden_size, module.proj_size, dtype, interpreted=data.device.type == "cpu")
 
 
 def autocast_dtype(mode: str, input: torch.Tensor) -> torch.dtype | None:
@@ -120,6 +131,7 @@ def explain(module, input) -> str:
         )
         return f"requested 'auto' -> torch: {why}"
     if not reasons:
-        return f"requested {backend!r} -> triton: the tier-1 kernels support this call"
+        _, why = kernel_tier(module, input)
+        return f"requested {backend!r} -> triton: {why}"
     chosen = "torch" if backend == "auto" else "error"
     return f"requested {backend!r} -> {chosen}: " + "; ".join(reasons)

@@ -24,6 +24,18 @@ def _kernels():
     return recurrent
 
 
+def _tier(mode: str, w_hh: torch.Tensor, w_hr: torch.Tensor | None, device: torch.device) -> int:
+    """The kernel tier for this layer (see :func:`fastrnn.kernels.multi.choose_tier`)."""
+    from .kernels.multi import choose_tier
+
+    H = w_hh.shape[0] // MODES[mode][2]
+    proj = w_hr.shape[0] if w_hr is not None else 0
+    tier, why = choose_tier(mode, H, proj, w_hh.dtype, interpreted=device.type == "cpu")
+    if tier is None:  # the dispatcher checked this before choosing the triton backend
+        raise RuntimeError(f"fastrnn: no kernel tier runs this layer: {why}")
+    return tier
+
+
 def _recurrent_weight_grad(
     d_gh: torch.Tensor,
     out: torch.Tensor,
@@ -79,11 +91,24 @@ def recurrence_fwd(
     save: int,
     allow_tf32: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(out (T,B,P), h_n (B,P), c_n (B,H) | empty, gates (T,B,G*H) | empty, aux (T,B,H) | empty)``."""
-    res = _kernels().recurrent_fwd(
-        mode, gx, w_hh, h0, c0, lengths, b_hn=b_hn, w_hr=w_hr, reverse=bool(reverse), save=bool(save),
-        allow_tf32=bool(allow_tf32),
-    )  # fmt: skip
+    """``(out (T,B,P), h_n (B,P), c_n (B,H) | empty, gates (T,B,G*H) | empty, aux (T,B,H) | empty)``.
+
+    Tier 1 (one program holds all of ``W_hh``) or tiers 2/3 (hidden units split across programs),
+    by :func:`fastrnn.kernels.multi.choose_tier`; every tier saves the same tensors, so the
+    backward may run in another tier."""
+    tier = _tier(mode, w_hh, w_hr, gx.device)
+    if tier == 1:
+        res = _kernels().recurrent_fwd(
+            mode, gx, w_hh, h0, c0, lengths, b_hn=b_hn, w_hr=w_hr, reverse=bool(reverse), save=bool(save),
+            allow_tf32=bool(allow_tf32),
+        )  # fmt: skip
+    else:
+        from .kernels.multi import multi_fwd
+
+        res = multi_fwd(
+            mode, gx, w_hh, h0, c0, lengths, b_hn=b_hn, reverse=bool(reverse), save=bool(save),
+            allow_tf32=bool(allow_tf32), tier=tier,
+        )  # fmt: skip
     acc = _acc_dtype(gx.dtype)
     return (
         res.out,
@@ -131,10 +156,19 @@ def recurrence_bwd(
     in fp32 (fp64 for fp64); see :func:`fastrnn.kernels.recurrent.recurrent_bwd`."""
     k = _kernels()
     fwd = k.ForwardResult(out, None, None, gates if gates.numel() else None, aux if aux.numel() else None)
-    res = k.recurrent_bwd(
-        mode, d_out, d_hn, d_cn, fwd, w_hh, h0, c0, lengths, w_hr=w_hr, reverse=bool(reverse),
-        allow_tf32=bool(allow_tf32),
-    )  # fmt: skip
+    tier = _tier(mode, w_hh, w_hr, out.device)
+    if tier == 1:
+        res = k.recurrent_bwd(
+            mode, d_out, d_hn, d_cn, fwd, w_hh, h0, c0, lengths, w_hr=w_hr, reverse=bool(reverse),
+            allow_tf32=bool(allow_tf32),
+        )  # fmt: skip
+    else:
+        from .kernels.multi import multi_bwd
+
+        res = multi_bwd(
+            mode, d_out, d_hn, d_cn, fwd, w_hh, h0, c0, lengths, reverse=bool(reverse),
+            allow_tf32=bool(allow_tf32), tier=tier,
+        )  # fmt: skip
     e = res.d_gx.new_empty
     return (
         res.d_gx,

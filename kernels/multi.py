@@ -54,6 +54,7 @@ import triton.language as tl
 from . import _runtime
 from .cells import GRU, LSTM, MODES, RNN
 from .recurrent import (
+    INTERPRETER_MAX_WEIGHT_BYTES,
     BackwardResult,
     ForwardResult,
     _acc_dtype,
@@ -125,6 +126,49 @@ def _dot_slice(a_ptr, s_a_b, rows, row_ok, w_ptr, s_w_k, s_w_u, units, unit_ok, 
 
 
 @triton.jit
+def _gate_dots(a_ptr, s_a_b, rows, row_ok, w_ptr, s_w_k, s_w_u, s_w_gate, units, unit_ok, w0, w1, w2, w3, K,
+               N_GATES: tl.constexpr, RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+               PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """``a[rows, :K] @ w_g[:K, units]`` for the ``N_GATES`` gates ``g`` (w_g at
+    ``w_ptr + g*s_w_gate``), reading each chunk of ``a`` once for all gates; unused gates are
+    zero.  ``a`` is other programs' data (read through L2).  ``RESIDENT``: ``w0..w3`` hold the
+    (BLOCK_K >= K, BLOCK_HS) tiles; otherwise ``w`` is read in ``BLOCK_K`` chunks."""
+    kk = tl.arange(0, BLOCK_K)
+    a_rows = a_ptr + rows[:, None] * s_a_b
+    if RESIDENT:
+        a = tl.load(a_rows + kk[None, :], mask=row_ok[:, None] & (kk < K)[None, :], other=0.0,
+                    cache_modifier=".cg")
+        p0 = _mm(a, w0, PRECISION, ACC, UPCAST_DOT)
+        p1 = p0
+        p2 = p0
+        p3 = p0
+        if N_GATES > 1:
+            p1 = _mm(a, w1, PRECISION, ACC, UPCAST_DOT)
+            p2 = _mm(a, w2, PRECISION, ACC, UPCAST_DOT)
+        if N_GATES > 3:
+            p3 = _mm(a, w3, PRECISION, ACC, UPCAST_DOT)
+    else:
+        p0 = tl.zeros((BLOCK_B, w0.shape[1]), ACC)
+        p1 = p0
+        p2 = p0
+        p3 = p0
+        w_u = w_ptr + units[None, :].to(tl.int64) * s_w_u
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + kk
+            a = tl.load(a_rows + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0.0,
+                        cache_modifier=".cg")
+            w_k = w_u + k[:, None].to(tl.int64) * s_w_k
+            w_mask = (k < K)[:, None] & unit_ok[None, :]
+            p0 += _mm(a, tl.load(w_k, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT)
+            if N_GATES > 1:
+                p1 += _mm(a, tl.load(w_k + s_w_gate, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT)
+                p2 += _mm(a, tl.load(w_k + 2 * s_w_gate, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT)
+            if N_GATES > 3:
+                p3 += _mm(a, tl.load(w_k + 3 * s_w_gate, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT)
+    return p0, p1, p2, p3
+
+
+@triton.jit
 def _load_w_slice(w_ptr, s_w_k, s_w_u, units, unit_ok, K, RESIDENT: tl.constexpr, BLOCK_K: tl.constexpr):
     """The resident (BLOCK_K, BLOCK_HS) tile ``w[:K, units]`` (an unused (1, BLOCK_HS) zero tile
     when not resident)."""
@@ -153,7 +197,7 @@ def _multi_fwd_kernel(
     aux_ptr, s_aux_t, s_aux_b,  # aux: (T, B, H) c_t (LSTM) or W_hn h_{t-1} + b_hn (GRU) (SAVE)
     sync_ptr,  # sync: (NG + 1,) int32 zeros: a barrier counter per batch group, then the timeout flag
     J_BEGIN, J_END, T, B, H, N_GROUPS, MAX_SPIN,
-    CELL: tl.constexpr, RELU: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr,
+    CELL: tl.constexpr, N_GATES: tl.constexpr, RELU: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr,
     HAS_BHN: tl.constexpr, SAVE: tl.constexpr,
     RESIDENT: tl.constexpr, USE_BARRIER: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -165,14 +209,16 @@ def _multi_fwd_kernel(
     units = pid_h * BLOCK_HS + tl.arange(0, BLOCK_HS)
     unit_ok = units < H
     # W_hh^T restricted to this program's units of each gate: w_g[k, u] = W_hh[g*H + u, k],
-    # i.e. base w_hh + g*H*s_whh_r, stride 1 along k and s_whh_r along u.
-    w_t = w_hh_ptr
-    w0 = _load_w_slice(w_t, 1, s_whh_r, units, unit_ok, H, RESIDENT, BLOCK_K)
-    if CELL != _RNN:
-        w1 = _load_w_slice(w_t + H * s_whh_r, 1, s_whh_r, units, unit_ok, H, RESIDENT, BLOCK_K)
-        w2 = _load_w_slice(w_t + 2 * H * s_whh_r, 1, s_whh_r, units, unit_ok, H, RESIDENT, BLOCK_K)
-    if CELL == _LSTM:
-        w3 = _load_w_slice(w_t + 3 * H * s_whh_r, 1, s_whh_r, units, unit_ok, H, RESIDENT, BLOCK_K)
+    # i.e. base w_hh + g*H*s_whh_r, stride 1 along k and s_whh_r along u; resident or streamed.
+    w0 = _load_w_slice(w_hh_ptr, 1, s_whh_r, units, unit_ok, H, RESIDENT, BLOCK_K)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    if N_GATES > 1:
+        w1 = _load_w_slice(w_hh_ptr + H * s_whh_r, 1, s_whh_r, units, unit_ok, H, RESIDENT, BLOCK_K)
+        w2 = _load_w_slice(w_hh_ptr + 2 * H * s_whh_r, 1, s_whh_r, units, unit_ok, H, RESIDENT, BLOCK_K)
+    if N_GATES > 3:
+        w3 = _load_w_slice(w_hh_ptr + 3 * H * s_whh_r, 1, s_whh_r, units, unit_ok, H, RESIDENT, BLOCK_K)
     if HAS_BHN:
         b_hn = tl.load(b_hn_ptr + units, mask=unit_ok, other=0.0).to(ACC)[None, :]
     n_tiles = tl.cdiv(B, BLOCK_B)
@@ -196,8 +242,9 @@ def _multi_fwd_kernel(
             h_own = tl.load(h_prev_ptr + rows[:, None] * s_hb_b + units[None, :], mask=mask, other=0.0,
                             cache_modifier=".cg")
             # dots with h_{s-1}: all H columns, from every program of the group
-            p0 = _dot_slice(h_prev_ptr, s_hb_b, rows, row_ok, w_t, 1, s_whh_r, units, unit_ok, w0, H,
-                            RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC, UPCAST_DOT)
+            p0, p1, p2, p3 = _gate_dots(h_prev_ptr, s_hb_b, rows, row_ok, w_hh_ptr, 1, s_whh_r, H * s_whh_r, units,
+                                        unit_ok, w0, w1, w2, w3, H, N_GATES, RESIDENT, BLOCK_B, BLOCK_K, PRECISION,
+                                        ACC, UPCAST_DOT)
             if CELL == _RNN:
                 pre = tl.load(gx_t, mask=act, other=0.0).to(ACC) + p0
                 if RELU:
@@ -205,14 +252,7 @@ def _multi_fwd_kernel(
                 else:
                     h_new = _tanh(pre)
             else:
-                p1 = _dot_slice(h_prev_ptr, s_hb_b, rows, row_ok, w_t + H * s_whh_r, 1, s_whh_r, units,
-                                unit_ok, w1, H, RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC, UPCAST_DOT)
-                p2 = _dot_slice(h_prev_ptr, s_hb_b, rows, row_ok, w_t + 2 * H * s_whh_r, 1, s_whh_r, units,
-                                unit_ok, w2, H, RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC, UPCAST_DOT)
                 if CELL == _LSTM:
-                    p3 = _dot_slice(h_prev_ptr, s_hb_b, rows, row_ok, w_t + 3 * H * s_whh_r, 1, s_whh_r,
-                                    units, unit_ok, w3, H, RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC,
-                                    UPCAST_DOT)
                     i = _sigmoid(tl.load(gx_t, mask=act, other=0.0).to(ACC) + p0)
                     f = _sigmoid(tl.load(gx_t + H, mask=act, other=0.0).to(ACC) + p1)
                     g = _tanh(tl.load(gx_t + 2 * H, mask=act, other=0.0).to(ACC) + p2)
@@ -273,7 +313,7 @@ def _multi_bwd_kernel(
     dhng_ptr, s_dhng_t, s_dhng_b,  # out, GRU: dL/d(W_hn h_{t-1} + b_hn): (T, B, H), 0 at padding
     sync_ptr,  # sync: (NG + 1,) int32 zeros
     J_BEGIN, J_END, T, B, H, N_GROUPS, MAX_SPIN,
-    CELL: tl.constexpr, RELU: tl.constexpr, HAS_H0: tl.constexpr, HAS_C0: tl.constexpr,
+    CELL: tl.constexpr, N_GATES: tl.constexpr, RELU: tl.constexpr, HAS_H0: tl.constexpr, HAS_C0: tl.constexpr,
     IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr,
     RESIDENT: tl.constexpr, USE_BARRIER: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -417,13 +457,18 @@ def _multi_bwd_kernel(
 BLOCK_HS = 16
 #: Sequences per batch tile (one ``tl.dot`` M dimension).
 BLOCK_B = 16
-#: Chunk of the reduction dimension when the weights are streamed from L2 (not resident).
-BLOCK_K_STREAMED = 64
 #: Largest resident weight slice (bytes of the padded ``G`` tiles of ``(BLOCK_K, BLOCK_HS)``) a
-#: tier-2 program keeps on chip; larger slices are streamed from L2 every step.  The same budget
-#: as tier 1's whole-W limit (the slice is an operand of the same kind of ``tl.dot``), checked by
-#: the kernel report (``python -m fastrnn.kernels.report --tier 2``).
-RESIDENT_MAX_WEIGHT_BYTES = 32 * 1024
+#: tier-2 program keeps on chip, and the widest resident ``K`` (the ``(BLOCK_B, K)`` tile of
+#: ``h_{t-1}`` is a ``tl.dot`` operand in registers too); larger slices are streamed from L2
+#: every step.  Measured with the kernel report on sm_90 (kernels/NOTES.md, "Tiers 2 and 3"):
+#: RNN bf16 H=512 (16 KiB, K=512) spills, LSTM bf16 H=256 (32 KiB) spills, LSTM/GRU bf16
+#: H=128 and RNN fp32 H=256 do not.
+RESIDENT_MAX_WEIGHT_BYTES = 16 * 1024
+RESIDENT_MAX_K = 256
+#: Chunk of the reduction dimension when the weights are streamed, by element size: fp32's
+#: ``"ieee"`` dot runs on FMA units with whole K-rows per thread, so it gets the narrower chunk
+#: (GRU fp32 spills at 64, not at 32).
+BLOCK_K_STREAMED = {2: 64, 4: 32, 8: 32}
 #: Polls of a barrier counter before a program gives up (about a second on an H100).
 MAX_SPIN = 1 << 21
 
@@ -449,9 +494,18 @@ class MultiConfig:
 
 
 def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int) -> MultiConfig:
-    resident = tier == 2 and slice_weight_bytes(mode, hidden_size, dtype) <= RESIDENT_MAX_WEIGHT_BYTES
-    block_k = _pow2(hidden_size) if resident else min(BLOCK_K_STREAMED, _pow2(hidden_size))
-    return MultiConfig(resident, block_k, 4)
+    """Tile choices of a tier-2/3 launch: resident weights where the slice fits (tier 2 only;
+    never for fp32 LSTM, whose resident build crashes triton 3.9's LLVM for sm_90, see
+    kernels/NOTES.md), else ``BLOCK_K``-wide chunks streamed from L2; 8 warps."""
+    size = torch.empty((), dtype=dtype).element_size()
+    resident = (
+        tier == 2
+        and slice_weight_bytes(mode, hidden_size, dtype) <= RESIDENT_MAX_WEIGHT_BYTES
+        and _pow2(hidden_size) <= RESIDENT_MAX_K
+        and not (mode == "LSTM" and dtype == torch.float32)
+    )
+    block_k = _pow2(hidden_size) if resident else min(BLOCK_K_STREAMED[size], _pow2(hidden_size))
+    return MultiConfig(resident, block_k, 8)
 
 
 def forced_tier() -> int | None:
@@ -475,6 +529,12 @@ def tier_unsupported(tier: int, mode: str, hidden_size: int, proj_size: int, dty
         return f"dtype {dtype} is not supported (float16, bfloat16, float32, float64 are)"
     if proj_size:
         return f"tier {tier} does not run a projected LSTM (proj_size={proj_size}): only tier 1 does"
+    nbytes = MODES[mode][2] * hidden_size * hidden_size * torch.empty((), dtype=dtype).element_size()
+    if interpreted and nbytes > INTERPRETER_MAX_WEIGHT_BYTES:
+        return (
+            f"tier {tier} in the interpreter runs at most {INTERPRETER_MAX_WEIGHT_BYTES // 2**20} MiB of recurrent "
+            f"weights (CPU runs stay tractable); {mode} with hidden_size={hidden_size} in {dtype} has {nbytes // 1024} KiB"
+        )
     return None
 
 
@@ -500,18 +560,18 @@ def choose_tier(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
     return None, f"{why1}; {why2}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _programs_per_sm(device_index: int, n_regs: int, shared: int, num_warps: int) -> int:
-    """How many programs of a compiled kernel one SM holds at once (registers, shared memory,
-    threads)."""
+    """How many programs of a compiled kernel one SM holds at once: registers (allocated per warp
+    in units of 256), shared memory (+1 KiB the driver reserves per block), threads, blocks."""
     props = torch.cuda.get_device_properties(device_index)
-    threads = 32 * num_warps
+    regs_per_warp = -(-max(1, n_regs) * 32 // 256) * 256
     regs_per_sm = getattr(props, "regs_per_multiprocessor", 65536)
     smem_per_sm = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
     max_threads = getattr(props, "max_threads_per_multi_processor", 2048)
-    by_regs = regs_per_sm // max(1, n_regs * threads)
-    by_smem = smem_per_sm // shared if shared else 32
-    return max(0, min(by_regs, by_smem, max_threads // threads, 32))
+    by_regs = regs_per_sm // (regs_per_warp * num_warps)
+    by_smem = smem_per_sm // (shared + 1024)
+    return max(0, min(by_regs, by_smem, max_threads // (32 * num_warps), 32))
 
 
 def _co_resident_programs(kernel, args, consts, device: torch.device) -> int:
@@ -561,9 +621,9 @@ def _launch(kernel, name: str, tier: int, T: int, B: int, H: int, n_iters: int, 
 
 
 def _consts(mode: str, dtype: torch.dtype, cfg: MultiConfig, allow_tf32: bool) -> dict:
-    cell, relu, _ = MODES[mode]
+    cell, relu, gates = MODES[mode]
     return dict(
-        CELL=cell, RELU=relu, RESIDENT=cfg.resident,
+        CELL=cell, N_GATES=gates, RELU=relu, RESIDENT=cfg.resident,
         BLOCK_B=BLOCK_B, BLOCK_HS=BLOCK_HS, BLOCK_K=cfg.block_k,
         PRECISION="tf32" if (allow_tf32 and dtype == torch.float32) else "ieee",
         ACC=tl.float64 if dtype == torch.float64 else tl.float32,

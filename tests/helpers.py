@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fastrnn
 
@@ -82,3 +82,43 @@ def compare_twins(fast, ref, make_inputs, dtype):
     assert g_f.keys() == g_r.keys()
     for k in g_f:
         torch.testing.assert_close(g_f[k], g_r[k], **TOL[dtype], msg=lambda m, k=k: f"gradient {k}: {m}")
+
+
+def module_inputs(cell, kwargs, T, B, kind, with_h0, I, H, dtype):
+    """``make()`` for :func:`compare_twins`: the input (dense, unbatched or packed with random
+    lengths, ``kind``) and, ``with_h0``, initial states for a module built with ``kwargs``."""
+    dev = device()
+    D = 2 if kwargs.get("bidirectional") else 1
+    L = kwargs.get("num_layers", 1)
+    P = kwargs.get("proj_size", 0) or H
+    bf = kwargs.get("batch_first", False)
+    gen = torch.Generator().manual_seed(1234)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen, dtype=dtype).to(dev).requires_grad_()
+
+    def make():
+        gen.manual_seed(1234)
+        if kind == "unbatched":
+            x = rnd(T, I)
+            state_shape = (L * D, P)
+            cell_shape = (L * D, H)
+        else:
+            x = rnd(*((B, T, I) if bf else (T, B, I)))
+            state_shape = (L * D, B, P)
+            cell_shape = (L * D, B, H)
+        x_leaf = x
+        if kind.startswith("packed"):
+            lengths = torch.randint(1, T + 1, (B,), generator=gen)
+            lengths[torch.randint(0, B, (1,), generator=gen)] = T
+            if kind == "packed_sorted":
+                lengths = lengths.sort(descending=True).values
+            x = pack_padded_sequence(x, lengths, batch_first=bf, enforce_sorted=kind == "packed_sorted")
+        leaves = [x_leaf]
+        hx = None
+        if with_h0:
+            hx = (rnd(*state_shape), rnd(*cell_shape)) if cell == "LSTM" else rnd(*state_shape)
+            leaves += list(hx) if cell == "LSTM" else [hx]
+        return x, hx, leaves
+
+    return make

@@ -115,13 +115,17 @@ def test_backend_env_override(monkeypatch):
 
 
 def test_triton_backend_explains_unsupported_size():
-    m = fastrnn.LSTM(I, 4096, backend="triton")
-    with pytest.raises(fastrnn.BackendUnavailable, match="tier-1 kernel holds at most"):
-        m(_r(T, B, I))
+    # A projected LSTM runs only in tier 1, which cannot hold 4 MiB of weights (on a GPU or in
+    # the interpreter); tiers 2 and 3 do not do projections.
+    m = fastrnn.LSTM(I, 4096, proj_size=64, backend="triton")
+    x = _r(T, B, I).to(m.weight_hh_l0.device)
+    with pytest.raises(fastrnn.BackendUnavailable, match="tier-1 kernel holds at most") as err:
+        m(x)
+    assert "does not run a projected LSTM" in str(err.value)
     # auto never fails where torch.nn works: it falls back to torch
     m.backend = "auto"
-    out, _ = m(_r(T, B, I))
-    assert out.shape == (T, B, 4096)
+    out, _ = m(x)
+    assert out.shape == (T, B, 64)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="device mismatch needs a CUDA device")

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
 
-from helpers import compare_twins, device, twins
+from helpers import compare_twins, module_inputs, twins
 
 # (name, constructor kwargs, T, B, input kind, with initial state)
 CONFIGS = [
@@ -46,44 +45,6 @@ CELLS = [
 ]
 
 
-def _inputs(cell, kwargs, T, B, kind, with_h0, I, H, dtype):
-    dev = device()
-    D = 2 if kwargs.get("bidirectional") else 1
-    L = kwargs.get("num_layers", 1)
-    P = kwargs.get("proj_size", 0) or H
-    bf = kwargs.get("batch_first", False)
-    gen = torch.Generator().manual_seed(1234)
-
-    def rnd(*shape):
-        return torch.randn(*shape, generator=gen, dtype=dtype).to(dev).requires_grad_()
-
-    def make():
-        gen.manual_seed(1234)
-        if kind == "unbatched":
-            x = rnd(T, I)
-            state_shape = (L * D, P)
-            cell_shape = (L * D, H)
-        else:
-            x = rnd(*((B, T, I) if bf else (T, B, I)))
-            state_shape = (L * D, B, P)
-            cell_shape = (L * D, B, H)
-        x_leaf = x
-        if kind.startswith("packed"):
-            lengths = torch.randint(1, T + 1, (B,), generator=gen)
-            lengths[torch.randint(0, B, (1,), generator=gen)] = T
-            if kind == "packed_sorted":
-                lengths = lengths.sort(descending=True).values
-            x = pack_padded_sequence(x, lengths, batch_first=bf, enforce_sorted=kind == "packed_sorted")
-        leaves = [x_leaf]
-        hx = None
-        if with_h0:
-            hx = (rnd(*state_shape), rnd(*cell_shape)) if cell == "LSTM" else rnd(*state_shape)
-            leaves += list(hx) if cell == "LSTM" else [hx]
-        return x, hx, leaves
-
-    return make
-
-
 CELL_IDS = ["tanh", "relu", "lstm", "lstm_proj", "gru"]
 # fp32 covers every configuration; fp64 a representative subset (tight 1e-10 tolerance).
 FP64_CONFIGS = ("h0", "two_layers_bidir", "packed_unsorted_bidir")
@@ -103,4 +64,4 @@ def test_matches_torch_nn(cell, cell_kwargs, name, kwargs, T, B, kind, with_h0, 
     I, H = 3, 5
     kw = {**cell_kwargs, **kwargs}
     fast, ref = twins(cell, I, H, dtype=dtype, **kw)
-    compare_twins(fast, ref, _inputs(cell, kw, T, B, kind, with_h0, I, H, dtype), dtype)
+    compare_twins(fast, ref, module_inputs(cell, kw, T, B, kind, with_h0, I, H, dtype), dtype)

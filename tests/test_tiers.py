@@ -1,0 +1,162 @@
+"""Tiers 2 and 3 (hidden units split across programs) against torch.nn, and the tier choice.
+
+On CPU the kernels run in Triton's interpreter, where programs run one after another: tier 2
+runs its per-step body as one launch per step (with its resident weights) and tier 3 its
+streamed one, so the maths and indexing of both are checked here; the grid barrier itself needs
+a GPU (the last tests of this file).  ``FASTRNN_TIER`` forces a tier.
+
+Hidden sizes are chosen so that a layer spans several programs with a partial last slice
+(``H = 20``: slices of 16 and 4 units; ``H = 40``: 16, 16, 8, and two ``K`` chunks when the
+weights are streamed) and ``B = 17`` spans two batch tiles.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastrnn
+from fastrnn.kernels import _runtime, multi
+from helpers import compare_twins, device, module_inputs, twins
+
+CELLS = [("RNN", dict(nonlinearity="tanh")), ("RNN", dict(nonlinearity="relu")), ("LSTM", {}), ("GRU", {})]
+CELL_IDS = ["tanh", "relu", "lstm", "gru"]
+# (name, constructor kwargs, T, B, input kind, with initial state, H)
+CONFIGS = [
+    ("two_layers_bidir_h0", dict(num_layers=2, bidirectional=True), 4, 3, "dense", True, 20),
+    ("packed_unsorted_bidir", dict(bidirectional=True), 5, 4, "packed_unsorted", True, 20),
+    ("two_batch_tiles_H40", dict(bias=True), 3, 17, "dense", True, 40),
+]
+CASES = [
+    pytest.param(tier, cell, ckw, *cfg, torch.float32, id=f"tier{tier}-{cfg[0]}-{cid}-fp32")
+    for tier in (2, 3)
+    for cfg in CONFIGS
+    for (cell, ckw), cid in zip(CELLS, CELL_IDS)
+] + [
+    pytest.param(tier, cell, ckw, *CONFIGS[1], torch.float64, id=f"tier{tier}-{CONFIGS[1][0]}-{cid}-fp64")
+    for tier in (2, 3)
+    for (cell, ckw), cid in zip(CELLS, CELL_IDS)
+]
+
+
+@pytest.mark.parametrize("tier,cell,cell_kwargs,name,kwargs,T,B,kind,with_h0,H,dtype", CASES)
+def test_tier_matches_torch_nn(monkeypatch, tier, cell, cell_kwargs, name, kwargs, T, B, kind, with_h0, H, dtype):
+    monkeypatch.setenv("FASTRNN_TIER", str(tier))
+    I = 3
+    kw = {**cell_kwargs, **kwargs}
+    fast, ref = twins(cell, I, H, dtype=dtype, **kw)
+    before = dict(_runtime.LAUNCHES)
+    compare_twins(fast, ref, module_inputs(cell, kw, T, B, kind, with_h0, I, H, dtype), dtype)
+    ran = {k for k, n in _runtime.LAUNCHES.items() if n != before.get(k, 0)}
+    assert ran == {f"multi_fwd_tier{tier}", f"multi_bwd_tier{tier}"}, ran  # no tier-1 launch
+
+
+def test_streamed_and_resident_weights_are_both_covered():
+    """The tests above run tier 2 with resident weight slices and tier 3 with streamed ones, in
+    more than one K chunk for H = 40."""
+    assert multi.multi_config("LSTM", 20, torch.float32, 2).resident is False  # fp32 LSTM: never
+    assert multi.multi_config("GRU", 40, torch.float32, 2).resident
+    streamed = multi.multi_config("GRU", 40, torch.float32, 3)
+    assert not streamed.resident and streamed.block_k < 40
+
+
+def test_tier3_launches_once_per_step(monkeypatch):
+    monkeypatch.setenv("FASTRNN_TIER", "3")
+    fast, _ = twins("GRU", 3, 20)
+    x = torch.randn(6, 2, 3, device=device(), requires_grad=True)
+    before = dict(_runtime.LAUNCHES)
+    fast(x)[0].sum().backward()
+    launched = {k: n - before.get(k, 0) for k, n in _runtime.LAUNCHES.items() if n != before.get(k, 0)}
+    assert launched == {"multi_fwd_tier3": 6, "multi_bwd_tier3": 7}  # the backward finishes step 0 last
+
+
+def test_tier2_is_deterministic(monkeypatch):
+    monkeypatch.setenv("FASTRNN_TIER", "2")
+    fast, _ = twins("LSTM", 3, 20)
+    x = torch.randn(4, 5, 3, device=device())
+    runs = []
+    for _ in range(2):
+        fast.zero_grad()
+        out, _ = fast(x)
+        out.square().sum().backward()
+        runs.append([out.detach().clone()] + [p.grad.clone() for p in fast.parameters()])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# the tier choice
+
+
+def test_choose_tier_rule(monkeypatch):
+    monkeypatch.delenv("FASTRNN_TIER", raising=False)
+    assert multi.choose_tier("RNN_TANH", 16, 0, torch.float32)[0] == 1
+    tier, why = multi.choose_tier("LSTM", 1024, 0, torch.bfloat16)
+    assert tier == 2 and "streamed" in why and "tier-1 kernel holds at most" in why
+    tier, why = multi.choose_tier("LSTM", 1024, 256, torch.bfloat16)
+    assert tier is None and "projected LSTM" in why
+    # the interpreter keeps tiers 2/3 to sizes a CPU can run
+    tier, why = multi.choose_tier("LSTM", 4096, 0, torch.float32, interpreted=True)
+    assert tier is None and "in the interpreter" in why
+
+
+def test_forced_tier(monkeypatch):
+    monkeypatch.setenv("FASTRNN_TIER", "3")
+    assert multi.choose_tier("RNN_TANH", 16, 0, torch.float32) == (3, "tier 3 forced by FASTRNN_TIER")
+    monkeypatch.setenv("FASTRNN_TIER", "1")
+    tier, why = multi.choose_tier("LSTM", 1024, 0, torch.bfloat16)
+    assert tier is None and "tier-1 kernel holds at most" in why
+    monkeypatch.setenv("FASTRNN_TIER", "4")
+    with pytest.raises(ValueError, match="FASTRNN_TIER must be"):
+        multi.choose_tier("LSTM", 16, 0, torch.float32)
+
+
+def test_explain_names_the_tier(monkeypatch):
+    m = fastrnn.GRU(3, 20, backend="triton").to(device())
+    x = torch.randn(2, 2, 3, device=device())
+    monkeypatch.setenv("FASTRNN_TIER", "2")
+    assert fastrnn.explain(m, x) == "requested 'triton' -> triton: tier 2 forced by FASTRNN_TIER"
+    monkeypatch.delenv("FASTRNN_TIER")
+    assert fastrnn.explain(m, x) == "requested 'triton' -> triton: tier 1: all of W_hh fits one program"
+
+
+def test_forced_tier_that_cannot_run_raises(monkeypatch):
+    monkeypatch.setenv("FASTRNN_TIER", "2")
+    m = fastrnn.LSTM(3, 20, proj_size=4, backend="triton").to(device())
+    with pytest.raises(fastrnn.BackendUnavailable, match="tier 2 does not run a projected LSTM"):
+        m(torch.randn(2, 2, 3, device=device()))
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: the grid barrier
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="the grid barrier needs a CUDA device")
+
+
+@gpu
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("H", [256, 1024])
+def test_tier2_compiled_matches_torch_nn(monkeypatch, cell, H):
+    """One persistent launch with a grid barrier per step (resident slices at H=256 for GRU/RNN,
+    streamed at 1024), fp32 with TF32 off, against cuDNN."""
+    monkeypatch.setenv("FASTRNN_TIER", "2")
+    fast, ref = twins(cell, 32, H, num_layers=1, bidirectional=True)
+    before = dict(_runtime.LAUNCHES)
+    compare_twins(fast, ref, module_inputs(cell, dict(bidirectional=True), 40, 37, "packed_unsorted", True, 32, H,
+                                           torch.float32), torch.float32)  # fmt: skip
+    launched = {k: n - before.get(k, 0) for k, n in _runtime.LAUNCHES.items() if n != before.get(k, 0)}
+    assert launched == {"multi_fwd_tier2": 4, "multi_bwd_tier2": 2}  # 2 forwards, 1 backward, x 2 directions
+
+
+@gpu
+def test_barrier_times_out_instead_of_hanging():
+    """Without a cooperative launch, 128 x 64 programs cannot all be resident: the bounded spin
+    gives up and the launcher raises; the device stays usable."""
+    T, B, H = 3, 16 * 64, 2048
+    gx = torch.randn(T, B, H, device="cuda")
+    w = torch.randn(H, H, device="cuda") / H**0.5
+    with pytest.raises(multi.BarrierTimeout, match="not all resident"):
+        multi.multi_fwd("RNN_TANH", gx, w, tier=2, cooperative=False, max_spin=2000)
+    res = multi.multi_fwd("RNN_TANH", gx[:, :16], w, tier=2)
+    ref = multi.multi_fwd("RNN_TANH", gx[:, :16], w, tier=3)
+    torch.testing.assert_close(res.out, ref.out)
