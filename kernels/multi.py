@@ -496,7 +496,9 @@ class MultiConfig:
 def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int) -> MultiConfig:
     """Tile choices of a tier-2/3 launch: resident weights where the slice fits (tier 2 only;
     never for fp32 LSTM, whose resident build crashes triton 3.9's LLVM for sm_90, see
-    kernels/NOTES.md), else ``BLOCK_K``-wide chunks streamed from L2; 8 warps."""
+    kernels/NOTES.md), else ``BLOCK_K``-wide chunks streamed from L2.  Warps: 8 with resident
+    weights (GRU bf16 H=256 spills at 4), 4 when streamed (RNN fp16 H=2048 forward and LSTM fp64
+    backward park 8-24 B in local memory inside the loop at 8, nothing at 4; sm_90 report)."""
     size = torch.empty((), dtype=dtype).element_size()
     resident = (
         tier == 2
@@ -505,7 +507,7 @@ def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int) -> 
         and not (mode == "LSTM" and dtype == torch.float32)
     )
     block_k = _pow2(hidden_size) if resident else min(BLOCK_K_STREAMED[size], _pow2(hidden_size))
-    return MultiConfig(resident, block_k, 8)
+    return MultiConfig(resident, block_k, 8 if resident else 4)
 
 
 def forced_tier() -> int | None:
@@ -574,13 +576,20 @@ def _programs_per_sm(device_index: int, n_regs: int, shared: int, num_warps: int
     return max(0, min(by_regs, by_smem, max_threads // (32 * num_warps), 32))
 
 
+_CAPACITY: dict[tuple, int] = {}
+
+
 def _co_resident_programs(kernel, args, consts, device: torch.device) -> int:
-    """Programs of this kernel that fit the GPU at once (0 in the interpreter: not needed)."""
-    compiled = kernel.warmup(*args, grid=(1,), **consts)
-    compiled._init_handles()
-    per_sm = _programs_per_sm(device.index or 0, compiled.n_regs, compiled.metadata.shared,
-                              compiled.metadata.num_warps)  # fmt: skip
-    return per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+    """Programs of this kernel that fit the GPU at once, from the compiled kernel's registers and
+    shared memory; cached per (kernel, compile-time constants, device)."""
+    key = (kernel.__name__, tuple(sorted((k, str(v)) for k, v in consts.items())), device.index)
+    if key not in _CAPACITY:
+        compiled = kernel.warmup(*args, grid=(1,), **consts)
+        compiled._init_handles()
+        per_sm = _programs_per_sm(device.index or 0, compiled.n_regs, compiled.metadata.shared,
+                                  compiled.metadata.num_warps)  # fmt: skip
+        _CAPACITY[key] = per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+    return _CAPACITY[key]
 
 
 class BarrierTimeout(RuntimeError):
