@@ -160,3 +160,20 @@ def test_barrier_times_out_instead_of_hanging():
     res = multi.multi_fwd("RNN_TANH", gx[:, :16], w, tier=2)
     ref = multi.multi_fwd("RNN_TANH", gx[:, :16], w, tier=3)
     torch.testing.assert_close(res.out, ref.out)
+
+
+@pytest.mark.parametrize("tier,mode", [(2, "LSTM"), (3, "GRU")])
+def test_opcheck_recurrence_in_tier(monkeypatch, tier, mode):
+    """The custom op (fake impl, autograd through the tier-2/3 backward, no aliasing of inputs)."""
+    from fastrnn import ops
+
+    monkeypatch.setenv("FASTRNN_TIER", str(tier))
+    T, B, H = 3, 2, 18
+    G = 4 if mode == "LSTM" else 3
+
+    def rnd(*shape):
+        return torch.randn(*shape, dtype=torch.float64, device=device()).requires_grad_()
+
+    args = (mode, rnd(T, B, G * H), rnd(G * H, H), rnd(B, H), rnd(B, H) if mode == "LSTM" else None,
+            torch.tensor([3, 1], device=device()), rnd(H) if mode == "GRU" else None, None, 1, 1, 0)  # fmt: skip
+    torch.library.opcheck(ops.recurrence_fwd, args)
