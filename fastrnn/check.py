@@ -12,6 +12,7 @@ import time
 import torch
 from torch import nn
 
+from .dispatch import kernel_tier
 from .modules import GRU, LSTM, RNN
 
 TWINS = {"RNN": (RNN, nn.RNN), "LSTM": (LSTM, nn.LSTM), "GRU": (GRU, nn.GRU)}
@@ -54,8 +55,9 @@ def run_check(
 ) -> list[dict]:
     """Compare fastrnn (backend='triton') with torch.nn for RNN, LSTM and GRU; return one row per cell.
 
-    Each row: ``cell``, ``max_out_diff``, ``max_grad_diff`` (over input and all parameters),
-    ``ms_fastrnn``, ``ms_torch`` (one forward+backward).
+    Each row: ``cell``, ``tier`` (the kernel tier that ran, ``FASTRNN_TIER`` forces one),
+    ``max_out_diff``, ``max_grad_diff`` (over input and all parameters), ``ms_fastrnn``,
+    ``ms_torch`` (one forward+backward).
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows = []
@@ -70,6 +72,7 @@ def run_check(
         rows.append(
             dict(
                 cell=cell,
+                tier=kernel_tier(fast, x)[0],
                 max_out_diff=max((a - b).abs().max().item() for a, b in zip(outs_f, outs_r)),
                 max_grad_diff=max((grads_f[k] - grads_r[k]).abs().max().item() for k in grads_r),
                 ms_fastrnn=_timed(lambda fast=fast, x=x: _fwd_bwd(fast, x, 1), dev, repeats),
@@ -87,11 +90,13 @@ def main(args) -> int:
         f"layers={args.num_layers} bidirectional, float32, on {where}"
     )
     rows = run_check(args.T, args.B, args.input_size, args.hidden_size, args.num_layers, True, str(dev), args.repeats)
-    print(f"{'cell':6} {'max |out diff|':>15} {'max |grad diff|':>16} {'fastrnn ms':>11} {'torch.nn ms':>12}")
+    print(
+        f"{'cell':6} {'tier':>4} {'max |out diff|':>15} {'max |grad diff|':>16} {'fastrnn ms':>11} {'torch.nn ms':>12}"
+    )
     ok = True
     for r in rows:
         print(
-            f"{r['cell']:6} {r['max_out_diff']:15.2e} {r['max_grad_diff']:16.2e} "
+            f"{r['cell']:6} {r['tier']:>4} {r['max_out_diff']:15.2e} {r['max_grad_diff']:16.2e} "
             f"{r['ms_fastrnn']:11.2f} {r['ms_torch']:12.2f}"
         )
         ok &= r["max_out_diff"] < 1e-4 and r["max_grad_diff"] < 1e-3
