@@ -177,3 +177,14 @@ def test_opcheck_recurrence_in_tier(monkeypatch, tier, mode):
     args = (mode, rnd(T, B, G * H), rnd(G * H, H), rnd(B, H), rnd(B, H) if mode == "LSTM" else None,
             torch.tensor([3, 1], device=device()), rnd(H) if mode == "GRU" else None, None, 1, 1, 0)  # fmt: skip
     torch.library.opcheck(ops.recurrence_fwd, args)
+
+
+def test_check_command_reports_tier_and_agreement(monkeypatch):
+    from fastrnn.check import run_check
+
+    monkeypatch.setenv("FASTRNN_TIER", "3")
+    rows = run_check(T=2, B=2, input_size=3, hidden_size=4, num_layers=1, bidirectional=False,
+                     device=str(device()), repeats=1)  # fmt: skip
+    assert [r["cell"] for r in rows] == ["RNN", "LSTM", "GRU"]
+    for r in rows:
+        assert r["tier"] == 3 and r["max_out_diff"] < 1e-5 and r["max_grad_diff"] < 1e-5, r
