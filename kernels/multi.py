@@ -563,17 +563,37 @@ def choose_tier(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
 
 
 @functools.cache
-def _programs_per_sm(device_index: int, n_regs: int, shared: int, num_warps: int) -> int:
-    """How many programs of a compiled kernel one SM holds at once: registers (allocated per warp
-    in units of 256), shared memory (+1 KiB the driver reserves per block), threads, blocks."""
-    props = torch.cuda.get_device_properties(device_index)
+def programs_per_sm(
+    n_regs: int,
+    shared: int,
+    num_warps: int,
+    regs_per_sm: int = 65536,
+    smem_per_sm: int = 228 * 1024,
+    max_threads: int = 2048,
+    max_blocks: int = 32,
+) -> int:
+    """How many programs of a compiled kernel one SM holds at once (defaults: H100/A100 limits):
+    registers are allocated per warp in units of 256, each block's shared memory gets 1 KiB more
+    (reserved by the driver), threads and resident blocks are capped."""
     regs_per_warp = -(-max(1, n_regs) * 32 // 256) * 256
-    regs_per_sm = getattr(props, "regs_per_multiprocessor", 65536)
-    smem_per_sm = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
-    max_threads = getattr(props, "max_threads_per_multi_processor", 2048)
     by_regs = regs_per_sm // (regs_per_warp * num_warps)
     by_smem = smem_per_sm // (shared + 1024)
-    return max(0, min(by_regs, by_smem, max_threads // (32 * num_warps), 32))
+    return max(0, min(by_regs, by_smem, max_threads // (32 * num_warps), max_blocks))
+
+
+@functools.cache
+def _sm_limits(device_index: int) -> tuple[int, dict]:
+    props = torch.cuda.get_device_properties(device_index)
+    limits = {
+        key: getattr(props, attr)
+        for key, attr in (
+            ("regs_per_sm", "regs_per_multiprocessor"),
+            ("smem_per_sm", "shared_memory_per_multiprocessor"),
+            ("max_threads", "max_threads_per_multi_processor"),
+        )
+        if getattr(props, attr, None)
+    }
+    return props.multi_processor_count, limits
 
 
 _CAPACITY: dict[tuple, int] = {}
@@ -586,9 +606,9 @@ def _co_resident_programs(kernel, args, consts, device: torch.device) -> int:
     if key not in _CAPACITY:
         compiled = kernel.warmup(*args, grid=(1,), **consts)
         compiled._init_handles()
-        per_sm = _programs_per_sm(device.index or 0, compiled.n_regs, compiled.metadata.shared,
-                                  compiled.metadata.num_warps)  # fmt: skip
-        _CAPACITY[key] = per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+        n_sm, limits = _sm_limits(device.index if device.index is not None else torch.cuda.current_device())
+        per_sm = programs_per_sm(compiled.n_regs, compiled.metadata.shared, compiled.metadata.num_warps, **limits)
+        _CAPACITY[key] = per_sm * n_sm
     return _CAPACITY[key]
 
 

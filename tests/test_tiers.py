@@ -188,3 +188,14 @@ def test_check_command_reports_tier_and_agreement(monkeypatch):
     assert [r["cell"] for r in rows] == ["RNN", "LSTM", "GRU"]
     for r in rows:
         assert r["tier"] == 3 and r["max_out_diff"] < 1e-5 and r["max_grad_diff"] < 1e-5, r
+
+
+def test_programs_per_sm_occupancy_arithmetic():
+    # 170 registers -> 5632 per warp (22 x 256); 8 warps -> 45056 of 65536: 1 program per SM
+    assert multi.programs_per_sm(170, 24 * 1024, 8) == 1
+    # 100 registers, 4 warps: 3328 x 4 = 13312 -> 4 by registers; 12 KiB (+1) shared -> 17; 16 by threads
+    assert multi.programs_per_sm(100, 12 * 1024, 4) == 4
+    # shared memory bound: 100 KiB per program -> 2 in 228 KiB
+    assert multi.programs_per_sm(32, 100 * 1024, 4) == 2
+    # too big for one SM at all
+    assert multi.programs_per_sm(255, 240 * 1024, 8) == 0
