@@ -18,7 +18,7 @@ exchange ``h`` through global memory (L2) and wait for each other between steps:
   barrier), chunked over ``K``: always fits.  Triton's interpreter runs programs one after
   another, so a barrier cannot work there: in the interpreter tier 2 also runs as per-step
   launches (with its resident weights), which tests its maths and indexing on CPU; the barrier
-  itself is tested on a GPU (``tests/test_gpu.py``).
+  itself is tested on a GPU (``tests/test_tiers.py``).
 
 State that crosses programs lives in fp32 (fp64) buffers, never in the storage dtype:
 ``hbuf`` (2, B, H) holds ``h`` after step ``s`` in slot ``s % 2`` (slot 1 starts as ``h0``;
@@ -80,10 +80,14 @@ def _grid_barrier(counter_ptr, flag_ptr, target, max_spin):
 
     Every program adds 1 per step to its group's counter (release: its stores of this step are
     visible first), then spins (acquire) until the counter reaches ``target = NS * steps done``.
-    The spin is bounded by ``max_spin`` polls; on timeout the flag is set (the launcher raises) and
-    the function returns ``False`` so the caller stops waiting at later steps.
+    The spin is bounded by ``max_spin`` polls, and skipped once the flag says another program
+    already timed out; on timeout the flag is set and the function returns ``False``: the caller
+    then stops waiting and writes NaN from then on, so a failed barrier is never a silent wrong
+    answer (the launcher can also raise :class:`BarrierTimeout`).
     """
     tl.debug_barrier()  # every thread's stores of this step precede the release
+    if tl.load(flag_ptr, volatile=True) != 0:
+        max_spin = 0
     tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
     seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
     spins = 0
@@ -160,11 +164,14 @@ def _gate_dots(a_ptr, s_a_b, rows, row_ok, w_ptr, s_w_k, s_w_u, s_w_gate, units,
             w_k = w_u + k[:, None].to(tl.int64) * s_w_k
             w_mask = (k < K)[:, None] & unit_ok[None, :]
             p0 += _mm(a, tl.load(w_k, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT)
-            if N_GATES > 1:
-                p1 += _mm(a, tl.load(w_k + s_w_gate, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT)
-                p2 += _mm(a, tl.load(w_k + 2 * s_w_gate, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT)
+            if N_GATES > 1:  # gate blocks by repeated pointer steps: no g * stride product to overflow
+                w_k += s_w_gate
+                p1 += _mm(a, tl.load(w_k, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT)
+                w_k += s_w_gate
+                p2 += _mm(a, tl.load(w_k, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT)
             if N_GATES > 3:
-                p3 += _mm(a, tl.load(w_k + 3 * s_w_gate, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT)
+                w_k += s_w_gate
+                p3 += _mm(a, tl.load(w_k, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT)
     return p0, p1, p2, p3
 
 
@@ -187,7 +194,7 @@ def _load_w_slice(w_ptr, s_w_k, s_w_u, units, unit_ok, K, RESIDENT: tl.constexpr
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _multi_fwd_kernel(
     gx_ptr, s_gx_t, s_gx_b,  # gx: (T, B, G*H) = x W_ih^T + biases, last dim contiguous
-    w_hh_ptr, s_whh_r,  # W_hh: (G*H, H), row-major, gate blocks in torch order
+    w_hh_ptr, s_whh_r, s_whh_g,  # W_hh: (G*H, H), row-major, gate blocks in torch order; s_whh_g = H * s_whh_r
     b_hn_ptr,  # b_hn: (H,) GRU's recurrent n-gate bias (HAS_BHN)
     len_ptr,  # lengths: (B,) int64 (IS_VARLEN)
     hbuf_ptr, s_hb_k, s_hb_b,  # hbuf: (2, B, H) ACC, slot s % 2 = h after step s; slot 1 = h0
@@ -195,7 +202,7 @@ def _multi_fwd_kernel(
     out_ptr, s_out_t, s_out_b,  # out: (T, B, H) h_t, 0 at padding
     gates_ptr, s_gt_t, s_gt_b,  # gates: (T, B, G*H) gate activations (SAVE, LSTM/GRU)
     aux_ptr, s_aux_t, s_aux_b,  # aux: (T, B, H) c_t (LSTM) or W_hn h_{t-1} + b_hn (GRU) (SAVE)
-    sync_ptr,  # sync: (NG + 1,) int32 zeros: a barrier counter per batch group, then the timeout flag
+    sync_ptr,  # sync: ((NG + 1) * 32,) int32: group g's barrier counter at 32 g, the timeout flag at 32 NG
     J_BEGIN, J_END, T, B, H, N_GROUPS, MAX_SPIN,
     CELL: tl.constexpr, N_GATES: tl.constexpr, RELU: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr,
     HAS_BHN: tl.constexpr, SAVE: tl.constexpr,
@@ -215,10 +222,10 @@ def _multi_fwd_kernel(
     w2 = w0
     w3 = w0
     if N_GATES > 1:
-        w1 = _load_w_slice(w_hh_ptr + H * s_whh_r, 1, s_whh_r, units, unit_ok, H, RESIDENT, BLOCK_K)
-        w2 = _load_w_slice(w_hh_ptr + 2 * H * s_whh_r, 1, s_whh_r, units, unit_ok, H, RESIDENT, BLOCK_K)
+        w1 = _load_w_slice(w_hh_ptr + s_whh_g, 1, s_whh_r, units, unit_ok, H, RESIDENT, BLOCK_K)
+        w2 = _load_w_slice(w_hh_ptr + s_whh_g + s_whh_g, 1, s_whh_r, units, unit_ok, H, RESIDENT, BLOCK_K)
     if N_GATES > 3:
-        w3 = _load_w_slice(w_hh_ptr + 3 * H * s_whh_r, 1, s_whh_r, units, unit_ok, H, RESIDENT, BLOCK_K)
+        w3 = _load_w_slice(w_hh_ptr + s_whh_g + s_whh_g + s_whh_g, 1, s_whh_r, units, unit_ok, H, RESIDENT, BLOCK_K)
     if HAS_BHN:
         b_hn = tl.load(b_hn_ptr + units, mask=unit_ok, other=0.0).to(ACC)[None, :]
     n_tiles = tl.cdiv(B, BLOCK_B)
@@ -242,7 +249,7 @@ def _multi_fwd_kernel(
             h_own = tl.load(h_prev_ptr + rows[:, None] * s_hb_b + units[None, :], mask=mask, other=0.0,
                             cache_modifier=".cg")
             # dots with h_{s-1}: all H columns, from every program of the group
-            p0, p1, p2, p3 = _gate_dots(h_prev_ptr, s_hb_b, rows, row_ok, w_hh_ptr, 1, s_whh_r, H * s_whh_r, units,
+            p0, p1, p2, p3 = _gate_dots(h_prev_ptr, s_hb_b, rows, row_ok, w_hh_ptr, 1, s_whh_r, s_whh_g, units,
                                         unit_ok, w0, w1, w2, w3, H, N_GATES, RESIDENT, BLOCK_B, BLOCK_K, PRECISION,
                                         ACC, UPCAST_DOT)
             if CELL == _RNN:
@@ -270,6 +277,7 @@ def _multi_fwd_kernel(
                     z = _sigmoid(tl.load(gx_t + H, mask=act, other=0.0).to(ACC) + p1)
                     n = _tanh(tl.load(gx_t + 2 * H, mask=act, other=0.0).to(ACC) + r * hn)
                     h_new = (1.0 - z) * n + z * h_own
+            h_new = tl.where(spin_budget < 0, float("nan"), h_new)  # after a failed barrier: loud, not wrong
             tl.store(h_cur_ptr + rows[:, None] * s_hb_b + units[None, :], tl.where(keep, h_new, h_own), mask=mask)
             out_t = out_ptr + t[:, None] * s_out_t + rows[:, None] * s_out_b + units[None, :]
             tl.store(out_t, tl.where(keep, h_new, 0.0).to(out_ptr.dtype.element_ty), mask=mask)
@@ -289,8 +297,10 @@ def _multi_fwd_kernel(
                     tl.store(gt_t + 2 * H, tl.where(keep, n, 0.0).to(sdt), mask=mask)
                     tl.store(aux_t, tl.where(keep, hn, 0.0).to(sdt), mask=mask)
         if USE_BARRIER:
-            ok = _grid_barrier(sync_ptr + pid_g, sync_ptr + N_GROUPS, n_slices * (s - J_BEGIN + 1), spin_budget)
-            spin_budget = tl.where(ok, spin_budget, 0)
+            if s + 1 < J_END:
+                ok = _grid_barrier(sync_ptr + 32 * pid_g, sync_ptr + 32 * N_GROUPS, n_slices * (s - J_BEGIN + 1),
+                                   spin_budget)
+                spin_budget = tl.where(ok, spin_budget, -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,13 +315,13 @@ def _multi_bwd_kernel(
     aux_ptr, s_aux_t, s_aux_b,  # aux: (T, B, H) c_t (LSTM) or W_hn h_{t-1} + b_hn (GRU)
     h0_ptr, s_h0_b,  # h0: (B, H) (GRU, HAS_H0)
     c0_ptr, s_c0_b,  # c0: (B, H) (LSTM, HAS_C0)
-    w_hh_ptr, s_whh_r,  # W_hh: (G*H, H), row-major
+    w_hh_ptr, s_whh_r, s_whh_g,  # W_hh: (G*H, H), row-major; s_whh_g = H * s_whh_r
     len_ptr,  # lengths: (B,) int64 (IS_VARLEN)
     dhbuf_ptr, s_dhb_b,  # dhbuf: (B, H) ACC, dL/dh carried backwards: d h_n on entry, d h0 on exit
     dcbuf_ptr, s_dcb_b,  # dcbuf: (B, H) ACC, LSTM dL/dc: d c_n on entry, d c0 on exit
     dg_ptr, s_dg_t, s_dg_b,  # out, dL/d gx: (T, B, G*H), 0 at padding
     dhng_ptr, s_dhng_t, s_dhng_b,  # out, GRU: dL/d(W_hn h_{t-1} + b_hn): (T, B, H), 0 at padding
-    sync_ptr,  # sync: (NG + 1,) int32 zeros
+    sync_ptr,  # sync: ((NG + 1) * 32,) int32, as in the forward
     J_BEGIN, J_END, T, B, H, N_GROUPS, MAX_SPIN,
     CELL: tl.constexpr, N_GATES: tl.constexpr, RELU: tl.constexpr, HAS_H0: tl.constexpr, HAS_C0: tl.constexpr,
     IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr,
@@ -327,12 +337,15 @@ def _multi_bwd_kernel(
     # W_hh restricted to this program's columns, per gate: w_g[k, u] = W_hh[g*H + k, u],
     # i.e. base w_hh + g*H*s_whh_r, stride s_whh_r along k and 1 along u.
     w_c = w_hh_ptr
+    w_c1 = w_c + s_whh_g  # gate blocks by repeated pointer steps: no g * stride product to overflow
+    w_c2 = w_c1 + s_whh_g
+    w_c3 = w_c2 + s_whh_g
     w0 = _load_w_slice(w_c, s_whh_r, 1, units, unit_ok, H, RESIDENT, BLOCK_K)
     if CELL != _RNN:
-        w1 = _load_w_slice(w_c + H * s_whh_r, s_whh_r, 1, units, unit_ok, H, RESIDENT, BLOCK_K)
-        w2 = _load_w_slice(w_c + 2 * H * s_whh_r, s_whh_r, 1, units, unit_ok, H, RESIDENT, BLOCK_K)
+        w1 = _load_w_slice(w_c1, s_whh_r, 1, units, unit_ok, H, RESIDENT, BLOCK_K)
+        w2 = _load_w_slice(w_c2, s_whh_r, 1, units, unit_ok, H, RESIDENT, BLOCK_K)
     if CELL == _LSTM:
-        w3 = _load_w_slice(w_c + 3 * H * s_whh_r, s_whh_r, 1, units, unit_ok, H, RESIDENT, BLOCK_K)
+        w3 = _load_w_slice(w_c3, s_whh_r, 1, units, unit_ok, H, RESIDENT, BLOCK_K)
     n_tiles = tl.cdiv(B, BLOCK_B)
     spin_budget = MAX_SPIN
     ddt = dg_ptr.dtype.element_ty
@@ -356,18 +369,18 @@ def _multi_bwd_kernel(
                 d_rec = _dot_slice(dg1, s_dg_b, rows, row_ok, w_c, s_whh_r, 1, units, unit_ok, w0, H,
                                    RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC, UPCAST_DOT)
                 if CELL != _RNN:
-                    d_rec += _dot_slice(dg1 + H, s_dg_b, rows, row_ok, w_c + H * s_whh_r, s_whh_r, 1, units,
+                    d_rec += _dot_slice(dg1 + H, s_dg_b, rows, row_ok, w_c1, s_whh_r, 1, units,
                                         unit_ok, w1, H, RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC, UPCAST_DOT)
                 if CELL == _LSTM:
-                    d_rec += _dot_slice(dg1 + 2 * H, s_dg_b, rows, row_ok, w_c + 2 * H * s_whh_r, s_whh_r, 1,
+                    d_rec += _dot_slice(dg1 + 2 * H, s_dg_b, rows, row_ok, w_c2, s_whh_r, 1,
                                         units, unit_ok, w2, H, RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC,
                                         UPCAST_DOT)
-                    d_rec += _dot_slice(dg1 + 3 * H, s_dg_b, rows, row_ok, w_c + 3 * H * s_whh_r, s_whh_r, 1,
+                    d_rec += _dot_slice(dg1 + 3 * H, s_dg_b, rows, row_ok, w_c3, s_whh_r, 1,
                                         units, unit_ok, w3, H, RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC,
                                         UPCAST_DOT)
                 if CELL == _GRU:  # the n gate's recurrent part is d(W_hn h + b_hn) = d_npre * r
                     dhng1 = dhng_ptr + t1[:, None] * s_dhng_t
-                    d_rec += _dot_slice(dhng1, s_dhng_b, rows, row_ok, w_c + 2 * H * s_whh_r, s_whh_r, 1,
+                    d_rec += _dot_slice(dhng1, s_dhng_b, rows, row_ok, w_c2, s_whh_r, 1,
                                         units, unit_ok, w2, H, RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC,
                                         UPCAST_DOT)
                 tl.store(dh_ptrs, tl.load(dh_ptrs, mask=mask, other=0.0) + d_rec, mask=mask)
@@ -385,6 +398,7 @@ def _multi_bwd_kernel(
                 has_prev = (active & (t_prev >= 0) & (t_prev < seq_len))[:, None]
                 prev = act & has_prev
                 dh = tl.load(dh_ptrs, mask=mask, other=0.0)
+                dh = tl.where(spin_budget < 0, float("nan"), dh)  # after a failed barrier: loud, not wrong
                 dh += tl.load(dout_ptr + t[:, None] * s_do_t + rows[:, None] * s_do_b + units[None, :],
                               mask=act, other=0.0).to(ACC)
                 dg_t = dg_ptr + t[:, None] * s_dg_t + rows[:, None] * s_dg_b + units[None, :]
@@ -444,9 +458,9 @@ def _multi_bwd_kernel(
                 tl.store(dh_ptrs, dh_carry, mask=mask)
         if USE_BARRIER:
             if s >= 0:
-                ok = _grid_barrier(sync_ptr + pid_g, sync_ptr + N_GROUPS, n_slices * (j - J_BEGIN + 1),
+                ok = _grid_barrier(sync_ptr + 32 * pid_g, sync_ptr + 32 * N_GROUPS, n_slices * (j - J_BEGIN + 1),
                                    spin_budget)
-                spin_budget = tl.where(ok, spin_budget, 0)
+                spin_budget = tl.where(ok, spin_budget, -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,6 +505,7 @@ class MultiConfig:
     resident: bool
     block_k: int
     num_warps: int
+    num_stages: int
 
 
 def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int) -> MultiConfig:
@@ -498,7 +513,10 @@ def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int) -> 
     never for fp32 LSTM, whose resident build crashes triton 3.9's LLVM for sm_90, see
     kernels/NOTES.md), else ``BLOCK_K``-wide chunks streamed from L2.  Warps: 8 with resident
     weights (GRU bf16 H=256 spills at 4), 4 when streamed (RNN fp16 H=2048 forward and LSTM fp64
-    backward park 8-24 B in local memory inside the loop at 8, nothing at 4; sm_90 report)."""
+    backward park 8-24 B in local memory inside the loop at 8).  Software-pipeline stages: 2 for
+    the streamed K loop (prefetches the next chunk; the default 3 makes ptxas park 8 B inside the
+    loop in RNN 16-bit forwards on triton 3.6), 1 with resident weights (nothing to prefetch).
+    Measured on sm_90 with triton 3.9 and 3.6, see kernels/NOTES.md."""
     size = torch.empty((), dtype=dtype).element_size()
     resident = (
         tier == 2
@@ -507,7 +525,7 @@ def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int) -> 
         and not (mode == "LSTM" and dtype == torch.float32)
     )
     block_k = _pow2(hidden_size) if resident else min(BLOCK_K_STREAMED[size], _pow2(hidden_size))
-    return MultiConfig(resident, block_k, 8 if resident else 4)
+    return MultiConfig(resident, block_k, 8 if resident else 4, 1 if resident else 2)
 
 
 def forced_tier() -> int | None:
@@ -582,8 +600,8 @@ def programs_per_sm(
 
 
 @functools.cache
-def _sm_limits(device_index: int) -> tuple[int, dict]:
-    props = torch.cuda.get_device_properties(device_index)
+def _sm_limits(device_index: int | None) -> tuple[int, dict]:
+    props = torch.cuda.get_device_properties(device_index if device_index is not None else torch.cuda.current_device())
     limits = {
         key: getattr(props, attr)
         for key, attr in (
@@ -598,15 +616,20 @@ def _sm_limits(device_index: int) -> tuple[int, dict]:
 
 _CAPACITY: dict[tuple, int] = {}
 
+#: Value the barrier counters start from.  Tests set it very negative so that no barrier can
+#: complete (the bounded spin, the NaN poisoning and :class:`BarrierTimeout` are then certain).
+_BARRIER_START = 0
+
 
 def _co_resident_programs(kernel, args, consts, device: torch.device) -> int:
     """Programs of this kernel that fit the GPU at once, from the compiled kernel's registers and
-    shared memory; cached per (kernel, compile-time constants, device)."""
-    key = (kernel.__name__, tuple(sorted((k, str(v)) for k, v in consts.items())), device.index)
+    shared memory.  ``warmup`` returns the binary the launch will use (same arguments, so the same
+    dtypes and divisibility specialisation); the capacity is cached per binary and device."""
+    compiled = kernel.warmup(*args, grid=(1,), **consts)
+    key = (compiled.hash, device.index)
     if key not in _CAPACITY:
-        compiled = kernel.warmup(*args, grid=(1,), **consts)
         compiled._init_handles()
-        n_sm, limits = _sm_limits(device.index if device.index is not None else torch.cuda.current_device())
+        n_sm, limits = _sm_limits(device.index)
         per_sm = programs_per_sm(compiled.n_regs, compiled.metadata.shared, compiled.metadata.num_warps, **limits)
         _CAPACITY[key] = per_sm * n_sm
     return _CAPACITY[key]
@@ -616,37 +639,51 @@ class BarrierTimeout(RuntimeError):
     """The programs of a tier-2 launch were not all resident at once (a grid barrier timed out)."""
 
 
-def _launch(kernel, name: str, tier: int, T: int, B: int, H: int, n_iters: int, args: list, consts: dict,
+def _check_barriers(cooperative: bool) -> bool:
+    """Whether to read the timeout flag after a tier-2 launch (one host sync).  A cooperative
+    launch guarantees co-residency, so there the flag is only read when ``FASTRNN_BARRIER_CHECK=1``;
+    a timeout would still show, as NaN in every output computed after it."""
+    return not cooperative or os.environ.get("FASTRNN_BARRIER_CHECK", "0") not in ("", "0")
+
+
+def _launch(kernel, kind: str, tier: int, T: int, B: int, H: int, n_iters: int, args: list, consts: dict,
             device: torch.device, cooperative: bool | None, max_spin: int) -> int:  # fmt: skip
     """Launch ``kernel`` over ``n_iters`` loop iterations as tier 2 (one launch with a grid
-    barrier between iterations) or tier 3 (one launch per iteration); returns the tier that ran.
-    ``args`` are the kernel's arguments before ``sync_ptr``."""
+    barrier between iterations) or tier 3 (one launch per iteration); returns the tier that ran
+    (launches are counted as ``{kind}_tier{N}``).  ``args`` are the kernel's arguments before
+    ``sync_ptr``."""
     n_slices = triton.cdiv(H, BLOCK_HS)
     n_tiles = triton.cdiv(B, BLOCK_B)
-    persistent = tier == 2 and not _runtime.INTERPRET
-    if persistent:
+    if tier == 2 and not _runtime.INTERPRET:
         coop = True if cooperative is None else cooperative
         full = dict(consts, USE_BARRIER=True, launch_cooperative_grid=coop)
-        sync = torch.zeros(n_tiles + 1, dtype=torch.int32, device=device)
-        probe = [*args, sync, 0, n_iters, T, B, H, 1, max_spin]
-        capacity = _co_resident_programs(kernel, probe, full, device)
-        n_groups = min(n_tiles, capacity // n_slices) if coop else n_tiles
-        if n_groups >= 1:
-            kernel[(n_slices, n_groups)](*args, sync, 0, n_iters, T, B, H, n_groups, max_spin, **full)
-            _runtime.count_launch(name)
-            if not torch.cuda.is_current_stream_capturing() and int(sync[n_groups].item()):
-                raise BarrierTimeout(
-                    f"fastrnn: a tier-2 grid barrier timed out ({n_slices} x {n_groups} programs were not "
-                    f"all resident at once); run with FASTRNN_TIER=3"
-                )
-            return 2
+        # a counter per batch group, 32 ints (128 B) apart so that groups poll different lines
+        sync = torch.full(((n_tiles + 1) * 32,), _BARRIER_START, dtype=torch.int32, device=device)
+        sync[n_tiles * 32 :] = 0
+        with torch.cuda.device(device):
+            probe = [*args, sync, 0, n_iters, T, B, H, n_tiles, max_spin]
+            capacity = _co_resident_programs(kernel, probe, full, device)
+            n_groups = min(n_tiles, capacity // n_slices) if coop else n_tiles
+            if n_groups >= 1:
+                if n_groups < n_tiles:  # the flag sits after the last group's counter
+                    sync[n_groups * 32 :] = 0
+                kernel[(n_slices, n_groups)](*args, sync, 0, n_iters, T, B, H, n_groups, max_spin, **full)
+                _runtime.count_launch(f"{kind}_tier2")
+                if _check_barriers(coop) and not torch.cuda.is_current_stream_capturing():
+                    if int(sync[n_groups * 32].item()):
+                        raise BarrierTimeout(
+                            f"fastrnn: a tier-2 grid barrier timed out ({n_slices} x {n_groups} programs were "
+                            f"not all resident at once); run with FASTRNN_TIER=3"
+                        )
+                return 2
         # Not even one batch group fits the GPU at once: per-step launches instead.
-    sync = torch.zeros(1, dtype=torch.int32, device=device)
+    sync = torch.zeros(32, dtype=torch.int32, device=device)
     per_step = dict(consts, USE_BARRIER=False)
+    ran = tier if _runtime.INTERPRET else 3  # the interpreter runs tier 2's body per step
     for j in range(n_iters):
         kernel[(n_slices, n_tiles)](*args, sync, j, j + 1, T, B, H, n_tiles, 0, **per_step)
-        _runtime.count_launch(name)
-    return tier if _runtime.INTERPRET else 3
+        _runtime.count_launch(f"{kind}_tier{ran}")
+    return ran
 
 
 def _consts(mode: str, dtype: torch.dtype, cfg: MultiConfig, allow_tf32: bool) -> dict:
@@ -658,6 +695,7 @@ def _consts(mode: str, dtype: torch.dtype, cfg: MultiConfig, allow_tf32: bool) -
         ACC=tl.float64 if dtype == torch.float64 else tl.float32,
         UPCAST_DOT=_runtime.INTERPRET and dtype == torch.bfloat16,
         num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
 
 
@@ -715,7 +753,7 @@ def multi_fwd(
         dummy = gx
         args = [
             gx, gx.stride(0), gx.stride(1),
-            w_hh, w_hh.stride(0),
+            w_hh, w_hh.stride(0), H * w_hh.stride(0),
             b_hn if b_hn is not None else dummy,
             lengths if lengths is not None else dummy,
             hbuf, hbuf.stride(0), hbuf.stride(1),
@@ -728,7 +766,7 @@ def multi_fwd(
             IS_VARLEN=lengths is not None, REVERSE=reverse, HAS_BHN=b_hn is not None, SAVE=save,
             **_consts(mode, dtype, cfg, allow_tf32),
         )
-        _launch(_multi_fwd_kernel, f"multi_fwd_tier{tier}", tier, T, B, H, T, args, consts, dev, cooperative, max_spin)
+        _launch(_multi_fwd_kernel, "multi_fwd", tier, T, B, H, T, args, consts, dev, cooperative, max_spin)
     h_n = hbuf[(T - 1) % 2 if T > 0 else 1].to(dtype)
     c_n = cbuf.to(dtype) if mode == "LSTM" else None
     return ForwardResult(out, h_n, c_n, gates, aux)
@@ -774,7 +812,7 @@ def multi_bwd(
             fwd.aux if fwd.aux is not None else dummy, *_strides2(fwd.aux),
             h0 if h0 is not None else dummy, h0.stride(0) if h0 is not None else 0,
             c0 if c0 is not None else dummy, c0.stride(0) if c0 is not None else 0,
-            w_hh, w_hh.stride(0),
+            w_hh, w_hh.stride(0), H * w_hh.stride(0),
             lengths if lengths is not None else dummy,
             dhbuf, dhbuf.stride(0),
             dcbuf if dcbuf is not None else dhbuf, dcbuf.stride(0) if dcbuf is not None else 0,
@@ -785,6 +823,6 @@ def multi_bwd(
             HAS_H0=h0 is not None, HAS_C0=c0 is not None, IS_VARLEN=lengths is not None, REVERSE=reverse,
             **_consts(mode, dtype, cfg, allow_tf32),
         )
-        _launch(_multi_bwd_kernel, f"multi_bwd_tier{tier}", tier, T, B, H, T + 1, args, consts, dev, cooperative,
+        _launch(_multi_bwd_kernel, "multi_bwd", tier, T, B, H, T + 1, args, consts, dev, cooperative,
                 max_spin)  # fmt: skip
     return BackwardResult(d_gx, d_hn_gate, None, dhbuf, dcbuf)

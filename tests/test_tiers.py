@@ -133,33 +133,91 @@ def test_forced_tier_that_cannot_run_raises(monkeypatch):
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="the grid barrier needs a CUDA device")
 
 
+def _outputs_and_grads(module, x, h0, seed=1):
+    """Outputs and gradients (input, h0, every parameter) of a random functional, in fp64."""
+    module.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    h0 = h0.detach().clone().requires_grad_()
+    out, h_n = module(x, h0)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    loss = sum(
+        (t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device)).sum() for t in (out, h_n)
+    )
+    loss.backward()
+    vals = {"out": out, "h_n": h_n, "d_input": x.grad, "d_h0": h0.grad}
+    vals.update({f"d_{n}": p.grad for n, p in module.named_parameters()})
+    return {k: v.double() for k, v in vals.items()}
+
+
 @gpu
-@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
-@pytest.mark.parametrize("H", [256, 1024])
-def test_tier2_compiled_matches_torch_nn(monkeypatch, cell, H):
-    """One persistent launch with a grid barrier per step (resident slices at H=256 for GRU/RNN,
-    streamed at 1024), fp32 with TF32 off, against cuDNN."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("cell,H", [("RNN", 256), ("GRU", 128), ("LSTM", 128), ("GRU", 1024), ("LSTM", 1024)])
+def test_tier2_compiled_within_twice_cudnn_error(monkeypatch, cell, H, dtype):
+    """One persistent launch per layer and direction (grid barrier per step; resident weight
+    slices for 16-bit at H=128/256, streamed at 1024), against an fp64 reference: every output
+    and gradient within twice cuDNN's own error in the same dtype (fp32: TF32 off), plus a small
+    atol."""
     monkeypatch.setenv("FASTRNN_TIER", "2")
-    fast, ref = twins(cell, 32, H, num_layers=1, bidirectional=True)
+    monkeypatch.setenv("FASTRNN_BARRIER_CHECK", "1")
+    T, B, I = 40, 37, 32
+    fast, ref = twins(cell, I, H, bidirectional=True)
+    ref64 = type(ref)(I, H, bidirectional=True).cuda().double()
+    ref64.load_state_dict(ref.state_dict())
+    fast, ref = fast.to(dtype), ref.to(dtype)
+    x = torch.randn(T, B, I, device="cuda", dtype=torch.float64)
+    h0 = torch.randn(2, B, H, device="cuda", dtype=torch.float64)
+    want = _run_cell(ref64, x, h0)
     before = dict(_runtime.LAUNCHES)
-    compare_twins(fast, ref, module_inputs(cell, dict(bidirectional=True), 40, 37, "packed_unsorted", True, 32, H,
-                                           torch.float32), torch.float32)  # fmt: skip
+    got = _run_cell(fast, x.to(dtype), h0.to(dtype))
     launched = {k: n - before.get(k, 0) for k, n in _runtime.LAUNCHES.items() if n != before.get(k, 0)}
-    assert launched == {"multi_fwd_tier2": 4, "multi_bwd_tier2": 2}  # 2 forwards, 1 backward, x 2 directions
+    assert launched == {"multi_fwd_tier2": 2, "multi_bwd_tier2": 2}  # one launch per direction
+    base = _run_cell(ref, x.to(dtype), h0.to(dtype))
+    atol = 1e-5 if dtype == torch.float32 else 1e-3
+    for k in want:
+        err_fast = (got[k] - want[k]).abs().max().item()
+        err_cudnn = (base[k] - want[k]).abs().max().item()
+        assert err_fast <= 2 * err_cudnn + atol * max(1.0, want[k].abs().max().item()), (k, err_fast, err_cudnn)
+
+
+def _run_cell(module, x, h0):
+    if isinstance(module, (torch.nn.LSTM, fastrnn.LSTM)):
+        c0 = h0.flip(-1).contiguous()
+
+        class _Wrap(torch.nn.Module):  # LSTM's (h0, c0) behind the (x, h0) interface
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, x, h):
+                out, (h_n, c_n) = self.m(x, (h, c0.detach().to(h.dtype)))
+                return out, h_n + c_n
+
+        return _outputs_and_grads(_Wrap(module), x, h0)
+    return _outputs_and_grads(module, x, h0)
 
 
 @gpu
-def test_barrier_times_out_instead_of_hanging():
-    """Without a cooperative launch, 128 x 64 programs cannot all be resident: the bounded spin
-    gives up and the launcher raises; the device stays usable."""
-    T, B, H = 3, 16 * 64, 2048
+@pytest.mark.parametrize("check", [True, False], ids=["flag_checked", "nan_poisoned"])
+def test_barrier_that_never_completes_fails_loudly(monkeypatch, check):
+    """Counters that start far below any target: no barrier can complete.  The bounded spin gives
+    up (fast: later barriers do not wait once the flag is set); with the flag checked the launcher
+    raises BarrierTimeout, without it every output after the first step is NaN -- never a hang,
+    never a silent wrong answer.  The device stays usable."""
+    T, B, H = 5, 40, 256
     gx = torch.randn(T, B, H, device="cuda")
     w = torch.randn(H, H, device="cuda") / H**0.5
-    with pytest.raises(multi.BarrierTimeout, match="not all resident"):
-        multi.multi_fwd("RNN_TANH", gx, w, tier=2, cooperative=False, max_spin=2000)
-    res = multi.multi_fwd("RNN_TANH", gx[:, :16], w, tier=2)
-    ref = multi.multi_fwd("RNN_TANH", gx[:, :16], w, tier=3)
-    torch.testing.assert_close(res.out, ref.out)
+    monkeypatch.setattr(multi, "_BARRIER_START", -(2**30))
+    monkeypatch.setenv("FASTRNN_BARRIER_CHECK", "1" if check else "0")
+    if check:
+        with pytest.raises(multi.BarrierTimeout, match="not all resident"):
+            multi.multi_fwd("RNN_TANH", gx, w, tier=2, max_spin=2000)
+    else:
+        res = multi.multi_fwd("RNN_TANH", gx, w, tier=2, max_spin=2000)
+        assert torch.isnan(res.out[1:]).all() and torch.isnan(res.h_n).all()
+        assert not torch.isnan(res.out[0]).any()  # step 0 needs no barrier
+    monkeypatch.setattr(multi, "_BARRIER_START", 0)
+    torch.testing.assert_close(multi.multi_fwd("RNN_TANH", gx, w, tier=2).out,
+                               multi.multi_fwd("RNN_TANH", gx, w, tier=3).out)  # fmt: skip
 
 
 @pytest.mark.parametrize("tier,mode", [(2, "LSTM"), (3, "GRU")])
