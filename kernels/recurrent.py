@@ -28,7 +28,6 @@ fp64 for fp64 tensors), stores in the output dtype.  Offsets are int64.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -48,12 +47,29 @@ _GRU = tl.constexpr(GRU)
 
 
 def _jit_shape_generic(fn):
-    """``triton.jit`` with every stride (``s_*``) and the sizes ``T``/``B`` left unspecialised:
-    Triton would otherwise compile a new variant when an integer argument changes between
-    ``== 1``, divisible by 16 and neither -- and strides scale with ``B``.  One compiled kernel
-    serves every sequence length and batch size."""
-    names = [n for n in inspect.signature(fn).parameters if n.startswith("s_") or n in ("T", "B")]
-    return triton.jit(do_not_specialize=names)(fn)
+    """``triton.jit`` with the sizes ``T`` and ``B`` left unspecialised; the strides (``s_*``) are
+    specialised as Triton does by default.
+
+    Triton compiles one variant per combination of "integer argument ``== 1``, divisible by 16,
+    or neither".  ``T`` and ``B`` never take part, so the sequence length and the batch size pick
+    no variant.  The strides do, and must: their divisibility is what lets Triton vectorise the
+    loads/stores and keep the address arithmetic per row, and the unit column stride of ``W_hh``
+    / ``W_hr`` becomes a constant (kernels/NOTES.md, finding 1: unspecialised strides doubled the
+    registers and cut the spill-free tier-1 range 5-10x).  Every row stride is a multiple of
+    ``G*H``, ``H`` or ``P`` (times ``B`` or ``T`` for the outer ones), so:
+
+    * ``H`` and ``P`` multiples of 16: every stride is a multiple of 16 whatever ``T`` and ``B``
+      are -- exactly one compiled variant per (cell, dtype, flags, tiles, warps).
+    * other sizes: a stride such as ``s_out_t = B*P`` is a multiple of 16 for some batch sizes
+      and not for others, and equals 1 when ``B = 1`` and ``P = 1``; a ``batch_first``
+      gradient's batch stride ``T*D*P`` likewise with ``T``.  So the batch size's factors of two
+      pick one of a few variants (measured through Triton's binder: 2 for H = 3, 10 or 24, 3 for
+      H = 20 with P = 5 and for H = 1), each compiled once and cached -- never one per ``T`` or
+      ``B``.  (Pointer alignment, which Triton always specialises, behaves the same way for
+      sliced inputs of such sizes.)  These sizes also compile to slower code, and tier 1 takes
+      less of them (``TIER1_MAX_WEIGHT_BYTES_UNALIGNED``).
+    """
+    return triton.jit(do_not_specialize=["T", "B"])(fn)
 
 
 @triton.jit
@@ -377,11 +393,46 @@ def _recurrent_bwd_kernel(
 # ---------------------------------------------------------------------------------------------
 # launchers
 
-#: Largest on-chip weight footprint (bytes of W_hh and W_hr tiles, padded to powers of two) that
-#: a tier-1 program holds in registers without spilling.  Measured with the kernel report
-#: (``python -m fastrnn.kernels.report``, sm_90, see kernels/NOTES.md): the default configs up to
-#: this size compile without spills.
-TIER1_MAX_WEIGHT_BYTES = 10 * 1024
+#: Largest on-chip weight footprint (:func:`weight_bytes`) a compiled tier-1 program holds, per
+#: storage dtype, for a layer whose ``hidden_size`` is a multiple of 16 (no projection).  Measured
+#: with the kernel report (``python -m fastrnn.kernels.report``, kernels/NOTES.md, triton 3.9 and
+#: 3.6): every size up to these compiles for sm_90 and sm_80 with :func:`launch_config`'s warps,
+#: no local memory in the time loop, and shared memory that fits both (227 KB H100, 163 KB A100).
+#: The next sizes up spill (fp32 RNN H=128 at 4-16 warps), need more shared memory than an A100
+#: has (16-bit GRU H=128: 184 KB backward) or both (fp64 GRU/LSTM H=64).  fp32 ``"ieee"`` dots run
+#: on FMA units (each thread holds whole K-long rows), fp64 on DMMA, 16-bit on HMMA: three classes.
+TIER1_MAX_WEIGHT_BYTES: dict[torch.dtype, int] = {
+    torch.float16: 64 * 1024,  # RNN H<=128, GRU/LSTM H<=64
+    torch.bfloat16: 64 * 1024,
+    torch.float32: 48 * 1024,  # RNN/GRU H<=64, LSTM H<=32 (triton < 3.9)
+    torch.float64: 32 * 1024,  # RNN H<=64, GRU/LSTM H<=32
+}
+
+#: The same for other sizes, and for every projected LSTM.  Other sizes: some row stride is not a
+#: multiple of 16, so Triton cannot vectorise the loads/stores or share the address arithmetic of
+#: a row, and registers grow (fp32 GRU H=63 spills at 4 and 8 warps where H=64 does not; 16-bit
+#: projected LSTM H=127 spills at 40 KiB).  Projected LSTMs (one more dot, and its tiles in
+#: another layout) run out first: fp64 H=32/P=16 (20 KiB) spills with triton 3.6, fp32
+#: H=128/P=16 (40 KiB) needs 178 KB of shared memory on sm_80, and 16-bit H=128/P=16 (40 KiB)
+#: reaches 255 registers in its sm_80 backward with triton 3.6.
+TIER1_MAX_WEIGHT_BYTES_UNALIGNED: dict[torch.dtype, int] = {
+    torch.float16: 32 * 1024,  # RNN H<=127, GRU/LSTM H<=63, projected LSTM H<=64 with P<=32
+    torch.bfloat16: 32 * 1024,
+    torch.float32: 16 * 1024,  # RNN H<=63, GRU H<=31, LSTM H<=31 (triton < 3.9), projected H<=32, P<=16
+    torch.float64: 16 * 1024,  # RNN H<=31, GRU/LSTM H<=15, projected LSTM H<=16
+}
+
+
+def _triton_version() -> tuple[int, int]:
+    major, minor = (int(x) for x in triton.__version__.split(".")[:2])
+    return major, minor
+
+
+#: triton >= 3.9 aborts the Python process (an assertion in LLVM's SLP vectorizer, which it runs
+#: for sm_90 and newer) when it compiles the fp32 LSTM forward kernel with the "ieee" dot, at
+#: every size and warp count measured (kernels/NOTES.md, finding 3).  Such a kernel must never be
+#: launched there; triton 3.6 compiles it (the bound is moved when a fixed triton is measured).
+_LSTM_FP32_ABORTS = (3, 9)
 
 
 @dataclass(frozen=True)
@@ -390,7 +441,7 @@ class LaunchConfig:
 
     block_b: int  # sequences per program
     block_h: int  # next power of two >= H (>= 16 for tl.dot)
-    block_p: int  # next power of two >= P (>= 16 for tl.dot)
+    block_p: int  # next power of two >= P (>= 16 for tl.dot; >= 32 for 16-bit projections, H >= 32)
     num_warps: int
 
 
@@ -398,12 +449,28 @@ def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
+def _tiles(hidden_size: int, proj_size: int, dtype: torch.dtype) -> tuple[int, int]:
+    """``(BLOCK_H, BLOCK_P)``."""
+    block_h, block_p = _pow2(hidden_size), _pow2(proj_size or hidden_size)
+    if proj_size and block_h >= 32 and dtype in (torch.float16, torch.bfloat16):
+        # A 16-wide projection mma makes Triton put every warp on the same 16 batch rows of all
+        # gates (kernels/NOTES.md finding 4: H=64 spilled at any warp count); 32 (masked) does not.
+        # (fp32's FMA dot is better off at 16.)
+        block_p = max(block_p, 32)
+    return block_h, block_p
+
+
+def _aligned(hidden_size: int, proj_size: int) -> bool:
+    """Whether every stride the kernels get is a multiple of 16 (whatever T and B are)."""
+    return hidden_size % 16 == 0 and (proj_size or hidden_size) % 16 == 0
+
+
 def weight_bytes(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> int:
-    """On-chip bytes of the padded recurrent weight tiles one program holds."""
-    gates = MODES[mode][2]
-    p = proj_size or hidden_size
-    tiles = gates * _pow2(hidden_size) * _pow2(p) + (_pow2(hidden_size) * _pow2(p) if proj_size else 0)
-    return tiles * torch.empty((), dtype=dtype).element_size()
+    """On-chip bytes of the recurrent weight tiles one program holds: ``G`` tiles of ``W_hh``
+    and, for a projected LSTM, one of ``W_hr``, each ``BLOCK_H x BLOCK_P`` as launched."""
+    block_h, block_p = _tiles(hidden_size, proj_size, dtype)
+    tiles = MODES[mode][2] + (1 if proj_size else 0)
+    return tiles * block_h * block_p * torch.empty((), dtype=dtype).element_size()
 
 
 #: The interpreter has no registers to spill; its limit only keeps CPU runs tractable.
@@ -414,17 +481,38 @@ def tier1_unsupported(
     mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, interpreted: bool = False
 ) -> str | None:
     """Why tier 1 cannot run this layer (``None`` when it can); ``interpreted``: in Triton's
-    interpreter (CPU tensors), where the register limit of a compiled kernel does not apply."""
-    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+    interpreter (CPU tensors), where the register limit of a compiled kernel does not apply.
+
+    Example::
+
+        tier1_unsupported("GRU", 64, 0, torch.bfloat16)  # None: 24 KiB of weights on chip
+        tier1_unsupported("GRU", 256, 0, torch.bfloat16)  # '... needs 384 KiB ... at most 64 KiB'
+    """
+    if dtype not in TIER1_MAX_WEIGHT_BYTES:
         return f"dtype {dtype} is not supported (float16, bfloat16, float32, float64 are)"
     nbytes = weight_bytes(mode, hidden_size, proj_size, dtype)
-    limit = INTERPRETER_MAX_WEIGHT_BYTES if interpreted else TIER1_MAX_WEIGHT_BYTES
+    if interpreted:
+        limit, where = INTERPRETER_MAX_WEIGHT_BYTES, " in the interpreter"
+    elif proj_size:
+        limit, where = TIER1_MAX_WEIGHT_BYTES_UNALIGNED[dtype], " for a projected LSTM"
+    elif _aligned(hidden_size, proj_size):
+        limit, where = TIER1_MAX_WEIGHT_BYTES[dtype], ""
+    else:
+        limit = TIER1_MAX_WEIGHT_BYTES_UNALIGNED[dtype]
+        where = (
+            f" when hidden_size is not a multiple of 16 ({TIER1_MAX_WEIGHT_BYTES[dtype] // 1024} KiB when it is)"
+        )
     if nbytes > limit:
         return (
             f"{mode} with hidden_size={hidden_size}"
             + (f", proj_size={proj_size}" if proj_size else "")
             + f" in {dtype} needs {nbytes // 1024} KiB of recurrent weights on chip; the tier-1 "
-            f"kernel holds at most {limit // 1024} KiB" + (" in the interpreter" if interpreted else "")
+            f"kernel holds at most {limit // 1024} KiB{where}"
+        )
+    if not interpreted and mode == "LSTM" and dtype == torch.float32 and _triton_version() >= _LSTM_FP32_ABORTS:
+        return (
+            f"{mode} in {dtype} is not compiled with triton {triton.__version__}: its LLVM aborts the "
+            "process building the fp32 LSTM kernel for sm_90 (triton 3.6 builds it; kernels/NOTES.md)"
         )
     return None
 
@@ -435,17 +523,19 @@ def launch_config(mode: str, batch: int, hidden_size: int, proj_size: int, dtype
     # smallest tl.dot tile) compiles without spills up to the tier-1 limit, while BLOCK_B = 64
     # spills already at H = 32 (LSTM/GRU); 16 also keeps the most programs (SMs) busy.
     block_b = 16
-    block_h, block_p = _pow2(hidden_size), _pow2(proj_size or hidden_size)
-    if proj_size and block_h >= 32 and dtype in (torch.float16, torch.bfloat16):
-        # A 16-wide projection mma makes Triton put every warp on the same 16 batch rows of all
-        # gates (H=32: 242 registers, H=64: spills at any warp count); 32 (masked) does not.
-        # (fp32's FMA dot is better off at 16: 32 spills on sm_80 and crashes triton 3.9 on sm_90.)
-        block_p = max(block_p, 32)
-    # 4 warps below 8 KiB of weights, 8 from there and for a projected LSTM from H = 32: where
-    # their 4-warp builds spill inside the time loop.  Not 8 everywhere: GRU fp16 H=32 spills in
-    # the loop with 8 warps, and LSTM-proj fp32 H=16 with 8 warps crashes triton 3.9's LLVM (sm_90).
-    big = weight_bytes(mode, hidden_size, proj_size, dtype) >= 8 * 1024
-    num_warps = 8 if big or (proj_size and block_h >= 32) else 4
+    block_h, block_p = _tiles(hidden_size, proj_size, dtype)
+    # Warps by on-chip weight bytes, measured (kernels/NOTES.md): H and P multiples of 16 run 4
+    # warps below 16 KiB and 8 from there (4-warp builds reach 255 registers and spill from 32
+    # KiB; below 16 KiB 4 warps use fewer registers than 8 in the fp32 builds, e.g. GRU H=32 fwd
+    # 94 vs 168).  Other sizes need more registers (scalar loads): 8 warps from 8 KiB (GRU fp32
+    # H=31 spills at 4), and fp32 16 from 16 KiB (RNN fp32 H=63: 255 registers at 8 warps).
+    nbytes = weight_bytes(mode, hidden_size, proj_size, dtype)
+    if _aligned(hidden_size, proj_size):
+        num_warps = 8 if nbytes >= 16 * 1024 else 4
+    elif dtype == torch.float32 and nbytes >= 16 * 1024:
+        num_warps = 16
+    else:
+        num_warps = 8 if nbytes >= 8 * 1024 else 4
     return LaunchConfig(block_b, block_h, block_p, num_warps)
 
 

@@ -110,7 +110,7 @@ class KernelConfig:
     reverse: bool = False  # reverse direction of a bidirectional layer
     has_h0: bool = False  # initial state given (h0, and c0 for LSTM)
     save: bool = True  # forward saves what backward needs (training); False: inference
-    batch: int = 64  # the batch only picks BLOCK_B (min(64, next_pow2(batch)))
+    batch: int = 64  # the launch's B (T is 8): only the strides of sizes not multiples of 16 depend on it
     num_warps: int | None = None
     block_b: int | None = None
     allow_tf32: bool = False
@@ -164,6 +164,7 @@ def tier1_configs(
     beyond_limit: bool = False,
     batch: int = 64,
     proj_sizes: Sequence[int] = (0,),
+    tf32: bool = False,
 ) -> list[KernelConfig]:
     """The configurations to compile.
 
@@ -175,6 +176,8 @@ def tier1_configs(
         beyond_limit: also sizes that ``tier1_unsupported`` refuses (to find the spill frontier).
         proj_sizes: LSTMP projection sizes (0: ``hidden_size // 2``); sizes not below the hidden
             size are left out.
+        tf32: also every fp32 config with ``allow_tf32=True`` (its ``tl.dot`` runs on tensor
+            cores: another kernel, with its own register use).
 
     Example::
 
@@ -200,6 +203,8 @@ def tier1_configs(
         cfg = KernelConfig(kernel, cell, dtype, hidden, arch, varlen, rev, h0, save, batch, warps, bb, proj_size=proj)
         if beyond_limit or cfg.tier1_unsupported() is None:
             out.append(cfg)
+            if tf32 and dtype == "fp32":
+                out.append(dataclasses.replace(cfg, allow_tf32=True))
     return list(dict.fromkeys(out))
 
 
@@ -321,6 +326,30 @@ def compile_source(cfg: KernelConfig):
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
     return ASTSource(kernel, signature, constexprs, attrs), target, options.__dict__
+
+
+def specialization_key(cfg: KernelConfig, seq_len: int = 8) -> str:
+    """The key Triton's JIT caches the compiled kernel of this launch under (its binder's
+    specialization of every argument, plus the launch options), for ``T = seq_len`` and
+    ``B = cfg.batch``.  Two launches with equal keys share one compiled kernel, so counting the
+    distinct keys while ``T`` and ``B`` vary counts the compiles, without compiling (works in an
+    interpreting process too: the binder is built from the kernel's own ``do_not_specialize``).
+
+    Example::
+
+        keys = {specialization_key(dataclasses.replace(cfg, batch=b), t) for t in (1, 9) for b in (1, 33)}
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+
+    kernel, args, kwargs = launch_arguments(cfg, seq_len)
+    if not isinstance(kernel, JITFunction):  # triton.jit under TRITON_INTERPRET=1 keeps its options
+        kernel = JITFunction(kernel.fn, **kernel.kwargs)
+    backend = make_backend(GPUTarget("cuda", cfg.arch, 32))
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    _, specialization, options = binder(*args, **kwargs)
+    return str(specialization) + str(options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -660,7 +689,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--num-warps", nargs="+", type=int, default=None, help="override launch_config's choice")
     p.add_argument("--block-b", nargs="+", type=int, default=None, help="override launch_config's BLOCK_B")
     p.add_argument("--beyond-limit", action="store_true", help="also sizes tier 1 refuses")
-    p.add_argument("--batch", type=int, default=64, help="batch given to launch_config (picks BLOCK_B)")
+    p.add_argument("--batch", type=int, default=64, help="batch size of the launch (with T = 8)")
+    p.add_argument("--tf32", action="store_true", help="also fp32 with allow_tf32=True (tensor cores)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
@@ -687,13 +717,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         a.beyond_limit,
         a.batch,
         a.proj,
+        a.tf32,
     )
     start = time.perf_counter()
     rows = compile_report(configs, jobs=a.jobs, timeout=a.timeout)
+    limits = ", ".join(
+        f"{name} {recurrent.TIER1_MAX_WEIGHT_BYTES[dt] // 1024}/{recurrent.TIER1_MAX_WEIGHT_BYTES_UNALIGNED[dt] // 1024}"
+        for name, dt in DTYPES.items()
+    )
     print(
-        f"# fastrnn tier-1 kernel report: triton {triton.__version__}, TIER1_MAX_WEIGHT_BYTES="
-        f"{recurrent.TIER1_MAX_WEIGHT_BYTES} ({recurrent.TIER1_MAX_WEIGHT_BYTES // 1024} KiB), "
-        f"{len(rows)} compiles in {time.perf_counter() - start:.0f} s with {a.jobs} jobs"
+        f"# fastrnn tier-1 kernel report: triton {triton.__version__}, tier-1 limits in KiB (H, P multiples "
+        f"of 16 / other sizes): {limits}; {len(rows)} compiles in {time.perf_counter() - start:.0f} s "
+        f"with {a.jobs} jobs"
     )
     print(format_table(rows, markdown=a.markdown))
     if a.json:

@@ -37,16 +37,51 @@ def _compiled_variants(kernel) -> int:
     return sum(len(c) for c in kernel.cache.values())
 
 
-def test_changing_T_and_B_compiles_no_new_kernel():
+def _variants() -> tuple[int, int]:
     from fastrnn.kernels import recurrent
 
-    m = fastrnn.LSTM(16, 16, backend="triton").cuda()  # 4 KiB of fp32 weights: within tier 1
-    m(torch.randn(5, 3, 16, device="cuda"))[0].sum().backward()
-    before = _compiled_variants(recurrent._recurrent_fwd_kernel), _compiled_variants(recurrent._recurrent_bwd_kernel)
-    for T, B in [(7, 5), (33, 16), (2, 1), (100, 31)]:
-        m(torch.randn(T, B, 16, device="cuda"))[0].sum().backward()
-    after = _compiled_variants(recurrent._recurrent_fwd_kernel), _compiled_variants(recurrent._recurrent_bwd_kernel)
-    assert after == before
+    return _compiled_variants(recurrent._recurrent_fwd_kernel), _compiled_variants(recurrent._recurrent_bwd_kernel)
+
+
+@pytest.mark.parametrize(
+    "cls,dtype", [(fastrnn.GRU, torch.float32), (fastrnn.LSTM, torch.bfloat16)], ids=["gru-fp32", "lstm-bf16"]
+)
+def test_changing_T_and_B_compiles_no_new_kernel(cls, dtype):
+    """H = 16 (a multiple of 16): every stride is a multiple of 16 and T, B are not specialised,
+    so one compiled kernel serves every shape -- through batch_first, two layers and both
+    directions too (sliced and transposed inputs and gradients)."""
+    m = cls(16, 16, num_layers=2, bidirectional=True, batch_first=True, backend="triton").cuda().to(dtype)
+
+    def step(T, B):
+        m(torch.randn(B, T, 16, device="cuda", dtype=dtype))[0].float().sum().backward()
+
+    step(5, 3)
+    before = _variants()
+    for T, B in [(7, 5), (33, 16), (2, 1), (100, 31), (1, 64)]:
+        step(T, B)
+    assert _variants() == before
+
+
+def test_other_sizes_compile_one_variant_per_batch_alignment():
+    """H = 24: the strides B*24 of out/aux are multiples of 16 for even B only, so odd and even
+    batches get one compiled kernel each, and T never adds one (tests/test_kernel_report.py
+    checks the same on CPU through Triton's binder)."""
+    m = fastrnn.LSTM(8, 24, backend="triton").cuda().to(torch.bfloat16)
+
+    def step(T, B):
+        m(torch.randn(T, B, 8, device="cuda", dtype=torch.bfloat16))[0].float().sum().backward()
+
+    step(5, 3)
+    odd = _variants()
+    for T, B in [(7, 5), (33, 1), (100, 31)]:
+        step(T, B)
+    assert _variants() == odd
+    step(4, 2)
+    even = _variants()
+    assert even == (odd[0] + 1, odd[1] + 1)
+    for T, B in [(9, 6), (1, 64), (40, 4)]:
+        step(T, B)
+    assert _variants() == even
 
 
 def test_offsets_past_2_to_the_31_elements():

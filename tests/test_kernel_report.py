@@ -8,11 +8,12 @@ compiles run in worker subprocesses with ``TRITON_INTERPRET=0`` (this process in
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+
 import pytest
 
 pytest.importorskip("triton", reason="triton is not installed: nothing to compile")
-
-import triton  # noqa: E402
 
 from fastrnn.kernels import recurrent, report  # noqa: E402
 
@@ -25,35 +26,43 @@ pytestmark = pytest.mark.skipif(
 COMPILE_TIMEOUT = 120
 
 
-def _limit_hidden(cell: str, dtype: str, proj: str = "") -> int | None:
-    """Largest power-of-two hidden size tier 1 accepts for this cell and dtype (``None``: none).
+#: Shape families of the limit search: ``hidden(k)``, ``proj(k)`` for a padded hidden size 2**k.
+#: Sizes that are multiples of 16 and others have separate limits (their strides compile to
+#: different code); a projected LSTM is searched with a 16-wide, a half-size and an odd projection.
+FAMILIES: dict[str, tuple] = {
+    "aligned": (lambda h: h, lambda h: 0),
+    "odd": (lambda h: h - 1, lambda h: 0),
+    "proj16": (lambda h: h, lambda h: 16),
+    "proj32": (lambda h: h, lambda h: 32),
+    "proj-half": (lambda h: h, lambda h: h // 2),
+    "proj8-odd": (lambda h: h - 1, lambda h: 8),
+    "proj-odd": (lambda h: h, lambda h: h - 1),
+}
 
-    For LSTMP, ``proj`` picks the projection: ``"small"`` (8, padded to 16) or ``"large"``
-    (``hidden_size - 1``, padded to ``hidden_size``).
-    """
 
-    def cfg(h: int) -> report.KernelConfig:
-        p = {"": 0, "small": 8, "large": h - 1}[proj] if cell == "LSTMP" else 0
-        return report.KernelConfig("fwd", cell, dtype, h, proj_size=p)
-
+def _limit_size(cell: str, dtype: str, family: str) -> tuple[int, int] | None:
+    """``(hidden_size, proj_size)``: the largest of ``family`` tier 1 accepts (``None``: none)."""
+    hidden, proj = FAMILIES[family]
     best = None
-    for h in (16, 32, 64, 128, 256, 512, 1024):
-        if cfg(h).tier1_unsupported() is None:
-            best = h
+    for k in range(4, 11):
+        h, p = hidden(2**k), proj(2**k) if cell == "LSTMP" else 0
+        if (cell == "LSTMP") != family.startswith("proj") or (cell == "LSTMP" and not 0 < p < h):
+            continue
+        if report.KernelConfig("fwd", cell, dtype, h, proj_size=p).tier1_unsupported() is None:
+            best = (h, p)
     return best
 
 
 def _configs() -> list[report.KernelConfig]:
     out, seen = [], set()
-    for cell in report.CELLS:
-        for dtype in report.DTYPES:
-            for proj in ("small", "large") if cell == "LSTMP" else ("",):
-                h = _limit_hidden(cell, dtype, proj)
-                p = {"": 0, "small": 8, "large": (h or 0) - 1}[proj]
-                if h is None or (cell, dtype, h, max(16, triton.next_power_of_2(p))) in seen:
-                    continue  # never tier 1 (e.g. fp64 projected LSTM), or the same padded tiles
-                seen.add((cell, dtype, h, max(16, triton.next_power_of_2(p))))
-                out += report.tier1_configs([cell], [dtype], [h], archs=(90, 80), proj_sizes=(p,))
+    for cell, dtype, family in itertools.product(report.CELLS, report.DTYPES, FAMILIES):
+        size = _limit_size(cell, dtype, family)
+        if size is None or (cell, dtype, *size) in seen:
+            continue  # never tier 1 (e.g. fp32 LSTM with triton 3.9), or already there
+        seen.add((cell, dtype, *size))
+        out += report.tier1_configs(
+            [cell], [dtype], [size[0]], archs=(90, 80), proj_sizes=(size[1],), tf32=dtype == "fp32"
+        )
     # A few smaller sizes, default variant (dense, forward, no h0).
     for cell in ("RNN_TANH", "LSTM", "GRU"):
         out += report.tier1_configs([cell], ["bf16", "fp32"], [16], archs=(90,), variants="default")
@@ -86,7 +95,7 @@ def test_compiles_without_spills_within_shared_memory(cfg: report.KernelConfig, 
     # access inside the loop is a spill that costs every step.
     assert not row["loop_spills"], f"spills inside the time loop (LDL/STL in the loop body):\n{table}"
     assert row["shared_bytes"] <= report.SHARED_LIMIT[cfg.arch], f"shared memory over the sm_{cfg.arch} limit:\n{table}"
-    if cfg.dtype in ("bf16", "fp16"):
+    if cfg.dtype in ("bf16", "fp16") or cfg.allow_tf32:
         assert row["tensor_cores"], f"no tensor-core instructions in a {cfg.dtype} kernel:\n{table}"
 
 
@@ -119,3 +128,49 @@ def test_compile_errors_are_reported_not_raised() -> None:
     assert all(r["error"] for r in rows), rows
     assert "proj_size" in rows[1]["error"]
     assert "ERROR" in report.format_table(rows)
+
+
+SEQ_LENS, BATCHES = (1, 2, 7, 100), (1, 2, 3, 4, 16, 33, 64)
+
+
+def _variants(cfg: report.KernelConfig) -> dict[str, list[tuple[int, int]]]:
+    """Compiled variants Triton's JIT makes of ``cfg``'s kernel as T and B vary: key -> [(T, B)]."""
+    keys: dict[str, list[tuple[int, int]]] = {}
+    for T, B in itertools.product(SEQ_LENS, BATCHES):
+        keys.setdefault(report.specialization_key(dataclasses.replace(cfg, batch=B), T), []).append((T, B))
+    return keys
+
+
+@pytest.mark.parametrize("kernel", list(report.KERNELS))
+@pytest.mark.parametrize(
+    "cell,dtype,hidden,proj",
+    [("RNN_TANH", "fp32", 64, 0), ("GRU", "bf16", 16, 0), ("LSTM", "fp64", 32, 0), ("LSTMP", "fp16", 64, 32)],
+)
+def test_one_compiled_variant_whatever_T_and_B(kernel, cell, dtype, hidden, proj) -> None:
+    """H and P multiples of 16: every stride is a multiple of 16 for every T and B, and T and B
+    themselves are not specialised, so Triton's JIT keys every launch alike (one compile)."""
+    for varlen, h0 in ((False, False), (True, True)):
+        cfg = report.KernelConfig(kernel, cell, dtype, hidden, varlen=varlen, reverse=varlen, has_h0=h0, proj_size=proj)
+        assert len(_variants(cfg)) == 1, _variants(cfg)
+
+
+@pytest.mark.parametrize(
+    "cell,hidden,proj,classes",
+    [
+        # s_gx_t = B*H, s_out_t = B*P, ...: a multiple of 16 for B % 16 == 0, and 1 at B = 1 for H = 1
+        ("RNN_TANH", 3, 0, [{16, 64}, {1, 2, 3, 4, 33}]),
+        ("RNN_TANH", 1, 0, [{16, 64}, {2, 3, 4, 33}, {1}]),
+        ("GRU", 10, 0, [{16, 64}, {1, 2, 3, 4, 33}]),  # 3H = 30: B*30 % 16 == 0 iff B % 8 == 0
+        ("LSTM", 24, 0, [{2, 4, 16, 64}, {1, 3, 33}]),  # 4H = 96 is aligned; B*24 (aux) iff B is even
+        ("LSTMP", 20, 5, [{16, 64}, {4}, {1, 2, 3, 33}]),  # B*5 (out) iff B % 16 == 0, B*20 (aux) B % 4
+    ],
+)
+def test_other_sizes_compile_a_few_variants_by_batch_alignment(cell, hidden, proj, classes) -> None:
+    """Sizes that are not multiples of 16: the batch size picks one of a few variants (by how
+    many factors of two it has), the sequence length none."""
+    cfg = report.KernelConfig("fwd", cell, "fp32", hidden, varlen=True, reverse=True, has_h0=True, proj_size=proj)
+    variants = _variants(cfg)
+    got = sorted((sorted({b for _, b in v}) for v in variants.values()), key=lambda b: -b[-1])
+    assert got == sorted((sorted(c) for c in classes), key=lambda b: -b[-1])
+    for runs in variants.values():  # T never splits a variant
+        assert {(t, b) for t in SEQ_LENS for b in {b for _, b in runs}} == set(runs)
