@@ -77,8 +77,8 @@ def test_other_sizes_compile_one_variant_per_batch_alignment():
         step(T, B)
     assert _variants() == odd
     step(4, 2)
-    even = _variants()
-    assert even == (odd[0] + 1, odd[1] + 1)
+    even = _variants()  # one more per kernel (none if an earlier test already compiled it)
+    assert all(o <= e <= o + 1 for o, e in zip(odd, even, strict=True)), (odd, even)
     for T, B in [(9, 6), (1, 64), (40, 4)]:
         step(T, B)
     assert _variants() == even
