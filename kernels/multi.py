@@ -480,9 +480,9 @@ BLOCK_B = 16
 RESIDENT_MAX_WEIGHT_BYTES = 16 * 1024
 RESIDENT_MAX_K = 256
 #: Chunk of the reduction dimension when the weights are streamed, by element size: fp32's
-#: ``"ieee"`` dot runs on FMA units with whole K-rows per thread, so it gets the narrower chunk
-#: (GRU fp32 spills at 64, not at 32).
-BLOCK_K_STREAMED = {2: 64, 4: 32, 8: 32}
+#: ``"ieee"`` dot runs on FMA units (fp64: DMMA) with whole K-rows per thread, so they get the
+#: narrower chunk (GRU fp32 spills at 64; GRU/LSTM fp32/fp64 forwards at 32 on triton 3.6).
+BLOCK_K_STREAMED = {2: 64, 4: 16, 8: 16}
 #: Polls of a barrier counter before a program gives up (about a second on an H100).
 MAX_SPIN = 1 << 21
 
@@ -506,6 +506,7 @@ class MultiConfig:
     block_k: int
     num_warps: int
     num_stages: int
+    maxnreg: int
 
 
 def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int) -> MultiConfig:
@@ -513,10 +514,14 @@ def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int) -> 
     never for fp32 LSTM, whose resident build crashes triton 3.9's LLVM for sm_90, see
     kernels/NOTES.md), else ``BLOCK_K``-wide chunks streamed from L2.  Warps: 8 with resident
     weights (GRU bf16 H=256 spills at 4), 4 when streamed (RNN fp16 H=2048 forward and LSTM fp64
-    backward park 8-24 B in local memory inside the loop at 8).  Software-pipeline stages: 2 for
-    the streamed K loop (prefetches the next chunk; the default 3 makes ptxas park 8 B inside the
-    loop in RNN 16-bit forwards on triton 3.6), 1 with resident weights (nothing to prefetch).
-    Measured on sm_90 with triton 3.9 and 3.6, see kernels/NOTES.md."""
+    backward park 8-24 B in local memory inside the loop at 8).  ``maxnreg = 255``: left to
+    itself ptxas stops at an occupancy-friendly 72/96/128 registers and parks 8-16 B in local
+    memory inside the time loop in about one config in ten (which ones depends on the triton
+    version and the pipeline depth); with the whole register file allowed none does.  Pipeline
+    stages: 2, except 3 for fp32/fp64 streamed builds (their FMA/DMMA dots hold K-long rows per
+    thread, hence also the narrower ``BLOCK_K``).  Measured with ``python -m
+    fastrnn.kernels.report --tiers 2 3`` (sm_90 and sm_80, triton 3.9 and 3.6, kernels/NOTES.md);
+    the grid sizing reads the resulting occupancy from the compiled kernel."""
     size = torch.empty((), dtype=dtype).element_size()
     resident = (
         tier == 2
@@ -525,7 +530,7 @@ def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int) -> 
         and not (mode == "LSTM" and dtype == torch.float32)
     )
     block_k = _pow2(hidden_size) if resident else min(BLOCK_K_STREAMED[size], _pow2(hidden_size))
-    return MultiConfig(resident, block_k, 8 if resident else 4, 1 if resident else 2)
+    return MultiConfig(resident, block_k, 8 if resident else 4, 2 if (resident or size == 2) else 3, 255)
 
 
 def forced_tier() -> int | None:
@@ -696,6 +701,7 @@ def _consts(mode: str, dtype: torch.dtype, cfg: MultiConfig, allow_tf32: bool) -
         UPCAST_DOT=_runtime.INTERPRET and dtype == torch.bfloat16,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        maxnreg=cfg.maxnreg,
     )
 
 

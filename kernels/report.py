@@ -1,4 +1,5 @@
-"""Kernel report: compile every tier-1 kernel for sm_90 / sm_80 on a machine without a GPU.
+"""Kernel report: compile the recurrence kernels (tier 1, and tiers 2/3 of ``multi.py``) for
+sm_90 / sm_80 on a machine without a GPU.
 
 Each configuration is compiled with Triton's own toolchain (``triton.compile`` of an
 ``ASTSource`` for a ``GPUTarget``) into a real cubin, which is then read with the CUDA tools that
@@ -24,6 +25,7 @@ Command line (``python -m fastrnn.kernels.report --help``)::
     python -m fastrnn.kernels.report                       # heaviest variant, every cell/dtype
     python -m fastrnn.kernels.report --variants all --jobs 2
     python -m fastrnn.kernels.report --beyond-limit --num-warps 4 8 --hidden 128 256
+    python -m fastrnn.kernels.report --tiers 2 3 --hidden 128 1024 --arch 90   # tiers 2 and 3
 
 Compiling needs real ``JITFunction`` kernels, so :func:`compile_report` compiles in worker
 subprocesses started with ``TRITON_INTERPRET=0`` (this process may interpret, see
@@ -56,7 +58,7 @@ from pathlib import Path
 import torch
 import triton
 
-from . import _runtime, recurrent
+from . import _runtime, multi, recurrent
 from .cells import MODES
 
 #: Shared memory one block may use (opt-in maximum), bytes.  H100: 227 KB; A100: 163 KB.
@@ -115,6 +117,7 @@ class KernelConfig:
     block_b: int | None = None
     allow_tf32: bool = False
     proj_size: int = 0
+    tier: int = 1  # 1: recurrent.py; 2 (persistent, grid barrier) or 3 (per step): multi.py
 
     @property
     def mode(self) -> str:
@@ -138,7 +141,8 @@ class KernelConfig:
     @property
     def variant(self) -> str:
         """Short name of the variant flags, e.g. ``varlen,rev,h0``."""
-        flags = [("varlen" if self.varlen else "dense"), ("rev" if self.reverse else "fwd")]
+        flags = [f"tier{self.tier}"] if self.tier != 1 else []
+        flags += [("varlen" if self.varlen else "dense"), ("rev" if self.reverse else "fwd")]
         if self.has_h0:
             flags.append("h0")
         if self.kernel == "fwd" and not self.save:
@@ -208,6 +212,31 @@ def tier1_configs(
     return list(dict.fromkeys(out))
 
 
+def multi_configs(
+    cells: Sequence[str] = ("RNN_TANH", "LSTM", "GRU"),
+    dtypes: Sequence[str] = ("fp32", "bf16", "fp16", "fp64"),
+    hidden_sizes: Sequence[int] = (128, 1024),
+    archs: Sequence[int] = (90,),
+    kernels: Sequence[str] = ("fwd", "bwd"),
+    tiers: Sequence[int] = (2, 3),
+    num_warps: Sequence[int | None] = (None,),
+    batch: int = 64,
+) -> list[KernelConfig]:
+    """Tier-2/3 configurations (``multi.py``), heaviest variant; projected LSTMs have no tier 2/3.
+
+    Example::
+
+        cfgs = multi_configs(cells=["GRU"], dtypes=["bf16"], hidden_sizes=[1024], tiers=[2])
+    """
+    out = []
+    for cell, dtype, hidden, arch, kernel, tier, warps in itertools.product(
+        cells, dtypes, hidden_sizes, archs, kernels, tiers, num_warps
+    ):
+        if cell != "LSTMP":
+            out.append(KernelConfig(kernel, cell, dtype, hidden, arch, True, True, True, True, batch, warps, tier=tier))
+    return list(dict.fromkeys(out))
+
+
 # ---------------------------------------------------------------------------------------------
 # The launch, as the real launcher makes it
 
@@ -249,7 +278,10 @@ def launch_arguments(cfg: KernelConfig, seq_len: int = 8) -> tuple[object, tuple
     The forward and backward launchers of ``recurrent.py`` are called exactly as
     ``fastrnn.ops`` calls them (GRU with its ``b_hn``, projected LSTM with ``w_hr``, ``c0`` with
     ``h0`` for LSTM); ``cfg.num_warps``/``cfg.block_b`` then override ``launch_config``'s choice.
+    Tiers 2/3: see :func:`multi_launch_arguments`.
     """
+    if cfg.tier != 1:
+        return multi_launch_arguments(cfg, seq_len)
     mode, H, P0, dt = cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype
     P, G, T, B = P0 or H, MODES[mode][2], seq_len, cfg.batch
 
@@ -302,6 +334,50 @@ def launch_arguments(cfg: KernelConfig, seq_len: int = 8) -> tuple[object, tuple
     if cfg.block_b is not None:
         kwargs["BLOCK_B"] = cfg.block_b
     return getattr(recurrent, KERNELS[cfg.kernel][0]), args, kwargs
+
+
+def multi_launch_arguments(cfg: KernelConfig, seq_len: int = 8) -> tuple[object, tuple, dict]:
+    """Kernel and ``(args, kwargs)`` of a tier-2/3 launch: ``multi_fwd``/``multi_bwd`` are called on
+    ``meta`` tensors with ``multi._launch`` recording its arguments; the barrier arguments are
+    those of the persistent launch (tier 2: ``USE_BARRIER``, cooperative) or of one step (tier 3)."""
+    mode, H, dt = cfg.mode, cfg.hidden_size, cfg.torch_dtype
+    G, T, B = MODES[mode][2], seq_len, cfg.batch
+    acc = torch.float64 if dt == torch.float64 else torch.float32
+
+    def new(*shape: int, dtype: torch.dtype = dt) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, device="meta")
+
+    calls = []
+
+    def record(kernel, kind, tier, T_, B_, H_, n_iters, args, consts, device, cooperative, max_spin):
+        calls.append((kernel, kind, tier, T_, B_, H_, n_iters, list(args), dict(consts), max_spin))
+        return tier
+
+    saved = multi._launch, multi._runtime.check_device
+    multi._launch, multi._runtime.check_device = record, lambda device: None
+    try:
+        w_hh, lengths = new(G * H, H), new(B, dtype=torch.int64) if cfg.varlen else None
+        h0 = new(B, H) if cfg.has_h0 else None
+        c0 = new(B, H) if (cfg.has_h0 and mode == "LSTM") else None
+        if cfg.kernel == "fwd":
+            multi.multi_fwd(mode, new(T, B, G * H), w_hh, h0, c0, lengths, b_hn=new(H) if mode == "GRU" else None,
+                            reverse=cfg.reverse, save=cfg.save, allow_tf32=cfg.allow_tf32, tier=cfg.tier)  # fmt: skip
+        else:
+            fwd = multi.ForwardResult(new(T, B, H), None, None, new(T, B, G * H, dtype=acc), new(T, B, H, dtype=acc))
+            multi.multi_bwd(mode, new(T, B, H), new(B, H), new(B, H) if mode == "LSTM" else None, fwd, w_hh, h0, c0,
+                            lengths, reverse=cfg.reverse, allow_tf32=cfg.allow_tf32, tier=cfg.tier)  # fmt: skip
+    finally:
+        multi._launch, multi._runtime.check_device = saved
+    ((kernel, _, tier, T_, B_, H_, n_iters, args, consts, max_spin),) = calls
+    persistent = tier == 2
+    sync = new(32 * (triton.cdiv(B_, multi.BLOCK_B) + 1), dtype=torch.int32)
+    args += [sync, 0, n_iters if persistent else 1, T_, B_, H_, triton.cdiv(B_, multi.BLOCK_B), max_spin]
+    consts.update(USE_BARRIER=persistent)
+    if persistent:
+        consts["launch_cooperative_grid"] = True
+    if cfg.num_warps is not None:
+        consts["num_warps"] = cfg.num_warps
+    return kernel, tuple(args), consts
 
 
 def compile_source(cfg: KernelConfig):
@@ -433,6 +509,11 @@ def _error_row(cfg: KernelConfig, error: str | None) -> dict:
         block_p=None,
         num_warps=cfg.num_warps,
     )
+    if cfg.tier != 1:
+        mc = multi.multi_config(cfg.mode, cfg.hidden_size, cfg.torch_dtype, cfg.tier)
+        row.update(block_b=multi.BLOCK_B, block_h=multi.BLOCK_HS, block_p=mc.block_k,
+                   num_warps=cfg.num_warps or mc.num_warps, resident=mc.resident)  # fmt: skip
+        return row
     try:
         lc = recurrent.launch_config(cfg.mode, cfg.batch, cfg.hidden_size, cfg.proj, cfg.torch_dtype)
     except Exception as exc:  # an invalid config: say so in the row
@@ -455,11 +536,13 @@ def _compile_one(cfg: KernelConfig) -> dict:
         return row
     try:
         src, target, options = compile_source(cfg)
+        names = src.fn.arg_names
+        h_name, p_name = ("BLOCK_H", "BLOCK_P") if cfg.tier == 1 else ("BLOCK_HS", "BLOCK_K")
         row.update(
             num_warps=options["num_warps"],
-            block_b=src.constants[(src.fn.arg_names.index("BLOCK_B"),)],
-            block_h=src.constants[(src.fn.arg_names.index("BLOCK_H"),)],
-            block_p=src.constants[(src.fn.arg_names.index("BLOCK_P"),)],
+            block_b=src.constants[(names.index("BLOCK_B"),)],
+            block_h=src.constants[(names.index(h_name),)],
+            block_p=src.constants[(names.index(p_name),)],
         )
         log = io.StringIO()
         start = time.perf_counter()
@@ -629,7 +712,10 @@ def format_table(rows: Sequence[dict], markdown: bool = False) -> str:
     ]
     lines = []
     for r in rows:
-        wbytes = recurrent.weight_bytes(r["mode"], r["hidden_size"], r["P"], DTYPES[r["dtype"]])
+        if r.get("tier", 1) == 1:
+            wbytes = recurrent.weight_bytes(r["mode"], r["hidden_size"], r["P"], DTYPES[r["dtype"]])
+        else:  # a program's resident W_hh slice; streamed weights are not held
+            wbytes = multi.slice_weight_bytes(r["mode"], r["hidden_size"], DTYPES[r["dtype"]]) if r["resident"] else 0
         base = [r["kernel"], r["cell"], r["dtype"], r["hidden_size"], r["P"] or "-", r["arch"], r["variant"]]
         if r["error"]:
             lines.append(
@@ -689,6 +775,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--num-warps", nargs="+", type=int, default=None, help="override launch_config's choice")
     p.add_argument("--block-b", nargs="+", type=int, default=None, help="override launch_config's BLOCK_B")
     p.add_argument("--beyond-limit", action="store_true", help="also sizes tier 1 refuses")
+    p.add_argument("--tiers", nargs="+", type=int, default=[1], choices=[1, 2, 3],
+                   help="kernel tiers to compile (2, 3: multi.py; projected LSTMs have none)")  # fmt: skip
     p.add_argument("--batch", type=int, default=64, help="batch size of the launch (with T = 8)")
     p.add_argument("--tf32", action="store_true", help="also fp32 with allow_tf32=True (tensor cores)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
@@ -705,20 +793,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"cannot compile: {', '.join(missing)} not found in triton/backends/nvidia/bin", file=sys.stderr)
         return 2
-    configs = tier1_configs(
-        a.cells,
-        a.dtypes,
-        a.hidden,
-        a.arch,
-        a.kernels,
-        a.variants,
-        a.num_warps or [None],
-        a.block_b or [None],
-        a.beyond_limit,
-        a.batch,
-        a.proj,
-        a.tf32,
-    )
+    configs = []
+    if 1 in a.tiers:
+        configs += tier1_configs(
+            a.cells,
+            a.dtypes,
+            a.hidden,
+            a.arch,
+            a.kernels,
+            a.variants,
+            a.num_warps or [None],
+            a.block_b or [None],
+            a.beyond_limit,
+            a.batch,
+            a.proj,
+            a.tf32,
+        )
+    if multi_tiers := [t for t in a.tiers if t != 1]:
+        configs += multi_configs(
+            a.cells, a.dtypes, a.hidden, a.arch, a.kernels, multi_tiers, a.num_warps or [None], a.batch
+        )
     start = time.perf_counter()
     rows = compile_report(configs, jobs=a.jobs, timeout=a.timeout)
     limits = ", ".join(

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("triton", reason="triton is not installed: nothing to compile")
 
-from fastrnn.kernels import recurrent, report  # noqa: E402
+from fastrnn.kernels import multi, recurrent, report  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     bool(report.missing_tools()),
@@ -174,3 +174,42 @@ def test_other_sizes_compile_a_few_variants_by_batch_alignment(cell, hidden, pro
     assert got == sorted((sorted(c) for c in classes), key=lambda b: -b[-1])
     for runs in variants.values():  # T never splits a variant
         assert {(t, b) for t in SEQ_LENS for b in {b for _, b in runs}} == set(runs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiers 2 and 3 (kernels/multi.py): every cell and dtype, resident (H=128) and streamed (H=1024)
+# weight slices, the persistent kernel with its grid barrier (tier 2) and the per-step one
+# (tier 3), heaviest variant, sm_90 (the lent GPUs' arch; sm_80 is reported in NOTES.md).
+
+MULTI_CONFIGS = report.multi_configs(hidden_sizes=(128, 1024), archs=(90,))
+
+
+@pytest.fixture(scope="module")
+def multi_rows() -> dict[report.KernelConfig, dict]:
+    results = report.compile_report(MULTI_CONFIGS, jobs=2, timeout=COMPILE_TIMEOUT)
+    print("\n" + report.format_table(results))
+    return dict(zip(MULTI_CONFIGS, results, strict=True))
+
+
+@pytest.mark.parametrize("cfg", MULTI_CONFIGS, ids=_id)
+def test_tier2_and_tier3_compile_without_spills(cfg: report.KernelConfig, multi_rows) -> None:
+    row = multi_rows[cfg]
+    table = report.format_table([row])
+    assert row["error"] is None, f"compile failed:\n{table}\n{row['error']}"
+    assert not row["loop_spills"], f"spills inside the time loop (LDL/STL in the loop body):\n{table}"
+    assert row["shared_bytes"] <= report.SHARED_LIMIT[cfg.arch], f"shared memory over the limit:\n{table}"
+    if cfg.dtype in ("bf16", "fp16", "fp64"):
+        assert row["tensor_cores"], f"no tensor-core instructions in a {cfg.dtype} kernel:\n{table}"
+
+
+def test_multi_launch_arguments_are_the_launchers() -> None:
+    """Tier 2 compiles the persistent launch (barrier, cooperative), tier 3 one step of it."""
+    for tier in (2, 3):
+        cfg = report.KernelConfig("bwd", "GRU", "bf16", 128, varlen=True, reverse=True, has_h0=True, tier=tier)
+        fn, args, kwargs = report.launch_arguments(cfg)
+        names = list(fn.arg_names)
+        assert fn is multi._multi_bwd_kernel
+        assert set(kwargs) - {"num_warps", "num_stages", "launch_cooperative_grid"} == set(names[len(args) :])
+        assert kwargs["USE_BARRIER"] == (tier == 2) and kwargs.get("launch_cooperative_grid", False) == (tier == 2)
+        assert kwargs["RESIDENT"] == (tier == 2)  # a 6 KiB bf16 slice stays on chip in tier 2
+        assert args[names.index("J_END")] == (9 if tier == 2 else 1)  # T + 1 iterations, or one
