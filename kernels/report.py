@@ -820,7 +820,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, dt in DTYPES.items()
     )
     print(
-        f"# fastrnn tier-1 kernel report: triton {triton.__version__}, tier-1 limits in KiB (H, P multiples "
+        f"# fastrnn kernel report (tiers {' '.join(map(str, a.tiers))}): triton {triton.__version__}, tier-1 limits in KiB (H, P multiples "
         f"of 16 / other sizes): {limits}; {len(rows)} compiles in {time.perf_counter() - start:.0f} s "
         f"with {a.jobs} jobs"
     )
