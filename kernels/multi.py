@@ -60,7 +60,9 @@ from .recurrent import (
     _acc_dtype,
     _mm,
     _row_major,
+    _save_for_backward,
     _sigmoid,
+    _strides3,
     _tanh,
     _time_index,
     tier1_unsupported,
@@ -284,18 +286,10 @@ def _multi_fwd_kernel(
             if SAVE:
                 gt_t = gates_ptr + t[:, None] * s_gt_t + rows[:, None] * s_gt_b + units[None, :]
                 aux_t = aux_ptr + t[:, None] * s_aux_t + rows[:, None] * s_aux_b + units[None, :]
-                sdt = gates_ptr.dtype.element_ty
                 if CELL == _LSTM:
-                    tl.store(gt_t, tl.where(keep, i, 0.0).to(sdt), mask=mask)
-                    tl.store(gt_t + H, tl.where(keep, f, 0.0).to(sdt), mask=mask)
-                    tl.store(gt_t + 2 * H, tl.where(keep, g, 0.0).to(sdt), mask=mask)
-                    tl.store(gt_t + 3 * H, tl.where(keep, o, 0.0).to(sdt), mask=mask)
-                    tl.store(aux_t, tl.where(keep, c_new, 0.0).to(sdt), mask=mask)
+                    _save_for_backward(gt_t, aux_t, H, keep, mask, i, f, g, o, c_new, CELL)
                 if CELL == _GRU:
-                    tl.store(gt_t, tl.where(keep, r, 0.0).to(sdt), mask=mask)
-                    tl.store(gt_t + H, tl.where(keep, z, 0.0).to(sdt), mask=mask)
-                    tl.store(gt_t + 2 * H, tl.where(keep, n, 0.0).to(sdt), mask=mask)
-                    tl.store(aux_t, tl.where(keep, hn, 0.0).to(sdt), mask=mask)
+                    _save_for_backward(gt_t, aux_t, H, keep, mask, r, z, n, n, hn, CELL)
         if USE_BARRIER:
             if s + 1 < J_END:
                 ok = _grid_barrier(sync_ptr + 32 * pid_g, sync_ptr + 32 * N_GROUPS, n_slices * (s - J_BEGIN + 1),
@@ -705,10 +699,6 @@ def _consts(mode: str, dtype: torch.dtype, cfg: MultiConfig, allow_tf32: bool) -
     )
 
 
-def _strides2(x: torch.Tensor | None) -> tuple[int, int]:
-    return (x.stride(0), x.stride(1)) if x is not None else (0, 0)
-
-
 def multi_fwd(
     mode: str,
     gx: torch.Tensor,
@@ -765,8 +755,8 @@ def multi_fwd(
             hbuf, hbuf.stride(0), hbuf.stride(1),
             cbuf, cbuf.stride(0),
             out, out.stride(0), out.stride(1),
-            gates if gates is not None else dummy, *_strides2(gates),
-            aux if aux is not None else dummy, *_strides2(aux),
+            gates if gates is not None else dummy, *_strides3(gates),
+            aux if aux is not None else dummy, *_strides3(aux),
         ]  # fmt: skip
         consts = dict(
             IS_VARLEN=lengths is not None, REVERSE=reverse, HAS_BHN=b_hn is not None, SAVE=save,
@@ -814,8 +804,8 @@ def multi_bwd(
         args = [
             d_out, d_out.stride(0), d_out.stride(1),
             fwd.out, fwd.out.stride(0), fwd.out.stride(1),
-            fwd.gates if fwd.gates is not None else dummy, *_strides2(fwd.gates),
-            fwd.aux if fwd.aux is not None else dummy, *_strides2(fwd.aux),
+            fwd.gates if fwd.gates is not None else dummy, *_strides3(fwd.gates),
+            fwd.aux if fwd.aux is not None else dummy, *_strides3(fwd.aux),
             h0 if h0 is not None else dummy, h0.stride(0) if h0 is not None else 0,
             c0 if c0 is not None else dummy, c0.stride(0) if c0 is not None else 0,
             w_hh, w_hh.stride(0), H * w_hh.stride(0),
@@ -823,7 +813,7 @@ def multi_bwd(
             dhbuf, dhbuf.stride(0),
             dcbuf if dcbuf is not None else dhbuf, dcbuf.stride(0) if dcbuf is not None else 0,
             d_gx, d_gx.stride(0), d_gx.stride(1),
-            d_hn_gate if d_hn_gate is not None else d_gx, *_strides2(d_hn_gate),
+            d_hn_gate if d_hn_gate is not None else d_gx, *_strides3(d_hn_gate),
         ]  # fmt: skip
         consts = dict(
             HAS_H0=h0 is not None, HAS_C0=c0 is not None, IS_VARLEN=lengths is not None, REVERSE=reverse,

@@ -126,6 +126,20 @@ def _time_index(s, seq_len, REVERSE: tl.constexpr):
     return tl.where(active, t, s).to(tl.int64), active
 
 
+@triton.jit
+def _save_for_backward(gt_t, aux_t, H, keep, mask, g0, g1, g2, g3, aux, CELL: tl.constexpr):
+    """Store what the backward reads at one step: the gate activations (LSTM ``i,f,g,o`` /
+    GRU ``r,z,n``) at ``gt_t + gate*H`` and ``aux`` (LSTM ``c_t``, GRU ``W_hn h + b_hn``) at
+    ``aux_t``; rows outside ``keep`` (inactive sequences) get 0.  Shared by every tier."""
+    sdt = gt_t.dtype.element_ty
+    tl.store(gt_t, tl.where(keep, g0, 0.0).to(sdt), mask=mask)
+    tl.store(gt_t + H, tl.where(keep, g1, 0.0).to(sdt), mask=mask)
+    tl.store(gt_t + 2 * H, tl.where(keep, g2, 0.0).to(sdt), mask=mask)
+    if CELL == _LSTM:
+        tl.store(gt_t + 3 * H, tl.where(keep, g3, 0.0).to(sdt), mask=mask)
+    tl.store(aux_t, tl.where(keep, aux, 0.0).to(sdt), mask=mask)
+
+
 # ---------------------------------------------------------------------------------------------
 # forward
 
@@ -221,18 +235,10 @@ def _recurrent_fwd_kernel(
         if SAVE:
             gt_t = gates_ptr + t[:, None] * s_gt_t + rows[:, None] * s_gt_b + ch[None, :]
             aux_t = aux_ptr + t[:, None] * s_aux_t + rows[:, None] * s_aux_b + ch[None, :]
-            sdt = gates_ptr.dtype.element_ty
             if CELL == _LSTM:
-                tl.store(gt_t, tl.where(keep_p, i, 0.0).to(sdt), mask=mask_bh)
-                tl.store(gt_t + H, tl.where(keep_p, f, 0.0).to(sdt), mask=mask_bh)
-                tl.store(gt_t + 2 * H, tl.where(keep_p, g, 0.0).to(sdt), mask=mask_bh)
-                tl.store(gt_t + 3 * H, tl.where(keep_p, o, 0.0).to(sdt), mask=mask_bh)
-                tl.store(aux_t, tl.where(keep_p, c_new, 0.0).to(sdt), mask=mask_bh)
+                _save_for_backward(gt_t, aux_t, H, keep_p, mask_bh, i, f, g, o, c_new, CELL)
             if CELL == _GRU:
-                tl.store(gt_t, tl.where(keep_p, r, 0.0).to(sdt), mask=mask_bh)
-                tl.store(gt_t + H, tl.where(keep_p, z, 0.0).to(sdt), mask=mask_bh)
-                tl.store(gt_t + 2 * H, tl.where(keep_p, n, 0.0).to(sdt), mask=mask_bh)
-                tl.store(aux_t, tl.where(keep_p, hn, 0.0).to(sdt), mask=mask_bh)
+                _save_for_backward(gt_t, aux_t, H, keep_p, mask_bh, r, z, n, n, hn, CELL)
 
     tl.store(hn_ptr + rows[:, None] * s_hn_b + cp[None, :], h.to(hn_ptr.dtype.element_ty), mask=mask_bp)
     if CELL == _LSTM:
