@@ -9,9 +9,9 @@ Measured (:func:`measure_machine`):
 * the minimal cost of one *dependent step* of a recurrence, three ways on a GPU:
   ``launch_us``: a 1-element kernel launched back to back from Python (the eager per-step floor);
   ``graph_launch_us``: the same kernels replayed from one CUDA graph (launch gaps only, no Python);
-  ``grid_sync_us``: a persistent Triton kernel, one program per SM, looping over a grid barrier
-  (atomic counter, release/acquire) per step: the per-step floor of any kernel that spreads a
-  step over the whole GPU.  It runs in a subprocess with a timeout, so a barrier that cannot
+  ``grid_sync_us``: a persistent Triton kernel, one program per SM, looping over tier 2's grid
+  barrier (``fastrnn.kernels.multi._grid_barrier``: atomic counter, release/acquire) per step:
+  the per-step floor of any kernel that spreads a step over the whole GPU.  It runs in a subprocess with a timeout, so a barrier that cannot
   complete costs a line in the notes, not the run.
   ``step_us`` = the smallest of the GPU figures measured; on the CPU it is one tiny aten op
   (dispatch overhead), ``cpu_op_us``.
@@ -213,44 +213,52 @@ _KERNEL = None
 
 
 def _grid_sync_kernel():
-    """The persistent barrier-loop kernel (defined lazily: Triton is imported only here)."""
+    """The persistent barrier-loop kernel (defined lazily: Triton is imported only here).
+
+    It calls tier 2's own barrier (:func:`fastrnn.kernels.multi._grid_barrier`), so the floor is
+    what a tier-2 step pays for synchronisation, and nothing else."""
     global _KERNEL
     if _KERNEL is None:
         import triton
         import triton.language as tl
 
+        from fastrnn.kernels.multi import _grid_barrier
+
         @triton.jit
-        def _grid_sync_loop_kernel(counter_ptr, steps, NUM_PROGRAMS: tl.constexpr):
-            # counter_ptr: (1,) int32, zero at launch; every program arrives once per step.
+        def _grid_sync_loop_kernel(sync_ptr, steps, max_spin, NUM_PROGRAMS: tl.constexpr):
+            # sync_ptr: (64,) int32 zeros: the counter at 0, the timeout flag at 32.
+            budget = max_spin
             for s in range(steps):
-                tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
-                target = (s + 1) * NUM_PROGRAMS
-                seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-                while seen < target:
-                    seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+                ok = _grid_barrier(sync_ptr, sync_ptr + 32, (s + 1) * NUM_PROGRAMS, budget)
+                budget = tl.where(ok, budget, -1)
 
         _KERNEL = _grid_sync_loop_kernel
     return _KERNEL
 
 
 def grid_sync_probe(device: torch.device | None = None) -> dict[str, Any]:
-    """Per-step cost of a grid-wide barrier in a persistent kernel (microseconds); GPU only."""
+    """Per-step cost of tier 2's grid barrier in a persistent kernel (microseconds), one 4-warp
+    program per SM; GPU only."""
+    from fastrnn.kernels.multi import MAX_SPIN
+
     device = device or torch.device("cuda")
     kernel = _grid_sync_kernel()
     nprog = torch.cuda.get_device_properties(device).multi_processor_count
-    counter = torch.zeros(1, dtype=torch.int32, device=device)
+    sync = torch.zeros(64, dtype=torch.int32, device=device)
 
     def run(steps: int) -> float:
         def launch():
-            counter.zero_()
-            kernel[(nprog,)](counter, steps, NUM_PROGRAMS=nprog, num_warps=1, launch_cooperative_grid=True)
+            sync.zero_()
+            kernel[(nprog,)](sync, steps, MAX_SPIN, NUM_PROGRAMS=nprog, num_warps=4, launch_cooperative_grid=True)
 
         return _best_cuda_ms(launch, reps=5)
 
     s1, s2 = 200, 2200
     t1, t2 = run(s1), run(s2)
-    if int(counter.item()) != s2 * nprog:
-        raise RuntimeError(f"barrier counter ended at {int(counter.item())}, expected {s2 * nprog}")
+    if int(sync[0].item()) != s2 * nprog or int(sync[32].item()) != 0:
+        raise RuntimeError(
+            f"barrier counter ended at {int(sync[0].item())} (expected {s2 * nprog}), flag {int(sync[32].item())}"
+        )
     return {"grid_sync_us": (t2 - t1) * 1e3 / (s2 - s1), "programs": nprog}
 
 
