@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -634,6 +635,11 @@ def _co_resident_programs(kernel, args, consts, device: torch.device) -> int:
     return _CAPACITY[key]
 
 
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
 class BarrierTimeout(RuntimeError):
     """The programs of a tier-2 launch were not all resident at once (a grid barrier timed out)."""
 
@@ -666,7 +672,14 @@ def _launch(kernel, kind: str, tier: int, T: int, B: int, H: int, n_iters: int, 
             if n_groups >= 1:
                 if n_groups < n_tiles:  # the flag sits after the last group's counter
                     sync[n_groups * 32 :] = 0
-                kernel[(n_slices, n_groups)](*args, sync, 0, n_iters, T, B, H, n_groups, max_spin, **full)
+                try:
+                    kernel[(n_slices, n_groups)](*args, sync, 0, n_iters, T, B, H, n_groups, max_spin, **full)
+                except RuntimeError as exc:  # the driver refused the cooperative grid: step by step
+                    if not coop or "cooperative" not in str(exc).lower() and "too many blocks" not in str(exc).lower():
+                        raise
+                    _warn_once(f"fastrnn: a tier-2 cooperative launch of {n_slices} x {n_groups} programs was refused "
+                               f"({exc}); running one launch per step (tier 3) instead")  # fmt: skip
+                    return _launch(kernel, kind, 3, T, B, H, n_iters, args, consts, device, cooperative, max_spin)
                 _runtime.count_launch(f"{kind}_tier2")
                 if _check_barriers(coop) and not torch.cuda.is_current_stream_capturing():
                     if int(sync[n_groups * 32].item()):
