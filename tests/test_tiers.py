@@ -17,7 +17,7 @@ import torch
 
 import fastrnn
 from fastrnn.kernels import _runtime, multi
-from helpers import compare_twins, device, module_inputs, twins
+from helpers import TOL, compare_twins, device, module_inputs, twins
 
 CELLS = [("RNN", dict(nonlinearity="tanh")), ("RNN", dict(nonlinearity="relu")), ("LSTM", {}), ("GRU", {})]
 CELL_IDS = ["tanh", "relu", "lstm", "gru"]
@@ -26,6 +26,7 @@ CONFIGS = [
     ("two_layers_bidir_h0", dict(num_layers=2, bidirectional=True), 4, 3, "dense", True, 20),
     ("packed_unsorted_bidir", dict(bidirectional=True), 5, 4, "packed_unsorted", True, 20),
     ("two_batch_tiles_H40", dict(bias=True), 3, 17, "dense", True, 40),
+    ("unbatched_batch_first", dict(batch_first=True), 3, None, "unbatched", True, 20),
 ]
 CASES = [
     pytest.param(tier, cell, ckw, *cfg, torch.float32, id=f"tier{tier}-{cfg[0]}-{cid}-fp32")
@@ -49,6 +50,35 @@ def test_tier_matches_torch_nn(monkeypatch, tier, cell, cell_kwargs, name, kwarg
     compare_twins(fast, ref, module_inputs(cell, kw, T, B, kind, with_h0, I, H, dtype), dtype)
     ran = {k for k, n in _runtime.LAUNCHES.items() if n != before.get(k, 0)}
     assert ran == {f"multi_fwd_tier{tier}", f"multi_bwd_tier{tier}"}, ran  # no tier-1 launch
+
+
+@pytest.mark.parametrize("tier", [2, 3])
+def test_fused_embedding_runs_in_tier(monkeypatch, tier):
+    """EmbeddingRNN (ids in, embedding fused into the first layer) through tiers 2/3 equals
+    nn.Embedding + nn.GRU, outputs and every gradient."""
+    from torch import nn
+
+    monkeypatch.setenv("FASTRNN_TIER", str(tier))
+    torch.manual_seed(0)
+    emb, rnn = nn.Embedding(11, 6).to(device()), nn.GRU(6, 20, num_layers=2).to(device())
+    fused = fastrnn.EmbeddingRNN.from_modules(emb, rnn, backend="triton")
+    ref_emb, ref_rnn = nn.Embedding(11, 6).to(device()), nn.GRU(6, 20, num_layers=2).to(device())
+    ref_emb.load_state_dict(emb.state_dict())
+    ref_rnn.load_state_dict(rnn.state_dict())
+    ids = torch.randint(0, 11, (4, 3), device=device())
+    out, h_n = fused(ids)
+    out_ref, h_ref = ref_rnn(ref_emb(ids))
+    torch.testing.assert_close(out, out_ref, **TOL[torch.float32])
+    torch.testing.assert_close(h_n, h_ref, **TOL[torch.float32])
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    (out_ref * w).sum().backward()
+    ref_grads = dict(ref_emb.named_parameters(prefix="emb")) | dict(ref_rnn.named_parameters(prefix="rnn"))
+    got_grads = dict(emb.named_parameters(prefix="emb")) | dict(rnn.named_parameters(prefix="rnn"))
+    for name, p in ref_grads.items():
+        torch.testing.assert_close(
+            got_grads[name].grad, p.grad, **TOL[torch.float32], msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
 def test_streamed_and_resident_weights_are_both_covered():
