@@ -481,8 +481,6 @@ BLOCK_K_STREAMED = {2: 64, 4: 16, 8: 16}
 #: Polls of a barrier counter before a program gives up (about a second on an H100).
 MAX_SPIN = 1 << 21
 
-TIERS = (1, 2, 3)
-
 
 def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
@@ -731,8 +729,9 @@ def multi_fwd(
     """Tier 2/3 forward of one layer/direction; arguments and result as
     :func:`fastrnn.kernels.recurrent.recurrent_fwd` (no projection: ``P == H``).
 
-    ``tier=2``: one persistent launch (cooperative unless ``cooperative=False``, which tests use
-    to provoke :class:`BarrierTimeout`); ``tier=3``: one launch per step.  In the interpreter
+    ``tier=2``: one persistent launch, cooperative unless ``cooperative=False`` (a plain launch:
+    co-residency is then hoped for, not guaranteed, so the timeout flag is always read and a
+    failed barrier raises :class:`BarrierTimeout`); ``tier=3``: one launch per step.  In the interpreter
     both run per-step launches (tier 2 with its resident weights).
 
     Example::
