@@ -11,7 +11,8 @@ exchange ``h`` through global memory (L2) and wait for each other between steps:
   acquire semantics, see :func:`_grid_barrier`).  The launch is cooperative
   (``launch_cooperative_grid``) and the grid is sized from the compiled kernel's registers and
   shared memory, so the programs of a group are co-resident; were they not, the bounded spin
-  gives up, sets a flag, and the launcher raises instead of hanging.  With ``RESIDENT`` the
+  gives up and sets a flag, and every later output is NaN (the launcher raises
+  :class:`BarrierTimeout` when it reads the flag) -- never a hang.  With ``RESIDENT`` the
   program's slice of ``W_hh`` is loaded once and stays on chip for the whole sequence; without
   it the slice is re-read from L2 every step in ``BLOCK_K``-wide chunks (any ``H``).
 * **tier 3** (per step): the same kernel body launched once per step (the kernel boundary is the
