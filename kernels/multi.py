@@ -191,6 +191,24 @@ def _load_w_slice(w_ptr, s_w_k, s_w_u, units, unit_ok, K, RESIDENT: tl.constexpr
         return tl.zeros((1, units.shape[0]), w_ptr.dtype.element_ty)
 
 
+@triton.jit
+def _load_w_slices(w_ptr, s_gate, s_w_k, s_w_u, units, unit_ok, K, N_GATES: tl.constexpr, RESIDENT: tl.constexpr,
+                   BLOCK_K: tl.constexpr):
+    """:func:`_load_w_slice` of each of the ``N_GATES`` gate blocks (gate ``g`` at
+    ``w_ptr + g*s_gate``, reached by repeated pointer steps: no ``g * stride`` product to overflow
+    int32); gates the cell does not have repeat gate 0 and are never used."""
+    w0 = _load_w_slice(w_ptr, s_w_k, s_w_u, units, unit_ok, K, RESIDENT, BLOCK_K)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    if N_GATES > 1:
+        w1 = _load_w_slice(w_ptr + s_gate, s_w_k, s_w_u, units, unit_ok, K, RESIDENT, BLOCK_K)
+        w2 = _load_w_slice(w_ptr + s_gate + s_gate, s_w_k, s_w_u, units, unit_ok, K, RESIDENT, BLOCK_K)
+    if N_GATES > 3:
+        w3 = _load_w_slice(w_ptr + s_gate + s_gate + s_gate, s_w_k, s_w_u, units, unit_ok, K, RESIDENT, BLOCK_K)
+    return w0, w1, w2, w3
+
+
 # ---------------------------------------------------------------------------------------------
 # forward
 
@@ -221,15 +239,7 @@ def _multi_fwd_kernel(
     unit_ok = units < H
     # W_hh^T restricted to this program's units of each gate: w_g[k, u] = W_hh[g*H + u, k],
     # i.e. base w_hh + g*H*s_whh_r, stride 1 along k and s_whh_r along u; resident or streamed.
-    w0 = _load_w_slice(w_hh_ptr, 1, s_whh_r, units, unit_ok, H, RESIDENT, BLOCK_K)
-    w1 = w0
-    w2 = w0
-    w3 = w0
-    if N_GATES > 1:
-        w1 = _load_w_slice(w_hh_ptr + s_whh_g, 1, s_whh_r, units, unit_ok, H, RESIDENT, BLOCK_K)
-        w2 = _load_w_slice(w_hh_ptr + s_whh_g + s_whh_g, 1, s_whh_r, units, unit_ok, H, RESIDENT, BLOCK_K)
-    if N_GATES > 3:
-        w3 = _load_w_slice(w_hh_ptr + s_whh_g + s_whh_g + s_whh_g, 1, s_whh_r, units, unit_ok, H, RESIDENT, BLOCK_K)
+    w0, w1, w2, w3 = _load_w_slices(w_hh_ptr, s_whh_g, 1, s_whh_r, units, unit_ok, H, N_GATES, RESIDENT, BLOCK_K)
     if HAS_BHN:
         b_hn = tl.load(b_hn_ptr + units, mask=unit_ok, other=0.0).to(ACC)[None, :]
     n_tiles = tl.cdiv(B, BLOCK_B)
@@ -332,16 +342,10 @@ def _multi_bwd_kernel(
     unit_ok = units < H
     # W_hh restricted to this program's columns, per gate: w_g[k, u] = W_hh[g*H + k, u],
     # i.e. base w_hh + g*H*s_whh_r, stride s_whh_r along k and 1 along u.
-    w_c = w_hh_ptr
-    w_c1 = w_c + s_whh_g  # gate blocks by repeated pointer steps: no g * stride product to overflow
+    w0, w1, w2, w3 = _load_w_slices(w_hh_ptr, s_whh_g, s_whh_r, 1, units, unit_ok, H, N_GATES, RESIDENT, BLOCK_K)
+    w_c1 = w_hh_ptr + s_whh_g  # gate blocks for the streamed dots, by pointer steps as above
     w_c2 = w_c1 + s_whh_g
     w_c3 = w_c2 + s_whh_g
-    w0 = _load_w_slice(w_c, s_whh_r, 1, units, unit_ok, H, RESIDENT, BLOCK_K)
-    if CELL != _RNN:
-        w1 = _load_w_slice(w_c1, s_whh_r, 1, units, unit_ok, H, RESIDENT, BLOCK_K)
-        w2 = _load_w_slice(w_c2, s_whh_r, 1, units, unit_ok, H, RESIDENT, BLOCK_K)
-    if CELL == _LSTM:
-        w3 = _load_w_slice(w_c3, s_whh_r, 1, units, unit_ok, H, RESIDENT, BLOCK_K)
     n_tiles = tl.cdiv(B, BLOCK_B)
     spin_budget = MAX_SPIN
     ddt = dg_ptr.dtype.element_ty
@@ -362,7 +366,7 @@ def _multi_bwd_kernel(
             if s + 1 < T:
                 t1, _ = _time_index(s + 1, seq_len, REVERSE)
                 dg1 = dg_ptr + t1[:, None] * s_dg_t
-                d_rec = _dot_slice(dg1, s_dg_b, rows, row_ok, w_c, s_whh_r, 1, units, unit_ok, w0, H,
+                d_rec = _dot_slice(dg1, s_dg_b, rows, row_ok, w_hh_ptr, s_whh_r, 1, units, unit_ok, w0, H,
                                    RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC, UPCAST_DOT)
                 if CELL != _RNN:
                     d_rec += _dot_slice(dg1 + H, s_dg_b, rows, row_ok, w_c1, s_whh_r, 1, units,
