@@ -47,7 +47,6 @@ def triton_reasons(module, input) -> list[str]:
     if importlib.util.find_spec("triton") is None:
         return ["Triton is not installed"]
     from .kernels import _runtime
-    from .kernels.multi import choose_tier
 
     dev = data.device
     if dev.type == "cuda" and _runtime.INTERPRET:
@@ -64,10 +63,7 @@ def triton_reasons(module, input) -> list[str]:
     params = module._flat_weights
     if params and params[0].device != dev:
         reasons.append(f"input is on {dev} but the parameters are on {params[0].device}")
-    # The parameters' dtype decides: an input of another dtype is rejected by the argument checks
-    # (the same ValueError as torch.nn), not by the backend choice.
-    dtype = params[0].dtype if params else data.dtype
-    tier, why = choose_tier(module.mode, module.hidden_size, module.proj_size, dtype, interpreted=dev.type == "cpu")
+    tier, why = kernel_tier(module, input)
     if tier is None:
         reasons.append(why)
     return reasons
@@ -80,6 +76,8 @@ def kernel_tier(module, input) -> tuple[int | None, str]:
 
     data = input.data if isinstance(input, PackedSequence) else input
     params = module._flat_weights
+    # The parameters' dtype decides: an input of another dtype is rejected by the argument checks
+    # (the same ValueError as torch.nn), not by the backend choice.
     dtype = params[0].dtype if params else data.dtype
     return choose_tier(module.mode, module.hidden_size, module.proj_size, dtype, interpreted=data.device.type == "cpu")
 

@@ -87,7 +87,12 @@ def rows() -> dict[report.KernelConfig, dict]:
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=_id)
 def test_compiles_without_spills_within_shared_memory(cfg: report.KernelConfig, rows) -> None:
-    row = rows[cfg]
+    _assert_compiled_clean(rows[cfg], cfg, cfg.dtype in ("bf16", "fp16") or cfg.allow_tf32)
+
+
+def _assert_compiled_clean(row: dict, cfg: report.KernelConfig, tensor_cores: bool) -> None:
+    """Compiled, no local memory inside a loop, shared memory within the arch's limit, and
+    tensor-core instructions where ``tensor_cores``."""
     table = report.format_table([row])
     assert row["error"] is None, f"compile failed:\n{table}\n{row['error']}"
     # ptxas may park a few bytes on the stack outside the time loop at register-occupancy cliffs
@@ -95,7 +100,7 @@ def test_compiles_without_spills_within_shared_memory(cfg: report.KernelConfig, 
     # access inside the loop is a spill that costs every step.
     assert not row["loop_spills"], f"spills inside the time loop (LDL/STL in the loop body):\n{table}"
     assert row["shared_bytes"] <= report.SHARED_LIMIT[cfg.arch], f"shared memory over the sm_{cfg.arch} limit:\n{table}"
-    if cfg.dtype in ("bf16", "fp16") or cfg.allow_tf32:
+    if tensor_cores:
         assert row["tensor_cores"], f"no tensor-core instructions in a {cfg.dtype} kernel:\n{table}"
 
 
@@ -193,13 +198,7 @@ def multi_rows() -> dict[report.KernelConfig, dict]:
 
 @pytest.mark.parametrize("cfg", MULTI_CONFIGS, ids=_id)
 def test_tier2_and_tier3_compile_without_spills(cfg: report.KernelConfig, multi_rows) -> None:
-    row = multi_rows[cfg]
-    table = report.format_table([row])
-    assert row["error"] is None, f"compile failed:\n{table}\n{row['error']}"
-    assert not row["loop_spills"], f"spills inside the time loop (LDL/STL in the loop body):\n{table}"
-    assert row["shared_bytes"] <= report.SHARED_LIMIT[cfg.arch], f"shared memory over the limit:\n{table}"
-    if cfg.dtype in ("bf16", "fp16", "fp64"):
-        assert row["tensor_cores"], f"no tensor-core instructions in a {cfg.dtype} kernel:\n{table}"
+    _assert_compiled_clean(multi_rows[cfg], cfg, cfg.dtype in ("bf16", "fp16", "fp64"))
 
 
 def test_multi_launch_arguments_are_the_launchers() -> None:
