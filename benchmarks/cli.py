@@ -40,10 +40,20 @@ from .timing import TimingConfig, paired_ratio, peak_memory_mib, time_cpu_interl
 #: the row in flight and the reports.  ``--resume`` continues where a capped run stopped.
 DEFAULT_GPU_MAX_MINUTES = 7.0
 
+#: Timing settings by ``torch.device.type`` (the first GPU run found this keyed "gpu", looked up
+#: as "cuda": the suite did not start on any GPU; ``timing_config`` is now tested for both).
 TIMING = {
-    "gpu": TimingConfig(rep_ms=100.0, warmup_ms=25.0, min_reps=5, max_reps=50, max_s=3.0),
+    "cuda": TimingConfig(rep_ms=100.0, warmup_ms=25.0, min_reps=5, max_reps=50, max_s=3.0),
     "cpu": TimingConfig(rep_ms=60.0, warmup_ms=15.0, min_reps=15, max_reps=400, max_s=2.0, flush_l2=False),
 }
+
+
+def timing_config(device: torch.device, rep_ms: float | None = None) -> TimingConfig:
+    """The timing settings for ``device`` (CUDA or CPU), with ``rep_ms`` replaced when given."""
+    if device.type not in TIMING:
+        raise ValueError(f"no timing settings for {device.type} devices (known: {', '.join(TIMING)})")
+    cfg = TIMING[device.type]
+    return TimingConfig(**{**cfg.__dict__, "rep_ms": rep_ms}) if rep_ms else cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -484,9 +494,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     else:
         machine = measure_machine(device, dtypes, grid_sync=not args.no_grid_sync)
 
-    cfg = TIMING[device.type if device.type == "cuda" else "cpu"]
-    if args.rep_ms:
-        cfg = TimingConfig(**{**cfg.__dict__, "rep_ms": args.rep_ms})
+    cfg = timing_config(device, args.rep_ms)
     max_minutes = args.max_minutes
     if max_minutes is None:
         max_minutes = DEFAULT_GPU_MAX_MINUTES if suite.name == "gpu" else 0.0

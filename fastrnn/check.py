@@ -3,10 +3,16 @@
 Runs each cell through the Triton kernels (compiled on a GPU, Triton's interpreter on CPU) and
 through ``torch.nn``, and prints the largest differences of outputs and of every gradient, plus
 the time of one forward+backward of each.
+
+The verdict uses the project's one tolerance rule: against ``torch.nn`` in float64, fastrnn's
+error is at most twice ``torch.nn``'s own error in float32, plus ``1e-5`` times the magnitude (at
+least 1).  A fixed threshold against ``torch.nn`` is the wrong oracle: after long sequences both
+fp32 results sit 1-4e-5 from float64 on an H200.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -29,6 +35,22 @@ def _fwd_bwd(module, x, grad_seed: int):
     grads = {"input": x.grad}
     grads.update({n: p.grad for n, p in module.named_parameters()})
     return [out, *states], grads
+
+
+#: Floor of the tolerance rule for float32 (TF32 off), times the magnitude of the float64 value.
+FLOOR = 1e-5
+
+
+def _agrees(got: dict, base: dict, want: dict) -> bool:
+    """fastrnn (``got``) and torch.nn (``base``) in float32 against torch.nn in float64 (``want``),
+    tensor by tensor: see the module doc."""
+    for k, w in want.items():
+        w = w.double()
+        err_fast = (got[k].double() - w).abs().max().item()
+        err_torch = (base[k].double() - w).abs().max().item()
+        if not err_fast <= 2 * err_torch + FLOOR * max(1.0, w.abs().max().item()):
+            return False
+    return True
 
 
 def _timed(fn, device: torch.device, repeats: int) -> float:
@@ -56,7 +78,8 @@ def run_check(
     """Compare fastrnn (backend='triton') with torch.nn for RNN, LSTM and GRU; return one row per cell.
 
     Each row: ``cell``, ``tier`` (the kernel tier that ran, ``FASTRNN_TIER`` forces one),
-    ``max_out_diff``, ``max_grad_diff`` (over input and all parameters), ``ms_fastrnn``,
+    ``max_out_diff``, ``max_grad_diff`` (over input and all parameters, fastrnn vs torch.nn),
+    ``agrees`` (the tolerance rule against float64, see the module doc), ``ms_fastrnn``,
     ``ms_torch`` (one forward+backward).
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -69,12 +92,15 @@ def run_check(
         x = torch.randn(T, B, input_size, device=dev)
         outs_f, grads_f = _fwd_bwd(fast, x, 1)
         outs_r, grads_r = _fwd_bwd(ref, x, 1)
+        outs_o, grads_o = _fwd_bwd(copy.deepcopy(ref).double(), x.double(), 1)
+        named = lambda outs, grads: {**{f"out{i}": t for i, t in enumerate(outs)}, **grads}
         rows.append(
             dict(
                 cell=cell,
                 tier=kernel_tier(fast, x)[0],
                 max_out_diff=max((a - b).abs().max().item() for a, b in zip(outs_f, outs_r)),
                 max_grad_diff=max((grads_f[k] - grads_r[k]).abs().max().item() for k in grads_r),
+                agrees=_agrees(named(outs_f, grads_f), named(outs_r, grads_r), named(outs_o, grads_o)),
                 ms_fastrnn=_timed(lambda fast=fast, x=x: _fwd_bwd(fast, x, 1), dev, repeats),
                 ms_torch=_timed(lambda ref=ref, x=x: _fwd_bwd(ref, x, 1), dev, repeats),
             )
@@ -99,10 +125,14 @@ def main(args) -> int:
             f"{r['cell']:6} {r['tier']:>4} {r['max_out_diff']:15.2e} {r['max_grad_diff']:16.2e} "
             f"{r['ms_fastrnn']:11.2f} {r['ms_torch']:12.2f}"
         )
-        ok &= r["max_out_diff"] < 1e-4 and r["max_grad_diff"] < 1e-3
+        ok &= r["agrees"]
     if dev.type == "cpu":
         print("(CPU timings measure Triton's interpreter, not the kernels' speed; see benchmarks/ on a GPU)")
-    print("outputs and gradients agree with torch.nn" if ok else "MISMATCH with torch.nn")
+    print(
+        "outputs and gradients agree with torch.nn (against float64: within twice torch.nn's fp32 error + 1e-5)"
+        if ok
+        else "MISMATCH with torch.nn: some output or gradient is further from float64 than the rule allows"
+    )
     return 0 if ok else 1
 
 

@@ -4,22 +4,36 @@
 * ``"torch"``: the ``torch.nn`` twin's own code (aten/cuDNN): the fastest choice on CPU and the
   honest fallback wherever a kernel does not support an input.
 * ``"auto"`` (default): triton on CUDA tensors when the kernels support the call, torch otherwise.
-  ``auto`` never fails where ``torch.nn`` would have worked.
+  ``auto`` never fails where ``torch.nn`` would have worked.  On ROCm (HIP tensors also report
+  ``device.type == "cuda"``) ``auto`` uses torch until the kernels are tested there.
 
 The environment variable ``FASTRNN_BACKEND`` (``auto``/``triton``/``torch``) replaces ``"auto"``
 for modules built with the default.  A backend asked for explicitly that cannot serve an input
 raises :class:`BackendUnavailable` listing every reason.
+
+**torch.compile.** The choice is made at trace time and is a constant of the compiled graph.
+Everything that inspects the process (environment variables, whether Triton is installed, the
+interpreter flag, cuDNN's switch) happens in :func:`_environment`, called only from functions
+marked ``torch.compiler.assume_constant_result`` (:func:`_decide`, :func:`_cuda_autocast_dtype`):
+Dynamo runs those eagerly and bakes in their result instead of tracing them (torch 2.11's Dynamo
+refuses ``importlib.util.find_spec`` inside a traced function).  Their arguments are plain strings,
+ints and bools read off the module and the input, which Dynamo traces.
+``tests/test_compile.py`` checks that no environment inspection is ever traced.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass
 
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
 BACKENDS = ("auto", "triton", "torch")
+
+#: Read once at import: never inside a traced forward.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 class BackendUnavailable(RuntimeError):
@@ -31,42 +45,137 @@ def check_backend_name(backend: str) -> None:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
+@dataclass(frozen=True)
+class Environment:
+    """What the process says about where the kernels can run (one snapshot per decision)."""
+
+    backend_override: str  # FASTRNN_BACKEND ("auto" when unset)
+    triton_installed: bool
+    interpret: bool  # kernels run in Triton's interpreter (CPU tensors)
+    late_interpret: bool  # Triton was imported before fastrnn on a machine without CUDA
+    hip: bool  # a ROCm build of torch: "cuda" tensors are HIP tensors
+    cudnn_enabled: bool  # torch.nn's RNNs use cuDNN on CUDA tensors
+
+
+def _environment() -> Environment:
+    """The one place that inspects the process for dispatch.  Only ever called from functions
+    that Dynamo runs eagerly (``assume_constant_result``), never from traced code."""
+    env = os.environ.get("FASTRNN_BACKEND", "auto") or "auto"
+    check_backend_name(env)
+    interpret = late = False
+    if _TRITON_INSTALLED:
+        from .kernels import _runtime
+
+        interpret, late = _runtime.INTERPRET, _runtime.LATE_INTERPRET
+    cudnn = torch.backends.cudnn
+    return Environment(
+        backend_override=env,
+        triton_installed=_TRITON_INSTALLED,
+        interpret=interpret,
+        late_interpret=late,
+        hip=torch.version.hip is not None,
+        cudnn_enabled=bool(cudnn.enabled and cudnn.is_available()),
+    )
+
+
 def requested_backend(module) -> str:
-    backend = module.backend
-    if backend == "auto":
-        env = os.environ.get("FASTRNN_BACKEND", "auto") or "auto"
-        check_backend_name(env)
-        backend = env
-    return backend
+    """The module's backend with ``FASTRNN_BACKEND`` applied (outside traced code only)."""
+    return _environment().backend_override if module.backend == "auto" else module.backend
 
 
-def triton_reasons(module, input) -> list[str]:
-    """Every reason the Triton kernels cannot run this module on ``input`` (empty: they can)."""
-    data = input.data if isinstance(input, PackedSequence) else input
+# ---------------------------------------------------------------------------------------------
+# The decision, as a function of constants
+
+
+def _device_reasons(env: Environment, device_type: str, param_device: str, input_device: str) -> list[str]:
     reasons = []
-    if importlib.util.find_spec("triton") is None:
-        return ["Triton is not installed"]
-    from .kernels import _runtime
-
-    dev = data.device
-    if dev.type == "cuda" and _runtime.INTERPRET:
+    if device_type == "cuda" and env.hip:
+        reasons.append("ROCm (HIP) devices are not supported yet: the kernels are only tested on NVIDIA GPUs")
+    elif device_type == "cuda" and env.interpret:
         reasons.append("TRITON_INTERPRET=1 is set, so the kernels run on CPU tensors only")
-    elif dev.type == "cpu" and _runtime.LATE_INTERPRET:
+    elif device_type == "cpu" and env.late_interpret:
         reasons.append("Triton was imported before fastrnn without TRITON_INTERPRET=1 (import fastrnn first)")
-    elif dev.type == "cpu" and not _runtime.INTERPRET:
+    elif device_type == "cpu" and not env.interpret:
         reasons.append(
             "CPU tensors run the kernels in Triton's interpreter, which needs TRITON_INTERPRET=1 set "
             "before fastrnn is imported on a machine with a CUDA device"
         )
-    elif dev.type not in ("cpu", "cuda"):
-        reasons.append(f"{dev.type} tensors are not supported")
-    params = module._flat_weights
-    if params and params[0].device != dev:
-        reasons.append(f"input is on {dev} but the parameters are on {params[0].device}")
-    tier, why = kernel_tier(module, input)
-    if tier is None:
-        reasons.append(why)
+    elif device_type not in ("cpu", "cuda"):
+        reasons.append(f"{device_type} tensors are not supported")
+    if param_device and param_device != input_device:
+        reasons.append(f"input is on {input_device} but the parameters are on {param_device}")
     return reasons
+
+
+@torch.compiler.assume_constant_result
+def _decide(
+    backend: str,
+    mode: str,
+    hidden_size: int,
+    proj_size: int,
+    dtype: str,
+    device_type: str,
+    input_device: str,
+    param_device: str,
+) -> tuple[str, str]:
+    """``(choice, why)`` for one call: ``choice`` is ``"triton"``, ``"torch"`` or ``"error"``
+    (``backend='triton'`` that cannot run; ``why`` lists every reason).  Every argument is a
+    constant of the call (see the module doc); ``dtype`` is the parameters' dtype as
+    ``str(torch.dtype)``."""
+    env = _environment()
+    if backend == "auto":
+        backend = env.backend_override
+    if backend == "torch":
+        return "torch", "asked for explicitly"
+    if backend == "auto" and device_type != "cuda":
+        if device_type == "cpu":
+            return "torch", "cpu tensors: torch (aten) is the fastest there; pass backend='triton' for the kernels"
+        return "torch", f"{device_type} tensors: the kernels run on CUDA (and CPU through the interpreter)"
+    if not env.triton_installed:
+        reasons = ["Triton is not installed"]
+    else:
+        from .kernels.multi import choose_tier
+
+        reasons = _device_reasons(env, device_type, param_device, input_device)
+        tier, why = choose_tier(mode, hidden_size, proj_size, _DTYPES[dtype], interpreted=device_type == "cpu")
+        if tier is None:
+            reasons.append(why)
+        elif not reasons:
+            return "triton", why
+    return ("torch" if backend == "auto" else "error"), "; ".join(reasons)
+
+
+#: ``str(dtype)`` -> dtype: dtypes cross into :func:`_decide` as strings (constants for Dynamo).
+_DTYPES = {str(d): d for d in vars(torch).values() if isinstance(d, torch.dtype)}
+
+
+def _data(input):
+    return input.data if isinstance(input, PackedSequence) else input
+
+
+def _call_facts(module, input) -> tuple:
+    """The arguments of :func:`_decide` for ``module(input)``, read off the module and the
+    tensors (all traceable by Dynamo)."""
+    data = _data(input)
+    params = module._flat_weights
+    # The parameters' dtype decides: an input of another dtype is rejected by the argument checks
+    # (the same ValueError as torch.nn), not by the backend choice.
+    dtype = params[0].dtype if params else data.dtype
+    dev = data.device
+    param_device = str(params[0].device) if params else ""
+    return (
+        module.backend, module.mode, module.hidden_size, module.proj_size, str(dtype), dev.type, str(dev),
+        param_device,
+    )  # fmt: skip
+
+
+def select_backend(module, input) -> str:
+    """``"triton"`` or ``"torch"`` for this call (see module doc); raises
+    :class:`BackendUnavailable` when ``backend='triton'`` cannot serve it."""
+    choice, why = _decide(*_call_facts(module, input))
+    if choice == "error":
+        raise BackendUnavailable(f"fastrnn {type(module).__name__}: backend='triton' cannot run this call: {why}")
+    return choice
 
 
 def kernel_tier(module, input) -> tuple[int | None, str]:
@@ -74,62 +183,51 @@ def kernel_tier(module, input) -> tuple[int | None, str]:
     sizes but the first's input width, which only the input-projection GEMM sees)."""
     from .kernels.multi import choose_tier
 
-    data = input.data if isinstance(input, PackedSequence) else input
-    params = module._flat_weights
-    # The parameters' dtype decides: an input of another dtype is rejected by the argument checks
-    # (the same ValueError as torch.nn), not by the backend choice.
-    dtype = params[0].dtype if params else data.dtype
-    return choose_tier(module.mode, module.hidden_size, module.proj_size, dtype, interpreted=data.device.type == "cpu")
+    _, mode, hidden, proj, dtype, device_type, _, _ = _call_facts(module, input)
+    return choose_tier(mode, hidden, proj, _DTYPES[dtype], interpreted=device_type == "cpu")
+
+
+def explain(module, input) -> str:
+    """One line saying which backend ``module(input)`` uses, and why (the same decision as
+    :func:`select_backend`).
+
+    Example::
+
+        fastrnn.explain(fastrnn.GRU(8, 16), torch.randn(5, 3, 8))
+        # "requested 'auto' -> torch: cpu tensors: torch (aten) is the fastest there; ..."
+    """
+    facts = _call_facts(module, input)
+    choice, why = _decide(*facts)
+    return f"requested {requested_backend(module)!r} -> {choice}: {why}"
+
+
+# ---------------------------------------------------------------------------------------------
+# autocast
+
+
+@torch.compiler.assume_constant_result
+def _cuda_autocast_dtype(requested: str) -> str:
+    """The dtype ``torch.nn``'s RNNs compute in under CUDA autocast asking for ``requested``.
+
+    With cuDNN (the default), PyTorch's autocast wrapper of ``_cudnn_rnn`` casts to float16
+    whatever autocast dtype was asked for (seen on an H200 with torch 2.11: bfloat16 autocast
+    gives float16 RNN outputs); without cuDNN the RNN is built from ops that autocast lowers to
+    the requested dtype."""
+    return str(torch.float16) if _environment().cudnn_enabled else requested
 
 
 def autocast_dtype(mode: str, input: torch.Tensor) -> torch.dtype | None:
     """The dtype the ``torch.nn`` twin computes in under the active autocast, or ``None``.
 
-    CUDA autocast runs every cuDNN RNN in the autocast dtype.  CPU autocast (torch 2.11-2.13)
-    lowers LSTM and RNN but leaves GRU in fp32; ``tests/test_autocast.py`` checks this rule
-    against ``torch.nn`` so a change in PyTorch shows up as a failing test.
+    fastrnn follows ``torch.nn`` under autocast (the drop-in rule): the output dtype never
+    depends on which backend ran, so ``auto`` may pick either.  CUDA: float16 while cuDNN is
+    enabled, whatever autocast dtype was asked for (:func:`_cuda_autocast_dtype`).  CPU (torch
+    2.11-2.13): LSTM and RNN in the autocast dtype, GRU left in fp32.  ``tests/test_autocast.py``
+    checks this rule against ``torch.nn`` so a change in PyTorch shows up as a failing test.
     """
     dev = input.device.type
     if dev not in ("cuda", "cpu") or not torch.is_autocast_enabled(dev) or not input.is_floating_point():
         return None
-    if dev == "cpu" and mode == "GRU":
-        return None
-    return torch.get_autocast_dtype(dev)
-
-
-def select_backend(module, input) -> str:
-    """``"triton"`` or ``"torch"`` for this call (see module doc)."""
-    backend = requested_backend(module)
-    if backend == "torch":
-        return "torch"
-    data = input.data if isinstance(input, PackedSequence) else input
-    if backend == "auto" and data.device.type != "cuda":
-        return "torch"
-    reasons = triton_reasons(module, input)
-    if not reasons:
-        return "triton"
-    if backend == "auto":
-        return "torch"
-    raise BackendUnavailable(
-        f"fastrnn {type(module).__name__}: backend='triton' cannot run this call: " + "; ".join(reasons)
-    )
-
-
-def explain(module, input) -> str:
-    """One line saying which backend ``module(input)`` uses, and why (mirrors :func:`select_backend`)."""
-    backend = requested_backend(module)
-    if backend == "torch":
-        return "requested 'torch' -> torch: asked for explicitly"
-    reasons = triton_reasons(module, input)
-    device = (input.data if isinstance(input, PackedSequence) else input).device.type
-    if backend == "auto" and device != "cuda":
-        why = (
-            "; ".join(reasons)
-            or f"{device} tensors: torch (aten) is the fastest there; pass backend='triton' for the kernels"
-        )
-        return f"requested 'auto' -> torch: {why}"
-    if not reasons:
-        _, why = kernel_tier(module, input)
-        return f"requested {backend!r} -> triton: {why}"
-    chosen = "torch" if backend == "auto" else "error"
-    return f"requested {backend!r} -> {chosen}: " + "; ".join(reasons)
+    if dev == "cpu":
+        return None if mode == "GRU" else torch.get_autocast_dtype(dev)
+    return _DTYPES[_cuda_autocast_dtype(str(torch.get_autocast_dtype(dev)))]

@@ -125,8 +125,11 @@ class EmbeddingRNN(nn.Module):
             raise ValueError("EmbeddingRNN: embedding.sparse=True is not supported (dense gradients only)")
         if emb.scale_grad_by_freq:
             raise ValueError("EmbeddingRNN: embedding.scale_grad_by_freq is not supported")
-        if ids.numel() and torch.compiler.is_compiling():
-            # No host sync inside a graph: an assertion op instead (on CUDA it fires on the device).
+        if ids.numel() and (
+            torch.compiler.is_compiling() or (ids.is_cuda and torch.cuda.is_current_stream_capturing())
+        ):
+            # No host sync inside a graph (torch.compile's or a CUDA graph being captured): an
+            # assertion op instead (on CUDA it fires on the device).
             ok = (ids >= 0).all() & (ids < emb.num_embeddings).all()
             torch._assert_async(ok, "EmbeddingRNN: token ids out of range of the embedding")
         elif ids.numel():

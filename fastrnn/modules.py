@@ -106,7 +106,9 @@ class _RecurrentBase(nn.RNNBase):
         dtype = weights[0].dtype
         # Inside, autocast is off: the stack runs in exactly the dtype chosen above.
         with torch.autocast(input.device.type, enabled=False):
-            out, h_n, c_n = self._run_stack(x, weights, h0, c0, lengths_dev, project(T, B, dtype) if project else None)
+            out, h_n, c_n = self._run_stack(
+                x, weights, h0, c0, lengths_dev, project(T, B, dtype) if project is not None else None
+            )
         hidden = (h_n, c_n) if is_lstm else h_n
         if batch_sizes is not None:
             packed_out = pack_padded_sequence(out, lengths, enforce_sorted=True)

@@ -654,6 +654,22 @@ def _check_barriers(cooperative: bool) -> bool:
     return not cooperative or os.environ.get("FASTRNN_BARRIER_CHECK", "0") not in ("", "0")
 
 
+_SYNC_BUFFERS: dict[tuple, torch.Tensor] = {}
+
+
+def _sync_buffer(n_ints: int, device: torch.device) -> torch.Tensor:
+    """A reused int32 buffer of ``n_ints`` for the barrier counters and the timeout flag, one per
+    size, device and CUDA stream (launches on one stream run in order, so reuse is safe; a launch
+    on another stream gets its own).  Reuse keeps the launch path free of allocation; buffers are
+    never freed, because a captured CUDA graph keeps their addresses.  The caller refills the
+    buffer on the device each call (that fill is part of a captured graph too)."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (n_ints, device, stream)
+    if key not in _SYNC_BUFFERS:
+        _SYNC_BUFFERS[key] = torch.empty(n_ints, dtype=torch.int32, device=device)
+    return _SYNC_BUFFERS[key]
+
+
 def _launch(kernel, kind: str, tier: int, T: int, B: int, H: int, n_iters: int, args: list, consts: dict,
             device: torch.device, cooperative: bool | None, max_spin: int) -> int:  # fmt: skip
     """Launch ``kernel`` over ``n_iters`` loop iterations as tier 2 (one launch with a grid
@@ -666,7 +682,8 @@ def _launch(kernel, kind: str, tier: int, T: int, B: int, H: int, n_iters: int, 
         coop = True if cooperative is None else cooperative
         full = dict(consts, USE_BARRIER=True, launch_cooperative_grid=coop)
         # a counter per batch group, 32 ints (128 B) apart so that groups poll different lines
-        sync = torch.full(((n_tiles + 1) * 32,), _BARRIER_START, dtype=torch.int32, device=device)
+        sync = _sync_buffer((n_tiles + 1) * 32, device)
+        sync.fill_(_BARRIER_START)
         sync[n_tiles * 32 :] = 0
         with torch.cuda.device(device):
             probe = [*args, sync, 0, n_iters, T, B, H, n_tiles, max_spin]
@@ -692,7 +709,7 @@ def _launch(kernel, kind: str, tier: int, T: int, B: int, H: int, n_iters: int, 
                         )
                 return 2
         # Not even one batch group fits the GPU at once: per-step launches instead.
-    sync = torch.zeros(32, dtype=torch.int32, device=device)
+    sync = _sync_buffer(32, device).zero_()
     per_step = dict(consts, USE_BARRIER=False)
     ran = tier if _runtime.INTERPRET else 3  # the interpreter runs tier 2's body per step
     for j in range(n_iters):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -80,6 +82,7 @@ def test_nan_and_inf_propagate_like_torch_nn(cell):
     torch.testing.assert_close(a, b, equal_nan=True, **TOL[torch.float32])
 
 
+@pytest.mark.interpreter
 def test_auto_backend_on_cpu_runs_torch_and_explains():
     m = fastrnn.GRU(3, 4)
     x = torch.randn(4, 2, 3)
@@ -125,3 +128,22 @@ def test_inference_mode_and_no_grad():
     with torch.no_grad():
         out = fast(x)[0]
     assert not out.requires_grad
+
+
+def test_rocm_auto_uses_torch_and_triton_says_why(monkeypatch):
+    """HIP tensors report device.type == "cuda": the CUDA-only dispatch path, executed on any
+    machine through the decision function with a ROCm environment."""
+    from fastrnn import dispatch
+
+    env = dataclasses.replace(dispatch._environment(), hip=True, interpret=False)
+    monkeypatch.setattr(dispatch, "_environment", lambda: env)
+    args = ("GRU", 16, 0, "torch.float32", "cuda", "cuda:0", "cuda:0")
+    assert dispatch._decide("auto", *args) == (
+        "torch",
+        "ROCm (HIP) devices are not supported yet: the kernels are only tested on NVIDIA GPUs",
+    )
+    choice, why = dispatch._decide("triton", *args)
+    assert choice == "error" and "ROCm" in why
+    cuda = dataclasses.replace(env, hip=False)
+    monkeypatch.setattr(dispatch, "_environment", lambda: cuda)
+    assert dispatch._decide("auto", *args)[0] == "triton"  # the same call on an NVIDIA GPU

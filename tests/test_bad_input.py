@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 import fastrnn
-from helpers import twins
+from helpers import device, twins
 
 I, H, T, B = 3, 4, 5, 2
 
 
 def _r(*shape, dtype=torch.float32):
-    return torch.randn(*shape, dtype=dtype)
+    return torch.randn(*shape, dtype=dtype, device=device())
 
 
 # (id, cell, constructor kwargs, function(module) -> call result)
@@ -42,7 +42,7 @@ CALL_CASES = [
     ("gru_h0_dtype_mismatch", "GRU", {}, lambda m: m(_r(T, B, I), _r(1, B, H, dtype=torch.float64))),
     ("input_dtype_mismatch", "RNN", {}, lambda m: m(_r(T, B, I, dtype=torch.float64))),
     ("input_dtype_mismatch_lstm", "LSTM", {}, lambda m: m(_r(T, B, I, dtype=torch.float64))),
-    ("input_int", "GRU", {}, lambda m: m(torch.ones(T, B, I, dtype=torch.long))),
+    ("input_int", "GRU", {}, lambda m: m(torch.ones(T, B, I, dtype=torch.long, device=device()))),
     ("empty_sequence", "RNN", {}, lambda m: m(_r(0, B, I))),
     ("empty_sequence_lstm", "LSTM", {}, lambda m: m(_r(0, B, I))),
     ("empty_sequence_unbatched", "GRU", {}, lambda m: m(_r(0, I))),

@@ -25,7 +25,7 @@ if str(REPO) not in sys.path:  # `benchmarks` is a folder of the repository, not
 
 from benchmarks import cases  # noqa: E402
 from benchmarks.cases import CPU_SUITE, GPU_SUITE, Case, compile_filter  # noqa: E402
-from benchmarks.cli import main, measure_row  # noqa: E402
+from benchmarks.cli import main, measure_row, timing_config  # noqa: E402
 from benchmarks.loop import loop_stack  # noqa: E402
 from benchmarks.rnn import KIND  # noqa: E402
 from benchmarks.timing import TimingConfig  # noqa: E402
@@ -223,6 +223,17 @@ def test_a_provider_that_raises_is_recorded_not_fatal():
     assert "--only-comparable" in row["results"]["cudnn"]["reason"]
 
 
+def test_timing_config_for_every_device_type():
+    """The device-keyed timing table, for the device type only a GPU run has (a KeyError here
+    once kept the suite from starting on every GPU)."""
+    gpu, cpu = timing_config(torch.device("cuda")), timing_config(torch.device("cpu"))
+    assert gpu.flush_l2 and not cpu.flush_l2 and gpu.max_reps < cpu.max_reps
+    assert timing_config(torch.device("cuda", 0), rep_ms=7.0).rep_ms == 7.0
+    with pytest.raises(ValueError, match="no timing settings for mps"):
+        timing_config(torch.device("mps"))
+
+
+@pytest.mark.interpreter
 def test_gpu_suite_code_on_cpu_triton_interpreter():
     """The GPU suite's providers on tiny CPU shapes (kernels in Triton's interpreter): outputs agree."""
     case = Case("rnn", "GRU", "fp32", B=3, H=8, T=4, packed=True)
@@ -330,3 +341,26 @@ def test_embedding_kind_rows():
     assert cases.select(cases.grid("full"), ["kind=embed"]) and all(
         dict(c.extra)["E"] == c.H for c in cases.select(cases.grid("full"), ["kind=embed"])
     )
+
+
+def test_gpu_check_plan_and_summary(tmp_path):
+    """The GPU command's steps and its results folder, executed on any machine: the interpreter
+    tests get their own TRITON_INTERPRET=1 process, the limits fit the budget, and a step's log
+    and pytest result line land in the summary."""
+    from benchmarks import gpu_check
+
+    steps = gpu_check.plan(tmp_path, minutes=8.0, cpus=16, python="python")
+    assert [s.name for s in steps] == ["tests", "interpreter", "bench"]
+    tests, interp, bench = steps
+    assert "--ignore" in tests.argv and "tests/test_kernel_report.py" in tests.argv
+    assert interp.env == {"TRITON_INTERPRET": "1"} and interp.argv[interp.argv.index("-m", 2) + 1] == "interpreter"
+    assert "--quick" in bench.argv and "--max-minutes" in bench.argv
+    assert sum(s.timeout_s for s in steps) <= 8.0 * 60 + 60
+    ok = gpu_check.Step("ok", [sys.executable, "-c", "print('1 passed, 2 skipped in 0.1s')"], 60)
+    slow = gpu_check.Step("slow", [sys.executable, "-c", "import time; time.sleep(30)"], 0.5)
+    records = [gpu_check.run_step(s, tmp_path, tmp_path) for s in (ok, slow)]
+    assert records[0]["status"] == "passed" and records[0]["result"] == "1 passed, 2 skipped in 0.1s"
+    assert records[1]["status"].startswith("timed out")
+    md = gpu_check.write_summary(tmp_path, {"gpu": "Test GPU", "commit": "abc"}, records)
+    assert "| ok | passed |" in md and "- gpu: Test GPU" in md
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"][1]["name"] == "slow"

@@ -122,3 +122,33 @@ def test_embedding_rnn_compiles():
     compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
     ids = torch.randint(0, 11, (4, 3), device=device())
     torch.testing.assert_close(compiled(ids)[0], m(ids)[0], **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("cls,backend", [(fastrnn.GRU, "triton"), (fastrnn.LSTM, "auto")], ids=["triton", "auto"])
+def test_dispatch_decision_is_never_traced(monkeypatch, cls, backend):
+    """Nothing that inspects the process (environment variables, ``importlib.util.find_spec``,
+    cuDNN's switch) runs inside the traced forward: torch 2.11's Dynamo refuses ``find_spec`` and
+    failed every compile on a GPU.  All of it lives in ``dispatch._environment``, which only
+    functions Dynamo runs eagerly (``assume_constant_result``) call.  A spy records whether Dynamo
+    was tracing when it ran: ``is_dynamo_compiling()`` is True only in traced code."""
+    from fastrnn import dispatch
+
+    seen = []
+    real = dispatch._environment
+
+    def spy():
+        seen.append(torch.compiler.is_dynamo_compiling())
+        return real()
+
+    monkeypatch.setattr(dispatch, "_environment", spy)
+    torch._dynamo.reset()
+    model = Model(cls, backend).to(device())
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    x = torch.randn(4, 2, 3, device=device())
+    with _mkldnn_off_for_cpu_lstm(cls, "torch"), torch.autocast(device().type, dtype=torch.bfloat16):
+        compiled(x)
+    assert seen and not any(seen), seen
+    # and the decision holds outside compile too (eager calls run it directly)
+    seen.clear()
+    model(x)
+    assert seen == [False] * len(seen) and seen

@@ -1,4 +1,5 @@
-"""Checks that only a CUDA GPU can make: low precision, int64 addressing, no kernel recompiles.
+"""Checks that only a CUDA GPU can make: every tier compiled at the sizes it serves against a
+float64 oracle, low precision, int64 addressing, no kernel recompiles, CUDA-graph capture.
 
 On a machine without a GPU these are skipped with the reason stated (the interpreter runs the
 same kernels in every other test file).
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 import fastrnn
-from helpers import twins
+from fastrnn.kernels import _runtime, multi, recurrent
+from helpers import compare_twins, module_inputs, twins
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU (kernels compiled, not interpreted)"
@@ -98,3 +100,96 @@ def test_offsets_past_2_to_the_31_elements():
         ref.load_state_dict(m.state_dict())
         _, h_ref = ref(x[:, -2:].contiguous())  # the last two sequences alone
     torch.testing.assert_close(h_n[:, -2:].float(), h_ref.float(), atol=2e-2, rtol=2e-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every tier at the sizes it serves, against float64
+
+
+def _tier1_limit(mode: str, dtype: torch.dtype) -> int | None:
+    """The largest multiple of 16 that tier 1 runs for ``mode`` in ``dtype`` (its limit)."""
+    sizes = [h for h in range(16, 513, 16) if recurrent.tier1_unsupported(mode, h, 0, dtype) is None]
+    return max(sizes) if sizes else None
+
+
+CELL_MODES = {"RNN": "RNN_TANH", "LSTM": "LSTM", "GRU": "GRU"}
+TIER_SIZES = [("tier1", 1, None), ("tier2-H256", 2, 256), ("tier2-H1024", 2, 1024), ("tier3-H256", 3, 256)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("name,tier,H", TIER_SIZES, ids=[t[0] for t in TIER_SIZES])
+def test_tier_compiled_against_float64(monkeypatch, name, tier, H, cell, dtype):
+    """Forward and every gradient of a two-layer bidirectional stack on a packed batch (unsorted
+    lengths, T = 256) through one forced tier, against torch.nn in float64: within twice
+    torch.nn's (cuDNN's) own error in the same dtype plus a small floor (TF32 off)."""
+    if H is None:
+        H = _tier1_limit(CELL_MODES[cell], dtype)
+        if H is None:
+            pytest.skip(f"tier 1 runs no {cell} in {dtype} with triton {recurrent.triton.__version__}")
+    monkeypatch.setenv("FASTRNN_TIER", str(tier))
+    kw = dict(num_layers=2, bidirectional=True)
+    T, B, I = 256, 5, 32
+    fast, ref = twins(cell, I, H, dtype=dtype, **kw)
+    before = dict(_runtime.LAUNCHES)
+    compare_twins(fast, ref, module_inputs(cell, kw, T, B, "packed_unsorted", True, I, H, dtype), dtype)
+    ran = {k.split("_tier")[-1] if "_tier" in k else "1" for k, n in _runtime.LAUNCHES.items() if n != before.get(k, 0)}
+    assert ran == {str(tier)}, ran
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA graphs: the launch path neither allocates outside the graph's pool nor syncs with the host
+
+
+def _capture(fn):
+    """Warm ``fn`` up (compiles), capture it in a CUDA graph, and return ``(graph, outputs)``."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = fn()
+    return graph, outs
+
+
+@pytest.mark.parametrize("mode", ["GRU", "LSTM"])
+def test_seq2seq_decoder_step_captured_in_a_cuda_graph(mode):
+    """The seq2seq decoder's one-step path (fused embedding + recurrent layers on the kernels +
+    attention), captured once and replayed on new inputs, equals eager."""
+    from fastrnn.seq2seq import Seq2Seq, Seq2SeqConfig
+
+    torch.manual_seed(0)
+    cfg = Seq2SeqConfig(20, 20, embedding_dim=16, hidden_size=32, num_layers=2, mode=mode, attention="general")
+    model = Seq2Seq(cfg).cuda().eval()
+    src = torch.randint(4, 20, (3, 7), device="cuda")
+    state = model.init_state(src, torch.tensor([7, 5, 2], device="cuda"))
+    y = torch.randint(4, 20, (3,), device="cuda")
+    assert fastrnn.explain(model.decoder.rnn.rnn, y[:, None]).startswith("requested 'auto' -> triton")
+    with torch.no_grad():
+        graph, (logp, new_state) = _capture(lambda: model.decode_step(y, state))
+        for _ in range(2):
+            y.copy_(torch.randint(4, 20, (3,), device="cuda"))
+            graph.replay()
+            want, want_state = model.decode_step(y, state)
+            torch.testing.assert_close(logp, want)
+            hidden = new_state.hidden[0] if isinstance(new_state.hidden, tuple) else new_state.hidden
+            want_hidden = want_state.hidden[0] if isinstance(want_state.hidden, tuple) else want_state.hidden
+            torch.testing.assert_close(hidden, want_hidden)
+
+
+def test_tier2_forward_captured_in_a_cuda_graph(monkeypatch):
+    """Tier 2's persistent launch (its barrier buffer reused, no host sync) inside a CUDA graph."""
+    monkeypatch.setenv("FASTRNN_BARRIER_CHECK", "0")
+    T, B, H = 16, 4, 256
+    gx = torch.randn(T, B, 4 * H, device="cuda")
+    w = torch.randn(4 * H, H, device="cuda") / H**0.5
+    with torch.no_grad():
+        graph, res = _capture(lambda: multi.multi_fwd("LSTM", gx, w, tier=2, save=False))
+        gx.copy_(torch.randn_like(gx))
+        graph.replay()
+        want = multi.multi_fwd("LSTM", gx, w, tier=3, save=False)
+    torch.testing.assert_close(res.out, want.out)
+    torch.testing.assert_close(res.h_n, want.h_n)

@@ -55,9 +55,9 @@ def test_random_configurations_match_torch_nn(c):
     P = kw.get("proj_size", 0) or c["H"]
     L = kw["num_layers"]
 
-    def make():
+    def make(cast=None):
         g = torch.Generator().manual_seed(0)
-        rnd = lambda *s: torch.randn(*s, generator=g, dtype=dtype).to(device()).requires_grad_()
+        rnd = lambda *s: torch.randn(*s, generator=g, dtype=dtype).to(device(), cast or dtype).requires_grad_()
         if c["kind"] == "unbatched":
             x = rnd(c["T"], c["I"])
             batch = ()

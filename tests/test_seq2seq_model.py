@@ -176,6 +176,7 @@ def _launches_fwd_bwd(model, src, src_len, tgt) -> int:
     return _runtime.total_launches() - before
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("mode", ["GRU", "LSTM"])
 def test_fused_teacher_forced_decoder_launch_count_does_not_grow_with_target_length(mode):
     """backend='triton' (Triton's interpreter on CPU): the whole target is one recurrent call."""

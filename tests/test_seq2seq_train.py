@@ -14,6 +14,7 @@ import torch
 
 from fastrnn.__main__ import main
 from fastrnn.seq2seq import train as train_mod
+from fastrnn.seq2seq.data import Seq2SeqError
 from fastrnn.seq2seq.train import TrainOptions, load_checkpoint, save_checkpoint, train
 
 
@@ -69,7 +70,9 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
 
 
 def test_two_process_ddp_equals_one_process_on_the_concatenated_batch(tmp_path):
+    # --device cpu (gloo): any machine can run two ranks on its CPU; nccl needs a GPU per rank
     args = ["--epochs", "2", "--attention", "general", "--bidirectional", "--train-size", "64", "--lr", "0.01"]
+    args += ["--device", "cpu"]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fastrnn"]
     cmd += ["train", *TINY, *args, "--batch-size", "8", "--out", str(tmp_path / "ddp")]
@@ -85,6 +88,19 @@ def test_two_process_ddp_equals_one_process_on_the_concatenated_batch(tmp_path):
         torch.testing.assert_close(ddp["model"][k], w, rtol=1e-5, atol=1e-6, msg=k)
         moved = max(moved, (w - half["model"][k]).abs().max().item())
     assert moved > 1e-3, "one process on half the batch must train differently"
+
+
+def test_process_device_one_gpu_per_rank():
+    """The DDP launcher's device choice, for machines this one is not (the GPU counts are given)."""
+    pd = train_mod.process_device
+    assert pd(None, 1, 0, 0) == torch.device("cpu")
+    assert pd(None, 2, 1, 2) == torch.device("cuda", 1)
+    assert pd("cpu", 2, 1, 1) == torch.device("cpu")
+    assert pd("cuda", 2, 1, 2) == torch.device("cuda", 1)
+    with pytest.raises(Seq2SeqError, match=r"this machine has 1 CUDA device.*--nproc-per-node 1.*--device cpu"):
+        pd(None, 2, 1, 1)  # torchrun --nproc-per-node 2 on a one-GPU machine
+    with pytest.raises(Seq2SeqError, match="needs CUDA device 0, but this machine has 0"):
+        pd("cuda", 1, 0, 0)
 
 
 def test_reverse_with_attention_learns_the_trained_lengths(tmp_path):

@@ -275,7 +275,8 @@ def test_check_command_reports_tier_and_agreement(monkeypatch):
                      device=str(device()), repeats=1)  # fmt: skip
     assert [r["cell"] for r in rows] == ["RNN", "LSTM", "GRU"]
     for r in rows:
-        assert r["tier"] == 3 and r["max_out_diff"] < 1e-5 and r["max_grad_diff"] < 1e-5, r
+        assert r["tier"] == 3 and r["agrees"], r
+        assert r["max_out_diff"] < 1e-4 and r["max_grad_diff"] < 1e-3, r  # and no gross difference either
 
 
 def test_programs_per_sm_occupancy_arithmetic():

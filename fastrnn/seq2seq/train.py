@@ -385,6 +385,27 @@ def _dist_env() -> tuple[int, int, int]:
     return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def process_device(requested: str | None, world: int, local_rank: int, n_cuda: int) -> torch.device:
+    """The device of this process: ``requested`` (``--device``), else GPU ``local_rank`` when
+    CUDA is there, else the CPU.  Under DDP with nccl every rank needs a GPU of its own (nccl
+    cannot put two ranks on one GPU): more ranks than GPUs is an error that names the fix."""
+    if requested is not None:
+        device = torch.device(requested)
+        if device.type == "cuda" and world > 1 and device.index is None:
+            device = torch.device("cuda", local_rank)
+    elif n_cuda > 0:
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if device.type == "cuda" and (device.index or 0) >= n_cuda:
+        raise Seq2SeqError(
+            f"process {local_rank} of {world} needs CUDA device {device.index or 0}, but this machine has {n_cuda} "
+            f"CUDA device(s): one GPU per process (nccl cannot share a GPU between ranks). Start at most {n_cuda} "
+            f"process(es) per node (torchrun --nproc-per-node {max(n_cuda, 1)}), or train on the CPU with --device cpu (gloo)"
+        )
+    return device
+
+
 def _rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if device.type == "cuda":
@@ -448,12 +469,7 @@ def train(opts: TrainOptions) -> TrainResult:
     """
     world, rank, local_rank = _dist_env()
     distributed = world > 1
-    if opts.device is not None:
-        device = torch.device(opts.device)
-    elif torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
+    device = process_device(opts.device, world, local_rank, torch.cuda.device_count())
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if distributed and not dist.is_initialized():

@@ -1,0 +1,197 @@
+"""``python -m benchmarks.gpu_check``: everything a lent GPU should run, in one command (~8 minutes).
+
+1. ``tests`` -- the test suite with the kernels compiled for the GPU (``pytest -n N`` when
+   pytest-xdist is installed).  ``tests/test_kernel_report.py`` is left out: it compiles for
+   sm_90/sm_80 on the CPU and is the same on any machine (CI runs it).
+2. ``interpreter`` -- the tests marked ``interpreter`` (CPU tensors through Triton's interpreter)
+   in their own process with ``TRITON_INTERPRET=1``: a process either compiles the kernels or
+   interprets them (``kernels/_runtime.py``).
+3. ``bench`` -- the quick benchmark grid (``python -m benchmarks --quick``) capped in time.
+
+Each step runs as a subprocess under its own time limit, so a hang costs one step, never the run.
+The folder (default ``benchmarks/results/<gpu>-check-<date>/``) gets every log, the benchmark
+results and ``summary.md``/``summary.json`` with device, driver, CUDA, cuDNN, torch, triton,
+commit and date.  The exit status is 0 when every step passed.
+
+Example (on the GPU machine, from the repository root)::
+
+    pip install --no-deps --no-build-isolation -e . && python -m benchmarks.gpu_check
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Minutes of the whole command; the tests get 35% and the interpreter tests 10% of it as their
+#: limits, the benchmark grid the rest.
+DEFAULT_MINUTES = 8.0
+
+#: Providers of the benchmark step: the kernels and cuDNN side by side (the slow loop/compile
+#: references do not fit the time).
+BENCH_PROVIDERS = "fastrnn,cudnn"
+
+
+@dataclass
+class Step:
+    """One subprocess of the check."""
+
+    name: str
+    argv: list[str]
+    timeout_s: float
+    env: dict[str, str] = field(default_factory=dict)  # added to the environment
+    what: str = ""
+
+
+def _pytest_workers(cpus: int | None) -> list[str]:
+    if importlib.util.find_spec("xdist") is None:
+        return []
+    return ["-n", str(max(1, min(12, cpus or 1)))]
+
+
+def plan(
+    out: Path, minutes: float = DEFAULT_MINUTES, cpus: int | None = None, python: str = sys.executable
+) -> list[Step]:
+    """The steps of the check, writing under ``out``; the time limits add up to ``minutes``."""
+    budget = minutes * 60
+    tests_s, interp_s = 0.35 * budget, 0.10 * budget
+    bench_minutes = max(0.5, (budget - tests_s - interp_s) / 60 - 0.6)  # start-up and reports
+    pytest = [python, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider"]
+    return [
+        Step(
+            "tests",
+            [
+                *pytest,
+                *_pytest_workers(cpus),
+                "--ignore",
+                "tests/test_kernel_report.py",
+                "--junitxml",
+                str(out / "tests.xml"),
+            ],
+            tests_s,
+            what="the test suite, kernels compiled for the GPU (the kernel report is a CPU check)",
+        ),  # fmt: skip
+        Step(
+            "interpreter",
+            [*pytest, "-m", "interpreter", "--junitxml", str(out / "interpreter.xml")],
+            interp_s,
+            env={"TRITON_INTERPRET": "1"},
+            what="the interpreter tests (CPU tensors through Triton's interpreter) in their own process",
+        ),
+        Step(
+            "bench",
+            [
+                python,
+                "-m",
+                "benchmarks",
+                "--quick",
+                "--providers",
+                BENCH_PROVIDERS,
+                "--max-minutes",
+                f"{bench_minutes:.2f}",
+                "--no-progress",
+                "--out",
+                str(out / "bench-quick"),
+            ],
+            bench_minutes * 60 + 60,
+            what=f"the quick benchmark grid ({BENCH_PROVIDERS}), capped in time",
+        ),  # fmt: skip
+    ]
+
+
+def _summary_counts(log: str) -> str:
+    """pytest's final line (``3 failed, 400 passed ...``), or ''."""
+    lines = re.findall(r"^=*\s*(\d+ (?:passed|failed|error|skipped|deselected).*?)\s*=*$", log, re.M)
+    return lines[-1] if lines else ""
+
+
+def run_step(step: Step, out: Path, cwd: Path) -> dict:
+    """Run ``step``; its combined output goes to ``out/<name>.log``.  Returns its record."""
+    log_path = out / f"{step.name}.log"
+    env = {**os.environ, **step.env}
+    t0 = time.monotonic()
+    with open(log_path, "w") as log:
+        log.write(f"$ {' '.join(step.argv)}\n" + "".join(f"  ({k}={v})\n" for k, v in step.env.items()))
+        log.flush()
+        try:
+            rc = subprocess.run(step.argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                timeout=step.timeout_s).returncode  # fmt: skip
+            status = "passed" if rc == 0 else "failed"
+        except subprocess.TimeoutExpired:
+            rc, status = None, f"timed out after {step.timeout_s:.0f} s"
+    text = log_path.read_text(errors="replace")
+    return dict(
+        name=step.name, what=step.what, argv=step.argv, env=step.env, status=status, returncode=rc,
+        seconds=round(time.monotonic() - t0, 1), result=_summary_counts(text), log=log_path.name,
+    )  # fmt: skip
+
+
+def write_summary(out: Path, env: dict, records: list[dict]) -> str:
+    """``summary.json`` and ``summary.md`` in ``out``; returns the markdown."""
+    (out / "summary.json").write_text(json.dumps(dict(env=env, steps=records), indent=2) + "\n")
+    keys = ("gpu", "driver", "cuda", "cudnn", "torch", "triton", "python", "fastrnn", "commit", "date")
+    lines = [
+        "# fastrnn GPU check (`python -m benchmarks.gpu_check`)",
+        "",
+        *[f"- {k}: {env.get(k)}" for k in keys],
+        "",
+        "| step | status | seconds | result | what |",
+        "|---|---|---|---|---|",
+        *[f"| {r['name']} | {r['status']} | {r['seconds']} | {r['result']} | {r['what']} |" for r in records],
+        "",
+        "Logs: " + ", ".join(f"`{r['log']}`" for r in records) + "; benchmark results in `bench-quick/`.",
+    ]
+    md = "\n".join(lines) + "\n"
+    (out / "summary.md").write_text(md)
+    return md
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", help="results folder (default benchmarks/results/<gpu>-check-<date>)")
+    ap.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, help="time for the whole check")
+    ap.add_argument("--only", action="append", choices=("tests", "interpreter", "bench"), help="run only these steps")
+    ap.add_argument("--dry-run", action="store_true", help="print the steps and exit")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from .results import REPO_ROOT, device_slug, environment
+
+    has_cuda = torch.cuda.is_available()
+    env = environment(torch.device("cuda" if has_cuda else "cpu"))
+    day = _dt.date.today().isoformat()
+    out = Path(args.out) if args.out else REPO_ROOT / "benchmarks" / "results" / f"{device_slug(env)}-check-{day}"
+    steps = [s for s in plan(out.resolve(), args.minutes, os.cpu_count()) if not args.only or s.name in args.only]
+    if args.dry_run:
+        for s in steps:
+            print(f"[{s.name}] {' '.join(f'{k}={v}' for k, v in s.env.items())} {' '.join(s.argv)} "
+                  f"(limit {s.timeout_s:.0f} s)")  # fmt: skip
+        return 0
+    if not has_cuda:
+        print("python -m benchmarks.gpu_check: no CUDA device here; this command is for a GPU machine "
+              "(on CPU: python -m pytest, python -m benchmarks)", file=sys.stderr)  # fmt: skip
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for s in steps:
+        print(f"[{s.name}] {s.what} (limit {s.timeout_s:.0f} s) ...", flush=True)
+        rec = run_step(s, out, REPO_ROOT)
+        print(f"[{s.name}] {rec['status']} in {rec['seconds']} s {rec['result']}", flush=True)
+        records.append(rec)
+    print(write_summary(out, env, records))
+    print(f"results: {out}")
+    return 0 if all(r["status"] == "passed" for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
