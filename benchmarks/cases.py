@@ -183,7 +183,11 @@ class Suite:
 
 
 GPU_SUITE = Suite(
-    "gpu", ("fastrnn", "cudnn", "loop", "compile"), subject="fastrnn", baseline="cudnn", slow=("loop", "compile")
+    "gpu",
+    ("fastrnn", "fastrnn_auto", "cudnn", "loop", "compile"),
+    subject="fastrnn",
+    baseline="cudnn",
+    slow=("loop", "compile"),
 )
 CPU_SUITE = Suite("cpu", ("fastrnn_auto", "torch_nn"), subject="fastrnn_auto", baseline="torch_nn")
 SUITES = {s.name: s for s in (GPU_SUITE, CPU_SUITE)}

@@ -7,6 +7,8 @@
    in their own process with ``TRITON_INTERPRET=1``: a process either compiles the kernels or
    interprets them (``kernels/_runtime.py``).
 3. ``bench`` -- the quick benchmark grid (``python -m benchmarks --quick``) capped in time.
+4. ``table`` -- ``fastrnn/auto_table.json`` regenerated from the results (``python -m
+   benchmarks.auto_table``), so that ``backend="auto"`` answers from this run once it is committed.
 
 Each step runs as a subprocess under its own time limit, so a hang costs one step, never the run.
 The folder (default ``benchmarks/results/<gpu>-check-<date>/``) gets every log, the benchmark
@@ -38,7 +40,7 @@ DEFAULT_MINUTES = 8.0
 
 #: Providers of the benchmark step: the kernels and cuDNN side by side (the slow loop/compile
 #: references do not fit the time).
-BENCH_PROVIDERS = "fastrnn,cudnn"
+BENCH_PROVIDERS = "fastrnn,fastrnn_auto,cudnn"
 
 
 @dataclass
@@ -105,6 +107,12 @@ def plan(
             bench_minutes * 60 + 60,
             what=f"the quick benchmark grid ({BENCH_PROVIDERS}), capped in time",
         ),  # fmt: skip
+        Step(
+            "table",
+            [python, "-m", "benchmarks.auto_table"],
+            60,
+            what="fastrnn/auto_table.json regenerated from the committed and new results",
+        ),  # fmt: skip
     ]
 
 
@@ -159,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", help="results folder (default benchmarks/results/<gpu>-check-<date>)")
     ap.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, help="time for the whole check")
-    ap.add_argument("--only", action="append", choices=("tests", "interpreter", "bench"), help="run only these steps")
+    ap.add_argument("--only", action="append", choices=("tests", "interpreter", "bench", "table"),
+                    help="run only these steps")  # fmt: skip
     ap.add_argument("--dry-run", action="store_true", help="print the steps and exit")
     args = ap.parse_args(argv)
 

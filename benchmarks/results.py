@@ -63,10 +63,11 @@ def environment(device: torch.device) -> dict[str, Any]:
         triton_version = None
     try:
         import fastrnn
+        from fastrnn.auto import kernel_hash
 
-        fastrnn_version = fastrnn.__version__
+        fastrnn_version, kernels = fastrnn.__version__, kernel_hash()
     except ImportError:
-        fastrnn_version = None
+        fastrnn_version = kernels = None
     commit = _run(["git", "rev-parse", "HEAD"])
     status = _run(["git", "status", "--porcelain", "--untracked-files=no"])
     env: dict[str, Any] = {
@@ -76,6 +77,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "triton": triton_version,
         "fastrnn": fastrnn_version,
+        "kernel_hash": kernels,  # fastrnn.auto's shipped table trusts a run only for these kernel sources
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),

@@ -5,7 +5,7 @@
 >>> out, (h, c) = rnn(torch.randn(5, 3, 8))
 """
 
-from . import functional, reference, seq2seq
+from . import auto, functional, reference, seq2seq
 from ._version import __version__
 from .convert import convert
 from .dispatch import BackendUnavailable, explain
@@ -18,6 +18,7 @@ __all__ = [
     "GRU",
     "EmbeddingRNN",
     "functional",
+    "auto",
     "seq2seq",
     "reference",
     "explain",

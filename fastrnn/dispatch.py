@@ -3,9 +3,10 @@
 * ``"triton"``: the fastrnn kernels (CUDA tensors; CPU tensors through Triton's interpreter).
 * ``"torch"``: the ``torch.nn`` twin's own code (aten/cuDNN): the fastest choice on CPU and the
   honest fallback wherever a kernel does not support an input.
-* ``"auto"`` (default): triton on CUDA tensors when the kernels support the call, torch otherwise.
-  ``auto`` never fails where ``torch.nn`` would have worked.  On ROCm (HIP tensors also report
-  ``device.type == "cuda"``) ``auto`` uses torch until the kernels are tested there.
+* ``"auto"`` (default): on CUDA tensors the faster of the two where the kernels support the call
+  (:mod:`fastrnn.auto`: measured per shape class), torch otherwise.  ``auto`` never fails where
+  ``torch.nn`` would have worked.  On ROCm (HIP tensors also report ``device.type == "cuda"``)
+  ``auto`` uses torch until the kernels are tested there.
 
 The environment variable ``FASTRNN_BACKEND`` (``auto``/``triton``/``torch``) replaces ``"auto"``
 for modules built with the default.  A backend asked for explicitly that cannot serve an input
@@ -55,6 +56,7 @@ class Environment:
     late_interpret: bool  # Triton was imported before fastrnn on a machine without CUDA
     hip: bool  # a ROCm build of torch: "cuda" tensors are HIP tensors
     cudnn_enabled: bool  # torch.nn's RNNs use cuDNN on CUDA tensors
+    cudnn_allow_tf32: bool  # cuDNN's RNNs may multiply fp32 in TF32 (torch.backends.cudnn.allow_tf32)
 
 
 def _environment() -> Environment:
@@ -75,6 +77,7 @@ def _environment() -> Environment:
         late_interpret=late,
         hip=torch.version.hip is not None,
         cudnn_enabled=bool(cudnn.enabled and cudnn.is_available()),
+        cudnn_allow_tf32=bool(cudnn.allow_tf32),
     )
 
 
@@ -118,8 +121,9 @@ def _decide(
     input_device: str,
     param_device: str,
 ) -> tuple[str, str]:
-    """``(choice, why)`` for one call: ``choice`` is ``"triton"``, ``"torch"`` or ``"error"``
-    (``backend='triton'`` that cannot run; ``why`` lists every reason).  Every argument is a
+    """``(choice, why)`` for one call: ``choice`` is ``"triton"``, ``"torch"``, ``"error"``
+    (``backend='triton'`` that cannot run; ``why`` lists every reason) or ``"auto"`` (``auto`` on
+    CUDA where the kernels can run: :mod:`fastrnn.auto` picks the faster; ``why`` names the tier).  Every argument is a
     constant of the call (see the module doc); ``dtype`` is the parameters' dtype as
     ``str(torch.dtype)``."""
     env = _environment()
@@ -141,7 +145,8 @@ def _decide(
         if tier is None:
             reasons.append(why)
         elif not reasons:
-            return "triton", why
+            # auto on CUDA: the kernels can run; fastrnn.auto decides whether they are faster
+            return ("auto" if backend == "auto" else "triton"), why
     return ("torch" if backend == "auto" else "error"), "; ".join(reasons)
 
 
@@ -169,13 +174,74 @@ def _call_facts(module, input) -> tuple:
     )  # fmt: skip
 
 
-def select_backend(module, input) -> str:
+def _sizes(input, batch_first: bool, ids: bool) -> tuple[int, int, bool]:
+    """``(B, T, packed)`` of a call's padded batch; ``ids``: ``input`` holds token ids (no feature
+    dimension)."""
+    if isinstance(input, PackedSequence):
+        sizes = input.batch_sizes
+        return (int(sizes[0]) if len(sizes) else 0), len(sizes), True
+    if input.dim() == (1 if ids else 2):  # unbatched
+        return 1, input.shape[0], False
+    return (input.shape[0], input.shape[1], False) if batch_first else (input.shape[1], input.shape[0], False)
+
+
+def _class_facts(module, input, dtype: str, *, embedded: bool, packed: bool) -> tuple[tuple, int, int]:
+    """``(fields, B, T)`` of a call: ``fields`` are the :class:`fastrnn.auto.ShapeClass` fields
+    but the size buckets (``mode, dtype, layers, bidirectional, packed, embedded, hidden_size,
+    proj_size, training``; plain values, traceable by Dynamo)."""
+    B, T, packed_input = _sizes(input, module.batch_first, embedded)
+    training = torch.is_grad_enabled() and any(p.requires_grad for p in module._flat_weights)
+    cast = autocast_dtype(module.mode, _data(input)) if not embedded else None
+    fields = (
+        module.mode, str(cast) if cast is not None else dtype, module.num_layers, module.bidirectional,
+        packed or packed_input, embedded, module.hidden_size, module.proj_size, training,
+    )  # fmt: skip
+    return fields, B, T
+
+
+@torch.compiler.assume_constant_result
+def _auto_in_trace(
+    mode: str, dtype: str, layers: int, bidirectional: bool, packed: bool, embedded: bool, hidden_size: int,
+    proj_size: int, training: bool, device_index: int,
+) -> tuple[str, str]:  # fmt: skip
+    """:func:`fastrnn.auto.choose` inside torch.compile's trace, for a class of any size: the
+    caches and the table, else the rule; nothing is measured.  Run eagerly by Dynamo."""
+    from . import auto
+
+    cls = auto.ShapeClass(mode, dtype, layers, bidirectional, packed, embedded, hidden_size, proj_size, -1, -1,
+                          training)  # fmt: skip
+    index = device_index if device_index >= 0 else torch.cuda.current_device()
+    return auto.choose(cls, torch.device("cuda", index), None, 0)
+
+
+def select_backend(module, input, *, runners=None, embedded: bool = False, packed: bool = False) -> str:
     """``"triton"`` or ``"torch"`` for this call (see module doc); raises
-    :class:`BackendUnavailable` when ``backend='triton'`` cannot serve it."""
-    choice, why = _decide(*_call_facts(module, input))
+    :class:`BackendUnavailable` when ``backend='triton'`` cannot serve it.
+
+    ``runners`` (:class:`fastrnn.auto.Runners`) run the call with each backend, for ``auto``'s
+    first-use measurement on CUDA; ``embedded``: the caller is an ``EmbeddingRNN`` (``input``
+    holds ids), ``packed``: variable lengths given apart from ``input``."""
+    return _select(module, input, runners, embedded, packed)[0]
+
+
+def _select(module, input, runners, embedded: bool, packed: bool) -> tuple[str, str]:
+    facts = _call_facts(module, input)
+    choice, why = _decide(*facts)
     if choice == "error":
         raise BackendUnavailable(f"fastrnn {type(module).__name__}: backend='triton' cannot run this call: {why}")
-    return choice
+    if choice != "auto":
+        return choice, why
+    tier_why = why
+    device = torch.device(facts[6])
+    fields, B, T = _class_facts(module, input, facts[4], embedded=embedded, packed=packed)
+    if torch.compiler.is_compiling():  # sizes may be symbolic: no branch on them (no guards)
+        choice, why = _auto_in_trace(*fields, device.index if device.index is not None else -1)
+    else:
+        from . import auto
+
+        cls = auto.ShapeClass(*fields[:8], auto.bucket(B, 2), auto.bucket(T, 4), fields[8])
+        choice, why = auto.choose(cls, device, runners, B * T)
+    return choice, f"{why}; {tier_why}" if choice == "triton" else why
 
 
 def kernel_tier(module, input) -> tuple[int | None, str]:
@@ -189,20 +255,29 @@ def kernel_tier(module, input) -> tuple[int | None, str]:
 
 def explain(module, input) -> str:
     """One line saying which backend ``module(input)`` uses, and why (the same decision as
-    :func:`select_backend`).
+    :func:`select_backend`; for ``auto`` on CUDA: the times and memory it rests on and where they
+    come from -- this process, the device cache, the shipped table, a measurement (which explain
+    makes, as the first call would) or the rule).
 
     Example::
 
         fastrnn.explain(fastrnn.GRU(8, 16), torch.randn(5, 3, 8))
         # "requested 'auto' -> torch: cpu tensors: torch (aten) is the fastest there; ..."
     """
-    facts = _call_facts(module, input)
-    choice, why = _decide(*facts)
+    runners = module._runners(input, None) if hasattr(module, "_runners") else None
+    choice, why = _select(module, input, runners, False, False)
     return f"requested {requested_backend(module)!r} -> {choice}: {why}"
 
 
 # ---------------------------------------------------------------------------------------------
-# autocast
+# numerics that follow torch.nn: TF32 and autocast
+
+
+@torch.compiler.assume_constant_result
+def cudnn_allow_tf32() -> bool:
+    """``torch.backends.cudnn.allow_tf32``: whether torch.nn's (cuDNN's) RNNs may multiply fp32 in
+    TF32.  A module built with ``allow_tf32=None`` (the default) follows it, as torch.nn does."""
+    return _environment().cudnn_allow_tf32
 
 
 @torch.compiler.assume_constant_result

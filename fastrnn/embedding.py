@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import dispatch, ops
+from .auto import Runners
 from .functional import first_layer_projection
 from .modules import GRU, LSTM, RNN, _RecurrentBase, fast_twin
 
@@ -62,7 +63,7 @@ class EmbeddingRNN(nn.Module):
         mode: str = "LSTM", padding_idx: int | None = None, nonlinearity: str | None = None,
         bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
         proj_size: int = 0, device=None, dtype=None, backend: str = "auto", strategy: str = "auto",
-        allow_tf32: bool = False,
+        allow_tf32: bool | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         if mode not in _MODES:
@@ -148,7 +149,10 @@ class EmbeddingRNN(nn.Module):
             raise ValueError("EmbeddingRNN: pass lengths with a padded batch, not with a PackedSequence")
         if lengths is not None:
             lengths = self._check_lengths(ids, lengths)
-        if dispatch.select_backend(self.rnn, ids) == "torch":
+        runners = Runners(lambda: self._unfused(input, hx, lengths), lambda: self._fused(input, hx, lengths),
+                          list(self.parameters()))  # fmt: skip
+        backend = dispatch.select_backend(self.rnn, input, runners=runners, embedded=True, packed=lengths is not None)
+        if backend == "torch":
             return self._unfused(input, hx, lengths)
         return self._fused(input, hx, lengths)
 
@@ -198,7 +202,7 @@ class EmbeddingRNN(nn.Module):
             strategy = self.strategy if self.strategy != "auto" else choose_strategy(emb.num_embeddings, flat.numel())
             gx = ops.embedding_projection(
                 flat, emb.weight.to(dtype), w.to(dtype), None if b is None else b.to(dtype),
-                padding_idx=emb.padding_idx, strategy=strategy, allow_tf32=rnn.allow_tf32,
+                padding_idx=emb.padding_idx, strategy=strategy, allow_tf32=rnn.tf32(),
             )  # fmt: skip
             return gx.view(T, B, -1)
 

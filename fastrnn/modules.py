@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import dispatch
+from .auto import Runners
 from .functional import recurrent_stack
 
 
@@ -23,11 +24,16 @@ class _RecurrentBase(nn.RNNBase):
 
     _twin: type[nn.RNNBase]
 
-    def __init__(self, mode: str, *args, backend: str = "auto", allow_tf32: bool = False, **kwargs) -> None:
+    def __init__(self, mode: str, *args, backend: str = "auto", allow_tf32: bool | None = None, **kwargs) -> None:
         dispatch.check_backend_name(backend)
         super().__init__(mode, *args, **kwargs)
         self.backend = backend
         self.allow_tf32 = allow_tf32
+
+    def tf32(self) -> bool:
+        """Whether the kernels may multiply fp32 in TF32 for this call: ``allow_tf32`` when given,
+        else ``torch.backends.cudnn.allow_tf32``, the flag torch.nn's cuDNN RNNs follow."""
+        return self.allow_tf32 if self.allow_tf32 is not None else dispatch.cudnn_allow_tf32()
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -35,8 +41,13 @@ class _RecurrentBase(nn.RNNBase):
             s += f", backend={self.backend!r}"
         return s
 
+    def _runners(self, input, hx) -> Runners:
+        """This call with each backend, for ``auto``'s first-use measurement (fastrnn.auto)."""
+        return Runners(lambda: self._twin.forward(self, input, hx), lambda: self._triton_forward(input, hx),
+                       list(self.parameters()))  # fmt: skip
+
     def forward(self, input, hx=None):
-        backend = dispatch.select_backend(self, input)
+        backend = dispatch.select_backend(self, input, runners=self._runners(input, hx))
         if backend == "torch":
             return self._twin.forward(self, input, hx)
         return self._triton_forward(input, hx)
@@ -135,7 +146,7 @@ class _RecurrentBase(nn.RNNBase):
             dropout=self.dropout,
             training=self.training,
             lengths=lengths,
-            allow_tf32=self.allow_tf32,
+            allow_tf32=self.tf32(),
             input_projection=input_projection,
         )
 
@@ -162,7 +173,8 @@ class RNN(_RecurrentBase):
 
     Same constructor, parameters, state dict and forward as ``torch.nn.RNN``, plus keyword-only
     ``backend`` (``"auto"``: triton on CUDA, torch elsewhere; ``"triton"``; ``"torch"``) and
-    ``allow_tf32`` (fp32 matmuls in TF32 on the GPU; off by default).
+    ``allow_tf32`` (fp32 matmuls in TF32 on the GPU; ``None``, the default, follows
+    ``torch.backends.cudnn.allow_tf32`` as torch.nn's cuDNN RNNs do).
 
     Shapes: input ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``), ``(T, I)`` unbatched, or a
     ``PackedSequence``; ``h_0`` ``(L*D, B, H)``.  Returns ``(output (T, B, D*H), h_n (L*D, B, H))``.
@@ -189,7 +201,7 @@ class RNN(_RecurrentBase):
         dtype=None,
         *,
         backend: str = "auto",
-        allow_tf32: bool = False,
+        allow_tf32: bool | None = None,
     ) -> None:
         if nonlinearity == "tanh":
             mode = "RNN_TANH"
@@ -246,7 +258,7 @@ class LSTM(_RecurrentBase):
         dtype=None,
         *,
         backend: str = "auto",
-        allow_tf32: bool = False,
+        allow_tf32: bool | None = None,
     ) -> None:
         super().__init__(
             "LSTM",
@@ -291,7 +303,7 @@ class GRU(_RecurrentBase):
         dtype=None,
         *,
         backend: str = "auto",
-        allow_tf32: bool = False,
+        allow_tf32: bool | None = None,
     ) -> None:
         super().__init__(
             "GRU",
@@ -347,4 +359,4 @@ def fast_twin(module: nn.RNNBase, *, backend: str = "auto") -> _RecurrentBase:
     cls = FAST_TWINS.get(type(module)) or (type(module) if isinstance(module, _RecurrentBase) else None)
     if cls is None:
         raise TypeError(f"fast_twin: expected nn.RNN, nn.LSTM or nn.GRU, got {type(module).__name__}")
-    return rebuild_sharing_parameters(module, cls, backend=backend, allow_tf32=getattr(module, "allow_tf32", False))
+    return rebuild_sharing_parameters(module, cls, backend=backend, allow_tf32=getattr(module, "allow_tf32", None))

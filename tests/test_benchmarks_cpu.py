@@ -350,12 +350,12 @@ def test_gpu_check_plan_and_summary(tmp_path):
     from benchmarks import gpu_check
 
     steps = gpu_check.plan(tmp_path, minutes=8.0, cpus=16, python="python")
-    assert [s.name for s in steps] == ["tests", "interpreter", "bench"]
-    tests, interp, bench = steps
+    assert [s.name for s in steps] == ["tests", "interpreter", "bench", "table"]
+    tests, interp, bench, _ = steps
     assert "--ignore" in tests.argv and "tests/test_kernel_report.py" in tests.argv
     assert interp.env == {"TRITON_INTERPRET": "1"} and interp.argv[interp.argv.index("-m", 2) + 1] == "interpreter"
     assert "--quick" in bench.argv and "--max-minutes" in bench.argv
-    assert sum(s.timeout_s for s in steps) <= 8.0 * 60 + 60
+    assert sum(s.timeout_s for s in steps) <= 8.0 * 60 + 120
     ok = gpu_check.Step("ok", [sys.executable, "-c", "print('1 passed, 2 skipped in 0.1s')"], 60)
     slow = gpu_check.Step("slow", [sys.executable, "-c", "import time; time.sleep(30)"], 0.5)
     records = [gpu_check.run_step(s, tmp_path, tmp_path) for s in (ok, slow)]

@@ -1,0 +1,139 @@
+"""``python -m benchmarks.auto_table``: generate ``fastrnn/auto_table.json`` from committed results.
+
+``backend="auto"`` (:mod:`fastrnn.auto`) answers from this table on a GPU the benchmark suite has
+run on, for the kernel sources that run measured.  The table is generated, never edited by hand:
+``tests/test_auto_table.py`` regenerates it from the committed results and compares.
+
+Input: every GPU-suite results document under ``benchmarks/results/``, at any depth (``results.json`` or
+``bench-quick-results.json`` whose suite is ``gpu``).  Each row that both ``fastrnn`` and
+``cudnn`` measured becomes one shape class (cell, dtype, layers, direction, packed, fused
+embedding, H, size buckets, training) with both times and peak memories.  Per GPU, the most recent
+run's kernel sources count: runs that measured other kernel sources are left out.  The hash of the
+kernel sources is the one the run recorded (``env.kernel_hash``), else the one of the run's commit
+(``git show``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from fastrnn.auto import TABLE_PATH, ShapeClass, bucket
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+DTYPES = {"fp16": "torch.float16", "bf16": "torch.bfloat16", "fp32": "torch.float32", "fp64": "torch.float64"}
+MODES = {"RNN": "RNN_TANH", "LSTM": "LSTM", "GRU": "GRU"}
+
+
+def kernel_hash_at(commit: str, root: Path = REPO_ROOT) -> str:
+    """:func:`fastrnn.auto.kernel_hash` of the kernel sources at ``commit`` (from git)."""
+
+    def git(*args: str) -> bytes:
+        try:
+            return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True).stdout
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise RuntimeError(
+                f"cannot read the kernel sources of commit {commit[:12]} from git ({e}); a full clone is needed"
+            ) from None
+
+    names = sorted(n for n in git("ls-tree", "--name-only", commit, "kernels/").decode().split() if n.endswith(".py"))
+    h = hashlib.sha256()
+    for name in names:
+        h.update(Path(name).name.encode() + b"\0" + git("show", f"{commit}:{name}"))
+    return h.hexdigest()[:16]
+
+
+def result_documents(root: Path = RESULTS) -> list[tuple[Path, dict[str, Any]]]:
+    docs = []
+    for path in sorted(root.rglob("*.json")):
+        if path.name not in ("results.json", "bench-quick-results.json"):
+            continue
+        doc = json.loads(path.read_text())
+        if doc.get("suite") == "gpu" and doc.get("env", {}).get("gpu"):
+            docs.append((path, doc))
+    return docs
+
+
+def row_class(row: dict[str, Any]) -> ShapeClass | None:
+    c = row["case"]
+    if c.get("kind") not in ("rnn", "embed") or c.get("cell") not in MODES or c.get("dtype") not in DTYPES:
+        return None
+    return ShapeClass(
+        MODES[c["cell"]], DTYPES[c["dtype"]], int(c["layers"]), bool(c["bidir"]), bool(c["packed"]),
+        c["kind"] == "embed", int(c["H"]), 0, bucket(int(c["B"]), 2), bucket(int(c["T"]), 4), c["mode"] == "fwdbwd",
+    )  # fmt: skip
+
+
+def generate(docs: list[tuple[Path, dict[str, Any]]], root: Path = REPO_ROOT) -> dict[str, Any]:
+    """The table document for ``docs`` (see the module doc)."""
+    by_gpu: dict[str, list[tuple[Path, dict]]] = {}
+    for path, doc in docs:
+        by_gpu.setdefault(doc["env"]["gpu"], []).append((path, doc))
+    devices = {}
+    for gpu, runs in sorted(by_gpu.items()):
+        runs.sort(key=lambda pd: pd[1]["env"].get("date", ""))
+        hashes = [d["env"].get("kernel_hash") or kernel_hash_at(d["env"]["commit"], root) for _, d in runs]
+        latest = hashes[-1]
+        classes: dict[str, dict] = {}
+        sources = []
+        for (path, doc), h in zip(runs, hashes, strict=True):
+            if h != latest:
+                continue
+            sources.append(str(path.relative_to(root)))
+            for row in doc["rows"]:
+                cls = row_class(row)
+                res = row.get("results", {})
+                fast, cudnn = res.get("fastrnn", {}), res.get("cudnn", {})
+                if cls is None or fast.get("status") != "ok" or cudnn.get("status") != "ok":
+                    continue
+                c = row["case"]
+                classes[cls.key()] = {
+                    "triton_ms": round(fast["median_ms"], 5),
+                    "torch_ms": round(cudnn["median_ms"], 5),
+                    "triton_peak_mib": fast.get("peak_mib"),
+                    "torch_peak_mib": cudnn.get("peak_mib"),
+                    "tokens": int(c["B"]) * int(c["T"]),
+                }
+        env = runs[-1][1]["env"]
+        devices[gpu] = {
+            "kernel_hash": latest,
+            "commit": env.get("commit"),
+            "date": env.get("date"),
+            "versions": {k: env.get(k) for k in ("torch", "triton", "cuda", "cudnn", "driver")},
+            "sms": env.get("gpu_sms"),
+            "sources": sources,
+            "classes": dict(sorted(classes.items())),
+        }
+    return {
+        "generated_by": "python -m benchmarks.auto_table (from the committed benchmark results; do not edit)",
+        "devices": devices,
+    }
+
+
+def render(table: dict[str, Any]) -> str:
+    return json.dumps(table, indent=1, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.auto_table", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if the shipped table differs from the results")
+    args = ap.parse_args(argv)
+    text = render(generate(result_documents()))
+    if args.check:
+        same = TABLE_PATH.exists() and TABLE_PATH.read_text() == text
+        print("fastrnn/auto_table.json is up to date" if same else "fastrnn/auto_table.json differs: regenerate it")
+        return 0 if same else 1
+    TABLE_PATH.write_text(text)
+    n = {gpu: len(d["classes"]) for gpu, d in json.loads(text)["devices"].items()}
+    print(f"wrote {TABLE_PATH.relative_to(REPO_ROOT)}: " + ", ".join(f"{g}: {k} classes" for g, k in n.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
