@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from fastrnn.auto import TABLE_PATH, ShapeClass, bucket
+from fastrnn.modules import resolve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 DTYPES = {"fp16": "torch.float16", "bf16": "torch.bfloat16", "fp32": "torch.float32", "fp64": "torch.float64"}
-MODES = {"RNN": "RNN_TANH", "LSTM": "LSTM", "GRU": "GRU"}
 
 
 def kernel_hash_at(commit: str, root: Path = REPO_ROOT) -> str:
@@ -62,10 +62,14 @@ def result_documents(root: Path = RESULTS) -> list[tuple[Path, dict[str, Any]]]:
 
 def row_class(row: dict[str, Any]) -> ShapeClass | None:
     c = row["case"]
-    if c.get("kind") not in ("rnn", "embed") or c.get("cell") not in MODES or c.get("dtype") not in DTYPES:
+    if c.get("kind") not in ("rnn", "embed") or c.get("dtype") not in DTYPES:
+        return None
+    try:
+        mode = resolve(c["cell"]).mode  # a family: "RNN" is tanh
+    except ValueError:
         return None
     return ShapeClass(
-        MODES[c["cell"]], DTYPES[c["dtype"]], int(c["layers"]), bool(c["bidir"]), bool(c["packed"]),
+        mode, DTYPES[c["dtype"]], int(c["layers"]), bool(c["bidir"]), bool(c["packed"]),
         c["kind"] == "embed", int(c["H"]), 0, bucket(int(c["B"]), 2), bucket(int(c["T"]), 4), c["mode"] == "fwdbwd",
     )  # fmt: skip
 

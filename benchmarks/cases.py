@@ -193,34 +193,6 @@ CPU_SUITE = Suite("cpu", ("fastrnn_auto", "torch_nn"), subject="fastrnn_auto", b
 SUITES = {s.name: s for s in (GPU_SUITE, CPU_SUITE)}
 
 
-def grid(name: str) -> list[Case]:
-    """All rows of grid ``name`` over every registered kind, in run order (headline rows first)."""
-    _load_kinds()
-    rows: list[Case] = []
-    for kind in KINDS.values():
-        if name in kind.grids:
-            rows += kind.grids[name]()
-    seen: set[str] = set()
-    unique = [r for r in rows if not (r.key in seen or seen.add(r.key))]
-    order = {r.key: i for i, r in enumerate(unique)}
-    return sorted(unique, key=lambda r: (KINDS[r.kind].tier(r), order[r.key]))
-
-
-def grid_names() -> list[str]:
-    _load_kinds()
-    return sorted({g for kind in KINDS.values() for g in kind.grids})
-
-
-def tier(case: Case) -> int:
-    _load_kinds()
-    return KINDS[case.kind].tier(case)
-
-
-def _load_kinds() -> None:
-    # Each module registers its kind on import; a new kind adds its import here.
-    from . import embedding, rnn  # noqa: F401
-
-
 # ---------------------------------------------------------------------------------------------
 # --filter: "LSTM", "H=256", "H=256,512", "B>=64", "dtype!=fp32", "mode=fwd"; terms are ANDed.
 

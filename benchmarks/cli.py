@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import cases
+from . import cases, grids
 from .cases import KINDS, PROVIDER_LABELS, SUITES, Case, Suite
 from .floors import measure_machine, row_floors, set_strict_fp32
 from .results import (
@@ -439,11 +439,11 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         return 2
     suite = SUITES[args.suite or ("gpu" if device.type == "cuda" else "cpu")]
     grid_name = args.grid or (("quick" if args.quick else "full") if suite.name == "gpu" else "cpu")
-    if grid_name not in cases.grid_names():
-        print(f"unknown grid {grid_name!r}; known: {', '.join(cases.grid_names())}", file=sys.stderr)
+    if grid_name not in grids.grid_names():
+        print(f"unknown grid {grid_name!r}; known: {', '.join(grids.grid_names())}", file=sys.stderr)
         return 2
     try:
-        rows = cases.select(cases.grid(grid_name), args.filter)
+        rows = cases.select(grids.grid(grid_name), args.filter)
     except ValueError as e:
         print(f"bad --filter: {e}", file=sys.stderr)
         return 2
@@ -457,7 +457,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.list:
         try:
             for r in rows:
-                print(f"{cases.tier(r)} {r.key}")
+                print(f"{grids.tier(r)} {r.key}")
             print(f"{len(rows)} rows")
         except BrokenPipeError:  # `| head`
             sys.stdout = None
@@ -555,8 +555,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
             in_flight = case.key
             run_slow = args.slow_providers == "all" or (
                 args.slow_providers == "core"
-                and cases.tier(case) <= 1
-                and (grid_name != "quick" or case.dtype == "fp16" or cases.tier(case) == 0)
+                and grids.tier(case) <= 1
+                and (grid_name != "quick" or case.dtype == "fp16" or grids.tier(case) == 0)
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

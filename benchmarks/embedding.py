@@ -20,9 +20,11 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+from fastrnn.modules import build, resolve
+
 from .cases import Case, CaseKind, Cost, register_kind
 from .loop import compiled_step, loop_stack
-from .rnn import CELLS, GATES, GPU_DTYPES, NN_CLASSES, build_note_cudnn, make_step, packed_lengths, tokens
+from .rnn import CELLS, GPU_DTYPES, build_note_cudnn, make_step, packed_lengths, tokens
 
 
 class EmbeddingThenRNN(nn.Module):
@@ -33,9 +35,8 @@ class EmbeddingThenRNN(nn.Module):
         extra = dict(case.extra)
         dtype = case.torch_dtype
         self.embedding = nn.Embedding(extra["V"], extra["E"], device=device, dtype=dtype)
-        self.rnn = NN_CLASSES[case.cell](
-            extra["E"], case.H, num_layers=case.layers, bidirectional=case.bidir, device=device, dtype=dtype
-        )
+        self.rnn = build(case.cell, extra["E"], case.H, case.layers, bidirectional=case.bidir, device=device,
+                         dtype=dtype, torch_nn=True)  # fmt: skip
 
     def forward(self, ids: torch.Tensor | PackedSequence):
         if isinstance(ids, PackedSequence):
@@ -157,7 +158,7 @@ def cost(case: Case, seed: int) -> Cost:
     reads ``N`` int64 ids and ``m`` embedding rows; training writes ``dE`` (``V*E``) instead of
     an input gradient.
     """
-    G, H, D, L = GATES[case.cell], case.H, case.directions, case.layers
+    G, H, D, L = resolve(case.cell).G, case.H, case.directions, case.layers
     extra = dict(case.extra)
     V, E = extra["V"], extra["E"]
     elem = torch.empty((), dtype=case.torch_dtype).element_size()

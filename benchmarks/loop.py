@@ -1,8 +1,9 @@
 """The ``loop`` and ``compile`` reference providers: a plain PyTorch time loop over the cell maths.
 
 This is what one writes without cuDNN: the input projection of all steps is one GEMM per layer
-and direction, then a Python loop over time runs ``h_{t-1} @ W_hh^T`` plus the pointwise cell
-(about ten kernel launches per step in eager mode).  ``compile`` runs the same loop with the step
+and direction, then a Python loop over time runs ``h_{t-1} @ W_hh^T`` plus the pointwise cell --
+the cell's reference step from :mod:`fastrnn.reference` (about ten kernel launches per step in
+eager mode).  ``compile`` runs the same loop with the step
 function compiled by ``torch.compile`` (``dynamic=True``: the active batch shrinks with packed
 input), which fuses the pointwise part.  Compiling the whole unrolled loop is not attempted: at
 ``T=1024`` Dynamo would trace 1024 copies of the step (minutes of compile time per shape).
@@ -23,41 +24,28 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-#: ``step(gx_t, h, c, w_hh, b_hh) -> (h, c)``; ``gx_t`` = ``x_t W_ih^T`` + input-side biases.
+from fastrnn import reference
+from fastrnn.modules import resolve
+
+#: ``step(gx_t, h, c, w_hh, b_inner) -> (h, c)``: ``gx_t`` = ``x_t W_ih^T`` + the folded biases,
+#: ``b_inner`` the recurrent bias of the cell's inner-bias gates (zero elsewhere) or ``None``.
 StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def rnn_tanh_step(
-    gx_t: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, w_hh: torch.Tensor, b_hh: torch.Tensor | None
-) -> tuple[torch.Tensor, None]:
-    """Elman step ``h = tanh(gx_t + h W_hh^T)`` (``b_hh`` is folded into ``gx_t``)."""
-    return torch.tanh(torch.addmm(gx_t, h, w_hh.t())), None
+def step_fn(cell: str) -> StepFn:
+    """The eager step of ``cell`` (a family or mode, :func:`fastrnn.modules.resolve`): the recurrent
+    GEMM, then the cell's reference step (:mod:`fastrnn.reference`) on both gate parts."""
+    spec = resolve(cell)
+    ref = reference.STEPS[spec.mode]
+    G, stateful = spec.G, spec.has_cell_state
 
+    def step(gx_t, h, c, w_hh, b_inner):
+        gh = h @ w_hh.t() if b_inner is None else torch.addmm(b_inner, h, w_hh.t())
+        m, c_new, _ = ref.forward(list(gx_t.chunk(G, 1)), list(gh.chunk(G, 1)), h, c)
+        return m, (c_new if stateful else None)
 
-def lstm_step(
-    gx_t: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """LSTM step, gate order i, f, g, o (``b_hh`` is folded into ``gx_t``)."""
-    gates = torch.addmm(gx_t, h, w_hh.t())
-    i, f, g, o = gates.chunk(4, 1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
+    return step
 
-
-def gru_step(
-    gx_t: torch.Tensor, h: torch.Tensor, c: None, w_hh: torch.Tensor, b_hh: torch.Tensor | None
-) -> tuple[torch.Tensor, None]:
-    """GRU step with PyTorch's maths: ``n = tanh(x W_in + b_in + r * (h W_hn + b_hn))``."""
-    gh = h @ w_hh.t() if b_hh is None else torch.addmm(b_hh, h, w_hh.t())
-    x_r, x_z, x_n = gx_t.chunk(3, 1)
-    h_r, h_z, h_n = gh.chunk(3, 1)
-    r = torch.sigmoid(x_r + h_r)
-    z = torch.sigmoid(x_z + h_z)
-    n = torch.tanh(x_n + r * h_n)
-    return n + z * (h - n), None
-
-
-STEPS: dict[str, StepFn] = {"RNN": rnn_tanh_step, "LSTM": lstm_step, "GRU": gru_step}
 
 _COMPILED: dict[str, StepFn] = {}
 
@@ -72,7 +60,7 @@ def compiled_step(cell: str) -> StepFn:
         for name in ("recompile_limit", "cache_size_limit"):
             if hasattr(cfg, name) and getattr(cfg, name) < 64:
                 setattr(cfg, name, 64)
-        _COMPILED[cell] = torch.compile(STEPS[cell], dynamic=True, fullgraph=True)
+        _COMPILED[cell] = torch.compile(step_fn(cell), dynamic=True, fullgraph=True)
     return _COMPILED[cell]
 
 
@@ -90,7 +78,7 @@ def loop_stack(
     """Run a ``torch.nn``-style recurrent stack as a Python loop over time.
 
     Args:
-        cell: ``"RNN"`` (tanh), ``"LSTM"`` or ``"GRU"``.
+        cell: a cell family (``"RNN"`` is tanh) or mode (:func:`fastrnn.modules.resolve`).
         data: ``(N, I)`` packed input (dense ``(T, B, I)`` input reshaped to ``(T*B, I)``).
         batch_sizes: active batch size of each of the ``T`` steps (non-increasing, sum ``N``).
         weights: ``torch.nn.RNNBase._flat_weights`` (``w_ih, w_hh[, b_ih, b_hh]`` per layer and
@@ -107,7 +95,8 @@ def loop_stack(
         out = loop_stack("LSTM", x.reshape(15, 8), [3] * 5, lstm._flat_weights, num_layers=1,
                          bidirectional=False).reshape(5, 3, 16)   # == lstm(x)[0]
     """
-    step = step or STEPS[cell]
+    spec = resolve(cell)
+    step = step or step_fn(cell)
     D = 2 if bidirectional else 1
     per = 4 if bias else 2
     if len(weights) != num_layers * D * per:
@@ -126,10 +115,12 @@ def loop_stack(
             w_ih, w_hh = group[0], group[1]
             b_ih, b_hh = (group[2], group[3]) if bias else (None, None)
             H = w_hh.shape[1]
-            if bias and cell != "GRU":
-                b_x, b_h = b_ih + b_hh, None  # both biases sit outside the nonlinearity
-            else:
-                b_x, b_h = b_ih, b_hh  # GRU: b_hn stays inside r * (W_hn h + b_hn)
+            b_x, b_h = b_ih, None
+            if bias:  # b_hh is folded into the input side except for the inner-bias gates (GRU's b_hn)
+                inner = torch.zeros_like(b_hh)
+                for g in spec.inner_gates:
+                    inner[g * H : (g + 1) * H] = b_hh[g * H : (g + 1) * H]
+                b_x, b_h = b_ih + (b_hh - inner), (inner if spec.inner_gates else None)
             gx = F.linear(layer_input, w_ih, b_x)
             hs: list[torch.Tensor | None] = [None] * T
             h = c = None
@@ -137,7 +128,7 @@ def loop_stack(
                 bs = batch_sizes[t]
                 if h is None:
                     h = gx.new_zeros(bs, H)
-                    c = gx.new_zeros(bs, H) if cell == "LSTM" else None
+                    c = gx.new_zeros(bs, H)
                 elif h.shape[0] > bs:  # forward in time: sequences end, keep the active prefix
                     h = h[:bs]
                     c = c[:bs] if c is not None else None

@@ -18,12 +18,14 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+from fastrnn.modules import build, resolve
+
 from .cases import Case, CaseKind, Cost, register_kind
 from .loop import compiled_step, loop_stack
 
+#: The cell families benchmarked, in grid order ("RNN" is tanh; the cells' facts come from their
+#: spec, fastrnn/kernels/cells.py).
 CELLS = ("LSTM", "GRU", "RNN")
-GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
-NN_CLASSES: dict[str, type[nn.RNNBase]] = {"RNN": nn.RNN, "LSTM": nn.LSTM, "GRU": nn.GRU}
 
 # The grid of the issue (item 1).
 FULL_B = (1, 8, 16, 64, 256)
@@ -62,9 +64,8 @@ def setup(case: Case, device: torch.device, seed: int) -> RNNWorkload:
     """Seeded weights, random input and output gradient for ``case`` on ``device``."""
     dtype = case.torch_dtype
     torch.manual_seed(seed)
-    ref = NN_CLASSES[case.cell](
-        case.input_size, case.H, num_layers=case.layers, bidirectional=case.bidir, device=device, dtype=dtype
-    )
+    ref = build(case.cell, case.input_size, case.H, case.layers, bidirectional=case.bidir, device=device,
+                dtype=dtype, torch_nn=True)  # fmt: skip
     gen = torch.Generator(device=device).manual_seed(seed)
     train = case.mode == "fwdbwd"
     x = torch.randn(case.T, case.B, case.input_size, device=device, dtype=dtype, generator=gen)
@@ -219,7 +220,7 @@ def cost(case: Case, seed: int) -> Cost:
     in a wavefront) or ``L*T`` when bidirectional (layer l+1 needs both directions of layer l);
     doubled for a training step.
     """
-    G, H, D, L = GATES[case.cell], case.H, case.directions, case.layers
+    G, H, D, L = resolve(case.cell).G, case.H, case.directions, case.layers
     elem = torch.empty((), dtype=case.torch_dtype).element_size()
     N = tokens(case, seed)
     train = case.mode == "fwdbwd"

@@ -16,12 +16,9 @@ import copy
 import time
 
 import torch
-from torch import nn
 
 from .dispatch import kernel_tier
-from .modules import GRU, LSTM, RNN
-
-TWINS = {"RNN": (RNN, nn.RNN), "LSTM": (LSTM, nn.LSTM), "GRU": (GRU, nn.GRU)}
+from .modules import FAMILIES, build
 
 
 def _fwd_bwd(module, x, grad_seed: int):
@@ -84,10 +81,10 @@ def run_check(
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows = []
-    for cell, (fast_cls, torch_cls) in TWINS.items():
+    for cell in FAMILIES:
         torch.manual_seed(0)
-        ref = torch_cls(input_size, hidden_size, num_layers, bidirectional=bidirectional).to(dev)
-        fast = fast_cls(input_size, hidden_size, num_layers, bidirectional=bidirectional, backend="triton").to(dev)
+        ref = build(cell, input_size, hidden_size, num_layers, bidirectional=bidirectional, torch_nn=True).to(dev)
+        fast = build(cell, input_size, hidden_size, num_layers, bidirectional=bidirectional, backend="triton").to(dev)
         fast.load_state_dict(ref.state_dict())
         x = torch.randn(T, B, input_size, device=dev)
         outs_f, grads_f = _fwd_bwd(fast, x, 1)

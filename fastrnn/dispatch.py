@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
+from .kernels import cells
+
 BACKENDS = ("auto", "triton", "torch")
 
 #: Read once at import: never inside a traced forward.
@@ -120,25 +122,26 @@ def _decide(
     device_type: str,
     input_device: str,
     param_device: str,
-) -> tuple[str, str]:
-    """``(choice, why)`` for one call: ``choice`` is ``"triton"``, ``"torch"``, ``"error"``
+) -> tuple[str, str, int]:
+    """``(choice, why, tier)`` for one call: ``choice`` is ``"triton"``, ``"torch"``, ``"error"``
     (``backend='triton'`` that cannot run; ``why`` lists every reason) or ``"auto"`` (``auto`` on
-    CUDA where the kernels can run: :mod:`fastrnn.auto` picks the faster; ``why`` names the tier).  Every argument is a
+    CUDA where the kernels can run: :mod:`fastrnn.auto` picks the faster); ``tier`` is the kernel
+    tier every layer of the call runs in (0 when the kernels do not run).  Every argument is a
     constant of the call (see the module doc); ``dtype`` is the parameters' dtype as
     ``str(torch.dtype)``."""
     env = _environment()
     if backend == "auto":
         backend = env.backend_override
     if backend == "torch":
-        return "torch", "asked for explicitly"
+        return "torch", "asked for explicitly", 0
     if backend == "auto" and device_type != "cuda":
         if device_type == "cpu":
-            return "torch", "cpu tensors: torch (aten) is the fastest there; pass backend='triton' for the kernels"
-        return "torch", f"{device_type} tensors: the kernels run on CUDA (and CPU through the interpreter)"
+            return "torch", "cpu tensors: torch (aten) is the fastest there; pass backend='triton' for the kernels", 0
+        return "torch", f"{device_type} tensors: the kernels run on CUDA (and CPU through the interpreter)", 0
     if not env.triton_installed:
         reasons = ["Triton is not installed"]
     else:
-        from .kernels.multi import choose_tier
+        from .kernels.tiers import choose_tier
 
         reasons = _device_reasons(env, device_type, param_device, input_device)
         tier, why = choose_tier(mode, hidden_size, proj_size, _DTYPES[dtype], interpreted=device_type == "cpu")
@@ -146,8 +149,30 @@ def _decide(
             reasons.append(why)
         elif not reasons:
             # auto on CUDA: the kernels can run; fastrnn.auto decides whether they are faster
-            return ("auto" if backend == "auto" else "triton"), why
-    return ("torch" if backend == "auto" else "error"), "; ".join(reasons)
+            return ("auto" if backend == "auto" else "triton"), why, tier
+    return ("torch" if backend == "auto" else "error"), "; ".join(reasons), 0
+
+
+@torch.compiler.assume_constant_result
+def _tier_of(mode: str, hidden_size: int, proj_size: int, dtype: str, device_type: str) -> int:
+    """The kernel tier of a layer (0: none can run it); run eagerly by Dynamo (it reads
+    ``FASTRNN_TIER``)."""
+    from .kernels.tiers import choose_tier
+
+    tier, _ = choose_tier(mode, hidden_size, proj_size, _DTYPES[dtype], interpreted=device_type == "cpu")
+    return tier or 0
+
+
+def kernel_tier_of(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, device: torch.device) -> int:
+    """The kernel tier of a layer for the functional API (the modules get theirs from the
+    dispatcher); raises :class:`BackendUnavailable` when no tier can run it."""
+    tier = _tier_of(mode, hidden_size, proj_size, str(dtype), device.type)
+    if not tier:
+        from .kernels.tiers import choose_tier
+
+        why = choose_tier(mode, hidden_size, proj_size, dtype, interpreted=device.type == "cpu")[1]
+        raise BackendUnavailable(f"fastrnn: no kernel tier runs {mode} with hidden_size={hidden_size}: {why}")
+    return tier
 
 
 #: ``str(dtype)`` -> dtype: dtypes cross into :func:`_decide` as strings (constants for Dynamo).
@@ -191,7 +216,8 @@ def _class_facts(module, input, dtype: str, *, embedded: bool, packed: bool) -> 
     proj_size, training``; plain values, traceable by Dynamo)."""
     B, T, packed_input = _sizes(input, module.batch_first, embedded)
     training = torch.is_grad_enabled() and any(p.requires_grad for p in module._flat_weights)
-    cast = autocast_dtype(module.mode, _data(input)) if not embedded else None
+    data = _data(input)
+    cast = autocast_dtype(module.mode, data.device, data.dtype) if not embedded else None
     fields = (
         module.mode, str(cast) if cast is not None else dtype, module.num_layers, module.bidirectional,
         packed or packed_input, embedded, module.hidden_size, module.proj_size, training,
@@ -214,23 +240,39 @@ def _auto_in_trace(
     return auto.choose(cls, torch.device("cuda", index), None, 0)
 
 
-def select_backend(module, input, *, runners=None, embedded: bool = False, packed: bool = False) -> str:
-    """``"triton"`` or ``"torch"`` for this call (see module doc); raises
-    :class:`BackendUnavailable` when ``backend='triton'`` cannot serve it.
+@dataclass(frozen=True)
+class Route:
+    """Where one call runs: ``backend`` (``"triton"``/``"torch"``), the kernel ``tier`` of every
+    layer (0 for torch) and why."""
+
+    backend: str
+    tier: int
+    why: str
+
+
+def route(module, input, *, runners=None, embedded: bool = False, packed: bool = False) -> Route:
+    """The :class:`Route` of this call (see module doc); raises :class:`BackendUnavailable` when
+    ``backend='triton'`` cannot serve it.
 
     ``runners`` (:class:`fastrnn.auto.Runners`) run the call with each backend, for ``auto``'s
     first-use measurement on CUDA; ``embedded``: the caller is an ``EmbeddingRNN`` (``input``
     holds ids), ``packed``: variable lengths given apart from ``input``."""
-    return _select(module, input, runners, embedded, packed)[0]
+    choice, why, tier = _select(module, input, runners, embedded, packed)
+    return Route(choice, tier if choice == "triton" else 0, why)
 
 
-def _select(module, input, runners, embedded: bool, packed: bool) -> tuple[str, str]:
+def select_backend(module, input, *, runners=None, embedded: bool = False, packed: bool = False) -> str:
+    """``"triton"`` or ``"torch"`` for this call: :func:`route`'s backend."""
+    return route(module, input, runners=runners, embedded=embedded, packed=packed).backend
+
+
+def _select(module, input, runners, embedded: bool, packed: bool) -> tuple[str, str, int]:
     facts = _call_facts(module, input)
-    choice, why = _decide(*facts)
+    choice, why, tier = _decide(*facts)
     if choice == "error":
         raise BackendUnavailable(f"fastrnn {type(module).__name__}: backend='triton' cannot run this call: {why}")
     if choice != "auto":
-        return choice, why
+        return choice, why, tier
     tier_why = why
     device = torch.device(facts[6])
     fields, B, T = _class_facts(module, input, facts[4], embedded=embedded, packed=packed)
@@ -241,13 +283,13 @@ def _select(module, input, runners, embedded: bool, packed: bool) -> tuple[str, 
 
         cls = auto.ShapeClass(*fields[:8], auto.bucket(B, 2), auto.bucket(T, 4), fields[8])
         choice, why = auto.choose(cls, device, runners, B * T)
-    return choice, f"{why}; {tier_why}" if choice == "triton" else why
+    return choice, (f"{why}; {tier_why}" if choice == "triton" else why), tier
 
 
 def kernel_tier(module, input) -> tuple[int | None, str]:
     """``(tier, why)`` of the kernels for ``module(input)``'s layers (all layers have the same
     sizes but the first's input width, which only the input-projection GEMM sees)."""
-    from .kernels.multi import choose_tier
+    from .kernels.tiers import choose_tier
 
     _, mode, hidden, proj, dtype, device_type, _, _ = _call_facts(module, input)
     return choose_tier(mode, hidden, proj, _DTYPES[dtype], interpreted=device_type == "cpu")
@@ -265,7 +307,7 @@ def explain(module, input) -> str:
         # "requested 'auto' -> torch: cpu tensors: torch (aten) is the fastest there; ..."
     """
     runners = module._runners(input, None) if hasattr(module, "_runners") else None
-    choice, why = _select(module, input, runners, False, False)
+    choice, why, _ = _select(module, input, runners, False, False)
     return f"requested {requested_backend(module)!r} -> {choice}: {why}"
 
 
@@ -291,18 +333,19 @@ def _cuda_autocast_dtype(requested: str) -> str:
     return str(torch.float16) if _environment().cudnn_enabled else requested
 
 
-def autocast_dtype(mode: str, input: torch.Tensor) -> torch.dtype | None:
+def autocast_dtype(mode: str, device: torch.device, dtype: torch.dtype) -> torch.dtype | None:
     """The dtype the ``torch.nn`` twin computes in under the active autocast, or ``None``.
 
     fastrnn follows ``torch.nn`` under autocast (the drop-in rule): the output dtype never
     depends on which backend ran, so ``auto`` may pick either.  CUDA: float16 while cuDNN is
     enabled, whatever autocast dtype was asked for (:func:`_cuda_autocast_dtype`).  CPU (torch
-    2.11-2.13): LSTM and RNN in the autocast dtype, GRU left in fp32.  ``tests/test_autocast.py``
+    2.11-2.13): LSTM and RNN in the autocast dtype, GRU left in fp32 (the cell spec's
+    ``twin_cpu_autocast``).  ``tests/test_autocast.py``
     checks this rule against ``torch.nn`` so a change in PyTorch shows up as a failing test.
     """
-    dev = input.device.type
-    if dev not in ("cuda", "cpu") or not torch.is_autocast_enabled(dev) or not input.is_floating_point():
+    dev = device.type
+    if dev not in ("cuda", "cpu") or not torch.is_autocast_enabled(dev) or not dtype.is_floating_point:
         return None
     if dev == "cpu":
-        return None if mode == "GRU" else torch.get_autocast_dtype(dev)
+        return torch.get_autocast_dtype(dev) if cells.get(mode).twin_cpu_autocast else None
     return _DTYPES[_cuda_autocast_dtype(str(torch.get_autocast_dtype(dev)))]

@@ -22,10 +22,9 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import dispatch, ops
 from .auto import Runners
 from .functional import first_layer_projection
-from .modules import GRU, LSTM, RNN, _RecurrentBase, fast_twin
+from .modules import _RecurrentBase, build, fast_twin, layout, run_triton
 
 STRATEGIES = ("auto", "table", "gather_gemm")
-_MODES = {"RNN_TANH": RNN, "RNN_RELU": RNN, "RNN": RNN, "LSTM": LSTM, "GRU": GRU}
 
 
 def choose_strategy(num_embeddings: int, num_tokens: int) -> str:
@@ -40,7 +39,7 @@ class EmbeddingRNN(nn.Module):
         num_embeddings, embedding_dim, padding_idx: as :class:`torch.nn.Embedding`.
         hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
         nonlinearity: as the ``torch.nn`` recurrent module of ``mode``.
-        mode: ``"LSTM"``, ``"GRU"``, ``"RNN"``/``"RNN_TANH"`` or ``"RNN_RELU"``.
+        mode: a cell family (``"LSTM"``, ``"GRU"``, ``"RNN"``) or mode (``"RNN_TANH"``, ``"RNN_RELU"``).
         backend: as :class:`fastrnn.LSTM`.  strategy: ``"auto"``, ``"table"``, ``"gather_gemm"``.
 
     Parameters: ``embedding.weight`` and the recurrent module's under ``rnn.`` -- the state dict
@@ -66,23 +65,14 @@ class EmbeddingRNN(nn.Module):
         allow_tf32: bool | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.embedding = nn.Embedding(num_embeddings, embedding_dim, padding_idx, device=device, dtype=dtype)
-        kw = dict(bias=bias, batch_first=batch_first, dropout=dropout, bidirectional=bidirectional,
-                  device=device, dtype=dtype, backend=backend, allow_tf32=allow_tf32)  # fmt: skip
-        cls = _MODES[mode]
-        if cls is RNN:
-            kw["nonlinearity"] = nonlinearity or ("relu" if mode == "RNN_RELU" else "tanh")
-        elif nonlinearity is not None:
-            raise ValueError(f"nonlinearity applies to mode='RNN' only, not {mode!r}")
-        if cls is LSTM:
-            kw["proj_size"] = proj_size
-        elif proj_size:
-            raise ValueError(f"proj_size applies to mode='LSTM' only, not {mode!r}")
-        self.rnn: _RecurrentBase = cls(embedding_dim, hidden_size, num_layers, **kw)
+        self.rnn: _RecurrentBase = build(
+            mode, embedding_dim, hidden_size, num_layers, nonlinearity=nonlinearity, proj_size=proj_size, bias=bias,
+            batch_first=batch_first, dropout=dropout, bidirectional=bidirectional, device=device, dtype=dtype,
+            backend=backend, allow_tf32=allow_tf32,
+        )  # fmt: skip
         self.strategy = strategy
 
     @classmethod
@@ -149,12 +139,16 @@ class EmbeddingRNN(nn.Module):
             raise ValueError("EmbeddingRNN: pass lengths with a padded batch, not with a PackedSequence")
         if lengths is not None:
             lengths = self._check_lengths(ids, lengths)
-        runners = Runners(lambda: self._unfused(input, hx, lengths), lambda: self._fused(input, hx, lengths),
-                          list(self.parameters()))  # fmt: skip
-        backend = dispatch.select_backend(self.rnn, input, runners=runners, embedded=True, packed=lengths is not None)
-        if backend == "torch":
+        route = dispatch.route(self.rnn, input, runners=self._runners(input, hx, lengths), embedded=True,
+                               packed=lengths is not None)  # fmt: skip
+        if route.backend == "torch":
             return self._unfused(input, hx, lengths)
-        return self._fused(input, hx, lengths)
+        return self._fused(input, hx, lengths, route.tier)
+
+    def _runners(self, input, hx, lengths) -> Runners:
+        tier = lambda: dispatch.kernel_tier(self.rnn, input)[0]
+        return Runners(lambda: self._unfused(input, hx, lengths), lambda: self._fused(input, hx, lengths, tier()),
+                       list(self.parameters()))  # fmt: skip
 
     def _check_lengths(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if ids.dim() != 2:
@@ -181,33 +175,29 @@ class EmbeddingRNN(nn.Module):
         out, _ = pad_packed_sequence(out, batch_first=bf, total_length=x.shape[1] if bf else x.shape[0])
         return out, hidden
 
-    def _fused(self, input, hx, lengths):
+    def _fused(self, input, hx, lengths, tier: int):
+        """triton backend: the first layer's input projection straight from the ids
+        (:func:`fastrnn.ops.embedding_projection`), then the kernels (:func:`fastrnn.modules.run_triton`)."""
         rnn, emb = self.rnn, self.embedding
-        rnn._update_flat_weights()
+        lay = layout(rnn, input, lengths, ids=True)
         w, b = first_layer_projection(
-            rnn.mode, rnn._flat_weights, num_layers=rnn.num_layers, bias=rnn.bias,
+            rnn.mode, rnn.flat_weights(), num_layers=rnn.num_layers, bias=rnn.bias,
             bidirectional=rnn.bidirectional, proj_size=rnn.proj_size,
         )  # fmt: skip
-        packed = isinstance(input, PackedSequence)
-        ids = input.data
-        if packed:  # padded, sorted ids (T, B): the layout the packed path of the kernels uses
-            ids_tb, _ = pad_packed_sequence(PackedSequence(ids, input.batch_sizes))
-        elif ids.dim() == 1:
-            ids_tb = ids[:, None]
+        if isinstance(input, PackedSequence):  # padded, sorted ids (T, B): the packed path's layout
+            ids_tb, _ = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes))
+        elif input.dim() == 1:
+            ids_tb = input[:, None]
         else:
-            ids_tb = ids.t() if rnn.batch_first else ids
+            ids_tb = input.t() if rnn.batch_first else input
 
-        def project(T: int, B: int, dtype: torch.dtype) -> torch.Tensor:
+        def project(dtype: torch.dtype) -> torch.Tensor:
             flat = ids_tb.reshape(-1).to(torch.int64)
             strategy = self.strategy if self.strategy != "auto" else choose_strategy(emb.num_embeddings, flat.numel())
             gx = ops.embedding_projection(
                 flat, emb.weight.to(dtype), w.to(dtype), None if b is None else b.to(dtype),
                 padding_idx=emb.padding_idx, strategy=strategy, allow_tf32=rnn.tf32(),
             )  # fmt: skip
-            return gx.view(T, B, -1)
+            return gx.view(lay.T, lay.B, -1)
 
-        # A zero-stride proxy of the embedded input carries shape, dtype and device through the
-        # recurrent module's argument checks; it is never read and allocates nothing.
-        proxy_of = lambda t: emb.weight.new_zeros(()).expand(*t.shape, emb.embedding_dim)
-        proxy = input._replace(data=proxy_of(ids)) if packed else proxy_of(ids)
-        return rnn._triton_forward(proxy, hx, lengths=lengths, project=project)
+        return run_triton(rnn, lay, hx, tier, input_projection=project)

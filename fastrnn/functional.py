@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .kernels.cells import MODES
+from .kernels import cells
 
 
 def _per_layer(weights: Sequence[torch.Tensor], num_layers: int, num_directions: int) -> list[list[torch.Tensor]]:
@@ -40,20 +40,24 @@ def _split_group(group: list[torch.Tensor], has_bias: bool, has_proj: bool):
     return w_ih, w_hh, b_ih, b_hh, w_hr
 
 
+def _folded_bias(cell: cells.Cell, b_ih: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
+    """``b_ih + b_hh`` for every gate but the cell's inner-bias gates, whose recurrent bias stays
+    inside the cell maths (GRU's ``b_hn`` in ``r * (W_hn h + b_hn)``)."""
+    if not cell.inner_gates:
+        return b_ih + b_hh
+    H = b_hh.shape[0] // cell.G
+    blocks = [b.new_zeros(H) if g in cell.inner_gates else b for g, b in enumerate(b_hh.split(H))]
+    return b_ih + torch.cat(blocks)
+
+
 def _projection(mode: str, parts: list) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Weight ``(D*G*H, I)`` and bias ``(D*G*H,)`` of one layer's input projection, both
-    directions stacked.  Biases are folded: ``b_ih + b_hh``, except GRU's ``b_hn`` which stays
-    inside ``r * (W_hn h + b_hn)`` in the kernel."""
+    directions stacked, biases folded (:func:`_folded_bias`)."""
     w = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts])
     if parts[0][2] is None:
         return w, None
-    biases = []
-    for _, w_hh, b_ih, b_hh, _ in parts:
-        if mode == "GRU":
-            H = w_hh.shape[0] // 3
-            biases.append(b_ih + torch.cat([b_hh[: 2 * H], b_hh.new_zeros(H)]))
-        else:
-            biases.append(b_ih + b_hh)
+    cell = cells.get(mode)
+    biases = [_folded_bias(cell, b_ih, b_hh) for _, _, b_ih, b_hh, _ in parts]
     return w, (biases[0] if len(biases) == 1 else torch.cat(biases))
 
 
@@ -89,25 +93,36 @@ def recurrent_stack(
     lengths: torch.Tensor | None = None,
     allow_tf32: bool = False,
     input_projection: torch.Tensor | None = None,
+    tier: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run a ``torch.nn``-style stack of recurrent layers; the core of every module.
 
     Args:
-        mode: ``"RNN_TANH"``, ``"RNN_RELU"``, ``"LSTM"`` or ``"GRU"``.
+        mode: a registered cell (:mod:`fastrnn.kernels.cells`): ``"RNN_TANH"``, ``"RNN_RELU"``,
+            ``"LSTM"``, ``"GRU"``.
         input: ``(T, B, I)`` time-major input.
         weights: flat ``_flat_weights``-ordered list (see module doc).
         h0: ``(L*D, B, P)`` or ``None``; c0: ``(L*D, B, H)`` (LSTM) or ``None``.
         lengths: ``(B,)`` int64 lengths on ``input``'s device, or ``None`` (all ``T``).
         input_projection: ``(T, B, D*G*H)`` first-layer input projection computed elsewhere (the
             fused embedding); it must equal ``F.linear(input, *first_layer_projection(...))``.
-            ``input`` is then not read.
+            ``input`` is then not read (it may be ``None``).
+        tier: the kernel tier (1, 2, 3) every layer runs in; ``None``: chosen here
+            (:func:`fastrnn.dispatch.kernel_tier_of`; the modules choose it once per call).
 
     Returns:
         ``(output (T, B, D*P), h_n (L*D, B, P), c_n (L*D, B, H) or None)``.
     """
     D = 2 if bidirectional else 1
-    G = MODES[mode][2]
+    cell = cells.get(mode)
+    G = cell.G
     groups = _per_layer(weights, num_layers, D)
+    if tier is None:
+        from .dispatch import kernel_tier_of
+
+        H0 = groups[0][1].shape[0] // G
+        ref = input_projection if input_projection is not None else input
+        tier = kernel_tier_of(mode, H0, proj_size, groups[0][1].dtype, ref.device)
     layer_input = input
     h_n, c_n = [], []
     for layer in range(num_layers):
@@ -127,10 +142,11 @@ def recurrent_stack(
                 h0[idx] if h0 is not None else None,
                 c0[idx] if c0 is not None else None,
                 lengths,
-                b_hn=b_hh[2 * H :] if (mode == "GRU" and bias) else None,
+                b_hh=b_hh,
                 w_hr=w_hr,
                 reverse=d == 1,
                 allow_tf32=allow_tf32,
+                tier=tier,
             )
             outs.append(out)
             h_n.append(hn)
@@ -138,7 +154,7 @@ def recurrent_stack(
         layer_input = outs[0] if D == 1 else torch.cat(outs, dim=2)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, p=dropout, training=True)
-    return layer_input, torch.stack(h_n), (torch.stack(c_n) if mode == "LSTM" else None)
+    return layer_input, torch.stack(h_n), (torch.stack(c_n) if cell.has_cell_state else None)
 
 
 def _run(
@@ -196,9 +212,9 @@ def rnn(
     ``input`` (T, B, I) (or (B, T, I) with ``batch_first``), ``hx`` (L*D, B, H).
     Returns ``(output (T, B, D*H), h_n (L*D, B, H))``.
     """
-    if nonlinearity not in ("tanh", "relu"):
-        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-    mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+    from .modules import rnn_mode
+
+    mode = rnn_mode(nonlinearity)
     out, h_n, _ = _run(
         mode,
         input,

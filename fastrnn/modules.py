@@ -10,6 +10,8 @@ recurrence kernels, ``"torch"`` runs the very code of the ``torch.nn`` twin (ate
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
@@ -17,10 +19,163 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import dispatch
 from .auto import Runners
 from .functional import recurrent_stack
+from .kernels import cells
+
+
+def rnn_mode(nonlinearity: str) -> str:
+    """The RNN family's cell for ``nonlinearity``, with torch.nn's error for an unknown one."""
+    options = [c.twin_kwargs["nonlinearity"] for c in cells.CELLS.values() if c.family == "RNN"]
+    if nonlinearity not in options:
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from {' or '.join(map(repr, options))}.")
+    return cells.family_mode("RNN", nonlinearity)
+
+
+@dataclass
+class Layout:
+    """A call's input as the kernels take it: time-major and padded.
+
+    ``x`` is ``(T, B, I)`` (``None`` for token ids: the caller brings the first layer's input
+    projection); ``lengths`` ``(B,)`` on the input's device for variable lengths (packed input,
+    or lengths given with a padded batch), ``lengths_cpu`` the same on the CPU for re-packing a
+    packed output; ``packed`` the input ``PackedSequence``'s bookkeeping (else ``None``);
+    ``batched`` false for unbatched input.
+    """
+
+    x: torch.Tensor | None
+    T: int
+    B: int
+    lengths: torch.Tensor | None
+    lengths_cpu: torch.Tensor | None
+    packed: PackedSequence | None
+    batched: bool
+    dtype: torch.dtype
+    device: torch.device
+
+
+def layout(module: nn.RNNBase, input, lengths: torch.Tensor | None = None, *, ids: bool = False) -> Layout:
+    """Check ``input`` as the ``torch.nn`` twin does and lay it out for the kernels.
+
+    ``input`` is ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``), ``(T, I)`` unbatched, or a
+    ``PackedSequence``; with ``ids`` it holds token ids, one dimension less (``(T, B)``, ``(T,)``,
+    a ``PackedSequence`` of ids) and ``x`` is ``None``.  ``lengths`` (B,) may come with a padded
+    batch (any order; the output is zero past each length).
+    """
+    name = type(module).__name__
+    features = 0 if ids else 1
+    if isinstance(input, PackedSequence):
+        data, batch_sizes = input.data, input.batch_sizes
+        if not ids:
+            module.check_input(data, batch_sizes)
+        T, B = len(batch_sizes), int(batch_sizes[0])
+        lengths_cpu = (batch_sizes[None, :] > torch.arange(B)[:, None]).sum(1)
+        x = None if ids else pad_packed_sequence(PackedSequence(data, batch_sizes))[0]
+        lengths_dev = lengths_cpu.to(device=data.device)
+        dtype = module._flat_weights[0].dtype if ids else data.dtype
+        return Layout(x, T, B, lengths_dev, lengths_cpu, input, True, dtype, data.device)
+    if input.dim() not in (1 + features, 2 + features):
+        stateful = cells.get(module.mode).has_cell_state  # torch.nn's LSTM words this message differently
+        raise ValueError(
+            f"{name}: Expected input to be {1 + features}D or {2 + features}D, got {input.dim()}D "
+            + ("instead" if stateful else "tensor instead")
+        )
+    batched = input.dim() == 2 + features
+    batch_dim = 0 if module.batch_first else 1
+    if not batched:
+        input = input.unsqueeze(batch_dim)
+    if not ids:
+        module.check_input(input, None)
+    tm = input.transpose(0, 1) if module.batch_first else input
+    T, B = tm.shape[0], tm.shape[1]
+    if T == 0:
+        stateful = cells.get(module.mode).has_cell_state
+        raise RuntimeError(f"Expected sequence length to be larger than 0 in {'LSTM' if stateful else 'RNN'}")
+    dtype = module._flat_weights[0].dtype if ids else input.dtype  # ids: the embedded input's dtype
+    return Layout(None if ids else tm, T, B, lengths, None, None, batched, dtype, input.device)
+
+
+def _states(hx) -> tuple:
+    return tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+
+
+def check_states(module: nn.RNNBase, lay: Layout, hx, cast: torch.dtype | None = None):
+    """The twin's checks of ``hx`` for a call laid out as ``lay`` (``cast``: the autocast compute
+    dtype, which lets the states' dtype differ); returns ``(h0, c0)`` (``c0`` for cells with a cell
+    state), batched and in the order of the packed batch."""
+    if hx is None:
+        return None, None
+    cell = cells.get(module.mode)
+    want_rank = 3 if lay.batched else 2
+    states = _states(hx)
+    if cell.has_cell_state and (not isinstance(hx, (tuple, list)) or len(states) != 2):
+        raise RuntimeError(f"{type(module).__name__}: hx must be a tuple (h_0, c_0) for a cell with a cell state")
+    if not cell.has_cell_state and isinstance(hx, (tuple, list)):
+        raise RuntimeError(f"{type(module).__name__}: hx must be a tensor (h_0), got a {type(hx).__name__}")
+    if lay.packed is None and any(t.dim() != want_rank for t in states):
+        kind = "batched 3-D" if lay.batched else "unbatched 2-D"
+        ranks = ", ".join(f"{t.dim()}-D" for t in states)
+        raise RuntimeError(f"For {kind} input, hx should also be {want_rank}-D but got ({ranks}) tensor(s)")
+    if not lay.batched:
+        states = tuple(t.unsqueeze(1) for t in states)
+    D = 2 if module.bidirectional else 1
+    P = module.proj_size or module.hidden_size
+    expected = [(module.num_layers * D, lay.B, P), (module.num_layers * D, lay.B, module.hidden_size)]
+    for i, (t, shape) in enumerate(zip(states, expected)):
+        msg = f"Expected hidden[{i}] size {{}}, got {{}}" if cell.has_cell_state else "Expected hidden size {}, got {}"
+        module.check_hidden_size(t, shape, msg)
+    for t in states:
+        if t.device != lay.device or (t.dtype != lay.dtype and cast is None):
+            raise RuntimeError(
+                f"{type(module).__name__}: initial states must match the input's dtype and device ({lay.dtype} on "
+                f"{lay.device}), got {t.dtype} on {t.device}"
+            )
+    if lay.packed is not None and lay.packed.sorted_indices is not None:
+        states = tuple(t.index_select(1, lay.packed.sorted_indices) for t in states)
+    return states[0], (states[1] if cell.has_cell_state else None)
+
+
+def run_triton(
+    module: nn.RNNBase,
+    lay: Layout,
+    hx,
+    tier: int,
+    input_projection=None,
+):
+    """The kernels' forward of ``module`` on a call laid out by :func:`layout`: the first layer's
+    input projection computed from ``lay.x``, or given by ``input_projection(dtype)`` ->
+    ``(T, B, D*G*H)`` (the fused embedding).  Returns what the ``torch.nn`` twin returns."""
+    cell = cells.get(module.mode)
+    cast = dispatch.autocast_dtype(module.mode, lay.device, lay.dtype)
+    h0, c0 = check_states(module, lay, hx, cast)
+    weights = module.flat_weights()
+    x = lay.x
+    if cast is not None:  # autocast: compute in its dtype as the torch.nn twin does
+        to = lambda t: None if t is None else t.to(cast)
+        weights, x, h0, c0 = [to(w) for w in weights], to(x), to(h0), to(c0)
+    dtype = weights[0].dtype
+    with torch.autocast(lay.device.type, enabled=False):  # the stack runs in exactly this dtype
+        out, h_n, c_n = recurrent_stack(
+            module.mode, x, weights, h0, c0, num_layers=module.num_layers, bias=module.bias,
+            bidirectional=module.bidirectional, proj_size=module.proj_size, dropout=module.dropout,
+            training=module.training, lengths=lay.lengths, allow_tf32=module.tf32(),
+            input_projection=input_projection(dtype) if input_projection is not None else None, tier=tier,
+        )  # fmt: skip
+    hidden = (h_n, c_n) if cell.has_cell_state else (h_n,)
+    if lay.packed is not None:
+        packed_out = pack_padded_sequence(out, lay.lengths_cpu, enforce_sorted=True)
+        p = lay.packed
+        if p.unsorted_indices is not None:
+            hidden = tuple(t.index_select(1, p.unsorted_indices) for t in hidden)
+        output = PackedSequence(packed_out.data, p.batch_sizes, p.sorted_indices, p.unsorted_indices)
+    else:
+        output = out.transpose(0, 1) if module.batch_first else out
+        if not lay.batched:
+            output = output.squeeze(0 if module.batch_first else 1)
+            hidden = tuple(t.squeeze(1) for t in hidden)
+    return output, (hidden if cell.has_cell_state else hidden[0])
 
 
 class _RecurrentBase(nn.RNNBase):
-    """Shared forward of the three modules; subclasses set ``_twin`` (the ``torch.nn`` class)."""
+    """Shared forward of the modules; subclasses set ``_twin`` (the ``torch.nn`` class)."""
 
     _twin: type[nn.RNNBase]
 
@@ -43,129 +198,24 @@ class _RecurrentBase(nn.RNNBase):
 
     def _runners(self, input, hx) -> Runners:
         """This call with each backend, for ``auto``'s first-use measurement (fastrnn.auto)."""
-        return Runners(lambda: self._twin.forward(self, input, hx), lambda: self._triton_forward(input, hx),
+        tier = lambda: dispatch.kernel_tier(self, input)[0]
+        return Runners(lambda: self._twin.forward(self, input, hx), lambda: self._run_triton(input, hx, tier()),
                        list(self.parameters()))  # fmt: skip
 
     def forward(self, input, hx=None):
-        backend = dispatch.select_backend(self, input, runners=self._runners(input, hx))
-        if backend == "torch":
+        route = dispatch.route(self, input, runners=self._runners(input, hx))
+        if route.backend == "torch":
             return self._twin.forward(self, input, hx)
-        return self._triton_forward(input, hx)
+        return self._run_triton(input, hx, route.tier)
 
-    # -- the triton path: the twin's argument handling, then recurrent_stack ---------------------
+    def _run_triton(self, input, hx, tier: int):
+        return run_triton(self, layout(self, input), hx, tier)
 
-    def _triton_forward(self, input, hx, lengths=None, project=None):
-        """The triton path.  ``lengths`` (B,) gives per-sequence lengths of a padded batch (any
-        order; output zero at padding).  ``project(T, B, dtype)`` returns the first layer's input
-        projection ``(T, B, D*G*H)`` (in dtype ``dtype``) instead of computing it from ``input``, which is then only
-        a shape proxy and never read (the fused embedding)."""
+    def flat_weights(self) -> list[torch.Tensor]:
+        """The parameters in ``torch.nn``'s flat order (``w_ih, w_hh[, b_ih, b_hh][, w_hr]`` per
+        layer and direction), as the kernels take them (:func:`fastrnn.functional.recurrent_stack`)."""
         self._update_flat_weights()
-        is_lstm = self.mode == "LSTM"
-        name = "LSTM" if is_lstm else type(self).__name__
-        orig_input = input
-        is_batched = True
-        batch_dim = 0 if self.batch_first else 1
-        if isinstance(orig_input, PackedSequence):
-            data, batch_sizes, sorted_indices, unsorted_indices = orig_input
-            input = data
-        else:
-            batch_sizes = sorted_indices = unsorted_indices = None
-            if input.dim() not in (2, 3):
-                raise ValueError(
-                    f"{name}: Expected input to be 2D or 3D, got {input.dim()}D "
-                    + ("instead" if is_lstm else "tensor instead")
-                )
-            is_batched = input.dim() == 3
-            if not is_batched:
-                input = input.unsqueeze(batch_dim)
-        hx = self._check_hx(hx, is_batched, orig_input)
-        cast = dispatch.autocast_dtype(self.mode, input)
-        if hx is not None:
-            self.check_forward_args(input, hx, batch_sizes)
-            for state in hx if is_lstm else (hx,):
-                if (state.dtype != input.dtype and cast is None) or state.device != input.device:
-                    raise RuntimeError(
-                        f"{name}: initial states must match the input's dtype and device ({input.dtype} on "
-                        f"{input.device}), got {state.dtype} on {state.device}"
-                    )
-            hx = self.permute_hidden(hx, sorted_indices)
-        else:
-            self.check_input(input, batch_sizes)
-        h0, c0 = (hx if is_lstm else (hx, None)) if hx is not None else (None, None)
-
-        if batch_sizes is not None:  # packed: sorted, padded, with lengths on the device
-            if project is None:
-                x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
-            else:
-                x = None
-                lengths = (batch_sizes[None, :] > torch.arange(int(batch_sizes[0]))[:, None]).sum(1)
-            lengths_dev = lengths.to(device=data.device)
-            T, B = len(batch_sizes), int(batch_sizes[0])
-        else:
-            x = input.transpose(0, 1) if self.batch_first else input
-            lengths_dev = lengths
-            T, B = x.shape[:2]
-            if T == 0:
-                raise RuntimeError(
-                    f"Expected sequence length to be larger than 0 in {'RNN' if not is_lstm else 'LSTM'}"
-                )
-
-        weights = self._flat_weights
-        if cast is not None:  # autocast: compute in its dtype as the torch.nn twin does
-            to = lambda t: None if t is None else t.to(cast)
-            weights, x, h0, c0 = [to(w) for w in weights], to(x), to(h0), to(c0)
-        dtype = weights[0].dtype
-        # Inside, autocast is off: the stack runs in exactly the dtype chosen above.
-        with torch.autocast(input.device.type, enabled=False):
-            out, h_n, c_n = self._run_stack(
-                x, weights, h0, c0, lengths_dev, project(T, B, dtype) if project is not None else None
-            )
-        hidden = (h_n, c_n) if is_lstm else h_n
-        if batch_sizes is not None:
-            packed_out = pack_padded_sequence(out, lengths, enforce_sorted=True)
-            output = PackedSequence(packed_out.data, batch_sizes, sorted_indices, unsorted_indices)
-            return output, self.permute_hidden(hidden, unsorted_indices)
-        if self.batch_first:
-            out = out.transpose(0, 1)
-        if not is_batched:
-            out = out.squeeze(batch_dim)
-            hidden = (h_n.squeeze(1), c_n.squeeze(1)) if is_lstm else h_n.squeeze(1)
-        return out, hidden
-
-    def _run_stack(self, x, weights, h0, c0, lengths, input_projection):
-        return recurrent_stack(
-            self.mode,
-            x,
-            weights,
-            h0,
-            c0,
-            num_layers=self.num_layers,
-            bias=self.bias,
-            bidirectional=self.bidirectional,
-            proj_size=self.proj_size,
-            dropout=self.dropout,
-            training=self.training,
-            lengths=lengths,
-            allow_tf32=self.tf32(),
-            input_projection=input_projection,
-        )
-
-    def _check_hx(self, hx, is_batched: bool, orig_input):
-        """The twin's rank checks of ``hx``; unbatched states get their batch dimension."""
-        if hx is None or isinstance(orig_input, PackedSequence):
-            return hx
-        want = 3 if is_batched else 2
-        kind = "batched 3-D" if is_batched else "unbatched 2-D"
-        if self.mode == "LSTM":
-            if hx[0].dim() != want or hx[1].dim() != want:
-                raise RuntimeError(
-                    f"For {kind} input, hx and cx should also be {want}-D but got "
-                    f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
-                )
-            return hx if is_batched else (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-        if hx.dim() != want:
-            raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
-        return hx if is_batched else hx.unsqueeze(1)
+        return self._flat_weights
 
 
 class RNN(_RecurrentBase):
@@ -203,12 +253,7 @@ class RNN(_RecurrentBase):
         backend: str = "auto",
         allow_tf32: bool | None = None,
     ) -> None:
-        if nonlinearity == "tanh":
-            mode = "RNN_TANH"
-        elif nonlinearity == "relu":
-            mode = "RNN_RELU"
-        else:
-            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        mode = rnn_mode(nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__(
             mode,
@@ -321,8 +366,48 @@ class GRU(_RecurrentBase):
         )
 
 
+#: Cell family -> its fastrnn module (the one place that names them).
+FAMILIES: dict[str, type[_RecurrentBase]] = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}
+
 #: torch.nn class -> fastrnn twin (exact classes: subclasses may override forward).
-FAST_TWINS: dict[type, type[_RecurrentBase]] = {nn.RNN: RNN, nn.LSTM: LSTM, nn.GRU: GRU}
+FAST_TWINS: dict[type, type[_RecurrentBase]] = {cells.families()[f]: cls for f, cls in FAMILIES.items()}
+
+
+def resolve(mode: str, nonlinearity: str | None = None) -> cells.Cell:
+    """The cell a user names: a registered mode (``"LSTM"``, ``"RNN_RELU"``) or a family
+    (``"RNN"``, with ``nonlinearity``; ``"GRU"``)."""
+    if mode in cells.CELLS:
+        cell = cells.get(mode)
+        if nonlinearity is not None and cell.twin_kwargs.get("nonlinearity") != nonlinearity:
+            raise ValueError(f"nonlinearity={nonlinearity!r} does not apply to mode={mode!r}")
+        return cell
+    return cells.get(cells.family_mode(mode, nonlinearity))
+
+
+def build(
+    mode: str, input_size: int, hidden_size: int, num_layers: int = 1, *, nonlinearity: str | None = None,
+    proj_size: int = 0, torch_nn: bool = False, **kwargs,
+) -> nn.RNNBase:  # fmt: skip
+    """A recurrent module for ``mode`` (a mode or a family, see :func:`resolve`): the fastrnn module,
+    or with ``torch_nn`` its ``torch.nn`` twin.  ``kwargs`` go to the constructor (``bias``,
+    ``batch_first``, ``backend``, ...).
+
+    Example::
+
+        build("RNN", 8, 16, nonlinearity="relu", batch_first=True)   # fastrnn.RNN(..., nonlinearity="relu")
+    """
+    cell = resolve(mode, nonlinearity)
+    if nonlinearity is not None and "nonlinearity" not in cell.twin_kwargs:
+        raise ValueError(f"nonlinearity applies to the RNN family only, not {mode!r}")
+    if proj_size and not cell.projection:
+        raise ValueError(f"proj_size applies to LSTM only, not {mode!r}")
+    extra = dict(cell.twin_kwargs)
+    if cell.projection:
+        extra["proj_size"] = proj_size
+    cls = cell.twin if torch_nn else FAMILIES[cell.family]
+    if cls is None:
+        raise ValueError(f"cell {cell.mode!r} has no torch.nn twin")
+    return cls(input_size, hidden_size, num_layers, **extra, **kwargs)
 
 
 def rebuild_sharing_parameters(module: nn.RNNBase, cls: type, **extra) -> nn.RNNBase:
@@ -333,9 +418,9 @@ def rebuild_sharing_parameters(module: nn.RNNBase, cls: type, **extra) -> nn.RNN
         num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
         dropout=module.dropout, bidirectional=module.bidirectional, device="meta", **extra,
     )  # fmt: skip
-    if cls in (nn.RNN, RNN):
-        kw["nonlinearity"] = module.nonlinearity
-    if cls in (nn.LSTM, LSTM):
+    cell = cells.get(module.mode)
+    kw.update(cell.twin_kwargs)  # RNN: its nonlinearity
+    if cell.projection:
         kw["proj_size"] = module.proj_size
     twin = cls(module.input_size, module.hidden_size, **kw)  # meta: no memory, no init work
     for name in module._flat_weights_names:

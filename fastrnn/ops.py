@@ -1,39 +1,43 @@
 """Autograd wiring of the recurrence kernels: one layer and one direction.
 
-:func:`recurrence` is differentiable in ``gx``, ``w_hh``, ``h0``, ``c0``, ``b_hn`` and ``w_hr``.
-Its forward is one kernel launch (:func:`fastrnn.kernels.recurrent.recurrent_fwd`); its backward
-is one reverse-time launch that writes the gate gradients of every step, followed by
-whole-sequence GEMMs for the weight gradients:
+:func:`recurrence` is differentiable in ``gx``, ``w_hh``, ``h0``, ``c0``, ``b_hh`` and ``w_hr``.
+Its forward is one kernel launch (tier 1, :mod:`fastrnn.kernels.recurrent`) or one persistent
+launch (tier 2, :mod:`fastrnn.kernels.multi`); its backward is one reverse-time launch that
+writes the gate gradients of every step, followed by whole-sequence GEMMs for the weights:
 
-    dW_hh = sum_t dG_h[t]^T h_{t-1}      dW_hr = sum_t dh[t]^T m_t      db_hn = sum_t dG_hn[t]
+    dW_hh = sum_t dG_h[t]^T h_{t-1}      dW_hr = sum_t dh[t]^T m_t      db_hh[inner] = sum_t dG_h,inner[t]
 
+where ``dG_h`` is the gradient of the gates' recurrent parts: ``d_gx``, except for the cell's
+inner-bias gates (GRU's n: ``r * (W_hn h + b_hn)``), whose recurrent part has its own gradient.
 The input projection ``gx = x W_ih^T + b`` stays outside (ordinary autograd: one GEMM forward,
-two backward), so ``dW_ih``/``dx`` are whole-sequence GEMMs too.
+two backward), so ``dW_ih``/``dx`` are whole-sequence GEMMs too.  Nothing here knows a cell: it
+reads the cell's spec (:mod:`fastrnn.kernels.cells`).  The kernel tier is chosen once per call
+(by the dispatcher) and handed down as ``tier``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .kernels.cells import MODES
+from .kernels import cells
 
 
-def _kernels():
-    from .kernels import recurrent  # lazy: `import fastrnn` works without Triton
+def _kernels(tier: int):
+    """The kernel module of ``tier`` (lazy: ``import fastrnn`` works without Triton)."""
+    if tier == 1:
+        from .kernels import recurrent
 
-    return recurrent
+        return recurrent
+    from .kernels import multi
+
+    return multi
 
 
-def _tier(mode: str, w_hh: torch.Tensor, w_hr: torch.Tensor | None, device: torch.device) -> int:
-    """The kernel tier for this layer (see :func:`fastrnn.kernels.multi.choose_tier`)."""
-    from .kernels.multi import choose_tier
+def _plan(mode: str, w_hh: torch.Tensor, w_hr: torch.Tensor | None, tier: int):
+    from .kernels import tiers
 
-    H = w_hh.shape[0] // MODES[mode][2]
-    proj = w_hr.shape[0] if w_hr is not None else 0
-    tier, why = choose_tier(mode, H, proj, w_hh.dtype, interpreted=device.type == "cpu")
-    if tier is None:  # the dispatcher checked this before choosing the triton backend
-        raise RuntimeError(f"fastrnn: no kernel tier runs this layer: {why}")
-    return tier
+    H = w_hh.shape[0] // cells.get(mode).G
+    return tiers.plan(mode, H, w_hr.shape[0] if w_hr is not None else 0, w_hh.dtype, tier)
 
 
 def _recurrent_weight_grad(
@@ -67,6 +71,18 @@ def _recurrent_weight_grad(
     return grad
 
 
+def _recurrent_part_grad(cell: cells.Cell, d_gx: torch.Tensor, d_gh_inner: torch.Tensor) -> torch.Tensor:
+    """The gradient of every gate's recurrent part: ``d_gx`` with the inner-bias gates' blocks
+    taken from ``d_gh_inner``."""
+    if not cell.inner_gates:
+        return d_gx
+    H = d_gx.shape[2] // cell.G
+    blocks = list(d_gx.split(H, dim=2))
+    for k, g in enumerate(cell.inner_gates):
+        blocks[g] = d_gh_inner[..., k * H : (k + 1) * H]
+    return torch.cat(blocks, dim=2)
+
+
 # ---------------------------------------------------------------------------------------------
 # torch.library ops: opaque to torch.compile (fake impls give shapes), autograd registered.
 # Absent optional results are returned as empty tensors (custom ops cannot return None); scalar
@@ -85,53 +101,47 @@ def recurrence_fwd(
     h0: torch.Tensor | None,
     c0: torch.Tensor | None,
     lengths: torch.Tensor | None,
-    b_hn: torch.Tensor | None,
+    b_hh: torch.Tensor | None,
     w_hr: torch.Tensor | None,
     reverse: int,
     save: int,
     allow_tf32: int,
+    tier: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(out (T,B,P), h_n (B,P), c_n (B,H) | empty, gates (T,B,G*H) | empty, aux (T,B,H) | empty)``.
+    """``(out (T,B,P), h_n (B,P), c_n (B,H) | empty, saved (T,B,S*H) | empty, m (T,B,H) | empty)``.
 
-    Tier 1 (one program holds all of ``W_hh``) or tiers 2/3 (hidden units split across programs),
-    by :func:`fastrnn.kernels.multi.choose_tier`; every tier saves the same tensors, so the
-    backward may run in another tier."""
-    tier = _tier(mode, w_hh, w_hr, gx.device)
+    ``tier`` 1, 2 or 3 (:func:`fastrnn.kernels.tiers.choose_tier`); every tier saves the same
+    tensors.  ``m`` is the output before the projection (projected layers, when saving)."""
+    plan = _plan(mode, w_hh, w_hr, tier)
+    kw = dict(b_hh=b_hh, reverse=bool(reverse), save=bool(save), allow_tf32=bool(allow_tf32))
     if tier == 1:
-        res = _kernels().recurrent_fwd(
-            mode, gx, w_hh, h0, c0, lengths, b_hn=b_hn, w_hr=w_hr, reverse=bool(reverse), save=bool(save),
-            allow_tf32=bool(allow_tf32),
-        )  # fmt: skip
+        res = _kernels(1).recurrent_fwd(mode, gx, w_hh, h0, c0, lengths, plan.config, w_hr=w_hr, **kw)
     else:
-        from .kernels.multi import multi_fwd
-
-        res = multi_fwd(
-            mode, gx, w_hh, h0, c0, lengths, b_hn=b_hn, reverse=bool(reverse), save=bool(save),
-            allow_tf32=bool(allow_tf32), tier=tier,
-        )  # fmt: skip
+        res = _kernels(tier).multi_fwd(mode, gx, w_hh, h0, c0, lengths, plan.config, tier=tier, **kw)
     acc = _acc_dtype(gx.dtype)
-    return (
+    return (  # absent results: distinct empty tensors (outputs of a custom op may not alias)
         res.out,
         res.h_n,
         res.c_n if res.c_n is not None else gx.new_empty((0,)),
-        res.gates if res.gates is not None else gx.new_empty((0,), dtype=acc),
-        res.aux if res.aux is not None else gx.new_empty((0,), dtype=acc),
+        res.saved if res.saved is not None else gx.new_empty((0,), dtype=acc),
+        res.m if res.m is not None else gx.new_empty((0,), dtype=acc),
     )
 
 
 @recurrence_fwd.register_fake
-def _(mode, gx, w_hh, h0, c0, lengths, b_hn, w_hr, reverse, save, allow_tf32):
+def _(mode, gx, w_hh, h0, c0, lengths, b_hh, w_hr, reverse, save, allow_tf32, tier):
+    cell = cells.get(mode)
     T, B, GH = gx.shape
-    G = MODES[mode][2]
-    H, P = GH // G, w_hh.shape[1]
+    H, P = GH // cell.G, w_hh.shape[1]
     acc = _acc_dtype(gx.dtype)
-    gated = save and mode in ("LSTM", "GRU")
+    saving = bool(save) and cell.S > 0
+    e = (0,)
     return (
         gx.new_empty((T, B, P)),
         gx.new_empty((B, P)),
-        gx.new_empty((B, H)) if mode == "LSTM" else gx.new_empty((0,)),
-        gx.new_empty((T, B, GH), dtype=acc) if gated else gx.new_empty((0,), dtype=acc),
-        gx.new_empty((T, B, H), dtype=acc) if gated else gx.new_empty((0,), dtype=acc),
+        gx.new_empty((B, H) if cell.has_cell_state else e),
+        gx.new_empty((T, B, cell.S * H) if saving else e, dtype=acc),
+        gx.new_empty((T, B, H) if saving and w_hr is not None else e, dtype=acc),
     )
 
 
@@ -142,8 +152,7 @@ def recurrence_bwd(
     d_hn: torch.Tensor,
     d_cn: torch.Tensor | None,
     out: torch.Tensor,
-    gates: torch.Tensor,
-    aux: torch.Tensor,
+    saved: torch.Tensor,
     w_hh: torch.Tensor,
     h0: torch.Tensor | None,
     c0: torch.Tensor | None,
@@ -151,28 +160,25 @@ def recurrence_bwd(
     w_hr: torch.Tensor | None,
     reverse: int,
     allow_tf32: int,
+    tier: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(d_gx (T,B,G*H), d_hn_gate (T,B,H) | empty, d_h (T,B,P) | empty, d_h0 (B,P), d_c0 (B,H) | empty)``
+    """``(d_gx (T,B,G*H), d_gh_inner (T,B,N*H) | empty, d_h (T,B,P) | empty, d_h0 (B,P), d_c0 (B,H) | empty)``
     in fp32 (fp64 for fp64); see :func:`fastrnn.kernels.recurrent.recurrent_bwd`."""
-    k = _kernels()
-    fwd = k.ForwardResult(out, None, None, gates if gates.numel() else None, aux if aux.numel() else None)
-    tier = _tier(mode, w_hh, w_hr, out.device)
-    if tier == 1:
-        res = k.recurrent_bwd(
-            mode, d_out, d_hn, d_cn, fwd, w_hh, h0, c0, lengths, w_hr=w_hr, reverse=bool(reverse),
-            allow_tf32=bool(allow_tf32),
-        )  # fmt: skip
-    else:
-        from .kernels.multi import multi_bwd
+    from .kernels.common import ForwardResult
 
-        res = multi_bwd(
-            mode, d_out, d_hn, d_cn, fwd, w_hh, h0, c0, lengths, reverse=bool(reverse),
-            allow_tf32=bool(allow_tf32), tier=tier,
-        )  # fmt: skip
+    plan = _plan(mode, w_hh, w_hr, tier)
+    fwd = ForwardResult(out, None, None, saved if saved.numel() else None, None)
+    kw = dict(reverse=bool(reverse), allow_tf32=bool(allow_tf32))
+    if tier == 1:
+        res = _kernels(1).recurrent_bwd(mode, d_out, d_hn, d_cn, fwd, w_hh, h0, c0, lengths, plan.config, w_hr=w_hr,
+                                        **kw)  # fmt: skip
+    else:
+        res = _kernels(tier).multi_bwd(mode, d_out, d_hn, d_cn, fwd, w_hh, h0, c0, lengths, plan.config, tier=tier,
+                                       **kw)  # fmt: skip
     e = res.d_gx.new_empty
     return (
         res.d_gx,
-        res.d_hn_gate if res.d_hn_gate is not None else e((0,)),
+        res.d_gh_inner if res.d_gh_inner is not None else e((0,)),
         res.d_h if res.d_h is not None else e((0,)),
         res.d_h0,
         res.d_c0 if res.d_c0 is not None else e((0,)),
@@ -180,62 +186,64 @@ def recurrence_bwd(
 
 
 @recurrence_bwd.register_fake
-def _(mode, d_out, d_hn, d_cn, out, gates, aux, w_hh, h0, c0, lengths, w_hr, reverse, allow_tf32):
+def _(mode, d_out, d_hn, d_cn, out, saved, w_hh, h0, c0, lengths, w_hr, reverse, allow_tf32, tier):
+    cell = cells.get(mode)
     T, B, P = out.shape
-    G = MODES[mode][2]
-    H = w_hh.shape[0] // G
+    H = w_hh.shape[0] // cell.G
     acc = _acc_dtype(out.dtype)
     e = (0,)
+    n_inner = len(cell.inner_gates)
     return (
-        out.new_empty((T, B, G * H), dtype=acc),
-        out.new_empty((T, B, H) if mode == "GRU" else e, dtype=acc),
+        out.new_empty((T, B, cell.G * H), dtype=acc),
+        out.new_empty((T, B, n_inner * H) if n_inner else e, dtype=acc),
         out.new_empty((T, B, P) if w_hr is not None else e, dtype=acc),
         out.new_empty((B, P), dtype=acc),
-        out.new_empty((B, H) if mode == "LSTM" else e, dtype=acc),
+        out.new_empty((B, H) if cell.has_cell_state else e, dtype=acc),
     )
 
 
 def _recurrence_setup(ctx, inputs, output):
-    mode, gx, w_hh, h0, c0, lengths, b_hn, w_hr, reverse, save, allow_tf32 = inputs
-    out, _, _, gates, aux = output
-    ctx.mode, ctx.reverse, ctx.allow_tf32 = mode, reverse, allow_tf32
+    mode, gx, w_hh, h0, c0, lengths, b_hh, w_hr, reverse, save, allow_tf32, tier = inputs
+    out, _, _, saved, m = output
+    ctx.mode, ctx.reverse, ctx.allow_tf32, ctx.tier = mode, reverse, allow_tf32, tier
     ctx.gx_dtype = gx.dtype
-    ctx.has = (h0 is not None, c0 is not None, lengths is not None, b_hn is not None, w_hr is not None)
-    ctx.save_for_backward(w_hh, h0, c0, lengths, w_hr, out, gates, aux)
+    ctx.has = (h0 is not None, c0 is not None, lengths is not None, b_hh is not None, w_hr is not None)
+    ctx.save_for_backward(w_hh, h0, c0, lengths, w_hr, out, saved, m, b_hh)
 
 
-def _recurrence_backward(ctx, d_out, d_hn, d_cn, _d_gates, _d_aux):
-    w_hh, h0, c0, lengths, w_hr, out, gates, aux = ctx.saved_tensors
-    has_h0, has_c0, has_len, has_bhn, has_whr = ctx.has
+def _recurrence_backward(ctx, d_out, d_hn, d_cn, _d_saved, _d_m):
+    w_hh, h0, c0, lengths, w_hr, out, saved, m, b_hh = ctx.saved_tensors
+    has_h0, has_c0, has_len, has_bhh, has_whr = ctx.has
     h0 = h0 if has_h0 else None
     c0 = c0 if has_c0 else None
     lengths = lengths if has_len else None
     w_hr = w_hr if has_whr else None
-    mode = ctx.mode
-    d_gx32, d_hn_gate, d_h, d_h0, d_c0 = recurrence_bwd(
-        mode, d_out, d_hn, d_cn if mode == "LSTM" else None, out, gates, aux, w_hh, h0, c0, lengths, w_hr,
-        ctx.reverse, ctx.allow_tf32,
+    cell = cells.get(ctx.mode)
+    d_gx, d_gh_inner, d_h, d_h0, d_c0 = recurrence_bwd(
+        ctx.mode, d_out, d_hn, d_cn if cell.has_cell_state else None, out, saved, w_hh, h0, c0, lengths, w_hr,
+        ctx.reverse, ctx.allow_tf32, ctx.tier,
     )  # fmt: skip
-    d_gh = d_gx32
-    if mode == "GRU":  # the recurrent n pre-activation is W_hn h + b_hn, scaled by r
-        H = d_hn_gate.shape[2]
-        d_gh = torch.cat([d_gx32[..., : 2 * H], d_hn_gate], dim=2)
+    d_gh = _recurrent_part_grad(cell, d_gx, d_gh_inner)
     d_w_hh = _recurrent_weight_grad(d_gh, out, h0, lengths, bool(ctx.reverse)).to(w_hh.dtype)
-    d_bhn = d_hn_gate.sum(dim=(0, 1)).to(w_hh.dtype) if has_bhn else None
-    d_w_hr = None
-    if w_hr is not None:
-        H = aux.shape[2]
-        m = gates[..., 3 * H :] * torch.tanh(aux)  # o * tanh(c): the unprojected h_t
-        d_w_hr = (d_h.flatten(0, 1).t() @ m.flatten(0, 1)).to(w_hr.dtype)
+    d_b_hh = None
+    if has_bhh:  # only the inner-bias gates' recurrent biases reach the kernels
+        H = d_gx.shape[2] // cell.G
+        d_b_hh = d_gx.new_zeros(cell.G * H)
+        sums = d_gh_inner.sum(dim=(0, 1))
+        for k, g in enumerate(cell.inner_gates):
+            d_b_hh[g * H : (g + 1) * H] = sums[k * H : (k + 1) * H]
+        d_b_hh = d_b_hh.to(b_hh.dtype)
+    d_w_hr = (d_h.flatten(0, 1).t() @ m.flatten(0, 1)).to(w_hr.dtype) if w_hr is not None else None
     return (
         None,
-        d_gx32.to(ctx.gx_dtype),
+        d_gx.to(ctx.gx_dtype),
         d_w_hh,
         d_h0.to(h0.dtype) if h0 is not None else None,
         d_c0.to(c0.dtype) if c0 is not None else None,
         None,
-        d_bhn,
+        d_b_hh,
         d_w_hr,
+        None,
         None,
         None,
         None,
@@ -253,23 +261,27 @@ def recurrence(
     c0: torch.Tensor | None = None,
     lengths: torch.Tensor | None = None,
     *,
-    b_hn: torch.Tensor | None = None,
+    b_hh: torch.Tensor | None = None,
     w_hr: torch.Tensor | None = None,
     reverse: bool = False,
     allow_tf32: bool = False,
+    tier: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Differentiable recurrence of one layer/direction on the Triton kernels.
+    """Differentiable recurrence of one layer/direction on the Triton kernels of ``tier``.
 
-    Shapes as :func:`fastrnn.kernels.recurrent.recurrent_fwd`.  Returns ``(out, h_n, c_n)`` with
-    ``out`` (T, B, P), ``h_n`` (B, P) and ``c_n`` (B, H) for LSTM, else ``None``.
+    ``gx`` (T, B, G*H) is the input projection with every bias but the inner-bias gates'
+    recurrent ones folded in; ``b_hh`` (G*H,) is the recurrent bias, of which the kernels read
+    the inner-bias gates only.  Returns ``(out, h_n, c_n)`` with ``out`` (T, B, P), ``h_n``
+    (B, P) and ``c_n`` (B, H) for cells with a cell state, else ``None``.
     """
     needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (gx, w_hh, h0, c0, b_hn, w_hr)
+        t is not None and t.requires_grad for t in (gx, w_hh, h0, c0, b_hh, w_hr)
     )
+    b_hh = b_hh if cells.get(mode).inner_bias else None
     out, h_n, c_n, _, _ = recurrence_fwd(
-        mode, gx, w_hh, h0, c0, lengths, b_hn, w_hr, int(reverse), int(needs_grad), int(allow_tf32)
+        mode, gx, w_hh, h0, c0, lengths, b_hh, w_hr, int(reverse), int(needs_grad), int(allow_tf32), tier
     )
-    return out, h_n, (c_n if mode == "LSTM" else None)
+    return out, h_n, (c_n if cells.get(mode).has_cell_state else None)
 
 
 # ---------------------------------------------------------------------------------------------

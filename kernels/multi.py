@@ -24,7 +24,7 @@ exchange ``h`` through global memory (L2) and wait for each other between steps:
 State that crosses programs lives in fp32 (fp64) buffers, never in the storage dtype:
 ``hbuf`` (2, B, H) holds ``h`` after step ``s`` in slot ``s % 2`` (slot 1 starts as ``h0``;
 ping-pong, so a step never overwrites what another program may still be reading), ``cbuf``
-(B, H) the LSTM cell state (each program only touches its own columns).  Cross-program reads
+(B, H) the cell state of cells that have one (each program only touches its own columns).  Cross-program reads
 use ``cache_modifier=".cg"`` (L2, not the non-coherent L1).
 
 Backward: iteration ``j`` of the reverse loop (``s = T - 1 - j``) first finishes the previous
@@ -38,6 +38,9 @@ Not here: the projected LSTM (``proj_size``): ``h_t = m_t W_hr^T`` needs every p
 before any ``h`` column exists (a second exchange per step).  Such layers run in tier 1 or fall
 back to ``torch``.
 
+The cell maths are the same ``@triton.jit`` functions tier 1 calls (:mod:`.cells`); the tier
+decision and the tile choices come from :mod:`.tiers`.
+
 Dimension letters as in :mod:`.recurrent` (here ``P == H``); ``HS`` hidden units per program,
 ``NS = cdiv(H, HS)`` slices, ``NG`` batch groups.
 """
@@ -46,36 +49,36 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-from . import _runtime
-from .cells import GRU, LSTM, MODES, RNN
-from .recurrent import (
-    INTERPRETER_MAX_WEIGHT_BYTES,
+from . import _runtime, cells
+from .common import (
     BackwardResult,
     ForwardResult,
-    _acc_dtype,
-    _mm,
-    _row_major,
-    _save_for_backward,
-    _sigmoid,
-    _strides3,
-    _tanh,
-    _time_index,
-    tier1_unsupported,
+    acc_dtype,
+    flags,
+    mm,
+    precision,
+    row_major,
+    store_saved,
+    strides,
+    time_index,
+    tl_acc,
+    upcast_dot,
+    warn_once,
 )
-
-_RNN = tl.constexpr(RNN)
-_LSTM = tl.constexpr(LSTM)
-_GRU = tl.constexpr(GRU)
+from .tiers import BLOCK_B, BLOCK_HS, MultiConfig
 
 #: Runtime integers that change between launches without a recompile (never constexpr).
 _RUNTIME_INTS = ["T", "B", "J_BEGIN", "J_END", "N_GROUPS", "MAX_SPIN"]
+
+#: Polls of a barrier counter before a program gives up (about a second on an H100).
+MAX_SPIN = 1 << 21
 
 
 @triton.jit
@@ -106,107 +109,67 @@ def _grid_barrier(counter_ptr, flag_ptr, target, max_spin):
 
 
 @triton.jit
-def _dot_slice(a_ptr, s_a_b, rows, row_ok, w_ptr, s_w_k, s_w_u, units, unit_ok, w_res, K,
-               RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
-               PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    """``a[rows, :K] @ w[:K, units]`` as a (BLOCK_B, BLOCK_HS) ``ACC`` tile.
-
-    ``a`` is another program's data (read through L2); ``w[k, u]`` is at
-    ``w_ptr + k*s_w_k + u*s_w_u``.  ``RESIDENT``: ``w_res`` already holds ``w[:K, units]`` as a
-    (BLOCK_K >= K, BLOCK_HS) tile; otherwise ``w`` is read in ``BLOCK_K`` chunks.
-    """
+def _load_slices(w_ptr, s_gate, s_w_k, s_w_u, units, unit_ok, K, G: tl.constexpr, RESIDENT: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
+    """The resident ``(BLOCK_K, BLOCK_HS)`` tiles ``w_g[:K, units]`` of the ``G`` gate blocks
+    (gate ``g`` at ``w_ptr + g*s_gate``, reached by pointer steps: no ``g * stride`` product to
+    overflow int32); unused ``(1, BLOCK_HS)`` zero tiles when the weights are streamed."""
+    slices = ()
     kk = tl.arange(0, BLOCK_K)
-    a_rows = a_ptr + rows[:, None] * s_a_b
-    if RESIDENT:
-        a = tl.load(a_rows + kk[None, :], mask=row_ok[:, None] & (kk < K)[None, :], other=0.0,
-                    cache_modifier=".cg")
-        acc = _mm(a, w_res, PRECISION, ACC, UPCAST_DOT)
-    else:
-        acc = tl.zeros((BLOCK_B, w_res.shape[1]), ACC)
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + kk
-            a = tl.load(a_rows + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0.0,
-                        cache_modifier=".cg")
-            w = tl.load(w_ptr + k[:, None].to(tl.int64) * s_w_k + units[None, :].to(tl.int64) * s_w_u,
-                        mask=(k < K)[:, None] & unit_ok[None, :], other=0.0)
-            acc += _mm(a, w, PRECISION, ACC, UPCAST_DOT)
-    return acc
+    w_g = w_ptr
+    for _g in tl.static_range(G):
+        if RESIDENT:
+            slices = slices + (tl.load(w_g + kk[:, None].to(tl.int64) * s_w_k + units[None, :].to(tl.int64) * s_w_u,
+                                       mask=(kk < K)[:, None] & unit_ok[None, :], other=0.0),)
+        else:
+            slices = slices + (tl.zeros((1, units.shape[0]), w_ptr.dtype.element_ty),)
+        w_g += s_gate
+    return slices
 
 
 @triton.jit
-def _gate_dots(a_ptr, s_a_b, rows, row_ok, w_ptr, s_w_k, s_w_u, s_w_gate, units, unit_ok, w0, w1, w2, w3, K,
-               N_GATES: tl.constexpr, RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
-               PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    """``a[rows, :K] @ w_g[:K, units]`` for the ``N_GATES`` gates ``g`` (w_g at
-    ``w_ptr + g*s_w_gate``), reading each chunk of ``a`` once for all gates; unused gates are
-    zero.  ``a`` is other programs' data (read through L2).  ``RESIDENT``: ``w0..w3`` hold the
-    (BLOCK_K >= K, BLOCK_HS) tiles; otherwise ``w`` is read in ``BLOCK_K`` chunks."""
+def _gate_dots(a_rows, row_ok, w_ptr, s_w_k, s_w_u, s_w_gate, units, unit_ok, w_res, K,
+               G: tl.constexpr, SHARED_A: tl.constexpr, RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr,
+               BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """``a_g[rows, :K] @ w_g[:K, units]`` for the ``G`` gates, a tuple of (BLOCK_B, BLOCK_HS)
+    ``ACC`` tiles; ``a_rows`` points at the start of each row of ``a`` ((BLOCK_B, 1) pointers).
+    ``SHARED_A``: one ``a`` for every gate, each chunk read once; else ``a_rows`` is a tuple of
+    one row-pointer tile per gate.  ``a`` is other programs' data (read
+    through L2).  ``RESIDENT``: ``w_res`` holds the (BLOCK_K >= K, BLOCK_HS) tiles; else ``w_g``
+    (at ``w_ptr + g*s_w_gate``) is read in ``BLOCK_K`` chunks."""
     kk = tl.arange(0, BLOCK_K)
-    a_rows = a_ptr + rows[:, None] * s_a_b
+    acc = ()
     if RESIDENT:
-        a = tl.load(a_rows + kk[None, :], mask=row_ok[:, None] & (kk < K)[None, :], other=0.0,
-                    cache_modifier=".cg")
-        p0 = _mm(a, w0, PRECISION, ACC, UPCAST_DOT)
-        p1 = p0
-        p2 = p0
-        p3 = p0
-        if N_GATES > 1:
-            p1 = _mm(a, w1, PRECISION, ACC, UPCAST_DOT)
-            p2 = _mm(a, w2, PRECISION, ACC, UPCAST_DOT)
-        if N_GATES > 3:
-            p3 = _mm(a, w3, PRECISION, ACC, UPCAST_DOT)
+        k_ok = row_ok[:, None] & (kk < K)[None, :]
+        if SHARED_A:
+            a_shared = tl.load(a_rows + kk[None, :], mask=k_ok, other=0.0, cache_modifier=".cg")
+        for g in tl.static_range(G):
+            if SHARED_A:
+                a = a_shared
+            else:
+                a = tl.load(a_rows[g] + kk[None, :], mask=k_ok, other=0.0, cache_modifier=".cg")
+            acc = acc + (mm(a, w_res[g], PRECISION, ACC, UPCAST_DOT),)
     else:
-        p0 = tl.zeros((BLOCK_B, w0.shape[1]), ACC)
-        p1 = p0
-        p2 = p0
-        p3 = p0
+        for _g in tl.static_range(G):
+            acc = acc + (tl.zeros((BLOCK_B, units.shape[0]), ACC),)
         w_u = w_ptr + units[None, :].to(tl.int64) * s_w_u
         for k0 in range(0, K, BLOCK_K):
             k = k0 + kk
-            a = tl.load(a_rows + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0.0,
-                        cache_modifier=".cg")
-            w_k = w_u + k[:, None].to(tl.int64) * s_w_k
+            k_ok = row_ok[:, None] & (k < K)[None, :]
             w_mask = (k < K)[:, None] & unit_ok[None, :]
-            p0 += _mm(a, tl.load(w_k, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT)
-            if N_GATES > 1:  # gate blocks by repeated pointer steps: no g * stride product to overflow
-                w_k += s_w_gate
-                p1 += _mm(a, tl.load(w_k, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT)
-                w_k += s_w_gate
-                p2 += _mm(a, tl.load(w_k, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT)
-            if N_GATES > 3:
-                w_k += s_w_gate
-                p3 += _mm(a, tl.load(w_k, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT)
-    return p0, p1, p2, p3
-
-
-@triton.jit
-def _load_w_slice(w_ptr, s_w_k, s_w_u, units, unit_ok, K, RESIDENT: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The resident (BLOCK_K, BLOCK_HS) tile ``w[:K, units]`` (an unused (1, BLOCK_HS) zero tile
-    when not resident)."""
-    if RESIDENT:
-        kk = tl.arange(0, BLOCK_K)
-        return tl.load(w_ptr + kk[:, None].to(tl.int64) * s_w_k + units[None, :].to(tl.int64) * s_w_u,
-                       mask=(kk < K)[:, None] & unit_ok[None, :], other=0.0)
-    else:
-        return tl.zeros((1, units.shape[0]), w_ptr.dtype.element_ty)
-
-
-@triton.jit
-def _load_w_slices(w_ptr, s_gate, s_w_k, s_w_u, units, unit_ok, K, N_GATES: tl.constexpr, RESIDENT: tl.constexpr,
-                   BLOCK_K: tl.constexpr):
-    """:func:`_load_w_slice` of each of the ``N_GATES`` gate blocks (gate ``g`` at
-    ``w_ptr + g*s_gate``, reached by repeated pointer steps: no ``g * stride`` product to overflow
-    int32); gates the cell does not have repeat gate 0 and are never used."""
-    w0 = _load_w_slice(w_ptr, s_w_k, s_w_u, units, unit_ok, K, RESIDENT, BLOCK_K)
-    w1 = w0
-    w2 = w0
-    w3 = w0
-    if N_GATES > 1:
-        w1 = _load_w_slice(w_ptr + s_gate, s_w_k, s_w_u, units, unit_ok, K, RESIDENT, BLOCK_K)
-        w2 = _load_w_slice(w_ptr + s_gate + s_gate, s_w_k, s_w_u, units, unit_ok, K, RESIDENT, BLOCK_K)
-    if N_GATES > 3:
-        w3 = _load_w_slice(w_ptr + s_gate + s_gate + s_gate, s_w_k, s_w_u, units, unit_ok, K, RESIDENT, BLOCK_K)
-    return w0, w1, w2, w3
+            w_k = w_u + k[:, None].to(tl.int64) * s_w_k
+            if SHARED_A:
+                a_shared = tl.load(a_rows + k[None, :], mask=k_ok, other=0.0, cache_modifier=".cg")
+            new = ()
+            for g in tl.static_range(G):
+                if SHARED_A:
+                    a = a_shared
+                else:
+                    a = tl.load(a_rows[g] + k[None, :], mask=k_ok, other=0.0, cache_modifier=".cg")
+                new = new + (acc[g] + mm(a, tl.load(w_k, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT),)
+                w_k += s_w_gate  # gate blocks by pointer steps: no g * stride product to overflow
+            acc = new
+    return acc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,18 +179,19 @@ def _load_w_slices(w_ptr, s_gate, s_w_k, s_w_u, units, unit_ok, K, N_GATES: tl.c
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _multi_fwd_kernel(
     gx_ptr, s_gx_t, s_gx_b,  # gx: (T, B, G*H) = x W_ih^T + biases, last dim contiguous
-    w_hh_ptr, s_whh_r, s_whh_g,  # W_hh: (G*H, H), row-major, gate blocks in torch order; s_whh_g = H * s_whh_r
-    b_hn_ptr,  # b_hn: (H,) GRU's recurrent n-gate bias (HAS_BHN)
+    w_hh_ptr, s_whh_r, s_whh_g,  # W_hh: (G*H, H), row-major, gate blocks in the cell's order; s_whh_g = H * s_whh_r
+    bh_ptr,  # bh: (G*H,) recurrent biases; only the inner-bias gates' are read (HAS_BH)
     len_ptr,  # lengths: (B,) int64 (IS_VARLEN)
     hbuf_ptr, s_hb_k, s_hb_b,  # hbuf: (2, B, H) ACC, slot s % 2 = h after step s; slot 1 = h0
-    cbuf_ptr, s_cb_b,  # cbuf: (B, H) ACC, LSTM cell state (c0 on entry, c_n on exit)
+    cbuf_ptr, s_cb_b,  # cbuf: (B, H) ACC, cell state (HAS_C: c0 on entry, c_n on exit)
     out_ptr, s_out_t, s_out_b,  # out: (T, B, H) h_t, 0 at padding
-    gates_ptr, s_gt_t, s_gt_b,  # gates: (T, B, G*H) gate activations (SAVE, LSTM/GRU)
-    aux_ptr, s_aux_t, s_aux_b,  # aux: (T, B, H) c_t (LSTM) or W_hn h_{t-1} + b_hn (GRU) (SAVE)
+    sv_ptr, s_sv_t, s_sv_b,  # saved: (T, B, S*H) what the cell's backward reads (SAVE)
     sync_ptr,  # sync: ((NG + 1) * 32,) int32: group g's barrier counter at 32 g, the timeout flag at 32 NG
     J_BEGIN, J_END, T, B, H, N_GROUPS, MAX_SPIN,
-    CELL: tl.constexpr, N_GATES: tl.constexpr, RELU: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr,
-    HAS_BHN: tl.constexpr, SAVE: tl.constexpr,
+    CELL_FWD: tl.constexpr, CELL_BWD: tl.constexpr, G: tl.constexpr, S: tl.constexpr, INNER_SLOTS: tl.constexpr,
+    HAS_C: tl.constexpr, STATE_SLOT: tl.constexpr, READ_H_NEW: tl.constexpr, READ_H_PREV: tl.constexpr,
+    DIRECT_DH: tl.constexpr,
+    HAS_BH: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
     RESIDENT: tl.constexpr, USE_BARRIER: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr,
@@ -239,9 +203,13 @@ def _multi_fwd_kernel(
     unit_ok = units < H
     # W_hh^T restricted to this program's units of each gate: w_g[k, u] = W_hh[g*H + u, k],
     # i.e. base w_hh + g*H*s_whh_r, stride 1 along k and s_whh_r along u; resident or streamed.
-    w0, w1, w2, w3 = _load_w_slices(w_hh_ptr, s_whh_g, 1, s_whh_r, units, unit_ok, H, N_GATES, RESIDENT, BLOCK_K)
-    if HAS_BHN:
-        b_hn = tl.load(b_hn_ptr + units, mask=unit_ok, other=0.0).to(ACC)[None, :]
+    w = _load_slices(w_hh_ptr, s_whh_g, 1, s_whh_r, units, unit_ok, H, G, RESIDENT, BLOCK_K)
+    bh = ()
+    for g in tl.static_range(G):
+        if HAS_BH and INNER_SLOTS[g] >= 0:
+            bh = bh + (tl.load(bh_ptr + g * H + units, mask=unit_ok, other=0.0).to(ACC)[None, :],)
+        else:
+            bh = bh + (0.0,)
     n_tiles = tl.cdiv(B, BLOCK_B)
     spin_budget = MAX_SPIN
 
@@ -256,52 +224,37 @@ def _multi_fwd_kernel(
                 seq_len = tl.load(len_ptr + rows, mask=row_ok, other=0)
             else:
                 seq_len = tl.zeros((BLOCK_B,), tl.int64) + T
-            t, active = _time_index(s, seq_len, REVERSE)
+            t, active = time_index(s, seq_len, REVERSE)
             keep = active[:, None]
             act = mask & keep
             gx_t = gx_ptr + t[:, None] * s_gx_t + rows[:, None] * s_gx_b + units[None, :]
             h_own = tl.load(h_prev_ptr + rows[:, None] * s_hb_b + units[None, :], mask=mask, other=0.0,
                             cache_modifier=".cg")
             # dots with h_{s-1}: all H columns, from every program of the group
-            p0, p1, p2, p3 = _gate_dots(h_prev_ptr, s_hb_b, rows, row_ok, w_hh_ptr, 1, s_whh_r, s_whh_g, units,
-                                        unit_ok, w0, w1, w2, w3, H, N_GATES, RESIDENT, BLOCK_B, BLOCK_K, PRECISION,
-                                        ACC, UPCAST_DOT)
-            if CELL == _RNN:
-                pre = tl.load(gx_t, mask=act, other=0.0).to(ACC) + p0
-                if RELU:
-                    h_new = tl.maximum(pre, 0.0)
-                else:
-                    h_new = _tanh(pre)
-            else:
-                if CELL == _LSTM:
-                    i = _sigmoid(tl.load(gx_t, mask=act, other=0.0).to(ACC) + p0)
-                    f = _sigmoid(tl.load(gx_t + H, mask=act, other=0.0).to(ACC) + p1)
-                    g = _tanh(tl.load(gx_t + 2 * H, mask=act, other=0.0).to(ACC) + p2)
-                    o = _sigmoid(tl.load(gx_t + 3 * H, mask=act, other=0.0).to(ACC) + p3)
-                    c_ptrs = cbuf_ptr + rows[:, None] * s_cb_b + units[None, :]
-                    c = tl.load(c_ptrs, mask=mask, other=0.0)
-                    c_new = f * c + i * g
-                    h_new = o * _tanh(c_new)
-                    tl.store(c_ptrs, tl.where(keep, c_new, c), mask=mask)
-                else:  # GRU
-                    hn = p2
-                    if HAS_BHN:
-                        hn = hn + b_hn
-                    r = _sigmoid(tl.load(gx_t, mask=act, other=0.0).to(ACC) + p0)
-                    z = _sigmoid(tl.load(gx_t + H, mask=act, other=0.0).to(ACC) + p1)
-                    n = _tanh(tl.load(gx_t + 2 * H, mask=act, other=0.0).to(ACC) + r * hn)
-                    h_new = (1.0 - z) * n + z * h_own
+            dots = _gate_dots(h_prev_ptr + rows[:, None] * s_hb_b, row_ok, w_hh_ptr, 1, s_whh_r, s_whh_g, units,
+                              unit_ok, w, H, G, True, RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC, UPCAST_DOT)
+            px = ()
+            ph = ()
+            for g in tl.static_range(G):
+                px = px + (tl.load(gx_t + g * H, mask=act, other=0.0).to(ACC),)
+                p = dots[g]
+                if HAS_BH and INNER_SLOTS[g] >= 0:
+                    p = p + bh[g]
+                ph = ph + (p,)
+            c = h_own
+            if HAS_C:
+                c_ptrs = cbuf_ptr + rows[:, None] * s_cb_b + units[None, :]
+                c = tl.load(c_ptrs, mask=mask, other=0.0)
+            h_new, c_new, saved = CELL_FWD(px, ph, h_own, c)
+            if HAS_C:
+                tl.store(c_ptrs, tl.where(keep, c_new, c), mask=mask)
             h_new = tl.where(spin_budget < 0, float("nan"), h_new)  # after a failed barrier: loud, not wrong
             tl.store(h_cur_ptr + rows[:, None] * s_hb_b + units[None, :], tl.where(keep, h_new, h_own), mask=mask)
             out_t = out_ptr + t[:, None] * s_out_t + rows[:, None] * s_out_b + units[None, :]
             tl.store(out_t, tl.where(keep, h_new, 0.0).to(out_ptr.dtype.element_ty), mask=mask)
             if SAVE:
-                gt_t = gates_ptr + t[:, None] * s_gt_t + rows[:, None] * s_gt_b + units[None, :]
-                aux_t = aux_ptr + t[:, None] * s_aux_t + rows[:, None] * s_aux_b + units[None, :]
-                if CELL == _LSTM:
-                    _save_for_backward(gt_t, aux_t, H, keep, mask, i, f, g, o, c_new, CELL)
-                if CELL == _GRU:
-                    _save_for_backward(gt_t, aux_t, H, keep, mask, r, z, n, n, hn, CELL)
+                sv_t = sv_ptr + t[:, None] * s_sv_t + rows[:, None] * s_sv_b + units[None, :]
+                store_saved(sv_t, H, keep, mask, saved, S)
         if USE_BARRIER:
             if s + 1 < J_END:
                 ok = _grid_barrier(sync_ptr + 32 * pid_g, sync_ptr + 32 * N_GROUPS, n_slices * (s - J_BEGIN + 1),
@@ -317,20 +270,21 @@ def _multi_fwd_kernel(
 def _multi_bwd_kernel(
     dout_ptr, s_do_t, s_do_b,  # dL/d out: (T, B, H), last dim contiguous
     out_ptr, s_out_t, s_out_b,  # out of the forward: (T, B, H)
-    gates_ptr, s_gt_t, s_gt_b,  # gates: (T, B, G*H) saved activations (LSTM/GRU)
-    aux_ptr, s_aux_t, s_aux_b,  # aux: (T, B, H) c_t (LSTM) or W_hn h_{t-1} + b_hn (GRU)
-    h0_ptr, s_h0_b,  # h0: (B, H) (GRU, HAS_H0)
-    c0_ptr, s_c0_b,  # c0: (B, H) (LSTM, HAS_C0)
+    sv_ptr, s_sv_t, s_sv_b,  # saved: (T, B, S*H) by the forward (S > 0)
+    h0_ptr, s_h0_b,  # h0: (B, H) (READ_H_PREV and HAS_H0)
+    c0_ptr, s_c0_b,  # c0: (B, H) (HAS_C0)
     w_hh_ptr, s_whh_r, s_whh_g,  # W_hh: (G*H, H), row-major; s_whh_g = H * s_whh_r
     len_ptr,  # lengths: (B,) int64 (IS_VARLEN)
     dhbuf_ptr, s_dhb_b,  # dhbuf: (B, H) ACC, dL/dh carried backwards: d h_n on entry, d h0 on exit
-    dcbuf_ptr, s_dcb_b,  # dcbuf: (B, H) ACC, LSTM dL/dc: d c_n on entry, d c0 on exit
+    dcbuf_ptr, s_dcb_b,  # dcbuf: (B, H) ACC, dL/dc (HAS_C): d c_n on entry, d c0 on exit
     dg_ptr, s_dg_t, s_dg_b,  # out, dL/d gx: (T, B, G*H), 0 at padding
-    dhng_ptr, s_dhng_t, s_dhng_b,  # out, GRU: dL/d(W_hn h_{t-1} + b_hn): (T, B, H), 0 at padding
+    dgh_ptr, s_dgh_t, s_dgh_b,  # out, dL/d(recurrent part) of the inner-bias gates: (T, B, N*H), 0 at padding
     sync_ptr,  # sync: ((NG + 1) * 32,) int32, as in the forward
     J_BEGIN, J_END, T, B, H, N_GROUPS, MAX_SPIN,
-    CELL: tl.constexpr, N_GATES: tl.constexpr, RELU: tl.constexpr, HAS_H0: tl.constexpr, HAS_C0: tl.constexpr,
-    IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr,
+    CELL_FWD: tl.constexpr, CELL_BWD: tl.constexpr, G: tl.constexpr, S: tl.constexpr, INNER_SLOTS: tl.constexpr,
+    HAS_C: tl.constexpr, STATE_SLOT: tl.constexpr, READ_H_NEW: tl.constexpr, READ_H_PREV: tl.constexpr,
+    DIRECT_DH: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_C0: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr,
     RESIDENT: tl.constexpr, USE_BARRIER: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr,
@@ -342,10 +296,7 @@ def _multi_bwd_kernel(
     unit_ok = units < H
     # W_hh restricted to this program's columns, per gate: w_g[k, u] = W_hh[g*H + k, u],
     # i.e. base w_hh + g*H*s_whh_r, stride s_whh_r along k and 1 along u.
-    w0, w1, w2, w3 = _load_w_slices(w_hh_ptr, s_whh_g, s_whh_r, 1, units, unit_ok, H, N_GATES, RESIDENT, BLOCK_K)
-    w_c1 = w_hh_ptr + s_whh_g  # gate blocks for the streamed dots, by pointer steps as above
-    w_c2 = w_c1 + s_whh_g
-    w_c3 = w_c2 + s_whh_g
+    w = _load_slices(w_hh_ptr, s_whh_g, s_whh_r, 1, units, unit_ok, H, G, RESIDENT, BLOCK_K)
     n_tiles = tl.cdiv(B, BLOCK_B)
     spin_budget = MAX_SPIN
     ddt = dg_ptr.dtype.element_ty
@@ -362,33 +313,28 @@ def _multi_bwd_kernel(
                 seq_len = tl.zeros((BLOCK_B,), tl.int64) + T
             dh_ptrs = dhbuf_ptr + rows[:, None] * s_dhb_b + units[None, :]
 
-            # 1. finish step s+1: dh_s[own] += dG[s+1] @ W_hh[:, own] (dG is 0 for inactive rows)
+            # 1. finish step s+1: dh_s[own] += sum_g dph_g[s+1] @ W_g[:, own], where dph_g is the
+            #    gradient of gate g's recurrent part: d_gx's gate g, or the inner-gate buffer
+            #    (0 for inactive rows)
             if s + 1 < T:
-                t1, _ = _time_index(s + 1, seq_len, REVERSE)
-                dg1 = dg_ptr + t1[:, None] * s_dg_t
-                d_rec = _dot_slice(dg1, s_dg_b, rows, row_ok, w_hh_ptr, s_whh_r, 1, units, unit_ok, w0, H,
-                                   RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC, UPCAST_DOT)
-                if CELL != _RNN:
-                    d_rec += _dot_slice(dg1 + H, s_dg_b, rows, row_ok, w_c1, s_whh_r, 1, units,
-                                        unit_ok, w1, H, RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC, UPCAST_DOT)
-                if CELL == _LSTM:
-                    d_rec += _dot_slice(dg1 + 2 * H, s_dg_b, rows, row_ok, w_c2, s_whh_r, 1,
-                                        units, unit_ok, w2, H, RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC,
-                                        UPCAST_DOT)
-                    d_rec += _dot_slice(dg1 + 3 * H, s_dg_b, rows, row_ok, w_c3, s_whh_r, 1,
-                                        units, unit_ok, w3, H, RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC,
-                                        UPCAST_DOT)
-                if CELL == _GRU:  # the n gate's recurrent part is d(W_hn h + b_hn) = d_npre * r
-                    dhng1 = dhng_ptr + t1[:, None] * s_dhng_t
-                    d_rec += _dot_slice(dhng1, s_dhng_b, rows, row_ok, w_c2, s_whh_r, 1,
-                                        units, unit_ok, w2, H, RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC,
-                                        UPCAST_DOT)
+                t1, _ = time_index(s + 1, seq_len, REVERSE)
+                srcs = ()
+                for g in tl.static_range(G):
+                    if INNER_SLOTS[g] >= 0:
+                        srcs = srcs + (dgh_ptr + t1[:, None] * s_dgh_t + rows[:, None] * s_dgh_b + INNER_SLOTS[g] * H,)
+                    else:
+                        srcs = srcs + (dg_ptr + t1[:, None] * s_dg_t + rows[:, None] * s_dg_b + g * H,)
+                parts = _gate_dots(srcs, row_ok, w_hh_ptr, s_whh_r, 1, s_whh_g, units, unit_ok, w, H,
+                                   G, False, RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC, UPCAST_DOT)
+                d_rec = parts[0]
+                for g in tl.static_range(1, G):
+                    d_rec += parts[g]
                 tl.store(dh_ptrs, tl.load(dh_ptrs, mask=mask, other=0.0) + d_rec, mask=mask)
                 tl.debug_barrier()  # the same program re-reads dhbuf in another layout below
 
             # 2. step s: this program's columns of every gate gradient
             if s >= 0:
-                t, active = _time_index(s, seq_len, REVERSE)
+                t, active = time_index(s, seq_len, REVERSE)
                 keep = active[:, None]
                 act = mask & keep
                 if REVERSE:
@@ -401,60 +347,48 @@ def _multi_bwd_kernel(
                 dh = tl.where(spin_budget < 0, float("nan"), dh)  # after a failed barrier: loud, not wrong
                 dh += tl.load(dout_ptr + t[:, None] * s_do_t + rows[:, None] * s_do_b + units[None, :],
                               mask=act, other=0.0).to(ACC)
-                dg_t = dg_ptr + t[:, None] * s_dg_t + rows[:, None] * s_dg_b + units[None, :]
-                if CELL == _RNN:
-                    h_t = tl.load(out_ptr + t[:, None] * s_out_t + rows[:, None] * s_out_b + units[None, :],
-                                  mask=act, other=0.0).to(ACC)
-                    if RELU:
-                        d_pre = tl.where(h_t > 0, dh, 0.0)
-                    else:
-                        d_pre = dh * (1.0 - h_t * h_t)
-                    tl.store(dg_t, tl.where(keep, d_pre, 0.0).to(ddt), mask=mask)
-                    dh_carry = tl.where(keep, 0.0, dh)
-                elif CELL == _LSTM:
-                    gt_t = gates_ptr + t[:, None] * s_gt_t + rows[:, None] * s_gt_b + units[None, :]
-                    i = tl.load(gt_t, mask=act, other=0.0).to(ACC)
-                    f = tl.load(gt_t + H, mask=act, other=0.0).to(ACC)
-                    g = tl.load(gt_t + 2 * H, mask=act, other=0.0).to(ACC)
-                    o = tl.load(gt_t + 3 * H, mask=act, other=0.0).to(ACC)
-                    aux_c = aux_ptr + rows[:, None] * s_aux_b + units[None, :]
-                    c_t = tl.load(aux_c + t[:, None] * s_aux_t, mask=act, other=0.0).to(ACC)
-                    c_prev = tl.load(aux_c + t_prev[:, None] * s_aux_t, mask=prev, other=0.0).to(ACC)
-                    if HAS_C0:
-                        c_init = tl.load(c0_ptr + rows[:, None] * s_c0_b + units[None, :], mask=mask,
-                                         other=0.0).to(ACC)
-                        c_prev = tl.where(has_prev, c_prev, c_init)
-                    dc_ptrs = dcbuf_ptr + rows[:, None] * s_dcb_b + units[None, :]
-                    dc = tl.load(dc_ptrs, mask=mask, other=0.0)
-                    tc = _tanh(c_t)
-                    dc_t = dc + dh * o * (1.0 - tc * tc)
-                    tl.store(dg_t, tl.where(keep, dc_t * g * i * (1.0 - i), 0.0).to(ddt), mask=mask)
-                    tl.store(dg_t + H, tl.where(keep, dc_t * c_prev * f * (1.0 - f), 0.0).to(ddt), mask=mask)
-                    tl.store(dg_t + 2 * H, tl.where(keep, dc_t * i * (1.0 - g * g), 0.0).to(ddt), mask=mask)
-                    tl.store(dg_t + 3 * H, tl.where(keep, dh * tc * o * (1.0 - o), 0.0).to(ddt), mask=mask)
-                    tl.store(dc_ptrs, tl.where(keep, dc_t * f, dc), mask=mask)
-                    dh_carry = tl.where(keep, 0.0, dh)
-                else:  # GRU
-                    gt_t = gates_ptr + t[:, None] * s_gt_t + rows[:, None] * s_gt_b + units[None, :]
-                    r = tl.load(gt_t, mask=act, other=0.0).to(ACC)
-                    z = tl.load(gt_t + H, mask=act, other=0.0).to(ACC)
-                    n = tl.load(gt_t + 2 * H, mask=act, other=0.0).to(ACC)
-                    hn = tl.load(aux_ptr + t[:, None] * s_aux_t + rows[:, None] * s_aux_b + units[None, :],
-                                 mask=act, other=0.0).to(ACC)
+                saved = ()
+                for k in tl.static_range(S):
+                    saved = saved + (tl.load(sv_ptr + t[:, None] * s_sv_t + rows[:, None] * s_sv_b + k * H
+                                             + units[None, :], mask=act, other=0.0).to(ACC),)
+                h_new = dh
+                if READ_H_NEW:
+                    h_new = tl.load(out_ptr + t[:, None] * s_out_t + rows[:, None] * s_out_b + units[None, :],
+                                    mask=act, other=0.0).to(ACC)
+                h_prev = dh
+                if READ_H_PREV:
                     h_prev = tl.load(out_ptr + t_prev[:, None] * s_out_t + rows[:, None] * s_out_b + units[None, :],
                                      mask=prev, other=0.0).to(ACC)
                     if HAS_H0:
                         h_init = tl.load(h0_ptr + rows[:, None] * s_h0_b + units[None, :], mask=mask,
                                          other=0.0).to(ACC)
                         h_prev = tl.where(has_prev, h_prev, h_init)
-                    d_npre = tl.where(keep, dh * (1.0 - z) * (1.0 - n * n), 0.0)
-                    tl.store(dg_t, tl.where(keep, d_npre * hn * r * (1.0 - r), 0.0).to(ddt), mask=mask)
-                    tl.store(dg_t + H, tl.where(keep, dh * (h_prev - n) * z * (1.0 - z), 0.0).to(ddt), mask=mask)
-                    tl.store(dg_t + 2 * H, d_npre.to(ddt), mask=mask)
-                    tl.store(dhng_ptr + t[:, None] * s_dhng_t + rows[:, None] * s_dhng_b + units[None, :],
-                             (d_npre * r).to(dhng_ptr.dtype.element_ty), mask=mask)
-                    dh_carry = tl.where(keep, dh * z, dh)
+                dc = dh
+                c_prev = dh
+                if HAS_C:
+                    dc_ptrs = dcbuf_ptr + rows[:, None] * s_dcb_b + units[None, :]
+                    dc = tl.load(dc_ptrs, mask=mask, other=0.0)
+                    c_prev = tl.load(sv_ptr + t_prev[:, None] * s_sv_t + rows[:, None] * s_sv_b + STATE_SLOT * H
+                                     + units[None, :], mask=prev, other=0.0).to(ACC)
+                    if HAS_C0:
+                        c_init = tl.load(c0_ptr + rows[:, None] * s_c0_b + units[None, :], mask=mask,
+                                         other=0.0).to(ACC)
+                        c_prev = tl.where(has_prev, c_prev, c_init)
+                d_px, d_ph, dh_direct, dc_prev = CELL_BWD(dh, dc, saved, h_new, h_prev, c_prev)
+                dg_t = dg_ptr + t[:, None] * s_dg_t + rows[:, None] * s_dg_b + units[None, :]
+                for g in tl.static_range(G):
+                    tl.store(dg_t + g * H, tl.where(keep, d_px[g], 0.0).to(ddt), mask=mask)
+                    if INNER_SLOTS[g] >= 0:
+                        tl.store(dgh_ptr + t[:, None] * s_dgh_t + rows[:, None] * s_dgh_b + INNER_SLOTS[g] * H
+                                 + units[None, :], tl.where(keep, d_ph[g], 0.0).to(dgh_ptr.dtype.element_ty),
+                                 mask=mask)
+                if HAS_C:
+                    tl.store(dc_ptrs, tl.where(keep, dc_prev, dc), mask=mask)
                 # what step s-1 inherits before the dot of part 1 adds the gates' share
+                if DIRECT_DH:
+                    dh_carry = tl.where(keep, dh_direct, dh)
+                else:
+                    dh_carry = tl.where(keep, 0.0, dh)
                 tl.store(dh_ptrs, dh_carry, mask=mask)
         if USE_BARRIER:
             if s >= 0:
@@ -465,122 +399,6 @@ def _multi_bwd_kernel(
 
 # ---------------------------------------------------------------------------------------------
 # launchers
-
-#: Hidden units per program.  16 is the smallest ``tl.dot`` tile, so the most programs share a
-#: layer: H = 512 -> 32 programs per batch group, H = 2048 -> 128.
-BLOCK_HS = 16
-#: Sequences per batch tile (one ``tl.dot`` M dimension).
-BLOCK_B = 16
-#: Largest resident weight slice (bytes of the padded ``G`` tiles of ``(BLOCK_K, BLOCK_HS)``) a
-#: tier-2 program keeps on chip, and the widest resident ``K`` (the ``(BLOCK_B, K)`` tile of
-#: ``h_{t-1}`` is a ``tl.dot`` operand in registers too); larger slices are streamed from L2
-#: every step.  Measured with the kernel report on sm_90 (kernels/NOTES.md, "Tiers 2 and 3"):
-#: RNN bf16 H=512 (16 KiB, K=512) spills, LSTM bf16 H=256 (32 KiB) spills, LSTM/GRU bf16
-#: H=128 and RNN fp32 H=256 do not.
-RESIDENT_MAX_WEIGHT_BYTES = 16 * 1024
-RESIDENT_MAX_K = 256
-#: Chunk of the reduction dimension when the weights are streamed, by element size: fp32's
-#: ``"ieee"`` dot runs on FMA units (fp64: DMMA) with whole K-rows per thread, so they get the
-#: narrower chunk (GRU fp32 spills at 64; GRU/LSTM fp32/fp64 forwards at 32 on triton 3.6).
-BLOCK_K_STREAMED = {2: 64, 4: 16, 8: 16}
-#: Polls of a barrier counter before a program gives up (about a second on an H100).
-MAX_SPIN = 1 << 21
-
-
-def _pow2(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
-
-
-def slice_weight_bytes(mode: str, hidden_size: int, dtype: torch.dtype) -> int:
-    """On-chip bytes of one program's resident ``W_hh`` slice (padded tiles)."""
-    return MODES[mode][2] * _pow2(hidden_size) * BLOCK_HS * torch.empty((), dtype=dtype).element_size()
-
-
-@dataclass(frozen=True)
-class MultiConfig:
-    """Compile-time choices of a tier-2/3 launch (never depends on T or B)."""
-
-    resident: bool
-    block_k: int
-    num_warps: int
-    num_stages: int
-    maxnreg: int
-
-
-def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int) -> MultiConfig:
-    """Tile choices of a tier-2/3 launch: resident weights where the slice fits (tier 2 only;
-    never for fp32 LSTM, whose resident build crashes triton 3.9's LLVM for sm_90, see
-    kernels/NOTES.md), else ``BLOCK_K``-wide chunks streamed from L2.  Warps: 8 with resident
-    weights (GRU bf16 H=256 spills at 4), 4 when streamed (RNN fp16 H=2048 forward and LSTM fp64
-    backward park 8-24 B in local memory inside the loop at 8).  ``maxnreg = 255``: left to
-    itself ptxas stops at an occupancy-friendly 72/96/128 registers and parks 8-16 B in local
-    memory inside the time loop in about one config in ten (which ones depends on the triton
-    version and the pipeline depth); with the whole register file allowed none does.  Pipeline
-    stages: 2, except 3 for fp32/fp64 streamed builds (their FMA/DMMA dots hold K-long rows per
-    thread, hence also the narrower ``BLOCK_K``).  Measured with ``python -m
-    fastrnn.kernels.report --tiers 2 3`` (sm_90 and sm_80, triton 3.9 and 3.6, kernels/NOTES.md);
-    the grid sizing reads the resulting occupancy from the compiled kernel."""
-    size = torch.empty((), dtype=dtype).element_size()
-    resident = (
-        tier == 2
-        and slice_weight_bytes(mode, hidden_size, dtype) <= RESIDENT_MAX_WEIGHT_BYTES
-        and _pow2(hidden_size) <= RESIDENT_MAX_K
-        and not (mode == "LSTM" and dtype == torch.float32)
-    )
-    block_k = _pow2(hidden_size) if resident else min(BLOCK_K_STREAMED[size], _pow2(hidden_size))
-    return MultiConfig(resident, block_k, 8 if resident else 4, 2 if (resident or size == 2) else 3, 255)
-
-
-def forced_tier() -> int | None:
-    """``FASTRNN_TIER`` (1, 2 or 3) forces a tier for tests and benchmarks; unset: automatic."""
-    env = os.environ.get("FASTRNN_TIER", "")
-    if env in ("", "0", "auto"):
-        return None
-    if env not in ("1", "2", "3"):
-        raise ValueError(f"FASTRNN_TIER must be 1, 2, 3 or auto, got {env!r}")
-    return int(env)
-
-
-def tier_unsupported(tier: int, mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
-                     interpreted: bool = False) -> str | None:  # fmt: skip
-    """Why ``tier`` cannot run this layer (``None`` when it can).  Tier 2's co-residency is
-    checked at launch (it needs the compiled kernel); a tier-2 launch that does not fit runs as
-    tier 3."""
-    if tier == 1:
-        return tier1_unsupported(mode, hidden_size, proj_size, dtype, interpreted)
-    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        return f"dtype {dtype} is not supported (float16, bfloat16, float32, float64 are)"
-    if proj_size:
-        return f"tier {tier} does not run a projected LSTM (proj_size={proj_size}): only tier 1 does"
-    nbytes = MODES[mode][2] * hidden_size * hidden_size * torch.empty((), dtype=dtype).element_size()
-    if interpreted and nbytes > INTERPRETER_MAX_WEIGHT_BYTES:
-        return (
-            f"tier {tier} in the interpreter runs at most {INTERPRETER_MAX_WEIGHT_BYTES // 2**20} MiB of recurrent "
-            f"weights (CPU runs stay tractable); {mode} with hidden_size={hidden_size} in {dtype} has {nbytes // 1024} KiB"
-        )
-    return None
-
-
-def choose_tier(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
-                interpreted: bool = False) -> tuple[int | None, str]:  # fmt: skip
-    """``(tier, why)``: the tier that runs this layer, or ``(None, reasons)`` when none can.
-
-    Rule: tier 1 whenever all of ``W_hh`` fits one program (no barrier, fastest per step), else
-    tier 2 (multi-program persistent; resident weights when the slice fits), else tier 3.
-    ``FASTRNN_TIER`` forces one.
-    """
-    forced = forced_tier()
-    if forced is not None:
-        why = tier_unsupported(forced, mode, hidden_size, proj_size, dtype, interpreted)
-        return (None, why) if why else (forced, f"tier {forced} forced by FASTRNN_TIER")
-    why1 = tier1_unsupported(mode, hidden_size, proj_size, dtype, interpreted)
-    if why1 is None:
-        return 1, "tier 1: all of W_hh fits one program"
-    why2 = tier_unsupported(2, mode, hidden_size, proj_size, dtype, interpreted)
-    if why2 is None:
-        how = "resident" if multi_config(mode, hidden_size, dtype, 2).resident else "streamed from L2"
-        return 2, f"tier 2 ({how} W_hh slices of {BLOCK_HS} units): {why1}"
-    return None, f"{why1}; {why2}"
 
 
 @functools.cache
@@ -638,11 +456,6 @@ def _co_resident_programs(kernel, args, consts, device: torch.device) -> int:
     return _CAPACITY[key]
 
 
-@functools.cache
-def _warn_once(message: str) -> None:
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
 class BarrierTimeout(RuntimeError):
     """The programs of a tier-2 launch were not all resident at once (a grid barrier timed out)."""
 
@@ -670,36 +483,67 @@ def _sync_buffer(n_ints: int, device: torch.device) -> torch.Tensor:
     return _SYNC_BUFFERS[key]
 
 
-def _launch(kernel, kind: str, tier: int, T: int, B: int, H: int, n_iters: int, args: list, consts: dict,
-            device: torch.device, cooperative: bool | None, max_spin: int) -> int:  # fmt: skip
-    """Launch ``kernel`` over ``n_iters`` loop iterations as tier 2 (one launch with a grid
-    barrier between iterations) or tier 3 (one launch per iteration); returns the tier that ran
-    (launches are counted as ``{kind}_tier{N}``).  ``args`` are the kernel's arguments before
-    ``sync_ptr``."""
-    n_slices = triton.cdiv(H, BLOCK_HS)
-    n_tiles = triton.cdiv(B, BLOCK_B)
+@dataclass
+class MultiLaunch:
+    """A tier-2/3 launch as data (kernel, arguments before the barrier arguments, constexprs and
+    options): :func:`run` launches it as tier 2 or 3, the kernel report compiles it."""
+
+    kernel: Any
+    kind: str  # "multi_fwd" / "multi_bwd": launches are counted as f"{kind}_tier{N}"
+    args: list  # the kernel's arguments before ``sync_ptr``
+    consts: dict[str, Any]
+    n_iters: int  # loop iterations (forward T, backward T + 1)
+    T: int
+    B: int
+    H: int
+
+    @property
+    def n_slices(self) -> int:
+        return triton.cdiv(self.H, BLOCK_HS)
+
+    @property
+    def n_tiles(self) -> int:
+        return triton.cdiv(self.B, BLOCK_B)
+
+    def persistent(self, sync: torch.Tensor, n_groups: int, max_spin: int = MAX_SPIN,
+                   cooperative: bool = True) -> tuple[tuple, dict]:  # fmt: skip
+        """``(args, kwargs)`` of the tier-2 launch: the whole loop, with the grid barrier."""
+        args = (*self.args, sync, 0, self.n_iters, self.T, self.B, self.H, n_groups, max_spin)
+        return args, dict(self.consts, USE_BARRIER=True, launch_cooperative_grid=cooperative)
+
+    def step(self, sync: torch.Tensor, j: int) -> tuple[tuple, dict]:
+        """``(args, kwargs)`` of iteration ``j`` launched alone (tier 3, and the interpreter)."""
+        args = (*self.args, sync, j, j + 1, self.T, self.B, self.H, self.n_tiles, 0)
+        return args, dict(self.consts, USE_BARRIER=False)
+
+
+def run(launch: MultiLaunch, tier: int, device: torch.device, cooperative: bool | None = None,
+        max_spin: int = MAX_SPIN) -> int:  # fmt: skip
+    """Launch ``launch`` as tier 2 (one launch with a grid barrier between iterations) or tier 3
+    (one launch per iteration); returns the tier that ran."""
+    kernel, kind, n_slices, n_tiles = launch.kernel, launch.kind, launch.n_slices, launch.n_tiles
     if tier == 2 and not _runtime.INTERPRET:
         coop = True if cooperative is None else cooperative
-        full = dict(consts, USE_BARRIER=True, launch_cooperative_grid=coop)
         # a counter per batch group, 32 ints (128 B) apart so that groups poll different lines
         sync = _sync_buffer((n_tiles + 1) * 32, device)
         sync.fill_(_BARRIER_START)
         sync[n_tiles * 32 :] = 0
         with torch.cuda.device(device):
-            probe = [*args, sync, 0, n_iters, T, B, H, n_tiles, max_spin]
-            capacity = _co_resident_programs(kernel, probe, full, device)
+            probe_args, kwargs = launch.persistent(sync, n_tiles, max_spin, coop)
+            capacity = _co_resident_programs(kernel, probe_args, kwargs, device)
             n_groups = min(n_tiles, capacity // n_slices) if coop else n_tiles
             if n_groups >= 1:
                 if n_groups < n_tiles:  # the flag sits after the last group's counter
                     sync[n_groups * 32 :] = 0
+                args, kwargs = launch.persistent(sync, n_groups, max_spin, coop)
                 try:
-                    kernel[(n_slices, n_groups)](*args, sync, 0, n_iters, T, B, H, n_groups, max_spin, **full)
+                    kernel[(n_slices, n_groups)](*args, **kwargs)
                 except RuntimeError as exc:  # the driver refused the cooperative grid: step by step
                     if not coop or "cooperative" not in str(exc).lower() and "too many blocks" not in str(exc).lower():
                         raise
-                    _warn_once(f"fastrnn: a tier-2 cooperative launch of {n_slices} x {n_groups} programs was refused "
-                               f"({exc}); running one launch per step (tier 3) instead")  # fmt: skip
-                    return _launch(kernel, kind, 3, T, B, H, n_iters, args, consts, device, cooperative, max_spin)
+                    warn_once(f"fastrnn: a tier-2 cooperative launch of {n_slices} x {n_groups} programs was refused "
+                              f"({exc}); running one launch per step (tier 3) instead")  # fmt: skip
+                    return run(launch, 3, device, cooperative, max_spin)
                 _runtime.count_launch(f"{kind}_tier2")
                 if _check_barriers(coop) and not torch.cuda.is_current_stream_capturing():
                     if int(sync[n_groups * 32].item()):
@@ -710,37 +554,83 @@ def _launch(kernel, kind: str, tier: int, T: int, B: int, H: int, n_iters: int, 
                 return 2
         # Not even one batch group fits the GPU at once: per-step launches instead.
     sync = _sync_buffer(32, device).zero_()
-    per_step = dict(consts, USE_BARRIER=False)
     ran = tier if _runtime.INTERPRET else 3  # the interpreter runs tier 2's body per step
-    for j in range(n_iters):
-        kernel[(n_slices, n_tiles)](*args, sync, j, j + 1, T, B, H, n_tiles, 0, **per_step)
+    for j in range(launch.n_iters):
+        args, kwargs = launch.step(sync, j)
+        kernel[(n_slices, n_tiles)](*args, **kwargs)
         _runtime.count_launch(f"{kind}_tier{ran}")
     return ran
 
 
-def _consts(mode: str, dtype: torch.dtype, cfg: MultiConfig, allow_tf32: bool) -> dict:
-    cell, relu, gates = MODES[mode]
+def _consts(cell: cells.Cell, dtype: torch.dtype, cfg: MultiConfig, allow_tf32: bool) -> dict[str, Any]:
     return dict(
-        CELL=cell, N_GATES=gates, RELU=relu, RESIDENT=cfg.resident,
-        BLOCK_B=BLOCK_B, BLOCK_HS=BLOCK_HS, BLOCK_K=cfg.block_k,
-        PRECISION="tf32" if (allow_tf32 and dtype == torch.float32) else "ieee",
-        ACC=tl.float64 if dtype == torch.float64 else tl.float32,
-        UPCAST_DOT=_runtime.INTERPRET and dtype == torch.bfloat16,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-        maxnreg=cfg.maxnreg,
-    )
+        **cell.constexprs(),
+        RESIDENT=cfg.resident, BLOCK_B=BLOCK_B, BLOCK_HS=BLOCK_HS, BLOCK_K=cfg.block_k,
+        PRECISION=precision(dtype, allow_tf32), ACC=tl_acc(dtype), UPCAST_DOT=upcast_dot(dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
+    )  # fmt: skip
+
+
+def forward_launch(
+    mode: str,
+    gx: torch.Tensor,
+    w_hh: torch.Tensor,
+    h0: torch.Tensor | None,
+    c0: torch.Tensor | None,
+    lengths: torch.Tensor | None,
+    cfg: MultiConfig,
+    *,
+    b_hh: torch.Tensor | None = None,
+    reverse: bool = False,
+    save: bool = True,
+    allow_tf32: bool = False,
+) -> tuple[MultiLaunch | None, ForwardResult, torch.Tensor, torch.Tensor | None]:
+    """The launch of :func:`multi_fwd`, its outputs and its state buffers ``(hbuf, cbuf)``."""
+    cell = cells.get(mode)
+    T, B, _ = gx.shape
+    H = w_hh.shape[0] // cell.G
+    if w_hh.shape[1] != H:
+        raise ValueError(f"tiers 2 and 3 need a square W_hh per gate (no projection), got {tuple(w_hh.shape)}")
+    dtype, dev = gx.dtype, gx.device
+    acc = acc_dtype(dtype)
+    gx, w_hh = row_major(gx), w_hh.contiguous()
+    save = save and cell.S > 0
+    hbuf = torch.empty((2, B, H), dtype=acc, device=dev)
+    hbuf[1] = 0 if h0 is None else h0
+    cbuf = None
+    if cell.has_cell_state:
+        cbuf = torch.zeros((B, H), dtype=acc, device=dev) if c0 is None else c0.to(acc, copy=True).contiguous()
+    out = _runtime.empty((T, B, H), dtype, dev)
+    saved = _runtime.empty((T, B, cell.S * H), acc, dev) if save else None
+    res = ForwardResult(out, hbuf[1], None, saved, None)
+    if B == 0 or T == 0:
+        return None, res, hbuf, cbuf
+    bh = b_hh if cell.inner_bias else None
+    args = [
+        gx, *strides(gx),
+        w_hh, w_hh.stride(0), H * w_hh.stride(0),
+        bh,
+        lengths,
+        hbuf, *strides(hbuf),
+        cbuf, *strides(cbuf, 1),
+        out, *strides(out),
+        saved, *strides(saved),
+    ]  # fmt: skip
+    consts = dict(**flags(bh=bh), IS_VARLEN=lengths is not None, REVERSE=reverse, SAVE=save,
+                  **_consts(cell, dtype, cfg, allow_tf32))  # fmt: skip
+    return MultiLaunch(_multi_fwd_kernel, "multi_fwd", args, consts, T, T, B, H), res, hbuf, cbuf
 
 
 def multi_fwd(
     mode: str,
     gx: torch.Tensor,
     w_hh: torch.Tensor,
-    h0: torch.Tensor | None = None,
-    c0: torch.Tensor | None = None,
-    lengths: torch.Tensor | None = None,
+    h0: torch.Tensor | None,
+    c0: torch.Tensor | None,
+    lengths: torch.Tensor | None,
+    cfg: MultiConfig,
     *,
-    b_hn: torch.Tensor | None = None,
+    b_hh: torch.Tensor | None = None,
     reverse: bool = False,
     save: bool = True,
     allow_tf32: bool = False,
@@ -749,57 +639,78 @@ def multi_fwd(
     max_spin: int = MAX_SPIN,
 ) -> ForwardResult:
     """Tier 2/3 forward of one layer/direction; arguments and result as
-    :func:`fastrnn.kernels.recurrent.recurrent_fwd` (no projection: ``P == H``).
+    :func:`fastrnn.kernels.recurrent.recurrent_fwd` (no projection: ``P == H``), ``cfg`` from
+    :func:`fastrnn.kernels.tiers.plan`.
 
     ``tier=2``: one persistent launch, cooperative unless ``cooperative=False`` (a plain launch:
     co-residency is then hoped for, not guaranteed, so the timeout flag is always read and a
-    failed barrier raises :class:`BarrierTimeout`); ``tier=3``: one launch per step.  In the interpreter
-    both run per-step launches (tier 2 with its resident weights).
+    failed barrier raises :class:`BarrierTimeout`); ``tier=3``: one launch per step.  In the
+    interpreter both run per-step launches (tier 2 with its resident weights).
 
     Example::
 
         gx = torch.randn(5, 3, 4 * 40); w = torch.randn(4 * 40, 40)
-        res = multi_fwd("LSTM", gx, w, tier=3)   # res.out: (5, 3, 40)
+        res = multi_fwd("LSTM", gx, w, None, None, None, multi_config("LSTM", 40, gx.dtype, 3), tier=3)
     """
-    T, B, _ = gx.shape
-    G = MODES[mode][2]
-    H = w_hh.shape[0] // G
-    if w_hh.shape[1] != H:
-        raise ValueError(f"tiers 2 and 3 need a square W_hh per gate (no projection), got {tuple(w_hh.shape)}")
-    dtype, dev = gx.dtype, gx.device
-    _runtime.check_device(dev)
-    acc = _acc_dtype(dtype)
-    cfg = multi_config(mode, H, dtype, tier)
-    gx, w_hh = _row_major(gx), w_hh.contiguous()
-    save = save and mode in ("LSTM", "GRU")
+    _runtime.check_device(gx.device)
+    launch, res, hbuf, cbuf = forward_launch(mode, gx, w_hh, h0, c0, lengths, cfg, b_hh=b_hh, reverse=reverse,
+                                             save=save, allow_tf32=allow_tf32)  # fmt: skip
+    if launch is not None:
+        run(launch, tier, gx.device, cooperative, max_spin)
+    T = gx.shape[0]
+    res.h_n = hbuf[(T - 1) % 2 if T > 0 else 1].to(gx.dtype)
+    res.c_n = cbuf.to(gx.dtype) if cbuf is not None else None
+    return res
 
-    hbuf = torch.empty((2, B, H), dtype=acc, device=dev)
-    hbuf[1] = 0 if h0 is None else h0
-    cbuf = torch.zeros((B, H), dtype=acc, device=dev) if c0 is None else c0.to(acc, copy=True).contiguous()
-    out = _runtime.empty((T, B, H), dtype, dev)
-    gates = _runtime.empty((T, B, G * H), acc, dev) if save else None
-    aux = _runtime.empty((T, B, H), acc, dev) if save else None
-    if B > 0 and T > 0:
-        dummy = gx
-        args = [
-            gx, gx.stride(0), gx.stride(1),
-            w_hh, w_hh.stride(0), H * w_hh.stride(0),
-            b_hn if b_hn is not None else dummy,
-            lengths if lengths is not None else dummy,
-            hbuf, hbuf.stride(0), hbuf.stride(1),
-            cbuf, cbuf.stride(0),
-            out, out.stride(0), out.stride(1),
-            gates if gates is not None else dummy, *_strides3(gates),
-            aux if aux is not None else dummy, *_strides3(aux),
-        ]  # fmt: skip
-        consts = dict(
-            IS_VARLEN=lengths is not None, REVERSE=reverse, HAS_BHN=b_hn is not None, SAVE=save,
-            **_consts(mode, dtype, cfg, allow_tf32),
-        )
-        _launch(_multi_fwd_kernel, "multi_fwd", tier, T, B, H, T, args, consts, dev, cooperative, max_spin)
-    h_n = hbuf[(T - 1) % 2 if T > 0 else 1].to(dtype)
-    c_n = cbuf.to(dtype) if mode == "LSTM" else None
-    return ForwardResult(out, h_n, c_n, gates, aux)
+
+def backward_launch(
+    mode: str,
+    d_out: torch.Tensor,
+    d_hn: torch.Tensor,
+    d_cn: torch.Tensor | None,
+    fwd: ForwardResult,
+    w_hh: torch.Tensor,
+    h0: torch.Tensor | None,
+    c0: torch.Tensor | None,
+    lengths: torch.Tensor | None,
+    cfg: MultiConfig,
+    *,
+    reverse: bool = False,
+    allow_tf32: bool = False,
+) -> tuple[MultiLaunch | None, BackwardResult]:
+    """The launch of :func:`multi_bwd` and its outputs (``d_h0``/``d_c0`` are its state buffers)."""
+    cell = cells.get(mode)
+    T, B, H = fwd.out.shape
+    dtype, dev = fwd.out.dtype, fwd.out.device
+    acc = acc_dtype(dtype)
+    d_out, h0, c0, w_hh = row_major(d_out), row_major(h0), row_major(c0), w_hh.contiguous()
+    dhbuf = d_hn.to(acc, copy=True).contiguous()
+    dcbuf = None
+    if cell.has_cell_state:
+        dcbuf = d_cn.to(acc, copy=True).contiguous() if d_cn is not None else torch.zeros((B, H), dtype=acc, device=dev)
+    n_inner = len(cell.inner_gates)
+    d_gx = _runtime.empty((T, B, cell.G * H), acc, dev)
+    d_gh = _runtime.empty((T, B, n_inner * H), acc, dev) if n_inner else None
+    res = BackwardResult(d_gx, d_gh, None, dhbuf, dcbuf)
+    if B == 0 or T == 0:
+        return None, res
+    h0 = h0 if cell.reads >= {"h_prev"} else None  # the backward reads h0 only as h_prev of step 0
+    args = [
+        d_out, *strides(d_out),
+        fwd.out, *strides(fwd.out),
+        fwd.saved, *strides(fwd.saved),
+        h0, *strides(h0, 1),
+        c0, *strides(c0, 1),
+        w_hh, w_hh.stride(0), H * w_hh.stride(0),
+        lengths,
+        dhbuf, *strides(dhbuf, 1),
+        dcbuf, *strides(dcbuf, 1),
+        d_gx, *strides(d_gx),
+        d_gh, *strides(d_gh),
+    ]  # fmt: skip
+    consts = dict(**flags(h0=h0, c0=c0), IS_VARLEN=lengths is not None, REVERSE=reverse,
+                  **_consts(cell, dtype, cfg, allow_tf32))  # fmt: skip
+    return MultiLaunch(_multi_bwd_kernel, "multi_bwd", args, consts, T + 1, T, B, H), res
 
 
 def multi_bwd(
@@ -809,9 +720,10 @@ def multi_bwd(
     d_cn: torch.Tensor | None,
     fwd: ForwardResult,
     w_hh: torch.Tensor,
-    h0: torch.Tensor | None = None,
-    c0: torch.Tensor | None = None,
-    lengths: torch.Tensor | None = None,
+    h0: torch.Tensor | None,
+    c0: torch.Tensor | None,
+    lengths: torch.Tensor | None,
+    cfg: MultiConfig,
     *,
     reverse: bool = False,
     allow_tf32: bool = False,
@@ -821,38 +733,8 @@ def multi_bwd(
 ) -> BackwardResult:
     """Tier 2/3 backward; arguments and result as :func:`fastrnn.kernels.recurrent.recurrent_bwd`
     (no projection), ``tier``/``cooperative``/``max_spin`` as :func:`multi_fwd`."""
-    T, B, H = fwd.out.shape
-    G = MODES[mode][2]
-    dtype, dev = fwd.out.dtype, fwd.out.device
-    acc = _acc_dtype(dtype)
-    cfg = multi_config(mode, H, dtype, tier)
-    d_out, h0, c0, w_hh = _row_major(d_out), _row_major(h0), _row_major(c0), w_hh.contiguous()
-
-    dhbuf = d_hn.to(acc, copy=True).contiguous()
-    dcbuf = (d_cn.to(acc, copy=True).contiguous() if d_cn is not None else torch.zeros((B, H), dtype=acc, device=dev)) \
-        if mode == "LSTM" else None  # fmt: skip
-    d_gx = _runtime.empty((T, B, G * H), acc, dev)
-    d_hn_gate = _runtime.empty((T, B, H), acc, dev) if mode == "GRU" else None
-    if B > 0 and T > 0:
-        dummy = fwd.out
-        args = [
-            d_out, d_out.stride(0), d_out.stride(1),
-            fwd.out, fwd.out.stride(0), fwd.out.stride(1),
-            fwd.gates if fwd.gates is not None else dummy, *_strides3(fwd.gates),
-            fwd.aux if fwd.aux is not None else dummy, *_strides3(fwd.aux),
-            h0 if h0 is not None else dummy, h0.stride(0) if h0 is not None else 0,
-            c0 if c0 is not None else dummy, c0.stride(0) if c0 is not None else 0,
-            w_hh, w_hh.stride(0), H * w_hh.stride(0),
-            lengths if lengths is not None else dummy,
-            dhbuf, dhbuf.stride(0),
-            dcbuf if dcbuf is not None else dhbuf, dcbuf.stride(0) if dcbuf is not None else 0,
-            d_gx, d_gx.stride(0), d_gx.stride(1),
-            d_hn_gate if d_hn_gate is not None else d_gx, *_strides3(d_hn_gate),
-        ]  # fmt: skip
-        consts = dict(
-            HAS_H0=h0 is not None, HAS_C0=c0 is not None, IS_VARLEN=lengths is not None, REVERSE=reverse,
-            **_consts(mode, dtype, cfg, allow_tf32),
-        )
-        _launch(_multi_bwd_kernel, "multi_bwd", tier, T, B, H, T + 1, args, consts, dev, cooperative,
-                max_spin)  # fmt: skip
-    return BackwardResult(d_gx, d_hn_gate, None, dhbuf, dcbuf)
+    launch, res = backward_launch(mode, d_out, d_hn, d_cn, fwd, w_hh, h0, c0, lengths, cfg, reverse=reverse,
+                                  allow_tf32=allow_tf32)  # fmt: skip
+    if launch is not None:
+        run(launch, tier, fwd.out.device, cooperative, max_spin)
+    return res

@@ -12,11 +12,11 @@ ship inside Triton (``cuobjdump -res-usage`` and ``nvdisasm``):
 * shared memory (``compiled.metadata.shared``: static and dynamic, which cuobjdump does not show),
 * tensor-core instructions (``HMMA``/``HGMMA``/``DMMA``/...), and the compile time.
 
-The kernel arguments are not written down here a second time: the real launchers
-(:func:`~fastrnn.kernels.recurrent.recurrent_fwd` / ``recurrent_bwd``) are called on ``meta``
-tensors with the kernels swapped for a recorder, so the report sees exactly the positional
-arguments, flags (``HAS_H0``, ``SAVE``, ...) and constexprs (``launch_config`` +
-``_kernel_consts``) a real launch would pass.  Triton's own binder then turns them into the
+The kernel arguments are not written down here a second time: the launchers build every launch
+as data (:func:`~fastrnn.kernels.recurrent.forward_launch`, ``backward_launch`` and their tier-2/3
+twins in ``multi.py``, with the configuration of :func:`~fastrnn.kernels.tiers.plan`); the report
+asks them for it on ``meta`` tensors, so it sees exactly the positional arguments, flags
+(``HAS_H0``, ``SAVE``, ...) and constexprs a real launch passes.  Triton's own binder then turns them into the
 ``signature``/``constexprs``/``attrs`` the JIT would use (its value-1 and divisible-by-16
 specialisation, honouring the kernel's ``do_not_specialize``).
 
@@ -51,15 +51,14 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import triton
 
-from . import _runtime, multi, recurrent
-from .cells import MODES
+from . import cells, multi, recurrent, tiers
 
 #: Shared memory one block may use (opt-in maximum), bytes.  H100: 227 KB; A100: 163 KB.
 SHARED_LIMIT: dict[int, int] = {90: 227 * 1024, 80: 163 * 1024}
@@ -80,11 +79,8 @@ DTYPES: dict[str, torch.dtype] = {
     "fp64": torch.float64,
 }
 
-#: Tier-1 kernels: report name -> (kernel attribute in recurrent.py, launcher attribute).
-KERNELS: dict[str, tuple[str, str]] = {
-    "fwd": ("_recurrent_fwd_kernel", "recurrent_fwd"),
-    "bwd": ("_recurrent_bwd_kernel", "recurrent_bwd"),
-}
+#: The kernels of every tier: the forward and the backward.
+KERNELS = ("fwd", "bwd")
 
 _TENSOR_CORE_OPS = ("HGMMA", "HMMA", "DMMA", "IMMA", "QGMMA", "IGMMA", "UTCMMA")
 _SASS_LINE = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s*(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)(.*)$")
@@ -153,7 +149,7 @@ class KernelConfig:
 
     def tier1_unsupported(self) -> str | None:
         """Why tier 1 refuses this size (``None``: it accepts it)."""
-        return recurrent.tier1_unsupported(self.mode, self.hidden_size, self.proj, self.torch_dtype)
+        return tiers.tier1_unsupported(self.mode, self.hidden_size, self.proj, self.torch_dtype)
 
 
 def tier1_configs(
@@ -241,143 +237,63 @@ def multi_configs(
 # The launch, as the real launcher makes it
 
 
-class _LaunchRecorder:
-    """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](*args, **kwargs)`` is recorded."""
+def _layer_tensors(cfg: KernelConfig, seq_len: int):
+    """``meta`` tensors of one layer/direction as ``fastrnn.ops`` passes them for ``cfg``."""
+    cell = cells.get(cfg.mode)
+    H, P0, dt = cfg.hidden_size, cfg.proj, cfg.torch_dtype
+    P, G, T, B = P0 or H, cell.G, seq_len, cfg.batch
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[object, tuple, dict]] = []
+    def new(*shape: int, dtype: torch.dtype = dt) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, device="meta")
 
-    def __getitem__(self, grid):
-        def record(*args, **kwargs):
-            self.calls.append((grid, args, kwargs))
-
-        return record
-
-
-@contextlib.contextmanager
-def _recorded_launches() -> Iterator[dict[str, _LaunchRecorder]]:
-    """Swap the tier-1 kernels for recorders and let the launchers accept ``meta`` tensors."""
-    saved = {name: getattr(recurrent, name) for name, _ in KERNELS.values()}
-    saved_check, saved_count = _runtime.check_device, _runtime.count_launch
-    recorders = {key: _LaunchRecorder() for key in KERNELS}
-    try:
-        for key, (name, _) in KERNELS.items():
-            setattr(recurrent, name, recorders[key])
-        _runtime.check_device = lambda device: None
-        _runtime.count_launch = lambda name: None
-        yield recorders
-    finally:
-        for name, fn in saved.items():
-            setattr(recurrent, name, fn)
-        _runtime.check_device, _runtime.count_launch = saved_check, saved_count
+    return dict(
+        new=new, T=T, B=B, H=H, P=P,
+        gx=new(T, B, G * H), w_hh=new(G * H, P),
+        h0=new(B, P) if cfg.has_h0 else None,
+        c0=new(B, H) if (cfg.has_h0 and cell.has_cell_state) else None,
+        lengths=new(B, dtype=torch.int64) if cfg.varlen else None,
+        b_hh=new(G * H), w_hr=new(P, H) if P0 else None,
+        d_cn=new(B, H) if cell.has_cell_state else None,
+    )  # fmt: skip
 
 
 def launch_arguments(cfg: KernelConfig, seq_len: int = 8) -> tuple[object, tuple, dict]:
-    """The kernel and the ``(args, kwargs)`` its launcher passes for ``cfg`` (``meta`` tensors).
-
-    The forward and backward launchers of ``recurrent.py`` are called exactly as
-    ``fastrnn.ops`` calls them (GRU with its ``b_hn``, projected LSTM with ``w_hr``, ``c0`` with
-    ``h0`` for LSTM); ``cfg.num_warps``/``cfg.block_b`` then override ``launch_config``'s choice.
-    Tiers 2/3: see :func:`multi_launch_arguments`.
-    """
-    if cfg.tier != 1:
-        return multi_launch_arguments(cfg, seq_len)
-    mode, H, P0, dt = cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype
-    P, G, T, B = P0 or H, MODES[mode][2], seq_len, cfg.batch
-
-    def new(*shape: int, dtype: torch.dtype = dt) -> torch.Tensor:
-        return torch.empty(shape, dtype=dtype, device="meta")
-
-    gx, w_hh = new(T, B, G * H), new(G * H, P)
-    h0 = new(B, P) if cfg.has_h0 else None
-    c0 = new(B, H) if (cfg.has_h0 and mode == "LSTM") else None
-    lengths = new(B, dtype=torch.int64) if cfg.varlen else None
-    b_hn = new(H) if mode == "GRU" else None
-    w_hr = new(P, H) if P0 else None
-    with _recorded_launches() as rec:
-        fwd = recurrent.recurrent_fwd(
-            mode,
-            gx,
-            w_hh,
-            h0,
-            c0,
-            lengths,
-            b_hn=b_hn,
-            w_hr=w_hr,
-            reverse=cfg.reverse,
-            save=cfg.save or cfg.kernel == "bwd",
-            allow_tf32=cfg.allow_tf32,
-        )
+    """The kernel and the ``(args, kwargs)`` of the launch ``cfg`` describes, as the launchers
+    build it (:func:`fastrnn.kernels.recurrent.forward_launch` and friends, on ``meta`` tensors,
+    with the launch configuration of :func:`fastrnn.kernels.tiers.plan`): the report compiles
+    exactly what a real launch passes.  ``cfg.num_warps``/``cfg.block_b`` then override the
+    configuration's choice.  Tiers 2/3: the persistent launch (tier 2: ``USE_BARRIER``,
+    cooperative) or one step (tier 3)."""
+    t = _layer_tensors(cfg, seq_len)
+    plan = tiers.plan(cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype, cfg.tier)
+    kw = dict(reverse=cfg.reverse, allow_tf32=cfg.allow_tf32)
+    if cfg.tier == 1:
+        launch, fwd = recurrent.forward_launch(cfg.mode, t["gx"], t["w_hh"], t["h0"], t["c0"], t["lengths"],
+                                               plan.config, b_hh=t["b_hh"], w_hr=t["w_hr"],
+                                               save=cfg.save or cfg.kernel == "bwd", **kw)  # fmt: skip
         if cfg.kernel == "bwd":
-            d_cn = new(B, H) if mode == "LSTM" else None
-            recurrent.recurrent_bwd(
-                mode,
-                new(T, B, P),
-                new(B, P),
-                d_cn,
-                fwd,
-                w_hh,
-                h0,
-                c0,
-                lengths,
-                w_hr=w_hr,
-                reverse=cfg.reverse,
-                allow_tf32=cfg.allow_tf32,
-            )
-    calls = rec[cfg.kernel].calls
-    if len(calls) != 1:
-        raise RuntimeError(f"expected one {cfg.kernel} launch, the launcher made {len(calls)}")
-    _, args, kwargs = calls[0]
-    kwargs = dict(kwargs)
+            launch, _ = recurrent.backward_launch(cfg.mode, t["new"](t["T"], t["B"], t["P"]), t["new"](t["B"], t["P"]),
+                                                  t["d_cn"], fwd, t["w_hh"], t["h0"], t["c0"], t["lengths"],
+                                                  plan.config, w_hr=t["w_hr"], **kw)  # fmt: skip
+        kernel, args, kwargs = launch.kernel, launch.args, dict(launch.kwargs)
+        if cfg.block_b is not None:
+            kwargs["BLOCK_B"] = cfg.block_b
+    else:
+        if cfg.kernel == "fwd":
+            launch, _, _, _ = multi.forward_launch(cfg.mode, t["gx"], t["w_hh"], t["h0"], t["c0"], t["lengths"],
+                                                   plan.config, b_hh=t["b_hh"], save=cfg.save, **kw)  # fmt: skip
+        else:
+            _, fwd, _, _ = multi.forward_launch(cfg.mode, t["gx"], t["w_hh"], t["h0"], t["c0"], t["lengths"],
+                                                plan.config, b_hh=t["b_hh"], save=True, **kw)  # fmt: skip
+            launch, _ = multi.backward_launch(cfg.mode, t["new"](t["T"], t["B"], t["H"]), t["new"](t["B"], t["H"]),
+                                              t["d_cn"], fwd, t["w_hh"], t["h0"], t["c0"], t["lengths"], plan.config,
+                                              **kw)  # fmt: skip
+        sync = t["new"](32 * (launch.n_tiles + 1), dtype=torch.int32)
+        args, kwargs = launch.persistent(sync, launch.n_tiles) if cfg.tier == 2 else launch.step(sync, 0)
+        kernel = launch.kernel
     if cfg.num_warps is not None:
         kwargs["num_warps"] = cfg.num_warps
-    if cfg.block_b is not None:
-        kwargs["BLOCK_B"] = cfg.block_b
-    return getattr(recurrent, KERNELS[cfg.kernel][0]), args, kwargs
-
-
-def multi_launch_arguments(cfg: KernelConfig, seq_len: int = 8) -> tuple[object, tuple, dict]:
-    """Kernel and ``(args, kwargs)`` of a tier-2/3 launch: ``multi_fwd``/``multi_bwd`` are called on
-    ``meta`` tensors with ``multi._launch`` recording its arguments; the barrier arguments are
-    those of the persistent launch (tier 2: ``USE_BARRIER``, cooperative) or of one step (tier 3)."""
-    mode, H, dt = cfg.mode, cfg.hidden_size, cfg.torch_dtype
-    G, T, B = MODES[mode][2], seq_len, cfg.batch
-    acc = torch.float64 if dt == torch.float64 else torch.float32
-
-    def new(*shape: int, dtype: torch.dtype = dt) -> torch.Tensor:
-        return torch.empty(shape, dtype=dtype, device="meta")
-
-    calls = []
-
-    def record(kernel, kind, tier, T_, B_, H_, n_iters, args, consts, device, cooperative, max_spin):
-        calls.append((kernel, kind, tier, T_, B_, H_, n_iters, list(args), dict(consts), max_spin))
-        return tier
-
-    saved = multi._launch, multi._runtime.check_device
-    multi._launch, multi._runtime.check_device = record, lambda device: None
-    try:
-        w_hh, lengths = new(G * H, H), new(B, dtype=torch.int64) if cfg.varlen else None
-        h0 = new(B, H) if cfg.has_h0 else None
-        c0 = new(B, H) if (cfg.has_h0 and mode == "LSTM") else None
-        if cfg.kernel == "fwd":
-            multi.multi_fwd(mode, new(T, B, G * H), w_hh, h0, c0, lengths, b_hn=new(H) if mode == "GRU" else None,
-                            reverse=cfg.reverse, save=cfg.save, allow_tf32=cfg.allow_tf32, tier=cfg.tier)  # fmt: skip
-        else:
-            fwd = multi.ForwardResult(new(T, B, H), None, None, new(T, B, G * H, dtype=acc), new(T, B, H, dtype=acc))
-            multi.multi_bwd(mode, new(T, B, H), new(B, H), new(B, H) if mode == "LSTM" else None, fwd, w_hh, h0, c0,
-                            lengths, reverse=cfg.reverse, allow_tf32=cfg.allow_tf32, tier=cfg.tier)  # fmt: skip
-    finally:
-        multi._launch, multi._runtime.check_device = saved
-    ((kernel, _, tier, T_, B_, H_, n_iters, args, consts, max_spin),) = calls
-    persistent = tier == 2
-    sync = new(32 * (triton.cdiv(B_, multi.BLOCK_B) + 1), dtype=torch.int32)
-    args += [sync, 0, n_iters if persistent else 1, T_, B_, H_, triton.cdiv(B_, multi.BLOCK_B), max_spin]
-    consts.update(USE_BARRIER=persistent)
-    if persistent:
-        consts["launch_cooperative_grid"] = True
-    if cfg.num_warps is not None:
-        consts["num_warps"] = cfg.num_warps
-    return kernel, tuple(args), consts
+    return kernel, tuple(args), kwargs
 
 
 def compile_source(cfg: KernelConfig):
@@ -510,12 +426,12 @@ def _error_row(cfg: KernelConfig, error: str | None) -> dict:
         num_warps=cfg.num_warps,
     )
     if cfg.tier != 1:
-        mc = multi.multi_config(cfg.mode, cfg.hidden_size, cfg.torch_dtype, cfg.tier)
-        row.update(block_b=multi.BLOCK_B, block_h=multi.BLOCK_HS, block_p=mc.block_k,
+        mc = tiers.multi_config(cfg.mode, cfg.hidden_size, cfg.torch_dtype, cfg.tier)
+        row.update(block_b=tiers.BLOCK_B, block_h=tiers.BLOCK_HS, block_p=mc.block_k,
                    num_warps=cfg.num_warps or mc.num_warps, resident=mc.resident)  # fmt: skip
         return row
     try:
-        lc = recurrent.launch_config(cfg.mode, cfg.batch, cfg.hidden_size, cfg.proj, cfg.torch_dtype)
+        lc = tiers.tier1_config(cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype)
     except Exception as exc:  # an invalid config: say so in the row
         row["error"] = row["error"] or f"{type(exc).__name__}: {exc}"
         return row
@@ -713,9 +629,9 @@ def format_table(rows: Sequence[dict], markdown: bool = False) -> str:
     lines = []
     for r in rows:
         if r.get("tier", 1) == 1:
-            wbytes = recurrent.weight_bytes(r["mode"], r["hidden_size"], r["P"], DTYPES[r["dtype"]])
+            wbytes = tiers.weight_bytes(r["mode"], r["hidden_size"], r["P"], DTYPES[r["dtype"]])
         else:  # a program's resident W_hh slice; streamed weights are not held
-            wbytes = multi.slice_weight_bytes(r["mode"], r["hidden_size"], DTYPES[r["dtype"]]) if r["resident"] else 0
+            wbytes = tiers.slice_weight_bytes(r["mode"], r["hidden_size"], DTYPES[r["dtype"]]) if r["resident"] else 0
         base = [r["kernel"], r["cell"], r["dtype"], r["hidden_size"], r["P"] or "-", r["arch"], r["variant"]]
         if r["error"]:
             lines.append(
@@ -816,7 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     rows = compile_report(configs, jobs=a.jobs, timeout=a.timeout)
     limits = ", ".join(
-        f"{name} {recurrent.TIER1_MAX_WEIGHT_BYTES[dt] // 1024}/{recurrent.TIER1_MAX_WEIGHT_BYTES_UNALIGNED[dt] // 1024}"
+        f"{name} {tiers.TIER1_MAX_WEIGHT_BYTES[dt] // 1024}/{tiers.TIER1_MAX_WEIGHT_BYTES_UNALIGNED[dt] // 1024}"
         for name, dt in DTYPES.items()
     )
     print(

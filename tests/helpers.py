@@ -5,13 +5,15 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-import fastrnn
-from fastrnn.kernels import _runtime
+from fastrnn.kernels import _runtime, cells
+from fastrnn.modules import FAMILIES, resolve
 
-TWINS = {"RNN": (fastrnn.RNN, nn.RNN), "LSTM": (fastrnn.LSTM, nn.LSTM), "GRU": (fastrnn.GRU, nn.GRU)}
+#: Cell family -> (fastrnn module, torch.nn module), from the cell registry.
+TWINS = {family: (cls, cells.families()[family]) for family, cls in FAMILIES.items()}
+#: The registered cells that torch.nn has (tests of the kernels run over them).
+TORCH_MODES = [mode for mode, cell in cells.CELLS.items() if cell.twin is not None]
 
 # Tolerances of comparisons between two runs of the same arithmetic (compiled vs eager, one
 # backend vs itself): fp32 with TF32 off, fp64.  fastrnn against torch.nn uses the oracle rule below.
@@ -151,8 +153,9 @@ def module_inputs(cell, kwargs, T, B, kind, with_h0, I, H, dtype):
         leaves = [x_leaf]
         hx = None
         if with_h0:
-            hx = (rnd(*state_shape), rnd(*cell_shape)) if cell == "LSTM" else rnd(*state_shape)
-            leaves += list(hx) if cell == "LSTM" else [hx]
+            stateful = resolve(cell).has_cell_state
+            hx = (rnd(*state_shape), rnd(*cell_shape)) if stateful else rnd(*state_shape)
+            leaves += list(hx) if stateful else [hx]
         return x, hx, leaves
 
     return make

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `benchmarks` is a folder of the repository, not an installed package
     sys.path.insert(0, str(REPO))
 
-from benchmarks import cases  # noqa: E402
+from benchmarks import cases, grids  # noqa: E402
 from benchmarks.cases import CPU_SUITE, GPU_SUITE, Case, compile_filter  # noqa: E402
 from benchmarks.cli import main, measure_row, timing_config  # noqa: E402
 from benchmarks.loop import loop_stack  # noqa: E402
@@ -71,7 +71,7 @@ def test_cpu_mode_json(cpu_run):
     out, _ = cpu_run
     doc = json.loads((out / "results.json").read_text())
     assert doc["suite"] == "cpu" and doc["subject"] == "fastrnn_auto" and doc["baseline"] == "torch_nn"
-    planned = len(cases.grid("cpu"))
+    planned = len(grids.grid("cpu"))
     assert doc["rows_planned"] == planned == doc["rows_measured"] == len(doc["rows"]) == 30
     assert doc["complete"] is True
     env = doc["env"]
@@ -170,7 +170,7 @@ def test_a_row_that_never_finished_is_not_retried_by_default(tmp_path):
     args = ["--device", "cpu", "--filter", "cell=RNN B=1 H=32", "--out", str(tmp_path), "--no-progress", "--quiet"]
     args += ["--no-plot", "--rep-ms", "5"]
     assert main(args + ["--limit", "1"]) == 0
-    second = cases.select(cases.grid("cpu"), ["cell=RNN B=1 H=32"])[1].key
+    second = cases.select(grids.grid("cpu"), ["cell=RNN B=1 H=32"])[1].key
     with open(tmp_path / "rows.jsonl", "a") as f:  # what a run killed in the middle of that row leaves
         f.write(json.dumps({"type": "row_start", "key": second}) + "\n")
     assert main(args + ["--resume"]) == 0
@@ -276,7 +276,7 @@ def test_loop_reference_matches_torch_nn(cell, layers, bidir, packed):
 
 
 def test_filters():
-    rows = cases.grid("full")
+    rows = grids.grid("full")
     assert len(cases.select(rows, ["kind=rnn"])) == 3 * 3 * 5 * 5 * 2 * 2 * 2 * 2 * 2
     pick = cases.select(rows, ["kind=rnn lstm", "H=256,512 B>=64", "dtype!=fp32", "packed=1", "mode=fwd"])
     assert pick and all(
@@ -290,17 +290,17 @@ def test_filters():
 
 
 def test_run_order_headline_first_then_core():
-    rows = cases.grid("full")
+    rows = grids.grid("full")
     assert [r.key for r in rows[:2]] == [
         "rnn/LSTM/fp16/B16/H768/T1024/L1/uni/dense/fwd",
         "rnn/LSTM/fp16/B16/H768/T1024/L1/uni/dense/fwdbwd",
     ]
-    tiers = [cases.tier(r) for r in rows]
+    tiers = [grids.tier(r) for r in rows]
     assert tiers == sorted(tiers)
-    core = [r for r in rows if cases.tier(r) == 1]
+    core = [r for r in rows if grids.tier(r) == 1]
     assert len(core) == 3 * 3 * 2 * 2 * 2
     assert {r.cell for r in core} == {"RNN", "LSTM", "GRU"} and {r.B for r in core} == {16, 64}
-    quick = cases.grid("quick")
+    quick = grids.grid("quick")
     assert quick[0].key == rows[0].key and len(quick) == 86 + 8  # rnn + embed rows
 
 
@@ -338,8 +338,8 @@ def test_embedding_kind_rows():
     assert row["max_abs_diff"] == 0.0
     cost = cases.KINDS["embed"].cost(case, case.seed(0))
     assert cost.tokens == row["tokens"] and cost.flops > 0 and cost.steps == 6
-    assert cases.select(cases.grid("full"), ["kind=embed"]) and all(
-        dict(c.extra)["E"] == c.H for c in cases.select(cases.grid("full"), ["kind=embed"])
+    assert cases.select(grids.grid("full"), ["kind=embed"]) and all(
+        dict(c.extra)["E"] == c.H for c in cases.select(grids.grid("full"), ["kind=embed"])
     )
 
 

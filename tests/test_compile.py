@@ -10,6 +10,7 @@ from torch import nn
 
 import fastrnn
 from fastrnn import ops
+from fastrnn.kernels import cells
 from helpers import TOL, device
 
 
@@ -29,7 +30,7 @@ OPCHECK_CASES = {
 def test_opcheck_recurrence(case):
     mode, opt = OPCHECK_CASES[case]
     T, B, H = 3, 2, 3
-    G = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}[mode]
+    G = cells.get(mode).G
     P = 2 if opt.get("proj") else H
     args = (
         mode,
@@ -38,11 +39,12 @@ def test_opcheck_recurrence(case):
         _rand(B, P) if opt.get("h0") else None,
         _rand(B, H) if opt.get("c0") else None,
         torch.tensor([3, 1], device=device()) if opt.get("lengths") else None,
-        _rand(H) if opt.get("bhn") else None,
+        _rand(G * H) if opt.get("bhn") else None,
         _rand(P, H) if opt.get("proj") else None,
         opt.get("reverse", 0),
         1,
         0,
+        1,
     )
     torch.library.opcheck(ops.recurrence_fwd, args)
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
 
 import fastrnn
-from fastrnn.kernels import _runtime, multi, recurrent
+from fastrnn.kernels import _runtime, multi, recurrent, tiers
+from fastrnn.modules import resolve
 from helpers import compare_twins, module_inputs, twins
 
 pytestmark = pytest.mark.skipif(
@@ -40,7 +42,6 @@ def _compiled_variants(kernel) -> int:
 
 
 def _variants() -> tuple[int, int]:
-    from fastrnn.kernels import recurrent
 
     return _compiled_variants(recurrent._recurrent_fwd_kernel), _compiled_variants(recurrent._recurrent_bwd_kernel)
 
@@ -108,11 +109,10 @@ def test_offsets_past_2_to_the_31_elements():
 
 def _tier1_limit(mode: str, dtype: torch.dtype) -> int | None:
     """The largest multiple of 16 that tier 1 runs for ``mode`` in ``dtype`` (its limit)."""
-    sizes = [h for h in range(16, 513, 16) if recurrent.tier1_unsupported(mode, h, 0, dtype) is None]
+    sizes = [h for h in range(16, 513, 16) if tiers.tier1_unsupported(mode, h, 0, dtype) is None]
     return max(sizes) if sizes else None
 
 
-CELL_MODES = {"RNN": "RNN_TANH", "LSTM": "LSTM", "GRU": "GRU"}
 TIER_SIZES = [("tier1", 1, None), ("tier2-H256", 2, 256), ("tier2-H1024", 2, 1024), ("tier3-H256", 3, 256)]
 
 
@@ -124,9 +124,9 @@ def test_tier_compiled_against_float64(monkeypatch, name, tier, H, cell, dtype):
     lengths, T = 256) through one forced tier, against torch.nn in float64: within twice
     torch.nn's (cuDNN's) own error in the same dtype plus a small floor (TF32 off)."""
     if H is None:
-        H = _tier1_limit(CELL_MODES[cell], dtype)
+        H = _tier1_limit(resolve(cell).mode, dtype)
         if H is None:
-            pytest.skip(f"tier 1 runs no {cell} in {dtype} with triton {recurrent.triton.__version__}")
+            pytest.skip(f"tier 1 runs no {cell} in {dtype} with triton {triton.__version__}")
     monkeypatch.setenv("FASTRNN_TIER", str(tier))
     kw = dict(num_layers=2, bidirectional=True)
     T, B, I = 256, 5, 32
@@ -187,9 +187,10 @@ def test_tier2_forward_captured_in_a_cuda_graph(monkeypatch):
     gx = torch.randn(T, B, 4 * H, device="cuda")
     w = torch.randn(4 * H, H, device="cuda") / H**0.5
     with torch.no_grad():
-        graph, res = _capture(lambda: multi.multi_fwd("LSTM", gx, w, tier=2, save=False))
+        cfg = lambda tier: tiers.multi_config("LSTM", H, torch.float32, tier)
+        graph, res = _capture(lambda: multi.multi_fwd("LSTM", gx, w, None, None, None, cfg(2), tier=2, save=False))
         gx.copy_(torch.randn_like(gx))
         graph.replay()
-        want = multi.multi_fwd("LSTM", gx, w, tier=3, save=False)
+        want = multi.multi_fwd("LSTM", gx, w, None, None, None, cfg(3), tier=3, save=False)
     torch.testing.assert_close(res.out, want.out)
     torch.testing.assert_close(res.h_n, want.h_n)

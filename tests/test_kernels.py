@@ -6,23 +6,23 @@ import pytest
 import torch
 
 from fastrnn import ops, reference
-from fastrnn.kernels import _runtime
-from fastrnn.kernels.cells import gate_count
+from fastrnn.functional import first_layer_projection
+from fastrnn.kernels import _runtime, cells
+from helpers import TORCH_MODES as MODES
 from helpers import device
-
-MODES = ["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]
 
 
 def _layer_inputs(mode, T, B, H, P=None, dtype=torch.float64, proj=False, seed=0):
     g = torch.Generator().manual_seed(seed)
     P = P or H
-    G = gate_count(mode)
+    cell = cells.get(mode)
+    G = cell.G
     r = lambda *s: (0.5 * torch.randn(*s, generator=g, dtype=dtype)).to(device()).requires_grad_()
     args = dict(gx=r(T, B, G * H), w_hh=r(G * H, P), h0=r(B, P))
-    if mode == "LSTM":
+    if cell.has_cell_state:
         args["c0"] = r(B, H)
-    if mode == "GRU":
-        args["b_hn"] = r(H)
+    if cell.inner_bias:
+        args["b_hh"] = r(G * H)
     if proj:
         args["w_hr"] = r(P, H)
     return args
@@ -36,7 +36,7 @@ def _call(mode, args, lengths=None, reverse=False):
         args["h0"],
         args.get("c0"),
         lengths,
-        b_hn=args.get("b_hn"),
+        b_hh=args.get("b_hh"),
         w_hr=args.get("w_hr"),
         reverse=reverse,
     )
@@ -70,7 +70,8 @@ def test_matches_reference_varlen(mode, reverse):
     mode = "LSTM" if proj else mode
     T, B, H, I = 5, 4, 4, 3
     g = torch.Generator().manual_seed(3)
-    G = gate_count(mode)
+    cell = cells.get(mode)
+    G = cell.G
     P = 3 if proj else H
     x = torch.randn(T, B, I, generator=g, dtype=torch.float64)
     w_ih = torch.randn(G * H, I, generator=g, dtype=torch.float64)
@@ -79,16 +80,13 @@ def test_matches_reference_varlen(mode, reverse):
     b_hh = torch.randn(G * H, generator=g, dtype=torch.float64)
     w_hr = torch.randn(P, H, generator=g, dtype=torch.float64) if proj else None
     h0 = torch.randn(B, P, generator=g, dtype=torch.float64)
-    c0 = torch.randn(B, H, generator=g, dtype=torch.float64) if mode == "LSTM" else None
+    c0 = torch.randn(B, H, generator=g, dtype=torch.float64) if cell.has_cell_state else None
     lengths = torch.tensor([2, 5, 1, 3])
     ref_out, ref_h, ref_c, _ = reference.layer_forward(
         mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=w_hr, lengths=lengths, reverse=reverse
     )
-    if mode == "GRU":
-        gx = torch.nn.functional.linear(x, w_ih, b_ih + torch.cat([b_hh[: 2 * H], torch.zeros(H, dtype=x.dtype)]))
-        b_hn = b_hh[2 * H :]
-    else:
-        gx, b_hn = torch.nn.functional.linear(x, w_ih, b_ih + b_hh), None
+    weights = [w_ih, w_hh, b_ih, b_hh] + ([w_hr] if proj else [])
+    gx = torch.nn.functional.linear(x, *first_layer_projection(mode, weights, proj_size=P if proj else 0))
     dev = device()
     mv = lambda t: None if t is None else t.to(dev)
     out, h_n, c_n = ops.recurrence(
@@ -98,13 +96,13 @@ def test_matches_reference_varlen(mode, reverse):
         h0.to(dev),
         mv(c0),
         lengths.to(dev),
-        b_hn=mv(b_hn),
+        b_hh=b_hh.to(dev),
         w_hr=mv(w_hr),
         reverse=reverse,
     )
     torch.testing.assert_close(out.cpu(), ref_out, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(h_n.cpu(), ref_h, rtol=1e-10, atol=1e-10)
-    if mode == "LSTM":
+    if cell.has_cell_state:
         torch.testing.assert_close(c_n.cpu(), ref_c, rtol=1e-10, atol=1e-10)
     for b, L in enumerate(lengths.tolist()):
         assert torch.all(out[L:, b] == 0), "padding positions must be zero"

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import fastrnn
-from fastrnn.kernels import _runtime, multi
+from fastrnn.kernels import _runtime, cells, multi, tiers
 from helpers import TOL, compare_twins, device, module_inputs, twins
 
 CELLS = [("RNN", dict(nonlinearity="tanh")), ("RNN", dict(nonlinearity="relu")), ("LSTM", {}), ("GRU", {})]
@@ -84,9 +84,9 @@ def test_fused_embedding_runs_in_tier(monkeypatch, tier):
 def test_streamed_and_resident_weights_are_both_covered():
     """The tests above run tier 2 with resident weight slices and tier 3 with streamed ones, in
     more than one K chunk for H = 40."""
-    assert multi.multi_config("LSTM", 20, torch.float32, 2).resident is False  # fp32 LSTM: never
-    assert multi.multi_config("GRU", 40, torch.float32, 2).resident
-    streamed = multi.multi_config("GRU", 40, torch.float32, 3)
+    assert tiers.multi_config("LSTM", 20, torch.float32, 2).resident is False  # fp32 LSTM: never
+    assert tiers.multi_config("GRU", 40, torch.float32, 2).resident
+    streamed = tiers.multi_config("GRU", 40, torch.float32, 3)
     assert not streamed.resident and streamed.block_k < 40
 
 
@@ -120,25 +120,25 @@ def test_tier2_is_deterministic(monkeypatch):
 
 def test_choose_tier_rule(monkeypatch):
     monkeypatch.delenv("FASTRNN_TIER", raising=False)
-    assert multi.choose_tier("RNN_TANH", 16, 0, torch.float32)[0] == 1
-    tier, why = multi.choose_tier("LSTM", 1024, 0, torch.bfloat16)
+    assert tiers.choose_tier("RNN_TANH", 16, 0, torch.float32)[0] == 1
+    tier, why = tiers.choose_tier("LSTM", 1024, 0, torch.bfloat16)
     assert tier == 2 and "streamed" in why and "tier-1 kernel holds at most" in why
-    tier, why = multi.choose_tier("LSTM", 1024, 256, torch.bfloat16)
+    tier, why = tiers.choose_tier("LSTM", 1024, 256, torch.bfloat16)
     assert tier is None and "projected LSTM" in why
     # the interpreter keeps tiers 2/3 to sizes a CPU can run
-    tier, why = multi.choose_tier("LSTM", 4096, 0, torch.float32, interpreted=True)
+    tier, why = tiers.choose_tier("LSTM", 4096, 0, torch.float32, interpreted=True)
     assert tier is None and "in the interpreter" in why
 
 
 def test_forced_tier(monkeypatch):
     monkeypatch.setenv("FASTRNN_TIER", "3")
-    assert multi.choose_tier("RNN_TANH", 16, 0, torch.float32) == (3, "tier 3 forced by FASTRNN_TIER")
+    assert tiers.choose_tier("RNN_TANH", 16, 0, torch.float32) == (3, "tier 3 forced by FASTRNN_TIER")
     monkeypatch.setenv("FASTRNN_TIER", "1")
-    tier, why = multi.choose_tier("LSTM", 1024, 0, torch.bfloat16)
+    tier, why = tiers.choose_tier("LSTM", 1024, 0, torch.bfloat16)
     assert tier is None and "tier-1 kernel holds at most" in why
     monkeypatch.setenv("FASTRNN_TIER", "4")
     with pytest.raises(ValueError, match="FASTRNN_TIER must be"):
-        multi.choose_tier("LSTM", 16, 0, torch.float32)
+        tiers.choose_tier("LSTM", 16, 0, torch.float32)
 
 
 def test_explain_names_the_tier(monkeypatch):
@@ -236,18 +236,19 @@ def test_barrier_that_never_completes_fails_loudly(monkeypatch, check):
     T, B, H = 5, 40, 256
     gx = torch.randn(T, B, H, device="cuda")
     w = torch.randn(H, H, device="cuda") / H**0.5
+    cfg = lambda tier: tiers.multi_config("RNN_TANH", H, torch.float32, tier)
     monkeypatch.setattr(multi, "_BARRIER_START", -(2**30))
     monkeypatch.setenv("FASTRNN_BARRIER_CHECK", "1" if check else "0")
     if check:
         with pytest.raises(multi.BarrierTimeout, match="not all resident"):
-            multi.multi_fwd("RNN_TANH", gx, w, tier=2, max_spin=2000)
+            multi.multi_fwd("RNN_TANH", gx, w, None, None, None, cfg(2), tier=2, max_spin=2000)
     else:
-        res = multi.multi_fwd("RNN_TANH", gx, w, tier=2, max_spin=2000)
+        res = multi.multi_fwd("RNN_TANH", gx, w, None, None, None, cfg(2), tier=2, max_spin=2000)
         assert torch.isnan(res.out[1:]).all() and torch.isnan(res.h_n).all()
         assert not torch.isnan(res.out[0]).any()  # step 0 needs no barrier
     monkeypatch.setattr(multi, "_BARRIER_START", 0)
-    torch.testing.assert_close(multi.multi_fwd("RNN_TANH", gx, w, tier=2).out,
-                               multi.multi_fwd("RNN_TANH", gx, w, tier=3).out)  # fmt: skip
+    torch.testing.assert_close(multi.multi_fwd("RNN_TANH", gx, w, None, None, None, cfg(2), tier=2).out,
+                               multi.multi_fwd("RNN_TANH", gx, w, None, None, None, cfg(3), tier=3).out)  # fmt: skip
 
 
 @pytest.mark.parametrize("tier,mode", [(2, "LSTM"), (3, "GRU")])
@@ -257,13 +258,14 @@ def test_opcheck_recurrence_in_tier(monkeypatch, tier, mode):
 
     monkeypatch.setenv("FASTRNN_TIER", str(tier))
     T, B, H = 3, 2, 18
-    G = 4 if mode == "LSTM" else 3
+    cell = cells.get(mode)
+    G = cell.G
 
     def rnd(*shape):
         return torch.randn(*shape, dtype=torch.float64, device=device()).requires_grad_()
 
-    args = (mode, rnd(T, B, G * H), rnd(G * H, H), rnd(B, H), rnd(B, H) if mode == "LSTM" else None,
-            torch.tensor([3, 1], device=device()), rnd(H) if mode == "GRU" else None, None, 1, 1, 0)  # fmt: skip
+    args = (mode, rnd(T, B, G * H), rnd(G * H, H), rnd(B, H), rnd(B, H) if cell.has_cell_state else None,
+            torch.tensor([3, 1], device=device()), rnd(G * H) if cell.inner_bias else None, None, 1, 1, 0, tier)  # fmt: skip
     torch.library.opcheck(ops.recurrence_fwd, args)
 
 
@@ -300,20 +302,24 @@ def test_bf16_in_interpreter(tier, mode):
 
     g = torch.Generator().manual_seed(0)
     T, B, H = 4, 18, 40
-    G = multi.MODES[mode][2]
+    cell = cells.get(mode)
+    G = cell.G
 
     def rnd(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g) * scale).bfloat16().to(device())
 
     gx, w, h0 = rnd(T, B, G * H), rnd(G * H, H, scale=0.2), rnd(B, H)
-    c0 = rnd(B, H) if mode == "LSTM" else None
-    b_hn = rnd(H) if mode == "GRU" else None
+    c0 = rnd(B, H) if cell.has_cell_state else None
+    b_hh = rnd(G * H) if cell.inner_bias else None
     lengths = torch.randint(1, T + 1, (B,), generator=g).to(device())
+    f32 = lambda t: None if t is None else t.float()
+    cfg1 = tiers.tier1_config(mode, H, 0, torch.bfloat16)
 
-    want = recurrent.recurrent_fwd(mode, gx.float(), w.float(), h0.float(), c0.float() if c0 is not None else None,
-                                   lengths, b_hn=b_hn.float() if b_hn is not None else None, reverse=True)  # fmt: skip
-    base = recurrent.recurrent_fwd(mode, gx, w, h0, c0, lengths, b_hn=b_hn, reverse=True)
-    got = multi.multi_fwd(mode, gx, w, h0, c0, lengths, b_hn=b_hn, reverse=True, tier=tier)
+    want = recurrent.recurrent_fwd(mode, f32(gx), f32(w), f32(h0), f32(c0), lengths,
+                                   tiers.tier1_config(mode, H, 0, torch.float32), b_hh=f32(b_hh), reverse=True)  # fmt: skip
+    base = recurrent.recurrent_fwd(mode, gx, w, h0, c0, lengths, cfg1, b_hh=b_hh, reverse=True)
+    got = multi.multi_fwd(mode, gx, w, h0, c0, lengths, tiers.multi_config(mode, H, torch.bfloat16, tier), b_hh=b_hh,
+                          reverse=True, tier=tier)  # fmt: skip
     for name in ("out", "h_n"):
         err_base = (getattr(base, name).float() - getattr(want, name)).abs().max().item()
         err = (getattr(got, name).float() - getattr(want, name)).abs().max().item()

@@ -29,13 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..embedding import EmbeddingRNN
-from ..modules import GRU, LSTM, RNN
+from ..modules import FAMILIES, build, resolve
 from .attention import LUONG_SCORES, BahdanauAttention, LuongAttention
 from .data import PAD, SOS
 
 ATTENTIONS = (None, *LUONG_SCORES, "bahdanau")
-MODES = ("LSTM", "GRU", "RNN")
-_CELLS = {"LSTM": LSTM, "GRU": GRU, "RNN": RNN}
+MODES = tuple(FAMILIES)  # the recurrent cell families: "RNN", "LSTM", "GRU"
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # (L, B, H), or (h, c) for LSTM
 
@@ -181,7 +180,7 @@ class Bridge(nn.Module):
         self.identity = directions == 1 and enc_hidden == dec_hidden
         if not self.identity:
             self.h = nn.Linear(directions * enc_hidden, dec_hidden)
-            self.c = nn.Linear(directions * enc_hidden, dec_hidden) if mode == "LSTM" else None
+            self.c = nn.Linear(directions * enc_hidden, dec_hidden) if resolve(mode).has_cell_state else None
 
     def _merge(self, t: torch.Tensor) -> torch.Tensor:
         L, D = self.num_layers, self.directions
@@ -223,7 +222,7 @@ class Decoder(nn.Module):
             self.attention = LuongAttention(hidden_size, key_size, attention, attention_size)
         elif attention == "bahdanau":
             self.attention = BahdanauAttention(hidden_size, key_size, attention_size)
-            self.feed = _CELLS[mode](key_size, hidden_size, batch_first=True, backend=backend)
+            self.feed = build(mode, key_size, hidden_size, batch_first=True, backend=backend)
         self.combine = nn.Linear(key_size + hidden_size, hidden_size) if attention else None
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, vocab_size)

@@ -1,0 +1,188 @@
+"""Helpers every kernel file shares: ``@triton.jit`` building blocks and host-side utilities.
+
+Nothing here knows a cell (those live in :mod:`.cells`) or a tier (:mod:`.tiers`).  The kernel
+files import from here and from :mod:`.cells`/:mod:`.tiers`, never from each other.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _runtime
+
+# ---------------------------------------------------------------------------------------------
+# jit helpers
+
+
+@triton.jit
+def tanh(x):
+    # From exp (no libdevice in the interpreter); exp(-2|x|) never overflows.
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def mm(a, b, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """(M, K) @ (K, N) with ``ACC`` accumulation; ``a`` is cast to ``b``'s storage dtype."""
+    if UPCAST_DOT:  # the interpreter's bf16 tl.dot is wrong: multiply in ACC there
+        return tl.dot(a.to(ACC), b.to(ACC), input_precision=PRECISION, out_dtype=ACC)
+    else:
+        return tl.dot(a.to(b.dtype), b, input_precision=PRECISION, out_dtype=ACC)
+
+
+@triton.jit
+def load_block_t(w_ptr, s_row, s_col, block, N_ROWS, N_COLS, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+    """Rows ``[block*N_ROWS, (block+1)*N_ROWS)`` of ``w`` (N_COLS columns), transposed:
+    a ``(BLOCK_COLS, BLOCK_ROWS)`` tile, zero outside the matrix."""
+    r = tl.arange(0, BLOCK_ROWS)
+    c = tl.arange(0, BLOCK_COLS)
+    ptrs = w_ptr + (block * N_ROWS + r[None, :]).to(tl.int64) * s_row + c[:, None].to(tl.int64) * s_col
+    return tl.load(ptrs, mask=(r[None, :] < N_ROWS) & (c[:, None] < N_COLS), other=0.0)
+
+
+@triton.jit
+def load_block(w_ptr, s_row, s_col, block, N_ROWS, N_COLS, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+    """Rows ``[block*N_ROWS, (block+1)*N_ROWS)`` of ``w``: a ``(BLOCK_ROWS, BLOCK_COLS)`` tile."""
+    r = tl.arange(0, BLOCK_ROWS)
+    c = tl.arange(0, BLOCK_COLS)
+    ptrs = w_ptr + (block * N_ROWS + r[:, None]).to(tl.int64) * s_row + c[None, :].to(tl.int64) * s_col
+    return tl.load(ptrs, mask=(r[:, None] < N_ROWS) & (c[None, :] < N_COLS), other=0.0)
+
+
+@triton.jit
+def time_index(s, seq_len, REVERSE: tl.constexpr):
+    """Per-sequence time slot of loop step ``s`` (BLOCK_B,), and whether the sequence is active."""
+    active = s < seq_len
+    if REVERSE:
+        t = seq_len - 1 - s
+    else:
+        t = seq_len * 0 + s
+    return tl.where(active, t, s).to(tl.int64), active
+
+
+@triton.jit
+def store_saved(sv_t, H, keep, mask, saved, S: tl.constexpr):
+    """Store the cell's ``S`` saved tensors of one step at ``sv_t + k*H``; rows outside ``keep``
+    (inactive sequences) get 0."""
+    sdt = sv_t.dtype.element_ty
+    for k in tl.static_range(S):
+        tl.store(sv_t + k * H, tl.where(keep, saved[k], 0.0).to(sdt), mask=mask)
+
+
+@triton.jit
+def load_saved(sv_t, H, mask, S: tl.constexpr, ACC: tl.constexpr):
+    """The ``S`` saved tensors of one step (``ACC``), as :func:`store_saved` wrote them."""
+    saved = ()
+    for k in tl.static_range(S):
+        saved = saved + (tl.load(sv_t + k * H, mask=mask, other=0.0).to(ACC),)
+    return saved
+
+
+# ---------------------------------------------------------------------------------------------
+# launches and their results (every tier)
+
+
+@dataclass
+class Launch:
+    """One kernel launch as data: what the launchers run and what the kernel report compiles."""
+
+    kernel: Any  # a @triton.jit kernel
+    grid: tuple[int, ...]
+    args: tuple  # positional arguments
+    kwargs: dict[str, Any]  # constexprs and launch options (num_warps, ...)
+    name: str  # counted in _runtime.LAUNCHES
+
+    def run(self) -> None:
+        self.kernel[self.grid](*self.args, **self.kwargs)
+        _runtime.count_launch(self.name)
+
+
+def flags(**optional: torch.Tensor | None) -> dict[str, bool]:
+    """``HAS_<NAME>`` for each optional tensor: whether it was given."""
+    return {f"HAS_{name.upper()}": t is not None for name, t in optional.items()}
+
+
+@dataclass
+class ForwardResult:
+    out: torch.Tensor  # (T, B, P)
+    h_n: torch.Tensor  # (B, P)
+    c_n: torch.Tensor | None  # (B, H), cells with a cell state
+    saved: torch.Tensor | None  # (T, B, S*H) when saved for the backward
+    m: torch.Tensor | None  # (T, B, H) the output before the projection, projected and saved
+
+
+@dataclass
+class BackwardResult:
+    d_gx: torch.Tensor  # (T, B, G*H) gradient of the gate pre-activations' input parts, 0 at padding
+    d_gh_inner: torch.Tensor | None  # (T, B, N*H) gradient of the inner-bias gates' recurrent parts
+    d_h: torch.Tensor | None  # (T, B, P) projected LSTM: total gradient of h_t
+    d_h0: torch.Tensor  # (B, P)
+    d_c0: torch.Tensor | None  # (B, H) cells with a cell state
+
+
+# ---------------------------------------------------------------------------------------------
+# host helpers
+
+
+def pow2(n: int) -> int:
+    """Next power of two ``>= n``, at least 16 (the smallest ``tl.dot`` tile)."""
+    return max(16, triton.next_power_of_2(n))
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation and state dtype for a storage dtype: fp64 for fp64, else fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tl_acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def precision(dtype: torch.dtype, allow_tf32: bool) -> str:
+    """``tl.dot``'s ``input_precision``: TF32 only when asked for and fp32, else IEEE."""
+    return "tf32" if (allow_tf32 and dtype == torch.float32) else "ieee"
+
+
+def upcast_dot(dtype: torch.dtype) -> bool:
+    """The interpreter multiplies bf16 ``tl.dot`` operands wrongly: upcast them there."""
+    return _runtime.INTERPRET and dtype == torch.bfloat16
+
+
+def row_major(x: torch.Tensor | None) -> torch.Tensor | None:
+    """The kernels index the last dimension with stride 1."""
+    if x is None or x.stride(-1) == 1:
+        return x
+    return x.contiguous()
+
+
+def strides(x: torch.Tensor | None, n: int = 2) -> tuple:
+    """The first ``n`` strides of ``x``, or ``None`` for each when ``x`` is absent (a ``None``
+    tensor argument becomes a compile-time constant in Triton, and so do its strides)."""
+    return tuple(x.stride(i) for i in range(n)) if x is not None else (None,) * n
+
+
+def element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def triton_version() -> tuple[int, int]:
+    major, minor = (int(x) for x in triton.__version__.split(".")[:2])
+    return major, minor
+
+
+@functools.cache
+def warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)

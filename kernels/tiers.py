@@ -1,0 +1,283 @@
+"""Which kernel tier runs a layer, and how it is launched: decided here, once per layer and call.
+
+* **tier 1** (``recurrent.py``): one program holds all of ``W_hh`` (and ``W_hr``) on chip for a
+  tile of sequences; no synchronisation between programs.  Limited by what a program can hold.
+* **tier 2** (``multi.py``, persistent): the hidden units are split across programs that exchange
+  ``h_t`` through L2 with a grid barrier per step, in one cooperative launch.
+* **tier 3** (``multi.py``, per step): the same body launched once per step.
+
+:func:`choose_tier` picks the tier (``FASTRNN_TIER`` forces one); :func:`plan` returns it with its
+launch configuration (:class:`Tier1Config` or :class:`MultiConfig`), which the launchers take as
+given.  The limits below were measured with the kernel report (``python -m fastrnn.kernels.report``);
+the measurements and how they were made are in ``kernels/NOTES.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from . import cells
+from .common import element_size, pow2, triton_version
+
+# ---------------------------------------------------------------------------------------------
+# Tier 1
+
+#: Largest on-chip weight footprint (:func:`weight_bytes`) a compiled tier-1 program holds, per
+#: storage dtype, when ``H`` (and ``proj_size``) are multiples of 16: the largest sizes that
+#: compile for sm_90 and sm_80 without local memory in the time loop and within both GPUs' shared
+#: memory (kernels/NOTES.md, "Tier 1").
+TIER1_MAX_WEIGHT_BYTES: dict[torch.dtype, int] = {
+    torch.float16: 64 * 1024,  # RNN H<=128, GRU/LSTM H<=64
+    torch.bfloat16: 64 * 1024,
+    torch.float32: 48 * 1024,  # RNN/GRU H<=64, LSTM H<=32
+    torch.float64: 32 * 1024,  # RNN H<=64, GRU/LSTM H<=32
+}
+
+#: The same for other sizes (strides that are not multiples of 16: no vector loads, more
+#: registers) and for every projected LSTM (one more dot, its tiles in another layout).
+TIER1_MAX_WEIGHT_BYTES_UNALIGNED: dict[torch.dtype, int] = {
+    torch.float16: 32 * 1024,  # RNN H<=127, GRU/LSTM H<=63, projected LSTM H<=64 with P<=32
+    torch.bfloat16: 32 * 1024,
+    torch.float32: 16 * 1024,  # RNN H<=63, GRU/LSTM H<=31, projected H<=32, P<=16
+    torch.float64: 16 * 1024,  # RNN H<=31, GRU/LSTM H<=15, projected LSTM H<=16
+}
+
+#: The interpreter has no registers to spill; its limit only keeps CPU runs tractable.
+INTERPRETER_MAX_WEIGHT_BYTES = 4 * 1024 * 1024
+
+#: Builds a Triton version cannot compile: ``(mode, dtype, tier) -> first triton version that
+#: aborts``.  triton >= 3.9's LLVM aborts the process (an assertion in its SLP vectorizer, sm_90)
+#: building the fp32 LSTM tier-1 forward (kernels/NOTES.md); triton 3.6 builds it.  The resident
+#: tier-2 fp32 LSTM aborted too: tier 2 streams its weights on every version (never measured
+#: resident on 3.6).  Such a kernel is never launched.
+COMPILER_ABORTS: dict[tuple[str, torch.dtype, int], tuple[int, int]] = {
+    ("LSTM", torch.float32, 1): (3, 9),
+    ("LSTM", torch.float32, 2): (0, 0),  # resident weights only
+}
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _aborts(mode: str, dtype: torch.dtype, tier: int) -> bool:
+    first = COMPILER_ABORTS.get((mode, dtype, tier))
+    return first is not None and triton_version() >= first
+
+
+@dataclass(frozen=True)
+class Tier1Config:
+    """Compile-time tile sizes of one tier-1 launch (never depends on T or B)."""
+
+    block_b: int  # sequences per program
+    block_h: int  # next power of two >= H (>= 16 for tl.dot)
+    block_p: int  # next power of two >= P (>= 16; >= 32 for 16-bit projections from H = 32)
+    num_warps: int
+
+
+def tiles(hidden_size: int, proj_size: int, dtype: torch.dtype) -> tuple[int, int]:
+    """``(BLOCK_H, BLOCK_P)`` of tier 1.  A 16-wide 16-bit projection dot makes Triton put every
+    warp on the same batch rows of all gates (it spilled at any warp count): 32, masked, does not."""
+    block_h, block_p = pow2(hidden_size), pow2(proj_size or hidden_size)
+    if proj_size and block_h >= 32 and dtype in (torch.float16, torch.bfloat16):
+        block_p = max(block_p, 32)
+    return block_h, block_p
+
+
+def aligned(hidden_size: int, proj_size: int) -> bool:
+    """Whether every stride the kernels get is a multiple of 16 (whatever T and B are)."""
+    return hidden_size % 16 == 0 and (proj_size or hidden_size) % 16 == 0
+
+
+def weight_bytes(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> int:
+    """On-chip bytes of the recurrent weight tiles one tier-1 program holds: ``G`` tiles of
+    ``W_hh`` and, projected, one of ``W_hr``, each ``BLOCK_H x BLOCK_P`` as launched."""
+    block_h, block_p = tiles(hidden_size, proj_size, dtype)
+    n_tiles = cells.get(mode).G + (1 if proj_size else 0)
+    return n_tiles * block_h * block_p * element_size(dtype)
+
+
+def tier1_unsupported(
+    mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, interpreted: bool = False
+) -> str | None:
+    """Why tier 1 cannot run this layer (``None`` when it can); ``interpreted``: in Triton's
+    interpreter (CPU tensors), where the register limit of a compiled kernel does not apply.
+
+    Example::
+
+        tier1_unsupported("GRU", 64, 0, torch.bfloat16)  # None: 24 KiB of weights on chip
+        tier1_unsupported("GRU", 256, 0, torch.bfloat16)  # '... needs 384 KiB ... at most 64 KiB'
+    """
+    if dtype not in TIER1_MAX_WEIGHT_BYTES:
+        return f"dtype {dtype} is not supported (float16, bfloat16, float32, float64 are)"
+    nbytes = weight_bytes(mode, hidden_size, proj_size, dtype)
+    if interpreted:
+        limit, where = INTERPRETER_MAX_WEIGHT_BYTES, " in the interpreter"
+    elif proj_size:
+        limit, where = TIER1_MAX_WEIGHT_BYTES_UNALIGNED[dtype], " for a projected LSTM"
+    elif aligned(hidden_size, proj_size):
+        limit, where = TIER1_MAX_WEIGHT_BYTES[dtype], ""
+    else:
+        limit = TIER1_MAX_WEIGHT_BYTES_UNALIGNED[dtype]
+        where = f" when hidden_size is not a multiple of 16 ({TIER1_MAX_WEIGHT_BYTES[dtype] // 1024} KiB when it is)"
+    if nbytes > limit:
+        return (
+            f"{mode} with hidden_size={hidden_size}"
+            + (f", proj_size={proj_size}" if proj_size else "")
+            + f" in {dtype} needs {nbytes // 1024} KiB of recurrent weights on chip; the tier-1 "
+            f"kernel holds at most {limit // 1024} KiB{where}"
+        )
+    if not interpreted and _aborts(mode, dtype, 1):
+        import triton
+
+        return (
+            f"{mode} in {dtype} is not compiled with triton {triton.__version__}: its LLVM aborts the "
+            f"process building this tier-1 kernel for sm_90 (triton 3.6 builds it; kernels/NOTES.md)"
+        )
+    return None
+
+
+def tier1_config(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> Tier1Config:
+    """Tile sizes and warps of tier 1 (kernels/NOTES.md, "Tier 1"): 16 sequences per program
+    (the smallest dot tile: no spills up to the limit, and the most programs); warps by on-chip
+    weight bytes -- aligned sizes 4 below 16 KiB, 8 from there; other sizes 8 from 8 KiB, and
+    fp32 16 from 16 KiB."""
+    block_h, block_p = tiles(hidden_size, proj_size, dtype)
+    nbytes = weight_bytes(mode, hidden_size, proj_size, dtype)
+    if aligned(hidden_size, proj_size):
+        num_warps = 8 if nbytes >= 16 * 1024 else 4
+    elif dtype == torch.float32 and nbytes >= 16 * 1024:
+        num_warps = 16
+    else:
+        num_warps = 8 if nbytes >= 8 * 1024 else 4
+    return Tier1Config(16, block_h, block_p, num_warps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiers 2 and 3
+
+#: Hidden units per program (the smallest ``tl.dot`` tile: the most programs share a layer).
+BLOCK_HS = 16
+#: Sequences per batch tile (one ``tl.dot`` M dimension).
+BLOCK_B = 16
+#: Largest resident weight slice (bytes of a program's padded ``G`` tiles of ``(BLOCK_K,
+#: BLOCK_HS)``) and widest resident ``K``; larger slices are streamed from L2 every step.
+RESIDENT_MAX_WEIGHT_BYTES = 16 * 1024
+RESIDENT_MAX_K = 256
+#: Chunk of the reduction dimension of streamed weights, by element size (fp32/fp64 dots hold
+#: K-long rows per thread: narrower chunks).
+BLOCK_K_STREAMED = {2: 64, 4: 16, 8: 16}
+
+
+def slice_weight_bytes(mode: str, hidden_size: int, dtype: torch.dtype) -> int:
+    """On-chip bytes of one tier-2 program's resident ``W_hh`` slice (padded tiles)."""
+    return cells.get(mode).G * pow2(hidden_size) * BLOCK_HS * element_size(dtype)
+
+
+@dataclass(frozen=True)
+class MultiConfig:
+    """Compile-time choices of a tier-2/3 launch (never depends on T or B)."""
+
+    resident: bool
+    block_k: int
+    num_warps: int
+    num_stages: int
+    maxnreg: int
+
+
+def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int) -> MultiConfig:
+    """Tile choices of a tier-2/3 launch (kernels/NOTES.md, "Tiers 2 and 3"): resident weights
+    where the slice fits (tier 2 only, and not where the resident build aborts the compiler), else
+    ``BLOCK_K``-wide chunks streamed from L2; 8 warps resident, 4 streamed; ``maxnreg = 255``
+    (left alone, ptxas parks a few bytes in local memory inside the loop in about one config in
+    ten); 2 pipeline stages, 3 for fp32/fp64 streamed builds."""
+    size = element_size(dtype)
+    resident = (
+        tier == 2
+        and slice_weight_bytes(mode, hidden_size, dtype) <= RESIDENT_MAX_WEIGHT_BYTES
+        and pow2(hidden_size) <= RESIDENT_MAX_K
+        and not _aborts(mode, dtype, 2)
+    )
+    block_k = pow2(hidden_size) if resident else min(BLOCK_K_STREAMED[size], pow2(hidden_size))
+    return MultiConfig(resident, block_k, 8 if resident else 4, 2 if (resident or size == 2) else 3, 255)
+
+
+def multi_unsupported(tier: int, mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
+                      interpreted: bool = False) -> str | None:  # fmt: skip
+    """Why tier 2/3 cannot run this layer (``None`` when it can).  Tier 2's co-residency is
+    checked at launch (it needs the compiled kernel); a tier-2 launch that does not fit runs as
+    tier 3."""
+    if dtype not in DTYPES:
+        return f"dtype {dtype} is not supported (float16, bfloat16, float32, float64 are)"
+    if proj_size:
+        return f"tier {tier} does not run a projected LSTM (proj_size={proj_size}): only tier 1 does"
+    nbytes = cells.get(mode).G * hidden_size * hidden_size * element_size(dtype)
+    if interpreted and nbytes > INTERPRETER_MAX_WEIGHT_BYTES:
+        return (
+            f"tier {tier} in the interpreter runs at most {INTERPRETER_MAX_WEIGHT_BYTES // 2**20} MiB of recurrent "
+            f"weights (CPU runs stay tractable); {mode} with hidden_size={hidden_size} in {dtype} has {nbytes // 1024} KiB"
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The choice
+
+
+def forced_tier() -> int | None:
+    """``FASTRNN_TIER`` (1, 2 or 3) forces a tier for tests and benchmarks; unset: automatic."""
+    env = os.environ.get("FASTRNN_TIER", "")
+    if env in ("", "0", "auto"):
+        return None
+    if env not in ("1", "2", "3"):
+        raise ValueError(f"FASTRNN_TIER must be 1, 2, 3 or auto, got {env!r}")
+    return int(env)
+
+
+def tier_unsupported(tier: int, mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
+                     interpreted: bool = False) -> str | None:  # fmt: skip
+    """Why ``tier`` cannot run this layer (``None`` when it can)."""
+    if tier == 1:
+        return tier1_unsupported(mode, hidden_size, proj_size, dtype, interpreted)
+    return multi_unsupported(tier, mode, hidden_size, proj_size, dtype, interpreted)
+
+
+def choose_tier(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
+                interpreted: bool = False) -> tuple[int | None, str]:  # fmt: skip
+    """``(tier, why)``: the tier that runs this layer, or ``(None, reasons)`` when none can.
+
+    Rule: tier 1 whenever all of ``W_hh`` fits one program (no barrier, fastest per step), else
+    tier 2 (multi-program persistent; resident weights when the slice fits), else tier 3.
+    ``FASTRNN_TIER`` forces one.
+    """
+    forced = forced_tier()
+    if forced is not None:
+        why = tier_unsupported(forced, mode, hidden_size, proj_size, dtype, interpreted)
+        return (None, why) if why else (forced, f"tier {forced} forced by FASTRNN_TIER")
+    why1 = tier1_unsupported(mode, hidden_size, proj_size, dtype, interpreted)
+    if why1 is None:
+        return 1, "tier 1: all of W_hh fits one program"
+    why2 = multi_unsupported(2, mode, hidden_size, proj_size, dtype, interpreted)
+    if why2 is None:
+        how = "resident" if multi_config(mode, hidden_size, dtype, 2).resident else "streamed from L2"
+        return 2, f"tier 2 ({how} W_hh slices of {BLOCK_HS} units): {why1}"
+    return None, f"{why1}; {why2}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one layer (and direction) runs: its tier and that tier's launch configuration."""
+
+    tier: int
+    config: Tier1Config | MultiConfig
+
+
+def plan(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, tier: int) -> Plan:
+    """The launch configuration of ``tier`` for this layer (the tier was chosen by
+    :func:`choose_tier`, once per call, and handed down)."""
+    if tier == 1:
+        return Plan(1, tier1_config(mode, hidden_size, proj_size, dtype))
+    if tier not in (2, 3):
+        raise ValueError(f"tier must be 1, 2 or 3, got {tier}")
+    return Plan(tier, multi_config(mode, hidden_size, dtype, tier))
