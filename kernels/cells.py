@@ -224,18 +224,56 @@ def _gru_backward(dm, dc, saved, h_new, h_prev, c_prev):
 
 
 RNN_TANH = register(
-    Cell("RNN_TANH", "RNN", ("h",), (), _rnn_tanh_forward, _rnn_tanh_backward, reads=frozenset({"h_new"}),
-         twin=nn.RNN, twin_kwargs={"nonlinearity": "tanh"})  # fmt: skip
+    Cell(
+        "RNN_TANH",
+        "RNN",
+        ("h",),
+        (),
+        _rnn_tanh_forward,
+        _rnn_tanh_backward,
+        reads=frozenset({"h_new"}),
+        twin=nn.RNN,
+        twin_kwargs={"nonlinearity": "tanh"},
+    )  # fmt: skip
 )
 RNN_RELU = register(
-    Cell("RNN_RELU", "RNN", ("h",), (), _rnn_relu_forward, _rnn_relu_backward, reads=frozenset({"h_new"}),
-         twin=nn.RNN, twin_kwargs={"nonlinearity": "relu"})  # fmt: skip
+    Cell(
+        "RNN_RELU",
+        "RNN",
+        ("h",),
+        (),
+        _rnn_relu_forward,
+        _rnn_relu_backward,
+        reads=frozenset({"h_new"}),
+        twin=nn.RNN,
+        twin_kwargs={"nonlinearity": "relu"},
+    )  # fmt: skip
 )
 LSTM = register(
-    Cell("LSTM", "LSTM", ("i", "f", "g", "o"), ("i", "f", "g", "o", "c"), _lstm_forward, _lstm_backward,
-         has_cell_state=True, projection=True, twin=nn.LSTM)  # fmt: skip
+    Cell(
+        "LSTM",
+        "LSTM",
+        ("i", "f", "g", "o"),
+        ("i", "f", "g", "o", "c"),
+        _lstm_forward,
+        _lstm_backward,
+        has_cell_state=True,
+        projection=True,
+        twin=nn.LSTM,
+    )  # fmt: skip
 )
 GRU = register(
-    Cell("GRU", "GRU", ("r", "z", "n"), ("r", "z", "n", "hn"), _gru_forward, _gru_backward, inner_bias=("n",),
-         reads=frozenset({"h_prev"}), direct_dh=True, twin=nn.GRU, twin_cpu_autocast=False)  # fmt: skip
+    Cell(
+        "GRU",
+        "GRU",
+        ("r", "z", "n"),
+        ("r", "z", "n", "hn"),
+        _gru_forward,
+        _gru_backward,
+        inner_bias=("n",),
+        reads=frozenset({"h_prev"}),
+        direct_dh=True,
+        twin=nn.GRU,
+        twin_cpu_autocast=False,
+    )  # fmt: skip
 )

@@ -678,6 +678,39 @@ def format_table(rows: Sequence[dict], markdown: bool = False) -> str:
     return "\n".join(out)
 
 
+#: What :func:`compare` checks per config: lower is better for each.
+COMPARED = ("registers", "spill_stores", "spill_loads", "loop_local_insts", "local_insts", "shared_bytes")
+
+
+def row_key(r: dict) -> tuple:
+    """A row's identity across runs (kernel, cell, dtype, sizes, arch, variant, tier)."""
+    return (r["kernel"], r["cell"], r["dtype"], r["hidden_size"], r.get("P") or 0, r["arch"], r["variant"],
+            r.get("tier", 1))  # fmt: skip
+
+
+def compare(baseline: list[dict], rows: list[dict]) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """``(worse, better, missing)`` of ``rows`` against ``baseline`` (an earlier ``--json``):
+    ``(key, metric, before, after)`` for every :data:`COMPARED` metric that changed, and the keys
+    of baseline rows this run did not compile (or that now fail)."""
+    now = {row_key(r): r for r in rows}
+    worse, better, missing = [], [], []
+    for old in baseline:
+        key = row_key(old)
+        new = now.get(key)
+        if old.get("error"):
+            continue
+        if new is None or new.get("error"):
+            missing.append((key, new.get("error") if new else "not compiled"))
+            continue
+        for metric in COMPARED:
+            a, b = old.get(metric) or 0, new.get(metric) or 0
+            if b > a:
+                worse.append((key, metric, a, b))
+            elif b < a:
+                better.append((key, metric, a, b))
+    return worse, better, missing
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; 1 when a config spills in its time loop, overflows shared memory or fails."""
     p = argparse.ArgumentParser(prog="python -m fastrnn.kernels.report", description=__doc__.split("\n\n")[0])
@@ -697,6 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tf32", action="store_true", help="also fp32 with allow_tf32=True (tensor cores)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--baseline", help="compare registers, spills and shared memory with an earlier --json file")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument("--timeout", type=float, default=None, help="seconds per compile (default: no limit)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # a compile_report worker
@@ -744,6 +778,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
+    if a.baseline:
+        with open(a.baseline) as f:
+            worse, better, missing = compare(json.load(f), rows)
+        fmt = lambda k: "/".join(map(str, k))
+        print(f"against {a.baseline}: {len(worse)} worse, {len(better)} better, {len(missing)} missing")
+        for key, metric, before, after in worse:
+            print(f"  WORSE  {fmt(key)}: {metric} {before} -> {after}")
+        for key, metric, before, after in better:
+            print(f"  better {fmt(key)}: {metric} {before} -> {after}")
+        for key, why in missing:
+            print(f"  MISSING {fmt(key)}: {why}")
     bad = [r for r in rows if r["error"] or r["loop_spills"] or not r["shared_ok"]]
     outside = [r for r in rows if not r["error"] and r["spills"] and not r["loop_spills"]]
     if outside:

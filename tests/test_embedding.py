@@ -12,18 +12,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastrnn
 from fastrnn.embedding import choose_strategy
-from fastrnn.kernels import _runtime
-from helpers import TOL, TWINS, assert_within_oracle, device
+from fastrnn.kernels import _runtime, cells
+from fastrnn.modules import build
+from helpers import TOL, assert_within_oracle, device
 
 V, E, H = 11, 7, 5
 
 
 def _pair(mode, dtype=torch.float32, padding_idx=None, strategy="auto", **kw):
-    cell = "RNN" if mode.startswith("RNN") else mode
-    if mode == "RNN_RELU":
-        kw["nonlinearity"] = "relu"
     emb = nn.Embedding(V, E, padding_idx=padding_idx).to(device(), dtype)
-    rnn = TWINS[cell][1](E, H, **kw).to(device(), dtype)
+    rnn = build(mode, E, H, torch_nn=True, **kw).to(device(), dtype)
     fused = fastrnn.EmbeddingRNN.from_modules(emb, rnn, backend="triton", strategy=strategy)
     return fused, emb, rnn
 
@@ -78,7 +76,8 @@ def test_packed_and_lengths_match(mode, strategy):
     lengths = torch.tensor([3, 6, 1, 4])
     ids = torch.randint(1, V, (6, 4), device=device())
     h0 = torch.randn(4, 4, H, dtype=torch.float64, device=device())
-    hx = (h0, torch.randn_like(h0)) if mode == "LSTM" else h0
+    stateful = cells.get(mode).has_cell_state
+    hx = (h0, torch.randn_like(h0)) if stateful else h0
     packed_ids = pack_padded_sequence(ids, lengths, enforce_sorted=False)
     ref_out, ref_h = rnn(pack_padded_sequence(emb(ids), lengths, enforce_sorted=False), hx)
     ref_pad, _ = pad_packed_sequence(ref_out, total_length=6)
@@ -87,9 +86,7 @@ def test_packed_and_lengths_match(mode, strategy):
     torch.testing.assert_close(out.unsorted_indices, ref_out.unsorted_indices)
     out2, h2 = fused(ids, hx, lengths=lengths)  # padded ids + lengths: padded output, zero padding
     torch.testing.assert_close(out2, ref_pad, **TOL[torch.float64])
-    for a, b, c in zip(
-        h if mode == "LSTM" else (h,), h2 if mode == "LSTM" else (h2,), ref_h if mode == "LSTM" else (ref_h,)
-    ):
+    for a, b, c in zip(h if stateful else (h,), h2 if stateful else (h2,), ref_h if stateful else (ref_h,)):
         torch.testing.assert_close(a, c, **TOL[torch.float64])
         torch.testing.assert_close(b, c, **TOL[torch.float64])
     g_fused = _grads([fused], [out2, h2])
@@ -125,7 +122,7 @@ def test_no_embedded_tensor_is_allocated(strategy):
     embedded = [(f, s) for f, s in rec.big if s and s[-1] == E]  # (T, B, E), (B, T, E), (T*B, E), ...
     assert not embedded, embedded
     # the recorder does see the real big tensors (the gate buffers), so it is not vacuous
-    assert any(s == (T, B, 3 * H) for _, s in rec.big)
+    assert any(s == (T, B, cells.get("GRU").G * H) for _, s in rec.big)
 
 
 def test_launch_count_constant_in_sequence_length():

@@ -184,8 +184,9 @@ def test_tier2_forward_captured_in_a_cuda_graph(monkeypatch):
     """Tier 2's persistent launch (its barrier buffer reused, no host sync) inside a CUDA graph."""
     monkeypatch.setenv("FASTRNN_BARRIER_CHECK", "0")
     T, B, H = 16, 4, 256
-    gx = torch.randn(T, B, 4 * H, device="cuda")
-    w = torch.randn(4 * H, H, device="cuda") / H**0.5
+    G = resolve("LSTM").G
+    gx = torch.randn(T, B, G * H, device="cuda")
+    w = torch.randn(G * H, H, device="cuda") / H**0.5
     with torch.no_grad():
         cfg = lambda tier: tiers.multi_config("LSTM", H, torch.float32, tier)
         graph, res = _capture(lambda: multi.multi_fwd("LSTM", gx, w, None, None, None, cfg(2), tier=2, save=False))

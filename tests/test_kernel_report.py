@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("triton", reason="triton is not installed: nothing to compile")
 
-from fastrnn.kernels import multi, recurrent, report  # noqa: E402
+from fastrnn.kernels import multi, report, tiers  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     bool(report.missing_tools()),
@@ -105,13 +105,13 @@ def _assert_compiled_clean(row: dict, cfg: report.KernelConfig, tensor_cores: bo
 
 
 def test_launch_arguments_are_the_launchers() -> None:
-    """The report compiles what the launcher passes: every kernel argument, launch_config's tiles."""
+    """The report compiles what the launcher builds: every kernel argument, tier1_config's tiles."""
     for kernel in report.KERNELS:
         cfg = report.KernelConfig(kernel, "LSTMP", "bf16", 64, varlen=True, reverse=True, has_h0=True)
         fn, args, kwargs = report.launch_arguments(cfg)
         names = list(fn.arg_names)
         assert set(kwargs) - {"num_warps"} == set(names[len(args) :])  # positional, then constexprs
-        lc = recurrent.launch_config("LSTM", cfg.batch, 64, 32, cfg.torch_dtype)
+        lc = tiers.tier1_config("LSTM", 64, 32, cfg.torch_dtype)
         assert (kwargs["BLOCK_B"], kwargs["BLOCK_H"], kwargs["BLOCK_P"], kwargs["num_warps"]) == (
             lc.block_b,
             lc.block_h,
@@ -165,9 +165,10 @@ def test_one_compiled_variant_whatever_T_and_B(kernel, cell, dtype, hidden, proj
         # s_gx_t = B*H, s_out_t = B*P, ...: a multiple of 16 for B % 16 == 0, and 1 at B = 1 for H = 1
         ("RNN_TANH", 3, 0, [{16, 64}, {1, 2, 3, 4, 33}]),
         ("RNN_TANH", 1, 0, [{16, 64}, {2, 3, 4, 33}, {1}]),
-        ("GRU", 10, 0, [{16, 64}, {1, 2, 3, 4, 33}]),  # 3H = 30: B*30 % 16 == 0 iff B % 8 == 0
-        ("LSTM", 24, 0, [{2, 4, 16, 64}, {1, 3, 33}]),  # 4H = 96 is aligned; B*24 (aux) iff B is even
-        ("LSTMP", 20, 5, [{16, 64}, {4}, {1, 2, 3, 33}]),  # B*5 (out) iff B % 16 == 0, B*20 (aux) B % 4
+        # gx 3H = 30: B*30 % 16 == 0 iff B % 8 == 0; saved 4H = 40: B*40 % 16 == 0 iff B is even
+        ("GRU", 10, 0, [{16, 64}, {2, 4}, {1, 3, 33}]),
+        ("LSTM", 24, 0, [{2, 4, 16, 64}, {1, 3, 33}]),  # 4H = 96 is aligned; B*24 (out), B*120 (saved) iff B even
+        ("LSTMP", 20, 5, [{16, 64}, {4}, {1, 2, 3, 33}]),  # B*5 (out) iff B % 16 == 0, B*20 (m), B*100 (saved) B % 4
     ],
 )
 def test_other_sizes_compile_a_few_variants_by_batch_alignment(cell, hidden, proj, classes) -> None:

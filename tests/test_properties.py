@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastrnn
+from fastrnn.modules import resolve
 from helpers import TOL, TWINS, compare_twins, device, twins
 
 settings.register_profile("ci", max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -33,9 +34,10 @@ def configs(draw):
         bidirectional=draw(st.booleans()),
     )
     H = draw(st.integers(1, 6))
-    if cell == "RNN":
+    spec = resolve(cell)
+    if "nonlinearity" in spec.twin_kwargs:
         kw["nonlinearity"] = draw(st.sampled_from(["tanh", "relu"]))
-    if cell == "LSTM" and H > 1 and draw(st.booleans()):
+    if spec.projection and H > 1 and draw(st.booleans()):
         kw["proj_size"] = draw(st.integers(1, H - 1))
     kind = draw(st.sampled_from(["dense", "unbatched", "packed"]))
     T = draw(st.integers(1, 5))
@@ -72,8 +74,9 @@ def test_random_configurations_match_torch_nn(c):
         hx = None
         if c["with_h0"]:
             h = rnd(L * D, *batch, P)
-            hx = (h, rnd(L * D, *batch, c["H"])) if c["cell"] == "LSTM" else h
-            leaves += list(hx) if c["cell"] == "LSTM" else [hx]
+            stateful = resolve(c["cell"]).has_cell_state
+            hx = (h, rnd(L * D, *batch, c["H"])) if stateful else h
+            leaves += list(hx) if stateful else [hx]
         return arg, hx, leaves
 
     compare_twins(fast, ref, make, dtype)

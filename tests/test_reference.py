@@ -6,17 +6,14 @@ import pytest
 import torch
 
 from fastrnn import reference
-from helpers import TWINS
+from fastrnn.kernels import cells
+from fastrnn.modules import build
 
 CASES = [("RNN_TANH", {}), ("RNN_RELU", {}), ("LSTM", {}), ("LSTM", dict(proj_size=2)), ("GRU", {})]
 
 
 def _weights(mode, proj):
-    cell = "RNN" if mode.startswith("RNN") else mode
-    kw = dict(nonlinearity="relu") if mode == "RNN_RELU" else {}
-    if proj:
-        kw["proj_size"] = proj
-    return TWINS[cell][1](3, 4, num_layers=2, bidirectional=True, **kw).double()
+    return build(mode, 3, 4, 2, bidirectional=True, proj_size=proj, torch_nn=True).double()
 
 
 @pytest.mark.parametrize("mode,kw", CASES, ids=["tanh", "relu", "lstm", "lstm_proj", "gru"])
@@ -28,7 +25,7 @@ def test_stack_forward_matches_torch_nn(mode, kw):
     )
     want = m(x)
     torch.testing.assert_close(out, want[0])
-    torch.testing.assert_close(h_n, want[1][0] if mode == "LSTM" else want[1])
+    torch.testing.assert_close(h_n, want[1][0] if cells.get(mode).has_cell_state else want[1])
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -40,7 +37,7 @@ def test_hand_written_bptt_equals_autograd(mode, kw, reverse):
     w_hr = m.weight_hr_l0 if P else None
     x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(3, P or 4, dtype=torch.float64, requires_grad=True)
-    c0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True) if mode == "LSTM" else None
+    c0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True) if cells.get(mode).has_cell_state else None
     lengths = torch.tensor([5, 2, 4])
     out, h_n, c_n, cache = reference.layer_forward(
         mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=w_hr, lengths=lengths, reverse=reverse
