@@ -136,8 +136,8 @@ def main(args) -> int:
 def add_arguments(p) -> None:
     p.add_argument("--T", type=int, default=16, help="sequence length")
     p.add_argument("--B", type=int, default=4, help="batch size")
-    p.add_argument("--input-size", type=int, default=8)
-    p.add_argument("--hidden-size", type=int, default=16)
-    p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument("--input-size", type=int, default=8, help="input features")
+    p.add_argument("--hidden-size", type=int, default=16, help="hidden size")
+    p.add_argument("--num-layers", type=int, default=2, help="stacked layers")
     p.add_argument("--repeats", type=int, default=2, help="timed forward+backward passes")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")

@@ -192,3 +192,292 @@ def test_decoding_argument_errors():
         beam_search(model, src, src_len, beam_size=0)
     with pytest.raises(ValueError, match="max_len must be at least 1"):
         greedy_decode(model, src, src_len, max_len=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Beam search against exhaustive enumeration; no host sync per step; never below greedy
+
+
+class Automaton:
+    """A decoder model over fixed tables, in tensors only (no host reads inside a step).
+
+    ``logp (N, V)``: the next-token log-probabilities in each of ``N`` states; ``child (N, V)``: the
+    state after emitting a token; ``roots (B,)``: each source's first state.  ``-inf`` marks a
+    token that cannot follow (probability exactly 0).
+    """
+
+    def __init__(self, logp: torch.Tensor, child: torch.Tensor, roots: torch.Tensor):
+        self.logp, self.child, self.roots, self.calls = logp, child, roots, 0
+
+    def init_state(self, src, src_lengths):
+        return self.roots[: src.shape[0]].clone()
+
+    def decode_step(self, y_prev, node):
+        self.calls += 1
+        node = torch.where(y_prev == SOS, node, self.child[node, y_prev])
+        return self.logp[node], node
+
+    def reorder_state(self, node, index):
+        return node[index]
+
+    @classmethod
+    def from_tables(cls, tables: list[dict[tuple, dict[int, float]]], vocab: int = 8) -> Automaton:
+        """One prefix table per source (as :class:`TableModel`); unlisted prefixes say ``<eos>`` surely."""
+        logp = [torch.full((vocab,), -math.inf).index_fill_(0, torch.tensor([EOS]), 0.0)]  # state 0: the sink
+        child, roots = [], []
+        for table in tables:
+            ids = {prefix: len(logp) + i for i, prefix in enumerate(table)}
+            for prefix, dist in table.items():
+                row = torch.full((vocab,), -math.inf)
+                for tok, p in dist.items():
+                    row[tok] = math.log(p)
+                logp.append(row)
+                child.append([ids.get((*prefix, v), 0) for v in range(vocab)])
+            roots.append(ids[()])
+        child = [[0] * vocab, *child]
+        return cls(torch.stack(logp), torch.tensor(child), torch.tensor(roots))
+
+    @classmethod
+    def random_tries(cls, B: int, depth: int, tokens: tuple[int, ...], vocab: int, seed: int) -> Automaton:
+        """``B`` random prefix trees: every prefix of fewer than ``depth`` ordinary ``tokens`` has its own
+        random distribution over ``<eos>`` and ``tokens``."""
+        g = torch.Generator().manual_seed(seed)
+        n_per = sum(len(tokens) ** d for d in range(depth))
+        allowed = torch.tensor([EOS, *tokens])
+        logp = torch.full((1 + B * n_per, vocab), -math.inf)
+        logp[0, EOS] = 0.0
+        logits = torch.randn(B * n_per, len(allowed), generator=g)
+        logp[1:, allowed] = logits.log_softmax(-1)
+        child = torch.zeros(1 + B * n_per, vocab, dtype=torch.int64)
+        roots = []
+        for b in range(B):
+            first = 1 + b * n_per
+            roots.append(first)
+            # breadth-first numbering: the children of node i (level order) are consecutive
+            for i in range(n_per):
+                kids = first + i * len(tokens) + 1 + torch.arange(len(tokens))
+                if int(kids[-1]) < first + n_per:
+                    child[first + i, list(tokens)] = kids
+        return cls(logp, child, torch.tensor(roots))
+
+
+def enumerate_best(model: Automaton, b: int, max_len: int, length_penalty: float) -> tuple[float, list[int]]:
+    """Exhaustively: the best rank ``score / length ** length_penalty`` over every hypothesis of
+    source ``b`` (ended by ``<eos>``, or cut at ``max_len`` tokens), in float64."""
+    logp, child = model.logp.double().tolist(), model.child.tolist()
+    best = (-math.inf, [])
+
+    def walk(node: int, prefix: list[int], score: float) -> None:
+        nonlocal best
+        for tok, lp in enumerate(logp[node]):
+            if lp == -math.inf:
+                continue
+            if tok == EOS:
+                cand = ((score + lp) / (len(prefix) + 1) ** length_penalty, [*prefix, EOS])
+            elif len(prefix) + 1 == max_len:
+                cand = ((score + lp) / max_len**length_penalty, [*prefix, tok])
+            else:
+                walk(child[node][tok], [*prefix, tok], score + lp)
+                continue
+            if cand[0] > best[0]:
+                best = cand
+
+    walk(int(model.roots[b]), [], 0.0)
+    return best
+
+
+def rank_of(model: Automaton, b: int, seq: list[int], length_penalty: float) -> tuple[float, float]:
+    """``(raw score, rank)`` of hypothesis ``seq`` of source ``b`` under the model's tables, in float64."""
+    node, score = int(model.roots[b]), 0.0
+    for tok in seq:
+        score += float(model.logp[node, tok].double())
+        node = int(model.child[node, tok])
+    return score, score / len(seq) ** length_penalty
+
+
+def _hyp_seqs(hyp) -> list[list[int]]:
+    return [row[:n] for row, n in zip(hyp.tokens.tolist(), hyp.lengths.tolist())]
+
+
+def test_beam_of_the_needed_width_finds_the_enumerated_best_where_greedy_fails():
+    # A garden path.  Greedy takes 4 (0.35), then ends (0.55).  Beam 2 keeps 4 and 5 (0.33) and
+    # prunes 6 (0.32), whose continuation 7 7 7 <eos> is sure: 6 7 7 7 <eos> is the best hypothesis
+    # (0.32).  Beam 3 keeps it, but meanwhile the short 5 <eos> (0.198), 4 <eos>, 4 5 <eos> and
+    # 5 4 <eos> end: a search that stops once it has 3 finished hypotheses returns 5 <eos>.
+    table = {
+        (): {4: 0.35, 5: 0.33, 6: 0.32},
+        (4,): {EOS: 0.55, 5: 0.45},
+        (4, 5): {EOS: 1.0},
+        (5,): {EOS: 0.6, 4: 0.4},
+        (5, 4): {EOS: 1.0},
+        (6,): {7: 1.0},
+        (6, 7): {7: 1.0},
+        (6, 7, 7): {7: 1.0},
+        (6, 7, 7, 7): {EOS: 1.0},
+    }
+    max_len = 8
+    model = Automaton.from_tables([table])
+    src, src_len = _src(1)
+    for lp in (0.0, 1.0):
+        best_rank, best_seq = enumerate_best(model, 0, max_len, lp)
+        assert best_seq == [6, 7, 7, 7, EOS]
+        greedy = _hyp_seqs(greedy_decode(model, src, src_len, max_len=max_len))[0]
+        assert greedy == [4, EOS]
+        assert rank_of(model, 0, greedy, lp)[1] < best_rank - 0.1, "greedy must be wrong here"
+        found = {}
+        for width in (2, 3, 4):
+            hyp = beam_search(model, src, src_len, beam_size=width, max_len=max_len, length_penalty=lp)
+            found[width] = _hyp_seqs(hyp)[0]
+        assert found[2] != best_seq, "width 2 prunes the best path here: width 3 is needed"
+        assert found[3] == found[4] == best_seq
+        hyp = beam_search(model, src, src_len, beam_size=3, max_len=max_len, length_penalty=lp)
+        assert hyp.scores[0].item() == pytest.approx(math.log(0.32), abs=1e-5)
+        assert hyp.lengths.tolist() == [5]
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 0.6, 1.0, 2.0, -0.5])
+def test_an_exhaustive_beam_is_exact_and_any_beam_ranks_at_least_as_high_as_greedy(length_penalty):
+    # depth-5 random trees over 3 ordinary tokens: at most 3**4 = 81 live prefixes at any step, so
+    # beam 81 prunes nothing, and only a premature stop could miss the enumerated best
+    B, max_len, tokens = 10, 5, (4, 5, 6)
+    model = Automaton.random_tries(B, max_len, tokens, vocab=8, seed=11)
+    src, src_len = _src(B)
+    best = [enumerate_best(model, b, max_len, length_penalty) for b in range(B)]
+    greedy = _hyp_seqs(greedy_decode(model, src, src_len, max_len=max_len))
+    greedy_rank = [rank_of(model, b, greedy[b], length_penalty)[1] for b in range(B)]
+    assert sum(g < r - 1e-3 for g, (r, _) in zip(greedy_rank, best)) >= 2, "greedy should miss some optima"
+    exact = beam_search(model, src, src_len, beam_size=81, max_len=max_len, length_penalty=length_penalty)
+    for b, seq in enumerate(_hyp_seqs(exact)):
+        score, rank = rank_of(model, b, seq, length_penalty)
+        assert rank == pytest.approx(best[b][0], abs=1e-5), (b, seq, best[b])
+        assert exact.scores[b].item() == pytest.approx(score, abs=1e-4)
+        assert exact.lengths[b].item() == len(seq)
+    for width in (2, 3, 5):
+        hyp = beam_search(model, src, src_len, beam_size=width, max_len=max_len, length_penalty=length_penalty)
+        for b, seq in enumerate(_hyp_seqs(hyp)):
+            assert rank_of(model, b, seq, length_penalty)[1] >= greedy_rank[b] - 1e-5, (width, b)
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the tensor operations that read device data on the host (a sync on a GPU)."""
+
+    READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "numpy", "cpu"}
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        masked = name in ("__getitem__", "__setitem__") and any(
+            isinstance(a, torch.Tensor) and a.dtype == torch.bool for a in _flat(args[1:])
+        )
+        if name in self.READS or masked:
+            self.reads.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _flat(items):
+    for a in items:
+        if isinstance(a, (tuple, list)):
+            yield from _flat(a)
+        else:
+            yield a
+
+
+def _looping_automaton(B: int, seed: int, eos: float | None = 0.02) -> Automaton:
+    """``B`` sources over a random 12-state automaton.  ``eos``: the probability of ``<eos>`` in
+    every state (small: decoding runs long), or ``None``: random like the other tokens'."""
+    g = torch.Generator().manual_seed(seed)
+    V, N = 8, 12
+    logits = 2 * torch.randn(N, V, generator=g)
+    logits[:, (PAD, SOS, 3)] = -math.inf
+    logp = logits.log_softmax(-1)
+    if eos is not None:
+        rest = logp[:, 4:].exp()
+        logp[:, 4:] = (rest * (1 - eos) / rest.sum(-1, keepdim=True)).log()
+        logp[:, EOS] = math.log(eos)
+    child = torch.randint(0, N, (N, V), generator=g)
+    return Automaton(logp, child, torch.randint(0, N, (B,), generator=g))
+
+
+@pytest.mark.parametrize("decode", ["greedy", "beam"])
+def test_decoding_reads_the_device_only_every_sync_every_steps(decode):
+    model = _looping_automaton(5, seed=2)
+    src, src_len = _src(5)
+    max_len, every = 24, 4
+    with HostReads() as mode:
+        if decode == "greedy":
+            greedy_decode(model, src, src_len, max_len=max_len, sync_every=every)
+        else:
+            beam_search(model, src, src_len, beam_size=4, max_len=max_len, length_penalty=1.0, sync_every=every)
+    assert model.calls >= 12, model.calls
+    # one "all done?" check per `every` steps, and one read of the output width at the end
+    assert len(mode.reads) <= -(-model.calls // every) + 1, (model.calls, mode.reads)
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_decoding_results_do_not_depend_on_sync_every(length_penalty):
+    model = _looping_automaton(7, seed=5, eos=None)
+    src, src_len = _src(7)
+    runs = [
+        beam_search(model, src, src_len, beam_size=3, max_len=30, length_penalty=length_penalty, sync_every=n)
+        for n in (1, 3, 8, 100)
+    ]
+    greedy = [greedy_decode(model, src, src_len, max_len=30, sync_every=n) for n in (1, 3, 8, 100)]
+    for results in (runs, greedy):
+        for other in results[1:]:
+            assert torch.equal(other.tokens, results[0].tokens) and torch.equal(other.lengths, results[0].lengths)
+            assert torch.equal(other.scores, results[0].scores)
+    # sources end at different steps (the per-token mean of a loop can beat every ending: then
+    # length-normalised beams run to max_len)
+    assert len(set(greedy[0].lengths.tolist())) > 1
+    assert length_penalty > 0 or len(set(runs[0].lengths.tolist())) > 1
+
+
+def test_decoding_an_empty_batch_and_a_bad_sync_every():
+    model = _looping_automaton(1, seed=0)
+    src, src_len = torch.zeros(0, 3, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    for hyp in (greedy_decode(model, src, src_len, max_len=5), beam_search(model, src, src_len, 3, max_len=5)):
+        assert hyp.tokens.shape == (0, 0) and hyp.to_lists() == []
+    with pytest.raises(ValueError, match="sync_every must be at least 1"):
+        beam_search(model, *_src(1), beam_size=2, max_len=5, sync_every=0)
+
+
+@pytest.fixture(scope="module")
+def reverse_model(tmp_path_factory):
+    """A small attention model trained here on the reverse task (250 steps, about 30 s on one core):
+    good enough to be mostly right, weak enough that decoding choices matter."""
+    from fastrnn.seq2seq.train import TrainOptions, train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    opts = TrainOptions(
+        out=str(tmp_path_factory.mktemp("reverse")), task="reverse", train_size=250 * 32, valid_size=20, max_len=16,
+        hidden_size=32, embedding_dim=16, bidirectional=True, attention="general", epochs=1, batch_size=32, lr=0.01,
+        warmup_steps=30, lr_decay="linear", progress=False, quiet=True,
+    )  # fmt: skip
+    result = train(opts)
+    torch.set_num_threads(threads)
+    return result
+
+
+@pytest.mark.parametrize("length_penalty", [1.0, 0.0])
+def test_beam_5_is_not_worse_than_greedy_on_a_trained_model(reverse_model, length_penalty):
+    from fastrnn.seq2seq.data import encode_batch
+    from fastrnn.seq2seq.train import evaluate, make_task
+
+    model, src_vocab, tgt_vocab = reverse_model.model, reverse_model.src_vocab, reverse_model.tgt_vocab
+    test = make_task("reverse", 400, seed=99, split="valid", min_len=1, max_len=16)
+    greedy = evaluate(model, test, src_vocab, tgt_vocab)
+    beam = evaluate(model, test, src_vocab, tgt_vocab, beam_size=5, length_penalty=length_penalty)
+    assert 0.5 < greedy.exact_match < 0.98, f"the model should be good but not perfect: {greedy.summary()}"
+    assert beam.exact_match >= greedy.exact_match - 0.01, (greedy.summary(), beam.summary())
+    # and by the model's own ranking, beam search never returns a worse hypothesis than greedy's
+    src, src_len = encode_batch(src_vocab, [s for s, _ in test[:100]], add_eos=False)
+    g = greedy_decode(model, src, src_len)
+    b = beam_search(model, src, src_len, beam_size=5, length_penalty=length_penalty)
+    g_rank = g.scores / g.lengths.double() ** length_penalty
+    b_rank = b.scores / b.lengths.double() ** length_penalty
+    assert torch.all(b_rank >= g_rank - 1e-4), (b_rank - g_rank).min()
+    assert torch.any(b_rank > g_rank + 1e-3), "beam search should improve on greedy somewhere"

@@ -221,7 +221,7 @@ def test_translate_and_evaluate(trained, capsys, monkeypatch):
 
 
 def test_translate_and_train_bad_input(trained, tmp_path, capsys, monkeypatch):
-    _fails(capsys, ["translate", "-c", str(trained), "abc", "  "], "empty line(s) at line 2")
+    _fails(capsys, ["translate", "-c", str(trained), "abc", "  "], "an empty line at line 2")
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO(""))
     _fails(capsys, ["translate", "-c", str(trained)], "nothing to translate on stdin")
     _fails(capsys, ["translate", "-c", str(trained), "--beam", "0", "abc"], "--beam must be at least 1")

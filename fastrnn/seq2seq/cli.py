@@ -7,12 +7,25 @@ Every command prints a one-line ``fastrnn CMD: error: ...`` and exits with statu
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import fields
 
 import torch
 
-from .data import STRING_TASKS, TASKS, Seq2SeqError, check_texts, encode_batch, make_task, read_tsv
+from .data import (
+    STRING_TASKS,
+    TASKS,
+    Seq2SeqError,
+    Vocab,
+    check_texts,
+    encode_batch,
+    make_task,
+    plural,
+    read_tsv,
+    unknown_tokens,
+)
+from .decoding import LENGTH_PENALTY
 from .model import ATTENTIONS, MODES
 
 EXIT_ERROR = 2
@@ -23,90 +36,113 @@ def _none_or(kind):
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    """Register ``train``, ``translate``, ``evaluate`` and ``demo`` on the ``fastrnn`` parser."""
+    """Register ``train``, ``translate``, ``evaluate`` and ``demo`` on the ``fastrnn`` parser.
+
+    Every option has a help line; the parser's formatter (``fastrnn.__main__.HelpFormatter``)
+    appends its default unless the help already states it.
+    """
     from .train import LR_DECAYS, TrainOptions
 
     d = TrainOptions()
     p = sub.add_parser(
         "train",
         help="train a seq2seq model on a built-in task or a TSV file",
-        description="Train an encoder-decoder. Multi-process: torchrun --nproc_per_node N -m fastrnn train ...",
+        description="Train an encoder-decoder on a built-in task (generated from --seed) or on your "
+        "source<TAB>target pairs; checkpoint to OUT/checkpoint.pt after every epoch. A progress bar on a "
+        "terminal, plain progress lines otherwise (a log file). "
+        "Several processes: torchrun --nproc_per_node N -m fastrnn train ...",
     )
     g = p.add_argument_group("data")
     src = g.add_mutually_exclusive_group()
-    src.add_argument("--task", choices=TASKS, help="built-in task, generated from --seed (default: reverse)")
-    src.add_argument("--data", metavar="FILE.tsv", help="training pairs, one source<TAB>target per line")
+    src.add_argument("--task", choices=TASKS, help="built-in task, generated from --seed (default: reverse, unless --data)")  # fmt: skip
+    src.add_argument("--data", metavar="FILE.tsv", help="training pairs, one source<TAB>target per line (default: none, use --task)")  # fmt: skip
     g.add_argument("--valid-data", metavar="FILE.tsv", help="validation pairs (default: every 20th line of --data)")
-    g.add_argument("--level", choices=("char", "word"), default=d.level, help="tokenisation of --data (default: %(default)s)")  # fmt: skip
-    g.add_argument("--max-vocab", type=int, default=d.max_vocab, help="keep the most frequent tokens only")
-    g.add_argument("--train-size", type=int, default=d.train_size, help="pairs generated for a task (default: %(default)s)")  # fmt: skip
-    g.add_argument("--valid-size", type=int, default=d.valid_size, help="validation pairs (default: %(default)s)")
-    g.add_argument("--min-len", type=int, default=d.min_len, help="shortest task source (default: %(default)s)")
-    g.add_argument("--max-len", type=int, default=d.max_len, help="longest task source (default: %(default)s)")
+    g.add_argument("--level", choices=("char", "word"), default=d.level, help="tokenisation of --data")
+    g.add_argument("--max-vocab", type=int, default=d.max_vocab, help="keep the most frequent tokens only (default: all)")  # fmt: skip
+    g.add_argument("--train-size", type=int, default=d.train_size, help="pairs generated for a task")
+    g.add_argument("--valid-size", type=int, default=d.valid_size, help="validation pairs")
+    g.add_argument("--min-len", type=int, default=d.min_len, help="shortest task source")
+    g.add_argument("--max-len", type=int, default=d.max_len, help="longest task source")
     g = p.add_argument_group("model")
-    g.add_argument("--mode", choices=MODES, default=d.mode, help="recurrent cell (default: %(default)s)")
-    g.add_argument("--embedding-dim", type=int, default=d.embedding_dim)
-    g.add_argument("--hidden-size", type=int, default=d.hidden_size)
-    g.add_argument("--num-layers", type=int, default=d.num_layers)
+    g.add_argument("--mode", choices=MODES, default=d.mode, help="recurrent cell")
+    g.add_argument("--embedding-dim", type=int, default=d.embedding_dim, help="token embedding size")
+    g.add_argument("--hidden-size", type=int, default=d.hidden_size, help="hidden size of encoder and decoder")
+    g.add_argument("--num-layers", type=int, default=d.num_layers, help="stacked recurrent layers")
     g.add_argument("--bidirectional", action="store_true", help="bidirectional encoder")
-    g.add_argument("--attention", type=_none_or(str), default=None, choices=ATTENTIONS, metavar="{none,dot,general,concat,bahdanau}", help="none (default), dot, general, concat (Luong) or bahdanau")  # fmt: skip
-    g.add_argument("--attention-size", type=int, default=None, help="hidden size of additive scores")
-    g.add_argument("--dropout", type=float, default=d.dropout)
-    g.add_argument("--backend", choices=("auto", "triton", "torch"), default=d.backend)
+    g.add_argument("--attention", type=_none_or(str), default=None, choices=ATTENTIONS, metavar="{none,dot,general,concat,bahdanau}", help="none, dot, general, concat (Luong) or bahdanau (default: none)")  # fmt: skip
+    g.add_argument("--attention-size", type=int, default=None, help="hidden size of additive scores (default: --hidden-size)")  # fmt: skip
+    g.add_argument("--dropout", type=float, default=d.dropout, help="dropout between layers and before the output")
+    g.add_argument("--backend", choices=("auto", "triton", "torch"), default=d.backend, help="recurrent kernels: auto = triton on a GPU, torch.nn's code on a CPU")  # fmt: skip
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process (default: %(default)s)")
-    g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (default: %(default)s)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    g.add_argument("--lr-decay", choices=LR_DECAYS, default=d.lr_decay, help="after warm-up, to 5%% at the last epoch (default: %(default)s)")  # fmt: skip
-    g.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clip (default: %(default)s)")
-    g.add_argument("--teacher-forcing", type=float, default=d.teacher_forcing, help="< 1: scheduled sampling")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training pairs")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per step and process")
+    g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear learning-rate warm-up")
+    g.add_argument("--lr-decay", choices=LR_DECAYS, default=d.lr_decay, help="after warm-up, to 5%% at the last epoch")  # fmt: skip
+    g.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clip")
+    g.add_argument("--teacher-forcing", type=float, default=d.teacher_forcing, help="probability of feeding the truth; < 1: scheduled sampling")  # fmt: skip
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of the task data, the initialisation and the data order")  # fmt: skip
     g = p.add_argument_group("running")
-    g.add_argument("--out", default=d.out, help="run directory; checkpoint at OUT/checkpoint.pt (default: %(default)s)")  # fmt: skip
+    g.add_argument("--out", default=d.out, help="run directory; checkpoint at OUT/checkpoint.pt")
     g.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     g.add_argument("--overwrite", action="store_true", help="start over even if --out holds a checkpoint")
-    g.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps")
-    g.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after N steps in all")
-    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    g.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (0: after each epoch only)")  # fmt: skip
+    g.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after N steps in all (default: no limit)")  # fmt: skip
+    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="pairs per validation batch")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
-    g.add_argument("--device", default=None, help="default: cuda (per local rank) if available, else cpu")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    g.add_argument("--quiet", action="store_true")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda, per local rank, if available, else cpu)")  # fmt: skip
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar or progress lines")
+    g.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=_guard(run_train))
 
-    p = sub.add_parser("translate", help="translate sources (arguments, or lines on stdin) with a checkpoint")
+    p = sub.add_parser(
+        "translate",
+        help="translate sources (arguments, or lines on stdin) with a checkpoint",
+        description="Translate each source (the arguments, or else every line on stdin) with a trained "
+        "checkpoint and print one output line per source. Greedy decoding, or beam search with --beam.",
+    )
     p.add_argument("text", nargs="*", help="sources to translate (default: read lines from stdin)")
     _checkpoint_args(p)
     p.set_defaults(run=_guard(run_translate))
 
-    p = sub.add_parser("evaluate", help="exact match, token accuracy and BLEU of a checkpoint, by source length")
+    p = sub.add_parser(
+        "evaluate",
+        help="exact match, token accuracy and BLEU of a checkpoint, by source length",
+        description="Decode held-out pairs with a checkpoint (its validation data, fresh pairs of a built-in "
+        "task, or a TSV file) and print exact match, token accuracy and, for word-level data, BLEU, "
+        "overall and by source length.",
+    )
     _checkpoint_args(p)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--task", choices=TASKS, help="evaluate on fresh pairs of a built-in task")
-    src.add_argument("--data", metavar="FILE.tsv", help="evaluate on these pairs")
-    p.add_argument("--size", type=int, default=1000, help="pairs of --task (default: %(default)s)")
+    src.add_argument("--task", choices=TASKS, help="evaluate on fresh pairs of a built-in task (default: the checkpoint's validation data)")  # fmt: skip
+    src.add_argument("--data", metavar="FILE.tsv", help="evaluate on these pairs (default: the checkpoint's validation data)")  # fmt: skip
+    p.add_argument("--size", type=int, default=1000, help="pairs of --task")
     p.add_argument("--min-len", type=int, default=None, help="--task: shortest source (default: the checkpoint's)")
     p.add_argument("--max-len", type=int, default=None, help="--task: longest source (default: the checkpoint's)")
-    p.add_argument("--seed", type=int, default=12345, help="--task: generation seed (default: %(default)s)")
-    p.add_argument("--buckets", type=int, default=6, help="number of source-length buckets (default: %(default)s)")
-    p.add_argument("--plot", metavar="FILE.png", help="plot the metric by source-length bucket (BLEU for text)")
+    p.add_argument("--seed", type=int, default=12345, help="--task: generation seed")
+    p.add_argument("--buckets", type=int, default=6, help="number of source-length buckets")
+    p.add_argument("--plot", metavar="FILE.png", help="plot the metric by source-length bucket, BLEU for text (default: no plot)")  # fmt: skip
     p.set_defaults(run=_guard(run_evaluate))
 
     from . import demo
 
-    p = sub.add_parser("demo", help="long-range forgetting, measured: seq2seq with and without attention on reverse")
+    p = sub.add_parser(
+        "demo",
+        help="long-range forgetting, measured: seq2seq with and without attention on reverse",
+        description=demo.DESCRIPTION,
+    )
     demo.add_arguments(p)
     p.set_defaults(run=_guard(demo.main))
 
 
 def _checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", "-c", required=True, help="checkpoint file, or a run directory")
-    p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy; default: %(default)s)")
-    p.add_argument("--max-out", type=int, default=None, help="longest output (default: 2 x source + 10)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy decoding)")
+    p.add_argument("--length-penalty", type=float, default=LENGTH_PENALTY, metavar="L", help="beam search ranks a hypothesis by its log-probability / length ** L (0: the raw log-probability, 1: per token)")  # fmt: skip
+    p.add_argument("--max-out", type=int, default=None, help="longest output (default: 2 x longest source + 10)")
+    p.add_argument("--batch-size", type=int, default=256, help="sources decoded together")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
 
 
 def _guard(fn):
@@ -144,16 +180,44 @@ def run_train(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace):
     from .train import load_checkpoint, model_from_checkpoint
 
-    ckpt = load_checkpoint(args.checkpoint)
     if args.beam < 1:
         raise Seq2SeqError(f"--beam must be at least 1, got {args.beam}")
+    if args.max_out is not None and args.max_out < 1:
+        raise Seq2SeqError(f"--max-out must be at least 1, got {args.max_out}")
+    if args.batch_size < 1:
+        raise Seq2SeqError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not math.isfinite(args.length_penalty):
+        raise Seq2SeqError(f"--length-penalty must be a finite number, got {args.length_penalty}")
+    ckpt = load_checkpoint(args.checkpoint)
     model, src_vocab, tgt_vocab = model_from_checkpoint(ckpt, _device(args.device))
     return ckpt, model, src_vocab, tgt_vocab
 
 
-def run_translate(args: argparse.Namespace) -> int:
+def _warn_unknown(command: str, vocab: Vocab, texts: list[str], what: str) -> None:
+    """One warning line on stderr when ``texts`` hold tokens that ``vocab`` does not know."""
+    unknown = unknown_tokens(vocab, texts)
+    if not unknown:
+        return
+    kind = "character" if vocab.level == "char" else "word"
+    shown = ", ".join(repr(t) for t, _ in unknown.most_common(10)) + (", ..." if len(unknown) > 10 else "")
+    print(
+        f"fastrnn {command}: warning: {plural(len(unknown), 'distinct ' + kind)} of the {what} "
+        f"({plural(unknown.total(), 'occurrence')}) not in the model's vocabulary, read as <unk>: {shown}",
+        file=sys.stderr,
+    )
+
+
+def _decode(model, src, src_len, args: argparse.Namespace):
     from .decoding import beam_search, greedy_decode
 
+    if args.beam > 1:
+        return beam_search(
+            model, src, src_len, beam_size=args.beam, max_len=args.max_out, length_penalty=args.length_penalty
+        )
+    return greedy_decode(model, src, src_len, max_len=args.max_out)
+
+
+def run_translate(args: argparse.Namespace) -> int:
     _, model, src_vocab, tgt_vocab = _load(args)
     if args.text:
         texts, what = list(args.text), "arguments"
@@ -162,14 +226,11 @@ def run_translate(args: argparse.Namespace) -> int:
     if not texts:
         raise Seq2SeqError(f"nothing to translate on {what}")
     check_texts(texts, what)
+    _warn_unknown("translate", src_vocab, texts, "input")
     device = next(model.parameters()).device
     for i in range(0, len(texts), args.batch_size):
         src, src_len = encode_batch(src_vocab, texts[i : i + args.batch_size], add_eos=False, device=device)
-        if args.beam > 1:
-            hyp = beam_search(model, src, src_len, beam_size=args.beam, max_len=args.max_out)
-        else:
-            hyp = greedy_decode(model, src, src_len, max_len=args.max_out)
-        for ids in hyp.to_lists():
+        for ids in _decode(model, src, src_len, args).to_lists():
             print(tgt_vocab.decode(ids))
     return 0
 
@@ -196,10 +257,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 f"the checkpoint does not say what it was trained on ({e}); pass --task or --data"
             ) from None
         pairs, name = prepare_data(opts)[1], "the checkpoint's validation data"
+    _warn_unknown("evaluate", src_vocab, [s for s, _ in pairs], "sources")
+    _warn_unknown("evaluate", tgt_vocab, [t for _, t in pairs], "references")
     res = evaluate(
-        model, pairs, src_vocab, tgt_vocab, batch_size=args.batch_size, beam_size=args.beam, max_len=args.max_out
-    )
-    print(f"{name}: {res.summary()}" + (f", beam {args.beam}" if args.beam > 1 else ""))
+        model, pairs, src_vocab, tgt_vocab, batch_size=args.batch_size, beam_size=args.beam, max_len=args.max_out,
+        length_penalty=args.length_penalty,
+    )  # fmt: skip
+    how = f"beam {args.beam}, length penalty {args.length_penalty:g}" if args.beam > 1 else "greedy"
+    print(f"{name}: {res.summary()}, {how}")
     text = tgt_vocab.level == "word"
     with_bleu = text and res.bleu is not None
     if text and not with_bleu:

@@ -206,7 +206,18 @@ def check_texts(texts: Sequence[str], what: str = "input") -> None:
     empty = [i + 1 for i, t in enumerate(texts) if not t.strip()]
     if empty:
         shown = ", ".join(map(str, empty[:10])) + (" ..." if len(empty) > 10 else "")
-        raise Seq2SeqError(f"{what}: empty line(s) at line {shown}: nothing to translate")
+        lines = "an empty line at line" if len(empty) == 1 else f"{len(empty)} empty lines, at lines"
+        raise Seq2SeqError(f"{what}: {lines} {shown}: nothing to translate")
+
+
+def unknown_tokens(vocab: Vocab, texts: Iterable[str]) -> Counter[str]:
+    """How often each token of ``texts`` that ``vocab`` does not know (it reads as ``<unk>``) occurs."""
+    return Counter(t for text in texts for t in vocab.tokenize(text) if t not in vocab.stoi)
+
+
+def plural(n: int, noun: str, plural_form: str | None = None) -> str:
+    """``"1 epoch"``, ``"5 epochs"``, ``"2 processes"`` (``plural_form`` for irregular nouns)."""
+    return f"{n:,} {noun if n == 1 else plural_form or noun + 's'}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 * :func:`train` runs a whole training job from :class:`TrainOptions`: AdamW with linear warm-up,
   gradient clipping, a loss over real (non-pad) target tokens, validation after every epoch
-  (exact match, token accuracy, BLEU when ``sacrebleu`` is installed and the data is text), a
-  ``tqdm`` progress bar when installed, bf16 autocast on CUDA when asked, and
+  (exact match, token accuracy, BLEU when ``sacrebleu`` is installed and the data is text),
+  progress on stderr (a ``tqdm`` bar when stderr is a terminal and tqdm is installed, else a plain
+  line about every tenth of an epoch, as a log file wants), bf16 autocast on CUDA when asked, and
   ``DistributedDataParallel`` when started by ``torchrun`` (gloo on CPU, nccl on GPU).
 * Checkpoints are written to a temporary file in the same directory and renamed over the old
   one (:func:`save_checkpoint`): a run that fails never leaves a half-written or overwritten
@@ -19,11 +20,15 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import os
+import pickle
 import random
+import sys
 import tempfile
 import time
+import zipfile
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -39,10 +44,11 @@ from .data import (
     Vocab,
     make_task,
     pad_batch,
+    plural,
     read_tsv,
     task_level,
 )
-from .decoding import Hypotheses, beam_search, greedy_decode
+from .decoding import LENGTH_PENALTY, Hypotheses, beam_search, greedy_decode
 from .model import Seq2Seq, Seq2SeqConfig, sequence_loss
 
 CHECKPOINT_FORMAT = "fastrnn.seq2seq.checkpoint"
@@ -153,7 +159,7 @@ class EvalResult:
 
     def summary(self) -> str:
         s = f"exact match {self.exact_match:.3f}, token accuracy {self.token_accuracy:.3f}"
-        return s + (f", BLEU {self.bleu:.2f}" if self.bleu is not None else "") + f" ({self.n} pairs)"
+        return s + (f", BLEU {self.bleu:.2f}" if self.bleu is not None else "") + f" ({plural(self.n, 'pair')})"
 
 
 @dataclass
@@ -204,10 +210,17 @@ def load_checkpoint(path: str | Path) -> dict:
     path = checkpoint_path(path)
     if not path.exists():
         raise Seq2SeqError(f"checkpoint not found: {path}")
+    _check_archive(path)
+    what = f"cannot read checkpoint {path}: the file is damaged or not a checkpoint"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise Seq2SeqError(
+            f"{what} (it holds Python objects other than tensors and plain data, e.g. a whole pickled model; "
+            "fastrnn checkpoints never do)"
+        ) from None
     except Exception as e:  # torch raises many types for damaged files; all mean the same here
-        raise Seq2SeqError(f"cannot read checkpoint {path}: the file is damaged or not a checkpoint ({e})") from None
+        raise Seq2SeqError(f"{what} (torch.load could not read it: {_describe(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise Seq2SeqError(f"{path} is not a fastrnn seq2seq checkpoint")
     if ckpt.get("version") != CHECKPOINT_VERSION:
@@ -218,6 +231,38 @@ def load_checkpoint(path: str | Path) -> dict:
     if missing:
         raise Seq2SeqError(f"{path}: checkpoint lacks {', '.join(missing)}")
     return ckpt
+
+
+def _describe(e: BaseException) -> str:
+    """An exception as words: its type, and its message's first line unless that is a bare key/code."""
+    msg = str(e).strip()
+    if isinstance(e, (KeyError, OSError, EOFError)) or not msg:  # "'101'", "[Errno 22] ...": meaningless here
+        return type(e).__name__
+    return f"{type(e).__name__}: {msg.splitlines()[0][:200]}"
+
+
+def _check_archive(path: Path) -> None:
+    """Say what is wrong with a file that cannot be a checkpoint (:func:`torch.save` writes a zip archive)."""
+    size = path.stat().st_size
+    what = f"cannot read checkpoint {path}: the file is damaged or not a checkpoint"
+    if size == 0:
+        raise Seq2SeqError(f"{what} (the file is empty)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not zipfile.is_zipfile(path):
+        if head == b"PK\x03\x04":
+            raise Seq2SeqError(
+                f"{what} (it starts like a checkpoint but its end is missing: the file is truncated, "
+                f"an interrupted copy or download?)"
+            )
+        raise Seq2SeqError(f"{what} (torch.save writes a zip archive, and this file is not one)")
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise Seq2SeqError(f"{what} (its zip archive is damaged: {_describe(e)})") from None
+    if bad is not None:
+        raise Seq2SeqError(f"{what} (the part {bad!r} fails its checksum: bytes in the file were changed)")
 
 
 def model_from_checkpoint(
@@ -323,8 +368,11 @@ def evaluate(
     beam_size: int = 1,
     max_len: int | None = None,
     with_bleu: bool | None = None,
+    length_penalty: float = LENGTH_PENALTY,
 ) -> EvalResult:
     """Decode every source (greedy, or beam search when ``beam_size > 1``) and score it.
+
+    ``length_penalty``: the ranking of :func:`~fastrnn.seq2seq.decoding.beam_search`.
 
     Exact match compares the decoded text with the reference; token accuracy is the teacher-forced
     argmax accuracy over real target tokens (``<eos>`` included).  BLEU (``sacrebleu``) is computed
@@ -343,7 +391,9 @@ def evaluate(
         correct += int((pred.eq(tgt) & real).sum())
         total += int(real.sum())
         if beam_size > 1:
-            hyp: Hypotheses = beam_search(model, src, src_len, beam_size=beam_size, max_len=max_len)
+            hyp: Hypotheses = beam_search(
+                model, src, src_len, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty
+            )
         else:
             hyp = greedy_decode(model, src, src_len, max_len=max_len)
         for j, ids in enumerate(hyp.to_lists()):
@@ -434,8 +484,8 @@ def _check_resume(opts: TrainOptions, ckpt: dict, world: int, fingerprint: str, 
         )
     if ckpt.get("world_size") != world:
         raise Seq2SeqError(
-            f"cannot resume: the checkpoint was trained by {ckpt.get('world_size')} process(es), this run has {world} "
-            "(the global batch would change)"
+            f"cannot resume: the checkpoint was trained by {plural(ckpt.get('world_size') or 0, 'process', 'processes')}, "
+            f"this run has {world} (the global batch would change)"
         )
     src_vocab, tgt_vocab = vocabs
     if Vocab.from_dict(ckpt["src_vocab"]) != src_vocab or Vocab.from_dict(ckpt["tgt_vocab"]) != tgt_vocab:
@@ -457,6 +507,24 @@ def model_config(opts: TrainOptions, src_vocab: Vocab, tgt_vocab: Vocab) -> Seq2
 
 # ----------------------------------------------------------------------------------------------
 # The training loop
+
+
+def progress_style(enabled: bool, stream=None) -> str | None:
+    """How :func:`train` shows progress on ``stream`` (default: ``sys.stderr``).
+
+    ``"bar"``: a ``tqdm`` bar, when the stream is a terminal and tqdm is installed; ``"lines"``:
+    a plain line about every tenth of an epoch (a log file, a pipe, no tqdm); ``None`` when
+    ``enabled`` is false (``--no-progress``, ``--quiet``, processes other than rank 0).
+    """
+    if not enabled:
+        return None
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    try:
+        terminal = bool(isatty()) if isatty is not None else False
+    except (ValueError, OSError):  # a closed or detached stream
+        terminal = False
+    return "bar" if terminal and importlib.util.find_spec("tqdm") is not None else "lines"
 
 
 def train(opts: TrainOptions) -> TrainResult:
@@ -500,8 +568,8 @@ def train(opts: TrainOptions) -> TrainResult:
     steps_per_epoch = len(train_pairs) // global_batch
     if steps_per_epoch < 1:
         raise Seq2SeqError(
-            f"{len(train_pairs)} training pairs do not fill one batch of {global_batch} "
-            f"({world} process(es) x batch size {opts.batch_size}): lower --batch-size"
+            f"{plural(len(train_pairs), 'training pair')} do not fill one batch of {global_batch} "
+            f"({plural(world, 'process', 'processes')} x batch size {opts.batch_size}): lower --batch-size"
         )
 
     torch.manual_seed(opts.seed)
@@ -526,7 +594,7 @@ def train(opts: TrainOptions) -> TrainResult:
         losses, history = list(ckpt["losses"]), list(ckpt["history"])
         _set_rng_state(ckpt["rng"][rank], device)
         if epoch >= opts.epochs or (opts.max_steps is not None and step >= opts.max_steps):
-            say(f"{path}: already trained for {epoch} epoch(s), {step} steps; raise --epochs/--max-steps to train on")
+            say(f"{path}: already trained for {plural(epoch, 'epoch')}, {plural(step, 'step')}; raise --epochs/--max-steps to train on")  # fmt: skip
             return TrainResult(model.eval(), src_vocab, tgt_vocab, losses, history, path)
         say(f"resuming {path} at epoch {epoch + 1}, step {step}")
 
@@ -561,21 +629,22 @@ def train(opts: TrainOptions) -> TrainResult:
         if distributed:
             dist.barrier()
 
-    tqdm = None
-    if opts.progress and is_main and not opts.quiet:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            say("(install tqdm for a progress bar)")
+    style = progress_style(opts.progress and is_main and not opts.quiet)
+    if style == "bar":
+        from tqdm.auto import tqdm
+    log_every = max(1, steps_per_epoch // 10)  # plain progress lines: about ten per epoch
     say(
-        f"training {sum(p.numel() for p in model.parameters()):,} parameters on {device} "
-        f"({world} process(es)): {len(train_pairs)} pairs, {steps_per_epoch} steps/epoch, {opts.epochs} epochs"
+        f"training {plural(sum(p.numel() for p in model.parameters()), 'parameter')} on {device} "
+        f"({plural(world, 'process', 'processes')}): {plural(len(train_pairs), 'pair')}, "
+        f"{plural(steps_per_epoch, 'step')} per epoch, {plural(opts.epochs, 'epoch')}"
     )
     model.train()
     while epoch < opts.epochs:
         order = epoch_order(len(train_pairs), opts.seed, epoch)
-        bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{opts.epochs}", leave=False) if tqdm else None  # fmt: skip
+        desc = f"{prefix}epoch {epoch + 1}/{opts.epochs}"
+        bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch, desc=desc, leave=False) if style == "bar" else None
         t0 = time.perf_counter()
+        logged = batch_in_epoch
         while batch_in_epoch < steps_per_epoch:
             idx = order[batch_in_epoch * global_batch : (batch_in_epoch + 1) * global_batch].tolist()
             global_tokens = sum(len(tgts[i]) for i in idx)
@@ -600,6 +669,15 @@ def train(opts: TrainOptions) -> TrainResult:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+            elif style == "lines" and (batch_in_epoch % log_every == 0 or batch_in_epoch == steps_per_epoch):
+                recent = losses[-(batch_in_epoch - logged) :]
+                print(
+                    f"{desc}: step {batch_in_epoch}/{steps_per_epoch}, loss {sum(recent) / len(recent):.4f}, "
+                    f"{time.perf_counter() - t0:.1f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                logged = batch_in_epoch
             stop = opts.max_steps is not None and step >= opts.max_steps and batch_in_epoch < steps_per_epoch
             if stop or (opts.save_every and step % opts.save_every == 0 and batch_in_epoch < steps_per_epoch):
                 checkpoint()
