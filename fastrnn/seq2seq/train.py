@@ -449,9 +449,10 @@ def process_device(requested: str | None, world: int, local_rank: int, n_cuda: i
         device = torch.device("cpu")
     if device.type == "cuda" and (device.index or 0) >= n_cuda:
         raise Seq2SeqError(
-            f"process {local_rank} of {world} needs CUDA device {device.index or 0}, but this machine has {n_cuda} "
-            f"CUDA device(s): one GPU per process (nccl cannot share a GPU between ranks). Start at most {n_cuda} "
-            f"process(es) per node (torchrun --nproc-per-node {max(n_cuda, 1)}), or train on the CPU with --device cpu (gloo)"
+            f"process {local_rank} of {world} needs CUDA device {device.index or 0}, but this machine has "
+            f"{plural(n_cuda, 'CUDA device')}: one GPU per process (nccl cannot share a GPU between ranks). Start at "
+            f"most {plural(n_cuda, 'process', 'processes')} per node (torchrun --nproc-per-node {max(n_cuda, 1)}), "
+            "or train on the CPU with --device cpu (gloo)"
         )
     return device
 
