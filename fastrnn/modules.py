@@ -93,10 +93,6 @@ def layout(module: nn.RNNBase, input, lengths: torch.Tensor | None = None, *, id
     return Layout(None if ids else tm, T, B, lengths, None, None, batched, dtype, input.device)
 
 
-def _states(hx) -> tuple:
-    return tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
-
-
 def check_states(module: nn.RNNBase, lay: Layout, hx, cast: torch.dtype | None = None):
     """The twin's checks of ``hx`` for a call laid out as ``lay`` (``cast``: the autocast compute
     dtype, which lets the states' dtype differ); returns ``(h0, c0)`` (``c0`` for cells with a cell
@@ -105,11 +101,9 @@ def check_states(module: nn.RNNBase, lay: Layout, hx, cast: torch.dtype | None =
         return None, None
     cell = cells.get(module.mode)
     want_rank = 3 if lay.batched else 2
-    states = _states(hx)
-    if cell.has_cell_state and (not isinstance(hx, (tuple, list)) or len(states) != 2):
-        raise RuntimeError(f"{type(module).__name__}: hx must be a tuple (h_0, c_0) for a cell with a cell state")
-    if not cell.has_cell_state and isinstance(hx, (tuple, list)):
-        raise RuntimeError(f"{type(module).__name__}: hx must be a tensor (h_0), got a {type(hx).__name__}")
+    # As torch.nn: a cell with a cell state indexes hx as a pair (a plain tensor then fails the
+    # way it fails there), the others take it as one tensor.
+    states = (hx[0], hx[1]) if cell.has_cell_state else (hx,)
     if lay.packed is None and any(t.dim() != want_rank for t in states):
         kind = "batched 3-D" if lay.batched else "unbatched 2-D"
         ranks = ", ".join(f"{t.dim()}-D" for t in states)

@@ -44,6 +44,37 @@ def mm(a, b, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexp
 
 
 @triton.jit
+def mm_split(a, w, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """``a`` (M, K) @ ``w`` with ``ACC`` accumulation.  ``SPLIT_K == 1``: ``w`` is (K, N), one dot.
+    Else ``w`` is (SPLIT_K, K / SPLIT_K, N) and K is split across a batched dot whose partial
+    products are summed: the chunks run on different warps instead of one after another (a
+    shorter serial chain per step), and an fp32 FMA dot holds K / SPLIT_K-long rows per thread
+    instead of K-long ones (fewer registers)."""
+    if SPLIT_K == 1:
+        return mm(a, w, PRECISION, ACC, UPCAST_DOT)
+    else:
+        a3 = tl.permute(tl.reshape(a, (a.shape[0], SPLIT_K, a.shape[1] // SPLIT_K)), (1, 0, 2))
+        return tl.sum(mm(a3, w, PRECISION, ACC, UPCAST_DOT), axis=0)
+
+
+@triton.jit
+def load_split(w_ptr, s_n, s_k, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+    """The right operand of :func:`mm_split`: ``w[k, n]`` at ``w_ptr + n*s_n + k*s_k`` for
+    ``n < N``, ``k < K`` (zero elsewhere), as ``(BLOCK_K, BLOCK_N)`` or, with K split in chunks,
+    ``(SPLIT_K, BLOCK_K / SPLIT_K, BLOCK_N)``.  (Gate ``g`` of ``W_hh^T``: ``w_ptr`` at row
+    ``g*H``, ``s_n`` the row stride, ``s_k`` the column stride; of ``W_hh``: the strides swapped.)"""
+    sk = tl.arange(0, SPLIT_K)[:, None, None]
+    kk = tl.arange(0, BLOCK_K // SPLIT_K)[None, :, None]
+    nn = tl.arange(0, BLOCK_N)[None, None, :]
+    k = sk * (BLOCK_K // SPLIT_K) + kk
+    w = tl.load(w_ptr + nn.to(tl.int64) * s_n + k.to(tl.int64) * s_k, mask=(nn < N) & (k < K), other=0.0)
+    if SPLIT_K == 1:
+        return tl.reshape(w, (BLOCK_K, BLOCK_N))
+    else:
+        return w
+
+
+@triton.jit
 def load_block_t(w_ptr, s_row, s_col, block, N_ROWS, N_COLS, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
     """Rows ``[block*N_ROWS, (block+1)*N_ROWS)`` of ``w`` (N_COLS columns), transposed:
     a ``(BLOCK_COLS, BLOCK_ROWS)`` tile, zero outside the matrix."""
@@ -71,6 +102,15 @@ def time_index(s, seq_len, REVERSE: tl.constexpr):
     else:
         t = seq_len * 0 + s
     return tl.where(active, t, s).to(tl.int64), active
+
+
+@triton.jit
+def load_gates(ptrs, H, mask, G: tl.constexpr):
+    """The ``G`` gate blocks at ``ptrs + g*H`` (storage dtype, 0 outside ``mask``)."""
+    gates = ()
+    for g in tl.static_range(G):
+        gates = gates + (tl.load(ptrs + g * H, mask=mask, other=0.0),)
+    return gates
 
 
 @triton.jit

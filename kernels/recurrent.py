@@ -44,10 +44,10 @@ from .common import (
     Launch,
     acc_dtype,
     flags,
-    load_block,
-    load_block_t,
-    load_saved,
+    load_gates,
+    load_split,
     mm,
+    mm_split,
     precision,
     row_major,
     store_saved,
@@ -93,7 +93,7 @@ def _recurrent_fwd_kernel(
     DIRECT_DH: tl.constexpr,
     HAS_BH: tl.constexpr, HAS_H0: tl.constexpr, HAS_C0: tl.constexpr, IS_VARLEN: tl.constexpr,
     REVERSE: tl.constexpr, HAS_PROJ: tl.constexpr, SAVE: tl.constexpr, SAVE_M: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, SPLIT_K: tl.constexpr,
     PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -104,18 +104,18 @@ def _recurrent_fwd_kernel(
     mask_bh = row_ok[:, None] & (ch < H)[None, :]
     mask_bp = row_ok[:, None] & (cp < P)[None, :]
 
-    # W_hh^T gate tiles, (BLOCK_P, BLOCK_H) each, and the inner-bias gates' biases: on chip for
-    # the whole sequence.
+    # W_hh^T gate tiles, (BLOCK_P, BLOCK_H) each (split along K in SPLIT_K chunks), and the
+    # inner-bias gates' biases: on chip for the whole sequence.
     w = ()
     bh = ()
     for g in tl.static_range(G):
-        w = w + (load_block_t(w_hh_ptr, s_whh_r, s_whh_c, g, H, P, BLOCK_H, BLOCK_P),)
+        w = w + (load_split(w_hh_ptr + g * H * s_whh_r, s_whh_r, s_whh_c, H, P, BLOCK_H, BLOCK_P, SPLIT_K),)
         if HAS_BH and INNER_SLOTS[g] >= 0:
             bh = bh + (tl.load(bh_ptr + g * H + ch, mask=ch < H, other=0.0).to(ACC)[None, :],)
         else:
             bh = bh + (0.0,)
     if HAS_PROJ:
-        w_r = load_block_t(w_hr_ptr, s_whr_r, s_whr_c, 0, P, H, BLOCK_P, BLOCK_H)  # (BH, BP)
+        w_r = load_split(w_hr_ptr, s_whr_r, s_whr_c, P, H, BLOCK_P, BLOCK_H, 1)  # (BH, BP)
 
     if HAS_H0:
         h = tl.load(h0_ptr + rows[:, None] * s_h0_b + cp[None, :], mask=mask_bp, other=0.0).to(ACC)
@@ -130,16 +130,23 @@ def _recurrent_fwd_kernel(
     else:
         seq_len = tl.zeros((BLOCK_B,), tl.int64) + T
 
+    # The input parts of step s+1 are loaded while step s computes (they do not depend on h):
+    # the step's serial chain never waits for an L2 round trip.
+    t0, active0 = time_index(0, seq_len, REVERSE)
+    gx_next = load_gates(gx_ptr + t0[:, None] * s_gx_t + rows[:, None] * s_gx_b + ch[None, :], H,
+                         mask_bh & active0[:, None], G)
     for s in range(0, T):
         t, active = time_index(s, seq_len, REVERSE)
         keep = active[:, None]
-        act_bh = mask_bh & keep
-        gx_t = gx_ptr + t[:, None] * s_gx_t + rows[:, None] * s_gx_b + ch[None, :]
+        gx_raw = gx_next
+        t_n, active_n = time_index(s + 1, seq_len, REVERSE)  # s + 1 == T: nothing is loaded
+        gx_next = load_gates(gx_ptr + t_n[:, None] * s_gx_t + rows[:, None] * s_gx_b + ch[None, :], H,
+                             mask_bh & active_n[:, None], G)
         px = ()
         ph = ()
         for g in tl.static_range(G):
-            px = px + (tl.load(gx_t + g * H, mask=act_bh, other=0.0).to(ACC),)
-            p = mm(h, w[g], PRECISION, ACC, UPCAST_DOT)
+            px = px + (gx_raw[g].to(ACC),)
+            p = mm_split(h, w[g], SPLIT_K, PRECISION, ACC, UPCAST_DOT)
             if HAS_BH and INNER_SLOTS[g] >= 0:
                 p = p + bh[g]
             ph = ph + (p,)
@@ -169,6 +176,53 @@ def _recurrent_fwd_kernel(
 # backward
 
 
+@triton.jit
+def _has_prev(t, active, seq_len, REVERSE: tl.constexpr):
+    """Whether an active sequence's step at time slot ``t`` has a previous step (else it starts
+    from the initial state): ``(BLOCK_B, 1)``."""
+    if REVERSE:
+        t_prev = t + 1
+    else:
+        t_prev = t - 1
+    return (active & (t_prev >= 0) & (t_prev < seq_len))[:, None]
+
+
+@triton.jit
+def _bwd_step_loads(s, seq_len, rows, ch, cp, mask_bh, mask_bp, dout_ptr, s_do_t, s_do_b, out_ptr, s_out_t,
+                    s_out_b, sv_ptr, s_sv_t, s_sv_b, H, S: tl.constexpr, HAS_C: tl.constexpr,
+                    STATE_SLOT: tl.constexpr, READ_H_NEW: tl.constexpr, READ_H_PREV: tl.constexpr,
+                    REVERSE: tl.constexpr):
+    """What backward step ``s`` reads (storage dtype): ``(d_out_t, saved_t, h_t, h_{t-1}, c_{t-1})``,
+    the last three only where the cell reads them (else placeholders); nothing for ``s < 0``."""
+    t, active = time_index(s, seq_len, REVERSE)
+    active = active & (seq_len * 0 + s >= 0)  # (s >= 0 as a tensor: the interpreter needs one)
+    act_bh = mask_bh & active[:, None]
+    act_bp = mask_bp & active[:, None]
+    if REVERSE:
+        t_prev = t + 1
+    else:
+        t_prev = t - 1
+    prev = (active & (t_prev >= 0) & (t_prev < seq_len))[:, None]
+    d_out = tl.load(dout_ptr + t[:, None] * s_do_t + rows[:, None] * s_do_b + cp[None, :], mask=act_bp, other=0.0)
+    saved = ()
+    for j in tl.static_range(S):
+        saved = saved + (tl.load(sv_ptr + t[:, None] * s_sv_t + rows[:, None] * s_sv_b + j * H + ch[None, :],
+                                 mask=act_bh, other=0.0),)
+    h_new = d_out
+    if READ_H_NEW:
+        h_new = tl.load(out_ptr + t[:, None] * s_out_t + rows[:, None] * s_out_b + cp[None, :], mask=act_bp,
+                        other=0.0)
+    h_prev = d_out
+    if READ_H_PREV:
+        h_prev = tl.load(out_ptr + t_prev[:, None] * s_out_t + rows[:, None] * s_out_b + cp[None, :],
+                         mask=act_bp & prev, other=0.0)
+    c_prev = d_out
+    if HAS_C:
+        c_prev = tl.load(sv_ptr + t_prev[:, None] * s_sv_t + rows[:, None] * s_sv_b + STATE_SLOT * H + ch[None, :],
+                         mask=act_bh & prev, other=0.0)
+    return d_out, saved, h_new, h_prev, c_prev
+
+
 @_jit_shape_generic
 def _recurrent_bwd_kernel(
     dout_ptr, s_do_t, s_do_b,  # dL/d out: (T, B, P)
@@ -192,7 +246,7 @@ def _recurrent_bwd_kernel(
     DIRECT_DH: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_C0: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr,
     HAS_PROJ: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, SPLIT_K: tl.constexpr,
     PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -203,12 +257,13 @@ def _recurrent_bwd_kernel(
     mask_bh = row_ok[:, None] & (ch < H)[None, :]
     mask_bp = row_ok[:, None] & (cp < P)[None, :]
 
-    # W_hh gate tiles, (BLOCK_H, BLOCK_P) each: d_ph[g] @ W_g is gate g's share of dL/dh_{t-1}.
+    # W_hh gate tiles, (BLOCK_H, BLOCK_P) each (split along K = H in SPLIT_K chunks):
+    # d_ph[g] @ W_g is gate g's share of dL/dh_{t-1}.
     w = ()
     for g in tl.static_range(G):
-        w = w + (load_block(w_hh_ptr, s_whh_r, s_whh_c, g, H, P, BLOCK_H, BLOCK_P),)
+        w = w + (load_split(w_hh_ptr + g * H * s_whh_r, s_whh_c, s_whh_r, P, H, BLOCK_P, BLOCK_H, SPLIT_K),)
     if HAS_PROJ:
-        w_r = load_block(w_hr_ptr, s_whr_r, s_whr_c, 0, P, H, BLOCK_P, BLOCK_H)  # (BP, BH)
+        w_r = load_split(w_hr_ptr, s_whr_c, s_whr_r, H, P, BLOCK_H, BLOCK_P, 1)  # (BP, BH)
 
     dh = tl.load(dhn_ptr + rows[:, None] * s_dhn_b + cp[None, :], mask=mask_bp, other=0.0).to(ACC)
     dc = tl.zeros((BLOCK_B, BLOCK_H), ACC)
@@ -225,45 +280,44 @@ def _recurrent_bwd_kernel(
     else:
         seq_len = tl.zeros((BLOCK_B,), tl.int64) + T
 
+    # Everything a step reads from memory depends on t only: loaded one step ahead (while the
+    # step before computes), so the serial chain never waits for an L2 round trip.
+    nxt = _bwd_step_loads(T - 1, seq_len, rows, ch, cp, mask_bh, mask_bp, dout_ptr, s_do_t, s_do_b, out_ptr,
+                          s_out_t, s_out_b, sv_ptr, s_sv_t, s_sv_b, H, S, HAS_C, STATE_SLOT, READ_H_NEW,
+                          READ_H_PREV, REVERSE)
     for k in range(0, T):
         s = T - 1 - k
         t, active = time_index(s, seq_len, REVERSE)
         keep = active[:, None]
-        act_bh = mask_bh & keep
-        act_bp = mask_bp & keep
-        # The previous step's slot of each active sequence (s > 0), else the initial state.
-        if REVERSE:
-            t_prev = t + 1
-        else:
-            t_prev = t - 1
-        has_prev = (active & (t_prev >= 0) & (t_prev < seq_len))[:, None]  # i.e. s > 0
-
-        dh = dh + tl.load(dout_ptr + t[:, None] * s_do_t + rows[:, None] * s_do_b + cp[None, :],
-                          mask=act_bp, other=0.0).to(ACC)
+        has_prev = _has_prev(t, active, seq_len, REVERSE)  # i.e. s > 0
+        cur = nxt
+        nxt = _bwd_step_loads(s - 1, seq_len, rows, ch, cp, mask_bh, mask_bp, dout_ptr, s_do_t, s_do_b, out_ptr,
+                              s_out_t, s_out_b, sv_ptr, s_sv_t, s_sv_b, H, S, HAS_C, STATE_SLOT, READ_H_NEW,
+                              READ_H_PREV, REVERSE)
+        d_out, saved, h_new, h_prev, c_prev = cur
+        dh = dh + d_out.to(ACC)
         if HAS_PROJ:
             tl.store(dhtot_ptr + t[:, None] * s_dht_t + rows[:, None] * s_dht_b + cp[None, :],
                      tl.where(keep, dh, 0.0).to(dhtot_ptr.dtype.element_ty), mask=mask_bp)
             dm = mm(dh, w_r, PRECISION, ACC, UPCAST_DOT)
         else:
             dm = dh
-        saved = ()
-        if S > 0:
-            saved = load_saved(sv_ptr + t[:, None] * s_sv_t + rows[:, None] * s_sv_b + ch[None, :], H, act_bh, S, ACC)
-        h_new = dm
+        saved_acc = ()
+        for j in tl.static_range(S):
+            saved_acc = saved_acc + (saved[j].to(ACC),)
         if READ_H_NEW:
-            h_new = tl.load(out_ptr + t[:, None] * s_out_t + rows[:, None] * s_out_b + cp[None, :],
-                            mask=act_bp, other=0.0).to(ACC)
-        h_prev = dm
+            h_new = h_new.to(ACC)
+        else:
+            h_new = dm
         if READ_H_PREV:
-            h_prev = tl.load(out_ptr + t_prev[:, None] * s_out_t + rows[:, None] * s_out_b + cp[None, :],
-                             mask=act_bp & has_prev, other=0.0).to(ACC)
-            h_prev = tl.where(has_prev, h_prev, h_init)
-        c_prev = dc
+            h_prev = tl.where(has_prev, h_prev.to(ACC), h_init)
+        else:
+            h_prev = dm
         if HAS_C:
-            c_prev = tl.load(sv_ptr + t_prev[:, None] * s_sv_t + rows[:, None] * s_sv_b + STATE_SLOT * H + ch[None, :],
-                             mask=act_bh & has_prev, other=0.0).to(ACC)
-            c_prev = tl.where(has_prev, c_prev, c_init)
-        d_px, d_ph, dh_direct, dc_prev = CELL_BWD(dm, dc, saved, h_new, h_prev, c_prev)
+            c_prev = tl.where(has_prev, c_prev.to(ACC), c_init)
+        else:
+            c_prev = dc
+        d_px, d_ph, dh_direct, dc_prev = CELL_BWD(dm, dc, saved_acc, h_new, h_prev, c_prev)
 
         dg_t = dg_ptr + t[:, None] * s_dg_t + rows[:, None] * s_dg_b + ch[None, :]
         for g in tl.static_range(G):
@@ -272,9 +326,9 @@ def _recurrent_bwd_kernel(
                 tl.store(dgh_ptr + t[:, None] * s_dgh_t + rows[:, None] * s_dgh_b + INNER_SLOTS[g] * H + ch[None, :],
                          tl.where(keep, d_ph[g], 0.0).to(dgh_ptr.dtype.element_ty), mask=mask_bh)
         # Rows of inactive sequences are discarded below: no need to zero them before the dots.
-        dh_prev = mm(d_ph[0], w[0], PRECISION, ACC, UPCAST_DOT)
+        dh_prev = mm_split(d_ph[0], w[0], SPLIT_K, PRECISION, ACC, UPCAST_DOT)
         for g in tl.static_range(1, G):
-            dh_prev = dh_prev + mm(d_ph[g], w[g], PRECISION, ACC, UPCAST_DOT)
+            dh_prev = dh_prev + mm_split(d_ph[g], w[g], SPLIT_K, PRECISION, ACC, UPCAST_DOT)
         if DIRECT_DH:
             dh_prev = dh_prev + dh_direct
         if HAS_C:
@@ -293,7 +347,7 @@ def _recurrent_bwd_kernel(
 def _consts(cell: cells.Cell, dtype: torch.dtype, cfg: Tier1Config, allow_tf32: bool) -> dict[str, Any]:
     return dict(
         **cell.constexprs(),
-        BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_P=cfg.block_p,
+        BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_P=cfg.block_p, SPLIT_K=cfg.split_k,
         PRECISION=precision(dtype, allow_tf32), ACC=tl_acc(dtype), UPCAST_DOT=upcast_dot(dtype),
         num_warps=cfg.num_warps,
     )  # fmt: skip

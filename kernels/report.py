@@ -114,6 +114,7 @@ class KernelConfig:
     allow_tf32: bool = False
     proj_size: int = 0
     tier: int = 1  # 1: recurrent.py; 2 (persistent, grid barrier) or 3 (per step): multi.py
+    split_k: int | None = None  # tier 1: override tier1_config's SPLIT_K
 
     @property
     def mode(self) -> str:
@@ -145,6 +146,8 @@ class KernelConfig:
             flags.append("nosave")
         if self.allow_tf32:
             flags.append("tf32")
+        if self.split_k:
+            flags.append(f"split{self.split_k}")
         return ",".join(flags)
 
     def tier1_unsupported(self) -> str | None:
@@ -165,6 +168,7 @@ def tier1_configs(
     batch: int = 64,
     proj_sizes: Sequence[int] = (0,),
     tf32: bool = False,
+    split_k: Sequence[int | None] = (None,),
 ) -> list[KernelConfig]:
     """The configurations to compile.
 
@@ -194,13 +198,14 @@ def tier1_configs(
         raise ValueError(f"variants must be 'heaviest', 'default' or 'all', got {variants!r}")
     out = []
     sizes = [(cell, h, p) for cell in cells for h in hidden_sizes for p in (proj_sizes if cell == "LSTMP" else (0,))]
-    for (cell, hidden, proj), dtype, arch, kernel, (varlen, rev, h0, save), warps, bb in itertools.product(
-        dict.fromkeys(sizes), dtypes, archs, kernels, flag_sets, num_warps, block_b
+    for (cell, hidden, proj), dtype, arch, kernel, (varlen, rev, h0, save), warps, bb, sk in itertools.product(
+        dict.fromkeys(sizes), dtypes, archs, kernels, flag_sets, num_warps, block_b, split_k
     ):
         proj = (proj or max(1, hidden // 2)) if cell == "LSTMP" else 0
         if (kernel == "bwd" and not save) or proj >= hidden:
             continue  # inference has no backward; a projection is smaller than the hidden size
-        cfg = KernelConfig(kernel, cell, dtype, hidden, arch, varlen, rev, h0, save, batch, warps, bb, proj_size=proj)
+        cfg = KernelConfig(kernel, cell, dtype, hidden, arch, varlen, rev, h0, save, batch, warps, bb, proj_size=proj,
+                           split_k=sk)  # fmt: skip
         if beyond_limit or cfg.tier1_unsupported() is None:
             out.append(cfg)
             if tf32 and dtype == "fp32":
@@ -278,6 +283,8 @@ def launch_arguments(cfg: KernelConfig, seq_len: int = 8) -> tuple[object, tuple
         kernel, args, kwargs = launch.kernel, launch.args, dict(launch.kwargs)
         if cfg.block_b is not None:
             kwargs["BLOCK_B"] = cfg.block_b
+        if cfg.split_k is not None:
+            kwargs["SPLIT_K"] = cfg.split_k
     else:
         if cfg.kernel == "fwd":
             launch, _, _, _ = multi.forward_launch(cfg.mode, t["gx"], t["w_hh"], t["h0"], t["c0"], t["lengths"],
@@ -375,7 +382,7 @@ def analyse_cubin(cubin: bytes, kernel_name: str) -> dict:
     if kernel_name not in usage:
         raise RuntimeError(f"cuobjdump -res-usage shows no function {kernel_name}:\n{res}")
     regs, stack, static_shared, local = map(int, usage[kernel_name])
-    ops, loop_local = _sass_ops(sass)
+    ops, loop_local, loops = _sass_ops(sass)
     return dict(
         registers=regs,
         stack_bytes=stack,
@@ -383,12 +390,15 @@ def analyse_cubin(cubin: bytes, kernel_name: str) -> dict:
         local_bytes=local,
         sass_ops=ops,
         loop_local_insts=loop_local,
+        loops=loops,
     )
 
 
-def _sass_ops(sass: str) -> tuple[dict[str, int], int]:
-    """Opcode counts of ``nvdisasm -c`` output, and the local-memory instructions (LDL/STL) that
-    sit inside a loop (between a backward branch and its target, e.g. the time loop)."""
+def _sass_ops(sass: str) -> tuple[dict[str, int], int, list[dict]]:
+    """Opcode counts of ``nvdisasm -c`` output, the local-memory instructions (LDL/STL) that sit
+    inside a loop (between a backward branch and its target, e.g. the time loop), and the loops:
+    ``[{"start", "end", "mma"}]`` with the tensor-core instructions of each loop's own body
+    (nested loops' instructions not included)."""
     ops: dict[str, int] = {}
     labels: dict[str, int] = {}
     insts: list[tuple[int, str, str]] = []
@@ -408,7 +418,87 @@ def _sass_ops(sass: str) -> tuple[dict[str, int], int]:
         if op == "BRA" and (t := _SASS_BRANCH_TARGET.search(rest)) and labels.get(t.group(1), addr + 1) <= addr:
             loops.append((labels[t.group(1)], addr))
     loop_local = sum(1 for addr, op, _ in insts if op in ("LDL", "STL") and any(a <= addr <= b for a, b in loops))
-    return ops, loop_local
+    loops = sorted(set(loops))
+    info = []
+    for a, b in loops:
+        inner = [(c, d) for c, d in loops if a <= c and d <= b and (c, d) != (a, b)]
+        own = [op for addr, op, _ in insts if a <= addr <= b and not any(c <= addr <= d for c, d in inner)]
+        info.append(dict(start=a, end=b, mma=sum(1 for op in own if op in _TENSOR_CORE_OPS),
+                         bars=sum(1 for op in own if op == "BAR"), inner=len(inner)))  # fmt: skip
+    return ops, loop_local, info
+
+
+# ---------------------------------------------------------------------------------------------
+# What one step costs, from the compiled code
+
+_TTIR_DEF = re.compile(r"^\s*(%[\w]+)(?::\d+)?\s*=\s*([\w.]+)")
+_TTIR_NAME = r"(?<![\w%])%{}(?![\w])"
+
+#: Latencies of the step model (cycles at ~1.9 GHz, H100/H200 class; to be checked against a
+#: measured per-step time on a GPU, kernels/NOTES.md): a dependent tensor-core instruction, a
+#: CTA barrier (``bar.sync``: a layout conversion through shared memory, or the grid barrier's
+#: local part), a global/L2 round trip a step waits on, one grid barrier.
+CYCLES = {"mma": 32, "bar": 100, "round_trip": 700, "barrier": 1800}
+CLOCK_GHZ = 1.9
+
+
+def _time_loop_body(ttir: str) -> str:
+    """The body of the kernel's outermost ``scf.for`` in TTIR (the time loop), or ''."""
+    start = ttir.find("scf.for")
+    if start < 0:
+        return ""
+    i = ttir.index("{", start)
+    depth, j = 0, i
+    while j < len(ttir):
+        if ttir[j] == "{":
+            depth += 1
+        elif ttir[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return ttir[i + 1 : j]
+        j += 1
+    return ttir[i + 1 :]
+
+
+def loads_ahead(ttir: str) -> tuple[int, int]:
+    """``(loads, ahead)``: the ``tt.load`` ops inside the time loop, and how many of them are
+    issued a step ahead of their use -- their value is only passed on to the next iteration
+    (``scf.yield``), never consumed in the step that issues them."""
+    body = _time_loop_body(ttir)
+    lines = body.splitlines()
+    loads, ahead = 0, 0
+    for n, line in enumerate(lines):
+        m = _TTIR_DEF.match(line)
+        if not m or m.group(2) != "tt.load":
+            continue
+        loads += 1
+        name = re.compile(_TTIR_NAME.format(re.escape(m.group(1)[1:])))
+        users = [other for k, other in enumerate(lines) if k != n and name.search(other)]
+        if users and all("scf.yield" in u for u in users):
+            ahead += 1
+    return loads, ahead
+
+
+def step_profile(row: dict, ttir: str, loops: list[dict], k_trips: int, barriers: int) -> dict:
+    """The per-step serial chain of a compiled kernel, estimated from its code: tensor-core
+    instructions one warp issues per step and CTA barriers (``bar.sync``; inner loops' counted
+    ``k_trips`` times: the streamed K chunks), global loads the step waits on (inside the time
+    loop, not issued a step ahead), grid barriers; and ``est_us``, the sum at :data:`CYCLES`'
+    latencies.  A model for comparing builds and catching regressions, not a prediction of the
+    absolute time: it ignores the pointwise maths and counts overlapping mma as serial."""
+    outer = max(loops, key=lambda lp: lp["end"] - lp["start"], default=None)
+    mma = bars = 0
+    if outer is not None:
+        for lp in loops:
+            if outer["start"] <= lp["start"] and lp["end"] <= outer["end"]:
+                trips = k_trips if lp is not outer and lp["mma"] else 1
+                mma += lp["mma"] * trips
+                bars += lp["bars"] * trips
+    loads, ahead = loads_ahead(ttir)
+    waits = loads - ahead
+    cycles = mma * CYCLES["mma"] + bars * CYCLES["bar"] + waits * CYCLES["round_trip"] + barriers * CYCLES["barrier"]
+    return dict(step_mma=mma, step_bars=bars, loop_loads=loads, loads_ahead=ahead, step_waits=waits,
+                step_barriers=barriers, est_us=round(cycles / (CLOCK_GHZ * 1e3), 2))  # fmt: skip
 
 
 def _error_row(cfg: KernelConfig, error: str | None) -> dict:
@@ -472,7 +562,10 @@ def _compile_one(cfg: KernelConfig) -> dict:
         )
         info = analyse_cubin(compiled.asm["cubin"], src.name)
         ops = info.pop("sass_ops")
+        loops = info.pop("loops")
         row.update(info)
+        k_trips = 1 if cfg.tier == 1 or row.get("resident") else -(-cfg.hidden_size // row["block_p"])
+        row.update(step_profile(row, compiled.asm["ttir"], loops, k_trips, 1 if cfg.tier == 2 else 0))
         row["shared_bytes"] = compiled.metadata.shared
         row["local_insts"] = sum(n for op, n in ops.items() if op in ("LDL", "STL"))
         row["tensor_core_ops"] = {op: ops[op] for op in _TENSOR_CORE_OPS if op in ops}
@@ -623,6 +716,9 @@ def format_table(rows: Sequence[dict], markdown: bool = False) -> str:
         "LDL/STL (in loop)",
         "smem KiB",
         "TC",
+        "step mma/bar",
+        "loop loads (ahead)",
+        "est us/step",
         "compile s",
         "status",
     ]
@@ -637,7 +733,7 @@ def format_table(rows: Sequence[dict], markdown: bool = False) -> str:
             lines.append(
                 base
                 + [r.get("block_b", "-"), r.get("num_warps", "-"), _kib(wbytes)]
-                + ["-"] * 7
+                + ["-"] * 10
                 + [f"ERROR {r['error'][:100]}"]
             )
             continue
@@ -662,6 +758,9 @@ def format_table(rows: Sequence[dict], markdown: bool = False) -> str:
                 f"{r['local_insts']} ({r['loop_local_insts']})",
                 _kib(r["shared_bytes"]),
                 tc,
+                f"{r.get('step_mma', '-')}/{r.get('step_bars', '-')}",
+                f"{r.get('loop_loads', '-')} ({r.get('loads_ahead', '-')})",
+                r.get("est_us", "-"),
                 f"{r['compile_s']:.1f}",
                 " ".join(status) or "ok",
             ]
@@ -721,8 +820,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--arch", nargs="+", type=int, default=[90, 80], choices=sorted(SHARED_LIMIT))
     p.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=list(KERNELS))
     p.add_argument("--variants", default="heaviest", choices=["heaviest", "default", "all"])
-    p.add_argument("--num-warps", nargs="+", type=int, default=None, help="override launch_config's choice")
-    p.add_argument("--block-b", nargs="+", type=int, default=None, help="override launch_config's BLOCK_B")
+    p.add_argument("--num-warps", nargs="+", type=int, default=None, help="override the configuration's warps")
+    p.add_argument("--block-b", nargs="+", type=int, default=None, help="override tier1_config's BLOCK_B")
+    p.add_argument("--split-k", nargs="+", type=int, default=None, help="override tier1_config's SPLIT_K")
     p.add_argument("--beyond-limit", action="store_true", help="also sizes tier 1 refuses")
     p.add_argument("--tiers", nargs="+", type=int, default=[1], choices=[1, 2, 3],
                    help="kernel tiers to compile (2, 3: multi.py; projected LSTMs have none)")  # fmt: skip
@@ -758,6 +858,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             a.batch,
             a.proj,
             a.tf32,
+            a.split_k or [None],
         )
     if multi_tiers := [t for t in a.tiers if t != 1]:
         configs += multi_configs(

@@ -74,6 +74,7 @@ class Tier1Config:
     block_h: int  # next power of two >= H (>= 16 for tl.dot)
     block_p: int  # next power of two >= P (>= 16; >= 32 for 16-bit projections from H = 32)
     num_warps: int
+    split_k: int = 1  # the recurrent dots' K split into this many chunks across warps (common.mm_split)
 
 
 def tiles(hidden_size: int, proj_size: int, dtype: torch.dtype) -> tuple[int, int]:

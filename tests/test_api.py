@@ -141,8 +141,9 @@ def test_rocm_auto_uses_torch_and_triton_says_why(monkeypatch):
     assert dispatch._decide("auto", *args) == (
         "torch",
         "ROCm (HIP) devices are not supported yet: the kernels are only tested on NVIDIA GPUs",
+        0,
     )
-    choice, why = dispatch._decide("triton", *args)
+    choice, why, _ = dispatch._decide("triton", *args)
     assert choice == "error" and "ROCm" in why
     cuda = dataclasses.replace(env, hip=False)
     monkeypatch.setattr(dispatch, "_environment", lambda: cuda)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -164,3 +166,30 @@ def test_offsets_past_2_to_the_31_elements_in_the_interpreter():
     want, h_want, _ = ops.recurrence("RNN_TANH", dense, w_hh)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(h_n, h_want)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("split_k", [2, 4])
+def test_split_k_dots_equal_the_plain_ones(mode, split_k):
+    """Tier 1 with its recurrent dots split along K across warps (common.mm_split) computes what the
+    plain dots do, forward and backward, in float64 (H = 40: the last K chunk is partly padding)."""
+    from fastrnn.kernels import recurrent, tiers
+
+    T, B, H = 4, 3, 40
+    args = _layer_inputs(mode, T, B, H)
+    cell = cells.get(mode)
+    base = tiers.tier1_config(mode, H, 0, torch.float64)
+    d_out = torch.randn(T, B, H, dtype=torch.float64, device=device())
+    d_hn = torch.randn(B, H, dtype=torch.float64, device=device())
+    d_cn = torch.randn(B, H, dtype=torch.float64, device=device()) if cell.has_cell_state else None
+    lengths = torch.tensor([4, 1, 3], device=device())
+    results = []
+    for cfg in (base, dataclasses.replace(base, split_k=split_k)):
+        a = {k: v.detach() for k, v in args.items()}
+        fwd = recurrent.recurrent_fwd(mode, a["gx"], a["w_hh"], a["h0"], a.get("c0"), lengths, cfg, b_hh=a.get("b_hh"),
+                                      reverse=True)  # fmt: skip
+        bwd = recurrent.recurrent_bwd(mode, d_out, d_hn, d_cn, fwd, a["w_hh"], a["h0"], a.get("c0"), lengths, cfg,
+                                      reverse=True)  # fmt: skip
+        results.append([fwd.out, fwd.h_n, bwd.d_gx, bwd.d_h0])
+    for x, y in zip(*results, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
