@@ -94,7 +94,7 @@ _PTXAS_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, 
 class KernelConfig:
     """One tier-1 kernel compile: which kernel, cell, dtype, size, variant and target.
 
-    ``num_warps``/``block_b`` of ``None`` mean "what ``launch_config`` picks" (the default); an
+    ``num_warps``/``block_b`` of ``None`` mean "what ``tiers.tier1_config`` picks" (the default); an
     integer overrides it, for exploring (the launcher itself is still what builds the call).
     ``proj_size`` is LSTMP's projection size (0: ``hidden_size // 2``); other cells ignore it.
     """
@@ -176,7 +176,7 @@ def tier1_configs(
         variants: ``"heaviest"`` (varlen, reverse, with h0 and, forward, saving: the most live
             values), ``"default"`` (dense, forward, no h0), or ``"all"`` (every combination of
             dense/varlen, forward/reverse, with/without h0, plus inference forwards).
-        num_warps, block_b: ``None`` is ``launch_config``'s choice; integers override it.
+        num_warps, block_b: ``None`` is ``tiers.tier1_config``'s choice; integers override it.
         beyond_limit: also sizes that ``tier1_unsupported`` refuses (to find the spill frontier).
         proj_sizes: LSTMP projection sizes (0: ``hidden_size // 2``); sizes not below the hidden
             size are left out.
@@ -502,7 +502,7 @@ def step_profile(row: dict, ttir: str, loops: list[dict], k_trips: int, barriers
 
 
 def _error_row(cfg: KernelConfig, error: str | None) -> dict:
-    """The row's config part (tiles as ``launch_config`` picks them, overrides applied)."""
+    """The row's config part (tiles as ``tiers.tier1_config`` picks them, overrides applied)."""
     row = dict(
         dataclasses.asdict(cfg),
         mode=cfg.mode,
