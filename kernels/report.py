@@ -831,6 +831,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--baseline", help="compare registers, spills and shared memory with an earlier --json file")
+    p.add_argument("--estimates", help="write the per-step estimates (est_us by config) to this JSON file")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument("--timeout", type=float, default=None, help="seconds per compile (default: no limit)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # a compile_report worker
@@ -879,6 +880,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
+    if a.estimates:
+        with open(a.estimates, "w") as f:
+            est = {"/".join(map(str, row_key(r))): r["est_us"] for r in rows if not r["error"]}
+            json.dump(dict(sorted(est.items())), f, indent=1)
+            f.write("\n")
     if a.baseline:
         with open(a.baseline) as f:
             worse, better, missing = compare(json.load(f), rows)

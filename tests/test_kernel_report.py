@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+from pathlib import Path
 
 import pytest
 
@@ -91,8 +93,10 @@ def test_compiles_without_spills_within_shared_memory(cfg: report.KernelConfig, 
 
 
 def _assert_compiled_clean(row: dict, cfg: report.KernelConfig, tensor_cores: bool) -> None:
-    """Compiled, no local memory inside a loop, shared memory within the arch's limit, and
-    tensor-core instructions where ``tensor_cores``."""
+    """Compiled, no local memory inside a loop, shared memory within the arch's limit,
+    tensor-core instructions where ``tensor_cores``; tier 1: every load inside the time loop
+    issued a step ahead of its use (the step never waits for an L2 round trip); tiers 2/3: the
+    per-step estimate no higher than the committed one (``kernels/step_estimates.json``)."""
     table = report.format_table([row])
     assert row["error"] is None, f"compile failed:\n{table}\n{row['error']}"
     # ptxas may park a few bytes on the stack outside the time loop at register-occupancy cliffs
@@ -102,6 +106,14 @@ def _assert_compiled_clean(row: dict, cfg: report.KernelConfig, tensor_cores: bo
     assert row["shared_bytes"] <= report.SHARED_LIMIT[cfg.arch], f"shared memory over the sm_{cfg.arch} limit:\n{table}"
     if tensor_cores:
         assert row["tensor_cores"], f"no tensor-core instructions in a {cfg.dtype} kernel:\n{table}"
+    if cfg.tier == 1:
+        assert row["loop_loads"] > 0 and row["loads_ahead"] == row["loop_loads"], (
+            f"a load inside the time loop is consumed in the step that issues it:\n{table}"
+        )
+    else:
+        budget = STEP_ESTIMATES.get(_key(cfg))
+        assert budget is not None, f"no committed step estimate for {_key(cfg)}: regenerate kernels/step_estimates.json"
+        assert row["est_us"] <= budget * 1.05, f"the per-step estimate grew from {budget} us:\n{table}"
 
 
 def test_launch_arguments_are_the_launchers() -> None:
@@ -188,6 +200,18 @@ def test_other_sizes_compile_a_few_variants_by_batch_alignment(cell, hidden, pro
 # (tier 3), heaviest variant, sm_90 (the lent GPUs' arch; sm_80 is reported in NOTES.md).
 
 MULTI_CONFIGS = report.multi_configs(hidden_sizes=(128, 1024), archs=(90,))
+
+#: Per-step estimates of the tier-2/3 configs above (``report.step_profile``), committed: a
+#: kernel change that lengthens a step's serial chain fails here.  Regenerate after an intended
+#: change with ``python -m fastrnn.kernels.report --tiers 2 3 --hidden 128 1024 --arch 90
+#: --estimates kernels/step_estimates.json`` and say why in kernels/NOTES.md.
+STEP_ESTIMATES: dict[str, float] = json.loads(
+    (Path(report.__file__).with_name("step_estimates.json")).read_text()
+)
+
+
+def _key(cfg: report.KernelConfig) -> str:
+    return "/".join(map(str, report.row_key(dict(dataclasses.asdict(cfg), variant=cfg.variant, P=cfg.proj))))
 
 
 @pytest.fixture(scope="module")
