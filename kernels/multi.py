@@ -62,7 +62,10 @@ from .common import (
     ForwardResult,
     acc_dtype,
     flags,
+    load_gates,
+    load_split,
     mm,
+    mm_split,
     precision,
     row_major,
     store_saved,
@@ -109,18 +112,17 @@ def _grid_barrier(counter_ptr, flag_ptr, target, max_spin):
 
 
 @triton.jit
-def _load_slices(w_ptr, s_gate, s_w_k, s_w_u, units, unit_ok, K, G: tl.constexpr, RESIDENT: tl.constexpr,
-                 BLOCK_K: tl.constexpr):
-    """The resident ``(BLOCK_K, BLOCK_HS)`` tiles ``w_g[:K, units]`` of the ``G`` gate blocks
-    (gate ``g`` at ``w_ptr + g*s_gate``, reached by pointer steps: no ``g * stride`` product to
-    overflow int32); unused ``(1, BLOCK_HS)`` zero tiles when the weights are streamed."""
+def _load_slices(w_ptr, s_gate, s_w_k, s_w_u, u0, units, K, G: tl.constexpr, RESIDENT: tl.constexpr,
+                 BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+    """The resident tiles ``w_g[:K, units]`` of the ``G`` gate blocks (gate ``g`` at
+    ``w_ptr + g*s_gate``, reached by pointer steps: no ``g * stride`` product to overflow int32),
+    as right operands of :func:`~fastrnn.kernels.common.mm_split` (``(BLOCK_K, BLOCK_HS)``, or
+    split along K); unused ``(1, BLOCK_HS)`` zero tiles when the weights are streamed."""
     slices = ()
-    kk = tl.arange(0, BLOCK_K)
-    w_g = w_ptr
+    w_g = w_ptr + u0.to(tl.int64) * s_w_u  # this program's first unit
     for _g in tl.static_range(G):
         if RESIDENT:
-            slices = slices + (tl.load(w_g + kk[:, None].to(tl.int64) * s_w_k + units[None, :].to(tl.int64) * s_w_u,
-                                       mask=(kk < K)[:, None] & unit_ok[None, :], other=0.0),)
+            slices = slices + (load_split(w_g, s_w_u, s_w_k, K - u0, K, units.shape[0], BLOCK_K, SPLIT_K),)
         else:
             slices = slices + (tl.zeros((1, units.shape[0]), w_ptr.dtype.element_ty),)
         w_g += s_gate
@@ -128,52 +130,103 @@ def _load_slices(w_ptr, s_gate, s_w_k, s_w_u, units, unit_ok, K, G: tl.constexpr
 
 
 @triton.jit
-def _gate_dots(a_rows, row_ok, w_ptr, s_w_k, s_w_u, s_w_gate, units, unit_ok, w_res, K,
-               G: tl.constexpr, SHARED_A: tl.constexpr, RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr,
-               BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    """``a_g[rows, :K] @ w_g[:K, units]`` for the ``G`` gates, a tuple of (BLOCK_B, BLOCK_HS)
-    ``ACC`` tiles; ``a_rows`` points at the start of each row of ``a`` ((BLOCK_B, 1) pointers).
-    ``SHARED_A``: one ``a`` for every gate, each chunk read once; else ``a_rows`` is a tuple of
-    one row-pointer tile per gate.  ``a`` is other programs' data (read
-    through L2).  ``RESIDENT``: ``w_res`` holds the (BLOCK_K >= K, BLOCK_HS) tiles; else ``w_g``
-    (at ``w_ptr + g*s_w_gate``) is read in ``BLOCK_K`` chunks."""
+def _gate_dots(a_rows, row_ok, w_ptr, s_w_k, s_w_u, s_w_gate, units, unit_ok, w_res, K, G: tl.constexpr,
+               RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+               PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """``a[rows, :K] @ w_g[:K, units]`` for the ``G`` gates: a tuple of (BLOCK_B, BLOCK_HS)
+    ``ACC`` tiles.  ``a_rows`` points at the start of each row of ``a`` ((BLOCK_B, 1) pointers;
+    other programs' data, read through L2).  ``RESIDENT``: ``w_res`` holds the tiles (K split in
+    ``SPLIT_K`` chunks across warps); else each gate's ``w_g`` (at ``w_ptr + g*s_w_gate``) is read
+    in ``BLOCK_K`` chunks, each chunk of ``a`` read once for every gate."""
     kk = tl.arange(0, BLOCK_K)
     acc = ()
     if RESIDENT:
-        k_ok = row_ok[:, None] & (kk < K)[None, :]
-        if SHARED_A:
-            a_shared = tl.load(a_rows + kk[None, :], mask=k_ok, other=0.0, cache_modifier=".cg")
+        a = tl.load(a_rows + kk[None, :], mask=row_ok[:, None] & (kk < K)[None, :], other=0.0, cache_modifier=".cg")
         for g in tl.static_range(G):
-            if SHARED_A:
-                a = a_shared
-            else:
-                a = tl.load(a_rows[g] + kk[None, :], mask=k_ok, other=0.0, cache_modifier=".cg")
-            acc = acc + (mm(a, w_res[g], PRECISION, ACC, UPCAST_DOT),)
+            acc = acc + (mm_split(a, w_res[g], SPLIT_K, PRECISION, ACC, UPCAST_DOT),)
     else:
         for _g in tl.static_range(G):
             acc = acc + (tl.zeros((BLOCK_B, units.shape[0]), ACC),)
         w_u = w_ptr + units[None, :].to(tl.int64) * s_w_u
         for k0 in range(0, K, BLOCK_K):
             k = k0 + kk
-            k_ok = row_ok[:, None] & (k < K)[None, :]
+            a = tl.load(a_rows + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0.0, cache_modifier=".cg")
             w_mask = (k < K)[:, None] & unit_ok[None, :]
             w_k = w_u + k[:, None].to(tl.int64) * s_w_k
-            if SHARED_A:
-                a_shared = tl.load(a_rows + k[None, :], mask=k_ok, other=0.0, cache_modifier=".cg")
             new = ()
             for g in tl.static_range(G):
-                if SHARED_A:
-                    a = a_shared
-                else:
-                    a = tl.load(a_rows[g] + k[None, :], mask=k_ok, other=0.0, cache_modifier=".cg")
                 new = new + (acc[g] + mm(a, tl.load(w_k, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT),)
                 w_k += s_w_gate  # gate blocks by pointer steps: no g * stride product to overflow
             acc = new
     return acc
 
 
+@triton.jit
+def _summed_dots(a_rows, row_ok, w_ptr, s_w_k, s_w_u, s_w_gate, units, unit_ok, w_res, K, G: tl.constexpr,
+                 RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                 PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """``sum_g a_g[rows, :K] @ w_g[:K, units]``: one (BLOCK_B, BLOCK_HS) ``ACC`` tile, with one
+    left operand per gate (``a_rows`` a tuple of (BLOCK_B, 1) row pointers); otherwise as
+    :func:`_gate_dots`.  One accumulator: the gates' products are summed as they come."""
+    kk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_B, units.shape[0]), ACC)
+    if RESIDENT:
+        k_ok = row_ok[:, None] & (kk < K)[None, :]
+        for g in tl.static_range(G):
+            a = tl.load(a_rows[g] + kk[None, :], mask=k_ok, other=0.0, cache_modifier=".cg")
+            acc += mm_split(a, w_res[g], SPLIT_K, PRECISION, ACC, UPCAST_DOT)
+    else:
+        w_u = w_ptr + units[None, :].to(tl.int64) * s_w_u
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + kk
+            k_ok = row_ok[:, None] & (k < K)[None, :]
+            w_mask = (k < K)[:, None] & unit_ok[None, :]
+            w_k = w_u + k[:, None].to(tl.int64) * s_w_k
+            for g in tl.static_range(G):
+                a = tl.load(a_rows[g] + k[None, :], mask=k_ok, other=0.0, cache_modifier=".cg")
+                acc += mm(a, tl.load(w_k, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT)
+                w_k += s_w_gate
+    return acc
+
+
 # ---------------------------------------------------------------------------------------------
 # forward
+
+
+@triton.jit
+def _fwd_tile(s, rows, row_ok, units, unit_ok, mask, seq_len, gx_raw, h_prev_ptr, h_cur_ptr, s_hb_b, h_own, c,
+              w_hh_ptr, s_whh_r, s_whh_g, w, bh, out_ptr, s_out_t, s_out_b, sv_ptr, s_sv_t, s_sv_b, H, spin_budget,
+              CELL_FWD: tl.constexpr, G: tl.constexpr, S: tl.constexpr, INNER_SLOTS: tl.constexpr,
+              HAS_C: tl.constexpr, HAS_BH: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
+              RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+              PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """One batch tile's step ``s``: this program's units of every gate, the cell, the stores of
+    ``h_t`` (own columns, for the other programs), ``out`` and the saved tensors.  Returns the
+    tile's new ``(h_own, c)`` (kept for inactive sequences)."""
+    t, active = time_index(s, seq_len, REVERSE)
+    keep = active[:, None]
+    # dots with h_{s-1}: all H columns, from every program of the group
+    dots = _gate_dots(h_prev_ptr + rows[:, None] * s_hb_b, row_ok, w_hh_ptr, 1, s_whh_r, s_whh_g, units, unit_ok,
+                      w, H, G, RESIDENT, BLOCK_B, BLOCK_K, SPLIT_K, PRECISION, ACC, UPCAST_DOT)
+    px = ()
+    ph = ()
+    for g in tl.static_range(G):
+        px = px + (gx_raw[g].to(ACC),)
+        p = dots[g]
+        if HAS_BH and INNER_SLOTS[g] >= 0:
+            p = p + bh[g]
+        ph = ph + (p,)
+    h_new, c_new, saved = CELL_FWD(px, ph, h_own, c)
+    h_new = tl.where(spin_budget < 0, float("nan"), h_new)  # after a failed barrier: loud, not wrong
+    h_keep = tl.where(keep, h_new, h_own)
+    tl.store(h_cur_ptr + rows[:, None] * s_hb_b + units[None, :], h_keep, mask=mask)
+    out_t = out_ptr + t[:, None] * s_out_t + rows[:, None] * s_out_b + units[None, :]
+    tl.store(out_t, tl.where(keep, h_new, 0.0).to(out_ptr.dtype.element_ty), mask=mask)
+    if SAVE:
+        store_saved(sv_ptr + t[:, None] * s_sv_t + rows[:, None] * s_sv_b + units[None, :], H, keep, mask, saved, S)
+    if HAS_C:
+        c = tl.where(keep, c_new, c)
+    return h_keep, c
 
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
@@ -192,8 +245,8 @@ def _multi_fwd_kernel(
     HAS_C: tl.constexpr, STATE_SLOT: tl.constexpr, READ_H_NEW: tl.constexpr, READ_H_PREV: tl.constexpr,
     DIRECT_DH: tl.constexpr,
     HAS_BH: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
-    RESIDENT: tl.constexpr, USE_BARRIER: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_K: tl.constexpr,
+    RESIDENT: tl.constexpr, USE_BARRIER: tl.constexpr, ONE_TILE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):
     pid_h = tl.program_id(0)
@@ -203,7 +256,7 @@ def _multi_fwd_kernel(
     unit_ok = units < H
     # W_hh^T restricted to this program's units of each gate: w_g[k, u] = W_hh[g*H + u, k],
     # i.e. base w_hh + g*H*s_whh_r, stride 1 along k and s_whh_r along u; resident or streamed.
-    w = _load_slices(w_hh_ptr, s_whh_g, 1, s_whh_r, units, unit_ok, H, G, RESIDENT, BLOCK_K)
+    w = _load_slices(w_hh_ptr, s_whh_g, 1, s_whh_r, pid_h * BLOCK_HS, units, H, G, RESIDENT, BLOCK_K, SPLIT_K)
     bh = ()
     for g in tl.static_range(G):
         if HAS_BH and INNER_SLOTS[g] >= 0:
@@ -213,57 +266,172 @@ def _multi_fwd_kernel(
     n_tiles = tl.cdiv(B, BLOCK_B)
     spin_budget = MAX_SPIN
 
+    if ONE_TILE:
+        # This program owns one batch tile for the whole launch: its state stays in registers
+        # and the next step's input parts are loaded while the current step computes.
+        rows = pid_g * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
+        row_ok = rows < B
+        mask = row_ok[:, None] & unit_ok[None, :]
+        if IS_VARLEN:
+            seq_len = tl.load(len_ptr + rows, mask=row_ok, other=0)
+        else:
+            seq_len = tl.zeros((BLOCK_B,), tl.int64) + T
+        h_own = tl.load(hbuf_ptr + ((J_BEGIN + 1) % 2) * s_hb_k + rows[:, None] * s_hb_b + units[None, :], mask=mask,
+                        other=0.0)
+        c = h_own
+        if HAS_C:
+            c = tl.load(cbuf_ptr + rows[:, None] * s_cb_b + units[None, :], mask=mask, other=0.0)
+        t0, active0 = time_index(J_BEGIN, seq_len, REVERSE)
+        gx_next = load_gates(gx_ptr + t0[:, None] * s_gx_t + rows[:, None] * s_gx_b + units[None, :], H,
+                             mask & active0[:, None], G)
     for s in range(J_BEGIN, J_END):
         h_prev_ptr = hbuf_ptr + ((s + 1) % 2) * s_hb_k
         h_cur_ptr = hbuf_ptr + (s % 2) * s_hb_k
-        for tile in range(pid_g, n_tiles, N_GROUPS):
-            rows = tile * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
-            row_ok = rows < B
-            mask = row_ok[:, None] & unit_ok[None, :]
-            if IS_VARLEN:
-                seq_len = tl.load(len_ptr + rows, mask=row_ok, other=0)
-            else:
-                seq_len = tl.zeros((BLOCK_B,), tl.int64) + T
-            t, active = time_index(s, seq_len, REVERSE)
-            keep = active[:, None]
-            act = mask & keep
-            gx_t = gx_ptr + t[:, None] * s_gx_t + rows[:, None] * s_gx_b + units[None, :]
-            h_own = tl.load(h_prev_ptr + rows[:, None] * s_hb_b + units[None, :], mask=mask, other=0.0,
-                            cache_modifier=".cg")
-            # dots with h_{s-1}: all H columns, from every program of the group
-            dots = _gate_dots(h_prev_ptr + rows[:, None] * s_hb_b, row_ok, w_hh_ptr, 1, s_whh_r, s_whh_g, units,
-                              unit_ok, w, H, G, True, RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC, UPCAST_DOT)
-            px = ()
-            ph = ()
-            for g in tl.static_range(G):
-                px = px + (tl.load(gx_t + g * H, mask=act, other=0.0).to(ACC),)
-                p = dots[g]
-                if HAS_BH and INNER_SLOTS[g] >= 0:
-                    p = p + bh[g]
-                ph = ph + (p,)
-            c = h_own
-            if HAS_C:
-                c_ptrs = cbuf_ptr + rows[:, None] * s_cb_b + units[None, :]
-                c = tl.load(c_ptrs, mask=mask, other=0.0)
-            h_new, c_new, saved = CELL_FWD(px, ph, h_own, c)
-            if HAS_C:
-                tl.store(c_ptrs, tl.where(keep, c_new, c), mask=mask)
-            h_new = tl.where(spin_budget < 0, float("nan"), h_new)  # after a failed barrier: loud, not wrong
-            tl.store(h_cur_ptr + rows[:, None] * s_hb_b + units[None, :], tl.where(keep, h_new, h_own), mask=mask)
-            out_t = out_ptr + t[:, None] * s_out_t + rows[:, None] * s_out_b + units[None, :]
-            tl.store(out_t, tl.where(keep, h_new, 0.0).to(out_ptr.dtype.element_ty), mask=mask)
-            if SAVE:
-                sv_t = sv_ptr + t[:, None] * s_sv_t + rows[:, None] * s_sv_b + units[None, :]
-                store_saved(sv_t, H, keep, mask, saved, S)
+        if ONE_TILE:
+            gx_raw = gx_next
+            t_n, active_n = time_index(s + 1, seq_len, REVERSE)
+            gx_next = load_gates(gx_ptr + t_n[:, None] * s_gx_t + rows[:, None] * s_gx_b + units[None, :], H,
+                                 mask & active_n[:, None], G)
+            h_own, c = _fwd_tile(s, rows, row_ok, units, unit_ok, mask, seq_len, gx_raw, h_prev_ptr, h_cur_ptr,
+                                 s_hb_b, h_own, c, w_hh_ptr, s_whh_r, s_whh_g, w, bh, out_ptr, s_out_t, s_out_b,
+                                 sv_ptr, s_sv_t, s_sv_b, H, spin_budget, CELL_FWD, G, S, INNER_SLOTS, HAS_C, HAS_BH,
+                                 REVERSE, SAVE, RESIDENT, BLOCK_B, BLOCK_K, SPLIT_K, PRECISION, ACC, UPCAST_DOT)
+        else:
+            for tile in range(pid_g, n_tiles, N_GROUPS):
+                rows_t = tile * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
+                row_ok_t = rows_t < B
+                mask_t = row_ok_t[:, None] & unit_ok[None, :]
+                if IS_VARLEN:
+                    seq_len_t = tl.load(len_ptr + rows_t, mask=row_ok_t, other=0)
+                else:
+                    seq_len_t = tl.zeros((BLOCK_B,), tl.int64) + T
+                t, active = time_index(s, seq_len_t, REVERSE)
+                gx_raw_t = load_gates(gx_ptr + t[:, None] * s_gx_t + rows_t[:, None] * s_gx_b + units[None, :], H,
+                                      mask_t & active[:, None], G)
+                h_own_t = tl.load(h_prev_ptr + rows_t[:, None] * s_hb_b + units[None, :], mask=mask_t, other=0.0,
+                                  cache_modifier=".cg")
+                c_t = h_own_t
+                if HAS_C:
+                    c_t = tl.load(cbuf_ptr + rows_t[:, None] * s_cb_b + units[None, :], mask=mask_t, other=0.0)
+                _, c_t = _fwd_tile(s, rows_t, row_ok_t, units, unit_ok, mask_t, seq_len_t, gx_raw_t, h_prev_ptr,
+                                   h_cur_ptr, s_hb_b, h_own_t, c_t, w_hh_ptr, s_whh_r, s_whh_g, w, bh, out_ptr,
+                                   s_out_t, s_out_b, sv_ptr, s_sv_t, s_sv_b, H, spin_budget, CELL_FWD, G, S,
+                                   INNER_SLOTS, HAS_C, HAS_BH, REVERSE, SAVE, RESIDENT, BLOCK_B, BLOCK_K, SPLIT_K,
+                                   PRECISION, ACC, UPCAST_DOT)
+                if HAS_C:
+                    tl.store(cbuf_ptr + rows_t[:, None] * s_cb_b + units[None, :], c_t, mask=mask_t)
         if USE_BARRIER:
             if s + 1 < J_END:
                 ok = _grid_barrier(sync_ptr + 32 * pid_g, sync_ptr + 32 * N_GROUPS, n_slices * (s - J_BEGIN + 1),
                                    spin_budget)
                 spin_budget = tl.where(ok, spin_budget, -1)
+    if ONE_TILE and HAS_C:
+        tl.store(cbuf_ptr + rows[:, None] * s_cb_b + units[None, :], c, mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------
 # backward
+
+
+@triton.jit
+def _bwd_loads(s, seq_len, rows, units, mask, dout_ptr, s_do_t, s_do_b, out_ptr, s_out_t, s_out_b, sv_ptr, s_sv_t,
+               s_sv_b, H, S: tl.constexpr, HAS_C: tl.constexpr, STATE_SLOT: tl.constexpr,
+               READ_H_NEW: tl.constexpr, READ_H_PREV: tl.constexpr, REVERSE: tl.constexpr):
+    """What step ``s`` of the backward reads from memory, for this program's columns: ``(d_out_t,
+    saved_t, h_t, h_{t-1}, c_{t-1})`` (storage dtype; the last three where the cell reads them,
+    else placeholders); nothing for ``s < 0``."""
+    t, active = time_index(s, seq_len, REVERSE)
+    active = active & (seq_len * 0 + s >= 0)
+    act = mask & active[:, None]
+    if REVERSE:
+        t_prev = t + 1
+    else:
+        t_prev = t - 1
+    prev = act & (active & (t_prev >= 0) & (t_prev < seq_len))[:, None]
+    d_out = tl.load(dout_ptr + t[:, None] * s_do_t + rows[:, None] * s_do_b + units[None, :], mask=act, other=0.0)
+    saved = ()
+    for k in tl.static_range(S):
+        saved = saved + (tl.load(sv_ptr + t[:, None] * s_sv_t + rows[:, None] * s_sv_b + k * H + units[None, :],
+                                 mask=act, other=0.0),)
+    h_new = d_out
+    if READ_H_NEW:
+        h_new = tl.load(out_ptr + t[:, None] * s_out_t + rows[:, None] * s_out_b + units[None, :], mask=act, other=0.0)
+    h_prev = d_out
+    if READ_H_PREV:
+        h_prev = tl.load(out_ptr + t_prev[:, None] * s_out_t + rows[:, None] * s_out_b + units[None, :], mask=prev,
+                         other=0.0)
+    c_prev = d_out
+    if HAS_C:
+        c_prev = tl.load(sv_ptr + t_prev[:, None] * s_sv_t + rows[:, None] * s_sv_b + STATE_SLOT * H + units[None, :],
+                         mask=prev, other=0.0)
+    return d_out, saved, h_new, h_prev, c_prev
+
+
+@triton.jit
+def _bwd_tile(s, rows, units, mask, seq_len, loads, dh, dc, h_init, c_init, dg_ptr, s_dg_t, s_dg_b, dgh_ptr,
+              s_dgh_t, s_dgh_b, H, spin_budget, CELL_BWD: tl.constexpr, G: tl.constexpr, S: tl.constexpr,
+              INNER_SLOTS: tl.constexpr, HAS_C: tl.constexpr, READ_H_NEW: tl.constexpr, READ_H_PREV: tl.constexpr,
+              DIRECT_DH: tl.constexpr, REVERSE: tl.constexpr, ACC: tl.constexpr):
+    """Step ``s`` of one batch tile: this program's columns of every gate gradient (stored), and
+    what step ``s-1`` inherits before the dots of the next iteration: ``(dh_carry, dc)``."""
+    t, active = time_index(s, seq_len, REVERSE)
+    keep = active[:, None]
+    if REVERSE:
+        t_prev = t + 1
+    else:
+        t_prev = t - 1
+    has_prev = (active & (t_prev >= 0) & (t_prev < seq_len))[:, None]
+    d_out, saved_raw, h_new, h_prev, c_prev = loads
+    dh = tl.where(spin_budget < 0, float("nan"), dh)  # after a failed barrier: loud, not wrong
+    dh = dh + d_out.to(ACC)
+    saved = ()
+    for k in tl.static_range(S):
+        saved = saved + (saved_raw[k].to(ACC),)
+    if READ_H_NEW:
+        h_new = h_new.to(ACC)
+    else:
+        h_new = dh
+    if READ_H_PREV:
+        h_prev = tl.where(has_prev, h_prev.to(ACC), h_init)
+    else:
+        h_prev = dh
+    if HAS_C:
+        c_prev = tl.where(has_prev, c_prev.to(ACC), c_init)
+    else:
+        c_prev = dc
+    d_px, d_ph, dh_direct, dc_prev = CELL_BWD(dh, dc, saved, h_new, h_prev, c_prev)
+    dg_t = dg_ptr + t[:, None] * s_dg_t + rows[:, None] * s_dg_b + units[None, :]
+    for g in tl.static_range(G):
+        tl.store(dg_t + g * H, tl.where(keep, d_px[g], 0.0).to(dg_ptr.dtype.element_ty), mask=mask)
+        if INNER_SLOTS[g] >= 0:
+            tl.store(dgh_ptr + t[:, None] * s_dgh_t + rows[:, None] * s_dgh_b + INNER_SLOTS[g] * H + units[None, :],
+                     tl.where(keep, d_ph[g], 0.0).to(dgh_ptr.dtype.element_ty), mask=mask)
+    if HAS_C:
+        dc = tl.where(keep, dc_prev, dc)
+    if DIRECT_DH:
+        dh_carry = tl.where(keep, dh_direct, dh)
+    else:
+        dh_carry = tl.where(keep, 0.0, dh)
+    return dh_carry, dc
+
+
+@triton.jit
+def _bwd_recurrent(s, T, rows, row_ok, units, unit_ok, seq_len, dg_ptr, s_dg_t, s_dg_b, dgh_ptr, s_dgh_t, s_dgh_b,
+                   w_hh_ptr, s_whh_r, s_whh_g, w, H, G: tl.constexpr, INNER_SLOTS: tl.constexpr,
+                   RESIDENT: tl.constexpr, REVERSE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+                   SPLIT_K: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """``sum_g dph_g[s+1] @ W_g[:, own]``: step ``s+1``'s gate gradients of every program (their
+    recurrent parts: ``d_gx``'s gate, or the inner-gate buffer; 0 for inactive rows) times this
+    program's columns of ``W_hh`` -- the share of ``dL/dh_s`` that passes through the weights."""
+    t1, _ = time_index(s + 1, seq_len, REVERSE)
+    srcs = ()
+    for g in tl.static_range(G):
+        if INNER_SLOTS[g] >= 0:
+            srcs = srcs + (dgh_ptr + t1[:, None] * s_dgh_t + rows[:, None] * s_dgh_b + INNER_SLOTS[g] * H,)
+        else:
+            srcs = srcs + (dg_ptr + t1[:, None] * s_dg_t + rows[:, None] * s_dg_b + g * H,)
+    return _summed_dots(srcs, row_ok, w_hh_ptr, s_whh_r, 1, s_whh_g, units, unit_ok, w, H, G, RESIDENT, BLOCK_B,
+                        BLOCK_K, SPLIT_K, PRECISION, ACC, UPCAST_DOT)
 
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
@@ -285,8 +453,8 @@ def _multi_bwd_kernel(
     HAS_C: tl.constexpr, STATE_SLOT: tl.constexpr, READ_H_NEW: tl.constexpr, READ_H_PREV: tl.constexpr,
     DIRECT_DH: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_C0: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr,
-    RESIDENT: tl.constexpr, USE_BARRIER: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_K: tl.constexpr,
+    RESIDENT: tl.constexpr, USE_BARRIER: tl.constexpr, ONE_TILE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):
     pid_h = tl.program_id(0)
@@ -296,105 +464,96 @@ def _multi_bwd_kernel(
     unit_ok = units < H
     # W_hh restricted to this program's columns, per gate: w_g[k, u] = W_hh[g*H + k, u],
     # i.e. base w_hh + g*H*s_whh_r, stride s_whh_r along k and 1 along u.
-    w = _load_slices(w_hh_ptr, s_whh_g, s_whh_r, 1, units, unit_ok, H, G, RESIDENT, BLOCK_K)
+    w = _load_slices(w_hh_ptr, s_whh_g, s_whh_r, 1, pid_h * BLOCK_HS, units, H, G, RESIDENT, BLOCK_K, SPLIT_K)
     n_tiles = tl.cdiv(B, BLOCK_B)
     spin_budget = MAX_SPIN
-    ddt = dg_ptr.dtype.element_ty
 
+    if ONE_TILE:
+        # One batch tile for the whole launch: dh and dc stay in registers, and each step's loads
+        # are issued one step ahead.
+        rows = pid_g * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
+        row_ok = rows < B
+        mask = row_ok[:, None] & unit_ok[None, :]
+        if IS_VARLEN:
+            seq_len = tl.load(len_ptr + rows, mask=row_ok, other=0)
+        else:
+            seq_len = tl.zeros((BLOCK_B,), tl.int64) + T
+        dh = tl.load(dhbuf_ptr + rows[:, None] * s_dhb_b + units[None, :], mask=mask, other=0.0)
+        dc = dh
+        c_init = tl.zeros((BLOCK_B, BLOCK_HS), ACC)
+        h_init = c_init
+        if HAS_C:
+            dc = tl.load(dcbuf_ptr + rows[:, None] * s_dcb_b + units[None, :], mask=mask, other=0.0)
+            if HAS_C0:
+                c_init = tl.load(c0_ptr + rows[:, None] * s_c0_b + units[None, :], mask=mask, other=0.0).to(ACC)
+        if READ_H_PREV and HAS_H0:
+            h_init = tl.load(h0_ptr + rows[:, None] * s_h0_b + units[None, :], mask=mask, other=0.0).to(ACC)
+        nxt = _bwd_loads(T - 1 - J_BEGIN, seq_len, rows, units, mask, dout_ptr, s_do_t, s_do_b, out_ptr, s_out_t,
+                         s_out_b, sv_ptr, s_sv_t, s_sv_b, H, S, HAS_C, STATE_SLOT, READ_H_NEW, READ_H_PREV, REVERSE)
     for j in range(J_BEGIN, J_END):
         s = T - 1 - j
-        for tile in range(pid_g, n_tiles, N_GROUPS):
-            rows = tile * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
-            row_ok = rows < B
-            mask = row_ok[:, None] & unit_ok[None, :]
-            if IS_VARLEN:
-                seq_len = tl.load(len_ptr + rows, mask=row_ok, other=0)
-            else:
-                seq_len = tl.zeros((BLOCK_B,), tl.int64) + T
-            dh_ptrs = dhbuf_ptr + rows[:, None] * s_dhb_b + units[None, :]
-
-            # 1. finish step s+1: dh_s[own] += sum_g dph_g[s+1] @ W_g[:, own], where dph_g is the
-            #    gradient of gate g's recurrent part: d_gx's gate g, or the inner-gate buffer
-            #    (0 for inactive rows)
+        if ONE_TILE:
+            cur = nxt
+            nxt = _bwd_loads(s - 1, seq_len, rows, units, mask, dout_ptr, s_do_t, s_do_b, out_ptr, s_out_t,
+                             s_out_b, sv_ptr, s_sv_t, s_sv_b, H, S, HAS_C, STATE_SLOT, READ_H_NEW, READ_H_PREV,
+                             REVERSE)
+            # 1. finish step s+1: the share of dL/dh_s through W_hh, from every program's gradients
             if s + 1 < T:
-                t1, _ = time_index(s + 1, seq_len, REVERSE)
-                srcs = ()
-                for g in tl.static_range(G):
-                    if INNER_SLOTS[g] >= 0:
-                        srcs = srcs + (dgh_ptr + t1[:, None] * s_dgh_t + rows[:, None] * s_dgh_b + INNER_SLOTS[g] * H,)
-                    else:
-                        srcs = srcs + (dg_ptr + t1[:, None] * s_dg_t + rows[:, None] * s_dg_b + g * H,)
-                parts = _gate_dots(srcs, row_ok, w_hh_ptr, s_whh_r, 1, s_whh_g, units, unit_ok, w, H,
-                                   G, False, RESIDENT, BLOCK_B, BLOCK_K, PRECISION, ACC, UPCAST_DOT)
-                d_rec = parts[0]
-                for g in tl.static_range(1, G):
-                    d_rec += parts[g]
-                tl.store(dh_ptrs, tl.load(dh_ptrs, mask=mask, other=0.0) + d_rec, mask=mask)
-                tl.debug_barrier()  # the same program re-reads dhbuf in another layout below
-
+                dh += _bwd_recurrent(s, T, rows, row_ok, units, unit_ok, seq_len, dg_ptr, s_dg_t, s_dg_b, dgh_ptr,
+                                     s_dgh_t, s_dgh_b, w_hh_ptr, s_whh_r, s_whh_g, w, H, G, INNER_SLOTS, RESIDENT,
+                                     REVERSE, BLOCK_B, BLOCK_K, SPLIT_K, PRECISION, ACC, UPCAST_DOT)
             # 2. step s: this program's columns of every gate gradient
             if s >= 0:
-                t, active = time_index(s, seq_len, REVERSE)
-                keep = active[:, None]
-                act = mask & keep
-                if REVERSE:
-                    t_prev = t + 1
+                dh, dc = _bwd_tile(s, rows, units, mask, seq_len, cur, dh, dc, h_init, c_init, dg_ptr, s_dg_t, s_dg_b,
+                                   dgh_ptr, s_dgh_t, s_dgh_b, H, spin_budget, CELL_BWD, G, S, INNER_SLOTS, HAS_C,
+                                   READ_H_NEW, READ_H_PREV, DIRECT_DH, REVERSE, ACC)
+        else:
+            for tile in range(pid_g, n_tiles, N_GROUPS):
+                rows_t = tile * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
+                row_ok_t = rows_t < B
+                mask_t = row_ok_t[:, None] & unit_ok[None, :]
+                if IS_VARLEN:
+                    seq_len_t = tl.load(len_ptr + rows_t, mask=row_ok_t, other=0)
                 else:
-                    t_prev = t - 1
-                has_prev = (active & (t_prev >= 0) & (t_prev < seq_len))[:, None]
-                prev = act & has_prev
-                dh = tl.load(dh_ptrs, mask=mask, other=0.0)
-                dh = tl.where(spin_budget < 0, float("nan"), dh)  # after a failed barrier: loud, not wrong
-                dh += tl.load(dout_ptr + t[:, None] * s_do_t + rows[:, None] * s_do_b + units[None, :],
-                              mask=act, other=0.0).to(ACC)
-                saved = ()
-                for k in tl.static_range(S):
-                    saved = saved + (tl.load(sv_ptr + t[:, None] * s_sv_t + rows[:, None] * s_sv_b + k * H
-                                             + units[None, :], mask=act, other=0.0).to(ACC),)
-                h_new = dh
-                if READ_H_NEW:
-                    h_new = tl.load(out_ptr + t[:, None] * s_out_t + rows[:, None] * s_out_b + units[None, :],
-                                    mask=act, other=0.0).to(ACC)
-                h_prev = dh
-                if READ_H_PREV:
-                    h_prev = tl.load(out_ptr + t_prev[:, None] * s_out_t + rows[:, None] * s_out_b + units[None, :],
-                                     mask=prev, other=0.0).to(ACC)
-                    if HAS_H0:
-                        h_init = tl.load(h0_ptr + rows[:, None] * s_h0_b + units[None, :], mask=mask,
-                                         other=0.0).to(ACC)
-                        h_prev = tl.where(has_prev, h_prev, h_init)
-                dc = dh
-                c_prev = dh
-                if HAS_C:
-                    dc_ptrs = dcbuf_ptr + rows[:, None] * s_dcb_b + units[None, :]
-                    dc = tl.load(dc_ptrs, mask=mask, other=0.0)
-                    c_prev = tl.load(sv_ptr + t_prev[:, None] * s_sv_t + rows[:, None] * s_sv_b + STATE_SLOT * H
-                                     + units[None, :], mask=prev, other=0.0).to(ACC)
-                    if HAS_C0:
-                        c_init = tl.load(c0_ptr + rows[:, None] * s_c0_b + units[None, :], mask=mask,
-                                         other=0.0).to(ACC)
-                        c_prev = tl.where(has_prev, c_prev, c_init)
-                d_px, d_ph, dh_direct, dc_prev = CELL_BWD(dh, dc, saved, h_new, h_prev, c_prev)
-                dg_t = dg_ptr + t[:, None] * s_dg_t + rows[:, None] * s_dg_b + units[None, :]
-                for g in tl.static_range(G):
-                    tl.store(dg_t + g * H, tl.where(keep, d_px[g], 0.0).to(ddt), mask=mask)
-                    if INNER_SLOTS[g] >= 0:
-                        tl.store(dgh_ptr + t[:, None] * s_dgh_t + rows[:, None] * s_dgh_b + INNER_SLOTS[g] * H
-                                 + units[None, :], tl.where(keep, d_ph[g], 0.0).to(dgh_ptr.dtype.element_ty),
-                                 mask=mask)
-                if HAS_C:
-                    tl.store(dc_ptrs, tl.where(keep, dc_prev, dc), mask=mask)
-                # what step s-1 inherits before the dot of part 1 adds the gates' share
-                if DIRECT_DH:
-                    dh_carry = tl.where(keep, dh_direct, dh)
-                else:
-                    dh_carry = tl.where(keep, 0.0, dh)
-                tl.store(dh_ptrs, dh_carry, mask=mask)
+                    seq_len_t = tl.zeros((BLOCK_B,), tl.int64) + T
+                dh_ptrs = dhbuf_ptr + rows_t[:, None] * s_dhb_b + units[None, :]
+                dh_t = tl.load(dh_ptrs, mask=mask_t, other=0.0)
+                if s + 1 < T:
+                    dh_t += _bwd_recurrent(s, T, rows_t, row_ok_t, units, unit_ok, seq_len_t, dg_ptr, s_dg_t, s_dg_b,
+                                           dgh_ptr, s_dgh_t, s_dgh_b, w_hh_ptr, s_whh_r, s_whh_g, w, H, G,
+                                           INNER_SLOTS, RESIDENT, REVERSE, BLOCK_B, BLOCK_K, SPLIT_K, PRECISION, ACC,
+                                           UPCAST_DOT)
+                if s >= 0:
+                    dc_t = dh_t
+                    c_init_t = tl.zeros((BLOCK_B, BLOCK_HS), ACC)
+                    h_init_t = c_init_t
+                    if HAS_C:
+                        dc_t = tl.load(dcbuf_ptr + rows_t[:, None] * s_dcb_b + units[None, :], mask=mask_t, other=0.0)
+                        if HAS_C0:
+                            c_init_t = tl.load(c0_ptr + rows_t[:, None] * s_c0_b + units[None, :], mask=mask_t,
+                                               other=0.0).to(ACC)
+                    if READ_H_PREV and HAS_H0:
+                        h_init_t = tl.load(h0_ptr + rows_t[:, None] * s_h0_b + units[None, :], mask=mask_t,
+                                           other=0.0).to(ACC)
+                    loads = _bwd_loads(s, seq_len_t, rows_t, units, mask_t, dout_ptr, s_do_t, s_do_b, out_ptr,
+                                       s_out_t, s_out_b, sv_ptr, s_sv_t, s_sv_b, H, S, HAS_C, STATE_SLOT, READ_H_NEW,
+                                       READ_H_PREV, REVERSE)
+                    dh_t, dc_t = _bwd_tile(s, rows_t, units, mask_t, seq_len_t, loads, dh_t, dc_t, h_init_t, c_init_t,
+                                           dg_ptr, s_dg_t, s_dg_b, dgh_ptr, s_dgh_t, s_dgh_b, H, spin_budget,
+                                           CELL_BWD, G, S, INNER_SLOTS, HAS_C, READ_H_NEW, READ_H_PREV, DIRECT_DH,
+                                           REVERSE, ACC)
+                    if HAS_C:
+                        tl.store(dcbuf_ptr + rows_t[:, None] * s_dcb_b + units[None, :], dc_t, mask=mask_t)
+                tl.store(dh_ptrs, dh_t, mask=mask_t)
         if USE_BARRIER:
             if s >= 0:
                 ok = _grid_barrier(sync_ptr + 32 * pid_g, sync_ptr + 32 * N_GROUPS, n_slices * (j - J_BEGIN + 1),
                                    spin_budget)
                 spin_budget = tl.where(ok, spin_budget, -1)
+    if ONE_TILE:
+        tl.store(dhbuf_ptr + rows[:, None] * s_dhb_b + units[None, :], dh, mask=mask)
+        if HAS_C:
+            tl.store(dcbuf_ptr + rows[:, None] * s_dcb_b + units[None, :], dc, mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,6 +595,11 @@ def _sm_limits(device_index: int | None) -> tuple[int, dict]:
 
 
 _CAPACITY: dict[tuple, int] = {}
+
+#: Batch groups of per-step launches (``None``: one per batch tile).  Tests set it to 1 to run
+#: the build in which a program loops over several tiles (a large tier-2 batch on a GPU) in the
+#: interpreter too.
+_STEP_GROUPS: int | None = None
 
 #: Value the barrier counters start from.  Tests set it very negative so that no barrier can
 #: complete (the bounded spin, the NaN poisoning and :class:`BarrierTimeout` are then certain).
@@ -507,14 +671,18 @@ class MultiLaunch:
 
     def persistent(self, sync: torch.Tensor, n_groups: int, max_spin: int = MAX_SPIN,
                    cooperative: bool = True) -> tuple[tuple, dict]:  # fmt: skip
-        """``(args, kwargs)`` of the tier-2 launch: the whole loop, with the grid barrier."""
+        """``(args, kwargs)`` of the tier-2 launch: the whole loop, with the grid barrier.  With as
+        many batch groups as tiles each program keeps one tile's state in registers (``ONE_TILE``)."""
         args = (*self.args, sync, 0, self.n_iters, self.T, self.B, self.H, n_groups, max_spin)
-        return args, dict(self.consts, USE_BARRIER=True, launch_cooperative_grid=cooperative)
+        one = n_groups == self.n_tiles
+        return args, dict(self.consts, USE_BARRIER=True, ONE_TILE=one, launch_cooperative_grid=cooperative)
 
-    def step(self, sync: torch.Tensor, j: int) -> tuple[tuple, dict]:
-        """``(args, kwargs)`` of iteration ``j`` launched alone (tier 3, and the interpreter)."""
-        args = (*self.args, sync, j, j + 1, self.T, self.B, self.H, self.n_tiles, 0)
-        return args, dict(self.consts, USE_BARRIER=False)
+    def step(self, sync: torch.Tensor, j: int, n_groups: int | None = None) -> tuple[tuple, dict]:
+        """``(args, kwargs)`` of iteration ``j`` launched alone (tier 3, and the interpreter): one
+        program per batch tile, or ``n_groups`` programs looping over the tiles."""
+        groups = n_groups or self.n_tiles
+        args = (*self.args, sync, j, j + 1, self.T, self.B, self.H, groups, 0)
+        return args, dict(self.consts, USE_BARRIER=False, ONE_TILE=groups == self.n_tiles)
 
 
 def run(launch: MultiLaunch, tier: int, device: torch.device, cooperative: bool | None = None,
@@ -529,8 +697,13 @@ def run(launch: MultiLaunch, tier: int, device: torch.device, cooperative: bool 
         sync.fill_(_BARRIER_START)
         sync[n_tiles * 32 :] = 0
         with torch.cuda.device(device):
+            # The one-tile build first; if the GPU cannot hold a group per tile, the build that
+            # loops over tiles (its own registers, its own capacity).
             probe_args, kwargs = launch.persistent(sync, n_tiles, max_spin, coop)
             capacity = _co_resident_programs(kernel, probe_args, kwargs, device)
+            if coop and capacity // n_slices < n_tiles:
+                probe_args, kwargs = launch.persistent(sync, max(1, n_tiles - 1), max_spin, coop)
+                capacity = _co_resident_programs(kernel, probe_args, kwargs, device)
             n_groups = min(n_tiles, capacity // n_slices) if coop else n_tiles
             if n_groups >= 1:
                 if n_groups < n_tiles:  # the flag sits after the last group's counter
@@ -555,9 +728,10 @@ def run(launch: MultiLaunch, tier: int, device: torch.device, cooperative: bool 
         # Not even one batch group fits the GPU at once: per-step launches instead.
     sync = _sync_buffer(32, device).zero_()
     ran = tier if _runtime.INTERPRET else 3  # the interpreter runs tier 2's body per step
+    groups = min(_STEP_GROUPS or n_tiles, n_tiles)
     for j in range(launch.n_iters):
-        args, kwargs = launch.step(sync, j)
-        kernel[(n_slices, n_tiles)](*args, **kwargs)
+        args, kwargs = launch.step(sync, j, groups)
+        kernel[(n_slices, groups)](*args, **kwargs)
         _runtime.count_launch(f"{kind}_tier{ran}")
     return ran
 
@@ -565,7 +739,7 @@ def run(launch: MultiLaunch, tier: int, device: torch.device, cooperative: bool 
 def _consts(cell: cells.Cell, dtype: torch.dtype, cfg: MultiConfig, allow_tf32: bool) -> dict[str, Any]:
     return dict(
         **cell.constexprs(),
-        RESIDENT=cfg.resident, BLOCK_B=BLOCK_B, BLOCK_HS=BLOCK_HS, BLOCK_K=cfg.block_k,
+        RESIDENT=cfg.resident, BLOCK_B=BLOCK_B, BLOCK_HS=BLOCK_HS, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
         PRECISION=precision(dtype, allow_tf32), ACC=tl_acc(dtype), UPCAST_DOT=upcast_dot(dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
     )  # fmt: skip

@@ -59,6 +59,7 @@ import torch
 import triton
 
 from . import cells, multi, recurrent, tiers
+from .common import pow2
 
 #: Shared memory one block may use (opt-in maximum), bytes.  H100: 227 KB; A100: 163 KB.
 SHARED_LIMIT: dict[int, int] = {90: 227 * 1024, 80: 163 * 1024}
@@ -114,7 +115,8 @@ class KernelConfig:
     allow_tf32: bool = False
     proj_size: int = 0
     tier: int = 1  # 1: recurrent.py; 2 (persistent, grid barrier) or 3 (per step): multi.py
-    split_k: int | None = None  # tier 1: override tier1_config's SPLIT_K
+    split_k: int | None = None  # override the configuration's SPLIT_K
+    resident: bool | None = None  # tiers 2/3: override the configuration's resident/streamed choice
 
     @property
     def mode(self) -> str:
@@ -148,6 +150,8 @@ class KernelConfig:
             flags.append("tf32")
         if self.split_k:
             flags.append(f"split{self.split_k}")
+        if self.resident is not None:
+            flags.append("res" if self.resident else "stream")
         return ",".join(flags)
 
     def tier1_unsupported(self) -> str | None:
@@ -222,6 +226,8 @@ def multi_configs(
     tiers: Sequence[int] = (2, 3),
     num_warps: Sequence[int | None] = (None,),
     batch: int = 64,
+    split_k: Sequence[int | None] = (None,),
+    resident: Sequence[bool | None] = (None,),
 ) -> list[KernelConfig]:
     """Tier-2/3 configurations (``multi.py``), heaviest variant; projected LSTMs have no tier 2/3.
 
@@ -230,11 +236,12 @@ def multi_configs(
         cfgs = multi_configs(cells=["GRU"], dtypes=["bf16"], hidden_sizes=[1024], tiers=[2])
     """
     out = []
-    for cell, dtype, hidden, arch, kernel, tier, warps in itertools.product(
-        cells, dtypes, hidden_sizes, archs, kernels, tiers, num_warps
+    for cell, dtype, hidden, arch, kernel, tier, warps, sk, res in itertools.product(
+        cells, dtypes, hidden_sizes, archs, kernels, tiers, num_warps, split_k, resident
     ):
         if cell != "LSTMP":
-            out.append(KernelConfig(kernel, cell, dtype, hidden, arch, True, True, True, True, batch, warps, tier=tier))
+            out.append(KernelConfig(kernel, cell, dtype, hidden, arch, True, True, True, True, batch, warps, tier=tier,
+                                    split_k=sk, resident=res))  # fmt: skip
     return list(dict.fromkeys(out))
 
 
@@ -298,6 +305,14 @@ def launch_arguments(cfg: KernelConfig, seq_len: int = 8) -> tuple[object, tuple
         sync = t["new"](32 * (launch.n_tiles + 1), dtype=torch.int32)
         args, kwargs = launch.persistent(sync, launch.n_tiles) if cfg.tier == 2 else launch.step(sync, 0)
         kernel = launch.kernel
+        if cfg.resident is not None:
+            size = torch.empty((), dtype=cfg.torch_dtype).element_size()
+            kwargs["RESIDENT"] = cfg.resident
+            kwargs["BLOCK_K"] = pow2(cfg.hidden_size) if cfg.resident else tiers.BLOCK_K_STREAMED[size]
+            if not cfg.resident:
+                kwargs["SPLIT_K"] = 1
+        if cfg.split_k is not None:
+            kwargs["SPLIT_K"] = cfg.split_k
     if cfg.num_warps is not None:
         kwargs["num_warps"] = cfg.num_warps
     return kernel, tuple(args), kwargs
@@ -517,8 +532,11 @@ def _error_row(cfg: KernelConfig, error: str | None) -> dict:
     )
     if cfg.tier != 1:
         mc = tiers.multi_config(cfg.mode, cfg.hidden_size, cfg.torch_dtype, cfg.tier)
-        row.update(block_b=tiers.BLOCK_B, block_h=tiers.BLOCK_HS, block_p=mc.block_k,
-                   num_warps=cfg.num_warps or mc.num_warps, resident=mc.resident)  # fmt: skip
+        resident = mc.resident if cfg.resident is None else cfg.resident
+        size = torch.empty((), dtype=cfg.torch_dtype).element_size()
+        block_k = mc.block_k if cfg.resident is None else (pow2(cfg.hidden_size) if resident else tiers.BLOCK_K_STREAMED[size])
+        row.update(block_b=tiers.BLOCK_B, block_h=tiers.BLOCK_HS, block_p=block_k,
+                   num_warps=cfg.num_warps or mc.num_warps, resident=resident)  # fmt: skip
         return row
     try:
         lc = tiers.tier1_config(cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype)
@@ -822,7 +840,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--variants", default="heaviest", choices=["heaviest", "default", "all"])
     p.add_argument("--num-warps", nargs="+", type=int, default=None, help="override the configuration's warps")
     p.add_argument("--block-b", nargs="+", type=int, default=None, help="override tier1_config's BLOCK_B")
-    p.add_argument("--split-k", nargs="+", type=int, default=None, help="override tier1_config's SPLIT_K")
+    p.add_argument("--split-k", nargs="+", type=int, default=None, help="override the configuration's SPLIT_K")
+    p.add_argument("--resident", nargs="+", choices=("yes", "no"), default=None,
+                   help="tiers 2/3: override the resident/streamed choice")  # fmt: skip
     p.add_argument("--beyond-limit", action="store_true", help="also sizes tier 1 refuses")
     p.add_argument("--tiers", nargs="+", type=int, default=[1], choices=[1, 2, 3],
                    help="kernel tiers to compile (2, 3: multi.py; projected LSTMs have none)")  # fmt: skip
@@ -863,7 +883,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if multi_tiers := [t for t in a.tiers if t != 1]:
         configs += multi_configs(
-            a.cells, a.dtypes, a.hidden, a.arch, a.kernels, multi_tiers, a.num_warps or [None], a.batch
+            a.cells, a.dtypes, a.hidden, a.arch, a.kernels, multi_tiers, a.num_warps or [None], a.batch,
+            a.split_k or [None], [{"yes": True, "no": False}[r] for r in a.resident] if a.resident else [None],
         )
     start = time.perf_counter()
     rows = compile_report(configs, jobs=a.jobs, timeout=a.timeout)

@@ -166,6 +166,9 @@ BLOCK_B = 16
 #: BLOCK_HS)``) and widest resident ``K``; larger slices are streamed from L2 every step.
 RESIDENT_MAX_WEIGHT_BYTES = 16 * 1024
 RESIDENT_MAX_K = 256
+#: Chunks of K a resident slice's dots are split into across warps (each at least 16 wide): the
+#: toy persistent step on an H200 went from 14.4 to 5.0 us at H = 768 with 4 (kernels/NOTES.md).
+RESIDENT_SPLIT_K = 4
 #: Chunk of the reduction dimension of streamed weights, by element size (fp32/fp64 dots hold
 #: K-long rows per thread: narrower chunks).
 BLOCK_K_STREAMED = {2: 64, 4: 16, 8: 16}
@@ -185,6 +188,7 @@ class MultiConfig:
     num_warps: int
     num_stages: int
     maxnreg: int
+    split_k: int = 1  # resident dots: K split in this many chunks across warps (common.mm_split)
 
 
 def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int) -> MultiConfig:
@@ -201,7 +205,8 @@ def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int) -> 
         and not _aborts(mode, dtype, 2)
     )
     block_k = pow2(hidden_size) if resident else min(BLOCK_K_STREAMED[size], pow2(hidden_size))
-    return MultiConfig(resident, block_k, 8 if resident else 4, 2 if (resident or size == 2) else 3, 255)
+    split_k = max(1, min(RESIDENT_SPLIT_K, block_k // 16)) if resident else 1
+    return MultiConfig(resident, block_k, 8 if resident else 4, 2 if (resident or size == 2) else 3, 255, split_k)
 
 
 def multi_unsupported(tier: int, mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,

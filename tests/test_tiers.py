@@ -17,6 +17,7 @@ import torch
 
 import fastrnn
 from fastrnn.kernels import _runtime, cells, multi, tiers
+from fastrnn.modules import resolve
 from helpers import TOL, compare_twins, device, module_inputs, twins
 
 CELLS = [("RNN", dict(nonlinearity="tanh")), ("RNN", dict(nonlinearity="relu")), ("LSTM", {}), ("GRU", {})]
@@ -324,3 +325,24 @@ def test_bf16_in_interpreter(tier, mode):
         err_base = (getattr(base, name).float() - getattr(want, name)).abs().max().item()
         err = (getattr(got, name).float() - getattr(want, name)).abs().max().item()
         assert err <= 2 * err_base + 5e-3, (name, err, err_base)
+
+
+@pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU"])
+def test_programs_looping_over_batch_tiles(monkeypatch, mode):
+    """The tier-2 build for more batch tiles than co-resident groups (a program loops over
+    tiles, its state in buffers, not registers; on a GPU only at large batch) equals the build
+    with one tile per program, forward and backward, run here per step with one group."""
+    monkeypatch.setenv("FASTRNN_TIER", "2")
+    fast, _ = twins(resolve(mode).family, 3, 20, **resolve(mode).twin_kwargs)
+    fast = fast.double()
+    x = torch.randn(4, 40, 3, dtype=torch.float64, device=device())  # 40 sequences: three batch tiles
+    runs = []
+    for groups in (None, 1):
+        monkeypatch.setattr(multi, "_STEP_GROUPS", groups)
+        fast.zero_grad()
+        out, hidden = fast(x)
+        h = hidden[0] if isinstance(hidden, tuple) else hidden
+        (out.square().sum() + h.sum()).backward()
+        runs.append([out.detach().clone(), h.detach().clone()] + [p.grad.clone() for p in fast.parameters()])
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
