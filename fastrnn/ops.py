@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .kernels import cells
+from .kernels.common import acc_dtype
 
 
 def _kernels(tier: int):
@@ -89,10 +90,6 @@ def _recurrent_part_grad(cell: cells.Cell, d_gx: torch.Tensor, d_gh_inner: torch
 # flags are ints.  Nothing returned aliases an input.
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 @torch.library.custom_op("fastrnn::recurrence_fwd", mutates_args=())
 def recurrence_fwd(
     mode: str,
@@ -118,7 +115,7 @@ def recurrence_fwd(
         res = _kernels(1).recurrent_fwd(mode, gx, w_hh, h0, c0, lengths, plan.config, w_hr=w_hr, **kw)
     else:
         res = _kernels(tier).multi_fwd(mode, gx, w_hh, h0, c0, lengths, plan.config, tier=tier, **kw)
-    acc = _acc_dtype(gx.dtype)
+    acc = acc_dtype(gx.dtype)
     return (  # absent results: distinct empty tensors (outputs of a custom op may not alias)
         res.out,
         res.h_n,
@@ -133,7 +130,7 @@ def _(mode, gx, w_hh, h0, c0, lengths, b_hh, w_hr, reverse, save, allow_tf32, ti
     cell = cells.get(mode)
     T, B, GH = gx.shape
     H, P = GH // cell.G, w_hh.shape[1]
-    acc = _acc_dtype(gx.dtype)
+    acc = acc_dtype(gx.dtype)
     saving = bool(save) and cell.S > 0
     e = (0,)
     return (
@@ -190,7 +187,7 @@ def _(mode, d_out, d_hn, d_cn, out, saved, w_hh, h0, c0, lengths, w_hr, reverse,
     cell = cells.get(mode)
     T, B, P = out.shape
     H = w_hh.shape[0] // cell.G
-    acc = _acc_dtype(out.dtype)
+    acc = acc_dtype(out.dtype)
     e = (0,)
     n_inner = len(cell.inner_gates)
     return (
@@ -329,7 +326,7 @@ def _embedding_projection_backward(ctx, d_gx):
     accumulation, deterministic under ``torch.use_deterministic_algorithms`` -- then
     ``dE = dT W`` (padding row zero), ``dW = dT^T E``, ``db = sum dT``."""
     ids, emb, w = ctx.saved_tensors
-    acc = _acc_dtype(emb.dtype)
+    acc = acc_dtype(emb.dtype)
     d_table = torch.zeros(emb.shape[0], w.shape[0], dtype=acc, device=emb.device)
     d_table.index_put_((ids,), d_gx.to(acc), accumulate=True)
     d_emb = d_table @ w.to(acc)

@@ -75,25 +75,6 @@ def load_split(w_ptr, s_n, s_k, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constex
 
 
 @triton.jit
-def load_block_t(w_ptr, s_row, s_col, block, N_ROWS, N_COLS, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
-    """Rows ``[block*N_ROWS, (block+1)*N_ROWS)`` of ``w`` (N_COLS columns), transposed:
-    a ``(BLOCK_COLS, BLOCK_ROWS)`` tile, zero outside the matrix."""
-    r = tl.arange(0, BLOCK_ROWS)
-    c = tl.arange(0, BLOCK_COLS)
-    ptrs = w_ptr + (block * N_ROWS + r[None, :]).to(tl.int64) * s_row + c[:, None].to(tl.int64) * s_col
-    return tl.load(ptrs, mask=(r[None, :] < N_ROWS) & (c[:, None] < N_COLS), other=0.0)
-
-
-@triton.jit
-def load_block(w_ptr, s_row, s_col, block, N_ROWS, N_COLS, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
-    """Rows ``[block*N_ROWS, (block+1)*N_ROWS)`` of ``w``: a ``(BLOCK_ROWS, BLOCK_COLS)`` tile."""
-    r = tl.arange(0, BLOCK_ROWS)
-    c = tl.arange(0, BLOCK_COLS)
-    ptrs = w_ptr + (block * N_ROWS + r[:, None]).to(tl.int64) * s_row + c[None, :].to(tl.int64) * s_col
-    return tl.load(ptrs, mask=(r[:, None] < N_ROWS) & (c[None, :] < N_COLS), other=0.0)
-
-
-@triton.jit
 def time_index(s, seq_len, REVERSE: tl.constexpr):
     """Per-sequence time slot of loop step ``s`` (BLOCK_B,), and whether the sequence is active."""
     active = s < seq_len
@@ -120,15 +101,6 @@ def store_saved(sv_t, H, keep, mask, saved, S: tl.constexpr):
     sdt = sv_t.dtype.element_ty
     for k in tl.static_range(S):
         tl.store(sv_t + k * H, tl.where(keep, saved[k], 0.0).to(sdt), mask=mask)
-
-
-@triton.jit
-def load_saved(sv_t, H, mask, S: tl.constexpr, ACC: tl.constexpr):
-    """The ``S`` saved tensors of one step (``ACC``), as :func:`store_saved` wrote them."""
-    saved = ()
-    for k in tl.static_range(S):
-        saved = saved + (tl.load(sv_t + k * H, mask=mask, other=0.0).to(ACC),)
-    return saved
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,9 +30,9 @@ from .common import element_size, pow2, triton_version
 #: compile for sm_90 and sm_80 without local memory in the time loop and within both GPUs' shared
 #: memory (kernels/NOTES.md, "Tier 1").
 TIER1_MAX_WEIGHT_BYTES: dict[torch.dtype, int] = {
-    torch.float16: 64 * 1024,  # RNN H<=128, GRU/LSTM H<=64
-    torch.bfloat16: 64 * 1024,
-    torch.float32: 48 * 1024,  # RNN/GRU H<=64, LSTM H<=32
+    torch.float16: 128 * 1024,  # RNN H<=256, GRU/LSTM H<=128 (<= 144 KB of shared memory: A100 too)
+    torch.bfloat16: 128 * 1024,
+    torch.float32: 64 * 1024,  # RNN H<=128, GRU H<=64 (H=128 is 192 KiB: spills, > A100), LSTM H<=64
     torch.float64: 32 * 1024,  # RNN H<=64, GRU/LSTM H<=32
 }
 
@@ -140,19 +140,24 @@ def tier1_unsupported(
 
 
 def tier1_config(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> Tier1Config:
-    """Tile sizes and warps of tier 1 (kernels/NOTES.md, "Tier 1"): 16 sequences per program
-    (the smallest dot tile: no spills up to the limit, and the most programs); warps by on-chip
-    weight bytes -- aligned sizes 4 below 16 KiB, 8 from there; other sizes 8 from 8 KiB, and
-    fp32 16 from 16 KiB."""
+    """Tile sizes, warps and K split of tier 1 (kernels/NOTES.md, "Tier 1"): 16 sequences per
+    program (the smallest dot tile: no spills up to the limit, and the most programs); warps by
+    on-chip weight bytes -- aligned sizes 4 below 16 KiB, 8 up to 64 KiB, 16 above (half the
+    dependent mma per warp per step: the step's serial chain); other sizes 8 from 8 KiB, fp32 16
+    from 16 KiB.  fp32 above 48 KiB (RNN H = 128) also splits its FMA dots' K in two (K-long
+    rows per thread spill there)."""
     block_h, block_p = tiles(hidden_size, proj_size, dtype)
     nbytes = weight_bytes(mode, hidden_size, proj_size, dtype)
+    split_k = 1
     if aligned(hidden_size, proj_size):
-        num_warps = 8 if nbytes >= 16 * 1024 else 4
+        num_warps = 4 if nbytes < 16 * 1024 else 8 if nbytes <= 64 * 1024 else 16
+        if dtype == torch.float32 and nbytes > 48 * 1024:
+            num_warps, split_k = 16, 2
     elif dtype == torch.float32 and nbytes >= 16 * 1024:
         num_warps = 16
     else:
         num_warps = 8 if nbytes >= 8 * 1024 else 4
-    return Tier1Config(16, block_h, block_p, num_warps)
+    return Tier1Config(16, block_h, block_p, num_warps, split_k)
 
 
 # ---------------------------------------------------------------------------------------------
