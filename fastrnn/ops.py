@@ -34,11 +34,12 @@ def _kernels(tier: int):
     return multi
 
 
-def _plan(mode: str, w_hh: torch.Tensor, w_hr: torch.Tensor | None, tier: int):
+def _plan(mode: str, w_hh: torch.Tensor, w_hr: torch.Tensor | None, tier: int, kernel: str):
     from .kernels import tiers
 
     H = w_hh.shape[0] // cells.get(mode).G
-    return tiers.plan(mode, H, w_hr.shape[0] if w_hr is not None else 0, w_hh.dtype, tier)
+    P = w_hr.shape[0] if w_hr is not None else 0
+    return tiers.plan(mode, H, P, w_hh.dtype, tier, kernel, tiers.smem_per_block(w_hh.device))
 
 
 def _recurrent_weight_grad(
@@ -109,7 +110,7 @@ def recurrence_fwd(
 
     ``tier`` 1, 2 or 3 (:func:`fastrnn.kernels.tiers.choose_tier`); every tier saves the same
     tensors.  ``m`` is the output before the projection (projected layers, when saving)."""
-    plan = _plan(mode, w_hh, w_hr, tier)
+    plan = _plan(mode, w_hh, w_hr, tier, "fwd")
     kw = dict(b_hh=b_hh, reverse=bool(reverse), save=bool(save), allow_tf32=bool(allow_tf32))
     if tier == 1:
         res = _kernels(1).recurrent_fwd(mode, gx, w_hh, h0, c0, lengths, plan.config, w_hr=w_hr, **kw)
@@ -163,7 +164,7 @@ def recurrence_bwd(
     in fp32 (fp64 for fp64); see :func:`fastrnn.kernels.recurrent.recurrent_bwd`."""
     from .kernels.common import ForwardResult
 
-    plan = _plan(mode, w_hh, w_hr, tier)
+    plan = _plan(mode, w_hh, w_hr, tier, "bwd")
     fwd = ForwardResult(out, None, None, saved if saved.numel() else None, None)
     kw = dict(reverse=bool(reverse), allow_tf32=bool(allow_tf32))
     if tier == 1:

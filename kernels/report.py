@@ -277,7 +277,8 @@ def launch_arguments(cfg: KernelConfig, seq_len: int = 8) -> tuple[object, tuple
     configuration's choice.  Tiers 2/3: the persistent launch (tier 2: ``USE_BARRIER``,
     cooperative) or one step (tier 3)."""
     t = _layer_tensors(cfg, seq_len)
-    plan = tiers.plan(cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype, cfg.tier)
+    plan = tiers.plan(cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype, cfg.tier, cfg.kernel,
+                      SHARED_LIMIT.get(cfg.arch))  # fmt: skip
     kw = dict(reverse=cfg.reverse, allow_tf32=cfg.allow_tf32)
     if cfg.tier == 1:
         launch, fwd = recurrent.forward_launch(cfg.mode, t["gx"], t["w_hh"], t["h0"], t["c0"], t["lengths"],
@@ -531,7 +532,8 @@ def _error_row(cfg: KernelConfig, error: str | None) -> dict:
         num_warps=cfg.num_warps,
     )
     if cfg.tier != 1:
-        mc = tiers.multi_config(cfg.mode, cfg.hidden_size, cfg.torch_dtype, cfg.tier)
+        mc = tiers.multi_config(cfg.mode, cfg.hidden_size, cfg.torch_dtype, cfg.tier, cfg.kernel,
+                                SHARED_LIMIT.get(cfg.arch))  # fmt: skip
         resident = mc.resident if cfg.resident is None else cfg.resident
         size = torch.empty((), dtype=cfg.torch_dtype).element_size()
         block_k = mc.block_k if cfg.resident is None else (pow2(cfg.hidden_size) if resident else tiers.BLOCK_K_STREAMED[size])

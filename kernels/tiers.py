@@ -14,6 +14,7 @@ the measurements and how they were made are in ``kernels/NOTES.md``.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -167,12 +168,19 @@ def tier1_config(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype
 BLOCK_HS = 16
 #: Sequences per batch tile (one ``tl.dot`` M dimension).
 BLOCK_B = 16
-#: Largest resident weight slice (bytes of a program's padded ``G`` tiles of ``(BLOCK_K,
-#: BLOCK_HS)``) and widest resident ``K``; larger slices are streamed from L2 every step.
-RESIDENT_MAX_WEIGHT_BYTES = 16 * 1024
-RESIDENT_MAX_K = 256
+#: Resident weight slices (a program's padded ``G`` tiles of ``(BLOCK_K, BLOCK_HS)``, loaded once,
+#: kept in shared memory) need, besides the slice, the ``(BLOCK_B, BLOCK_K)`` fp32 row of
+#: ``h_{t-1}`` on its way to the dot layout: both must fit the device's shared memory per block
+#: (227 KB on an H100/H200 when unknown).  Largest resident slice by element size, measured with
+#: the kernel report (sm_90, kernels/NOTES.md): 16-bit LSTM H=1024 (128 KiB) compiles clean;
+#: fp32 forwards spill from 96 KiB (GRU H=512) -- 64 KiB; fp64 keeps the first rule's 16 KiB.
+RESIDENT_MAX_WEIGHT_BYTES = {2: 128 * 1024, 4: 64 * 1024, 8: 16 * 1024}
+#: Shared memory per block when the device is not known (sm_90's opt-in maximum).
+DEFAULT_SMEM_BYTES = 227 * 1024
 #: Chunks of K a resident slice's dots are split into across warps (each at least 16 wide): the
 #: toy persistent step on an H200 went from 14.4 to 5.0 us at H = 768 with 4 (kernels/NOTES.md).
+#: Large 16-bit backward slices (over 32 KiB) take 8 chunks over 16 warps (4 chunks at 8 warps
+#: spill there).  fp64 (DMMA) is not split (not measured split).
 RESIDENT_SPLIT_K = 4
 #: Chunk of the reduction dimension of streamed weights, by element size (fp32/fp64 dots hold
 #: K-long rows per thread: narrower chunks).
@@ -196,22 +204,36 @@ class MultiConfig:
     split_k: int = 1  # resident dots: K split in this many chunks across warps (common.mm_split)
 
 
-def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int) -> MultiConfig:
-    """Tile choices of a tier-2/3 launch (kernels/NOTES.md, "Tiers 2 and 3"): resident weights
-    where the slice fits (tier 2 only, and not where the resident build aborts the compiler), else
-    ``BLOCK_K``-wide chunks streamed from L2; 8 warps resident, 4 streamed; ``maxnreg = 255``
-    (left alone, ptxas parks a few bytes in local memory inside the loop in about one config in
-    ten); 2 pipeline stages, 3 for fp32/fp64 streamed builds."""
+def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int, kernel: str = "fwd",
+                 smem_bytes: int | None = None) -> MultiConfig:  # fmt: skip
+    """Tile choices of a tier-2/3 launch of ``kernel`` (``"fwd"``/``"bwd"``) on a device with
+    ``smem_bytes`` of shared memory per block (kernels/NOTES.md, "Tiers 2 and 3"):
+
+    * tier 2 keeps each program's weight slice resident (:data:`RESIDENT_MAX_WEIGHT_BYTES`, and
+      the slice plus the ``h`` row within ``smem_bytes``; never where the resident build aborts
+      the compiler) and splits its dots' K across warps (8 warps, :data:`RESIDENT_SPLIT_K`
+      chunks; 16 warps and 8 chunks for 16-bit backward slices over 32 KiB); otherwise (and in
+      tier 3) the slice is streamed from L2 in ``BLOCK_K`` chunks at 4 warps;
+    * ``maxnreg = 255`` (left alone, ptxas parks a few bytes in local memory inside the loop in
+      about one config in ten); 2 pipeline stages, 3 for fp32/fp64 streamed builds."""
     size = element_size(dtype)
+    k_pad = pow2(hidden_size)
+    slice_bytes = slice_weight_bytes(mode, hidden_size, dtype)
+    smem_needed = slice_bytes + BLOCK_B * k_pad * element_size(torch.float64 if size == 8 else torch.float32)
     resident = (
         tier == 2
-        and slice_weight_bytes(mode, hidden_size, dtype) <= RESIDENT_MAX_WEIGHT_BYTES
-        and pow2(hidden_size) <= RESIDENT_MAX_K
+        and slice_bytes <= RESIDENT_MAX_WEIGHT_BYTES[size]
+        and smem_needed <= (smem_bytes or DEFAULT_SMEM_BYTES)
         and not _aborts(mode, dtype, 2)
     )
-    block_k = pow2(hidden_size) if resident else min(BLOCK_K_STREAMED[size], pow2(hidden_size))
-    split_k = max(1, min(RESIDENT_SPLIT_K, block_k // 16)) if resident else 1
-    return MultiConfig(resident, block_k, 8 if resident else 4, 2 if (resident or size == 2) else 3, 255, split_k)
+    if not resident:
+        return MultiConfig(False, min(BLOCK_K_STREAMED[size], k_pad), 4, 2 if size == 2 else 3, 255, 1)
+    warps, split = 8, RESIDENT_SPLIT_K
+    if kernel == "bwd" and size == 2 and slice_bytes > 32 * 1024:
+        warps, split = 16, 8
+    if size == 8:
+        split = 1
+    return MultiConfig(True, k_pad, warps, 2, 255, max(1, min(split, k_pad // 16)))
 
 
 def multi_unsupported(tier: int, mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
@@ -284,11 +306,26 @@ class Plan:
     config: Tier1Config | MultiConfig
 
 
-def plan(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, tier: int) -> Plan:
-    """The launch configuration of ``tier`` for this layer (the tier was chosen by
-    :func:`choose_tier`, once per call, and handed down)."""
+def plan(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, tier: int, kernel: str = "fwd",
+         smem_bytes: int | None = None) -> Plan:  # fmt: skip
+    """The launch configuration of ``tier`` for this layer's ``kernel`` (``"fwd"``/``"bwd"``) on a
+    device with ``smem_bytes`` of shared memory per block (:func:`smem_per_block`; ``None``:
+    sm_90's); the tier was chosen by :func:`choose_tier`, once per call, and handed down."""
     if tier == 1:
         return Plan(1, tier1_config(mode, hidden_size, proj_size, dtype))
     if tier not in (2, 3):
         raise ValueError(f"tier must be 1, 2 or 3, got {tier}")
-    return Plan(tier, multi_config(mode, hidden_size, dtype, tier))
+    return Plan(tier, multi_config(mode, hidden_size, dtype, tier, kernel, smem_bytes))
+
+
+def smem_per_block(device: torch.device | None) -> int | None:
+    """Shared memory a block may use on ``device`` (its opt-in maximum), ``None`` when unknown."""
+    if device is None or device.type != "cuda":
+        return None
+    return _smem_per_block(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _smem_per_block(index: int) -> int | None:
+    props = torch.cuda.get_device_properties(index)
+    return getattr(props, "shared_memory_per_block_optin", None)
