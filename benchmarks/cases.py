@@ -129,6 +129,7 @@ class Cost:
     flops: float
     steps: int
     tokens: int  # sequence elements processed (sum of lengths * batch for packed)
+    recurrent_bytes: int = 0  # one layer's and direction's W_hh: whether one SM can hold a step
 
 
 #: ``build(case, workload, device) -> step``: a zero-argument callable running one timed call and

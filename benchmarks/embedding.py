@@ -179,7 +179,7 @@ def cost(case: Case, seed: int) -> Cost:
             elems += N * D * H + rows * in_size + N * D * H + w + w + grad_in
         nbytes += elems * elem
     steps = (L * case.T if case.bidir else case.T + L - 1) * (2 if train else 1)
-    return Cost(bytes=nbytes, flops=flops, steps=steps, tokens=N)
+    return Cost(bytes=nbytes, flops=flops, steps=steps, tokens=N, recurrent_bytes=G * H * H * elem)
 
 
 def tier(c: Case) -> int:

@@ -15,10 +15,15 @@ Measured (:func:`measure_machine`):
   complete costs a line in the notes, not the run.
   ``step_us`` = the smallest of the GPU figures measured; on the CPU it is one tiny aten op
   (dispatch overhead), ``cpu_op_us``.
+* ``cta_sync_us``: one program looping over a CTA barrier (``bar.sync``) and a dependent FMA per
+  step: the per-step floor of a recurrence whose whole step fits one SM (no grid barrier), and
+  ``smem_per_sm``, the shared memory of one SM.
 
 Floors of a row (:func:`row_floors`): ``bw`` = bytes / bandwidth, ``flop`` = FLOPs / matmul
-throughput of the row's dtype, ``seq`` = dependent steps x ``step_us``; ``floor`` is the largest
-and ``bound`` names it.  A provider's ``frac_of_floor`` = floor / its median time (1 = at the floor).
+throughput of the row's dtype, ``seq`` = dependent steps x the per-step floor -- ``cta_sync_us``
+when one layer's ``W_hh`` fits one SM's shared memory (a single program can run the step: no
+grid barrier to charge; tier 1 and cuDNN's small-layer kernels do), else ``step_us``; ``floor``
+is the largest and ``bound`` names it.  A provider's ``frac_of_floor`` = floor / its median time (1 = at the floor).
 """
 
 from __future__ import annotations
@@ -124,9 +129,9 @@ def _measure_cuda(device: torch.device, dtypes: list[str], grid_sync: bool) -> d
     except Exception as e:  # recorded: the figure is then missing from the floor
         notes["graph_launch_us"] = f"CUDA graph capture failed: {type(e).__name__}: {e}"
 
-    grid_sync_us = None
+    grid_sync_us = cta_sync_us = None
     if grid_sync:
-        grid_sync_us, note = _grid_sync_subprocess()
+        grid_sync_us, note, cta_sync_us = _grid_sync_subprocess()
         if note:
             notes["grid_sync_us"] = note
     else:
@@ -145,6 +150,8 @@ def _measure_cuda(device: torch.device, dtypes: list[str], grid_sync: bool) -> d
         launch_us=launch_us,
         graph_launch_us=graph_launch_us,
         grid_sync_us=grid_sync_us,
+        cta_sync_us=cta_sync_us,
+        smem_per_sm=getattr(torch.cuda.get_device_properties(device), "shared_memory_per_multiprocessor", None),
         step_us=measured[source],
         step_source=source,
         notes=notes,
@@ -185,12 +192,21 @@ def _measure_cpu(dtypes: list[str]) -> dict[str, Any]:
     )
 
 
+def step_floor_us(cost: Cost, machine: dict[str, Any]) -> tuple[float, str]:
+    """``(per-step floor in us, its source)`` of a row: see the module doc."""
+    cta, smem = machine.get("cta_sync_us"), machine.get("smem_per_sm")
+    if cta is not None and smem and 0 < cost.recurrent_bytes <= smem:
+        return cta, "cta_sync_us"
+    return machine["step_us"], machine.get("step_source", "step_us")
+
+
 def row_floors(cost: Cost, machine: dict[str, Any], dtype: str) -> dict[str, Any]:
     """The floors (ms) of one row, see module doc."""
     bw_ms = cost.bytes / (machine["bandwidth_gbs"] * 1e9) * 1e3
     tf = machine["matmul_tflops"].get(dtype)
     flop_ms = cost.flops / (tf * 1e12) * 1e3 if tf else None
-    seq_ms = cost.steps * machine["step_us"] * 1e-3
+    step_us, step_source = step_floor_us(cost, machine)
+    seq_ms = cost.steps * step_us * 1e-3
     cands = {"bw": bw_ms, "flop": flop_ms, "seq": seq_ms}
     bound = max((k for k, v in cands.items() if v is not None), key=lambda k: cands[k])
     return dict(
@@ -200,6 +216,7 @@ def row_floors(cost: Cost, machine: dict[str, Any], dtype: str) -> dict[str, Any
         bw_floor_ms=bw_ms,
         flop_floor_ms=flop_ms,
         seq_floor_ms=seq_ms,
+        seq_step_source=step_source,
         floor_ms=cands[bound],
         floor_bound=bound,
     )
@@ -232,7 +249,17 @@ def _grid_sync_kernel():
                 ok = _grid_barrier(sync_ptr, sync_ptr + 32, (s + 1) * NUM_PROGRAMS, budget)
                 budget = tl.where(ok, budget, -1)
 
-        _KERNEL = _grid_sync_loop_kernel
+        @triton.jit
+        def _cta_loop_kernel(x_ptr, steps):
+            # one program: a dependent FMA and a CTA barrier per step (the on-chip step floor)
+            offs = tl.arange(0, 128)
+            x = tl.load(x_ptr + offs)
+            for _ in range(steps):
+                x = x * 0.5 + 1.0
+                tl.debug_barrier()
+            tl.store(x_ptr + offs, x)
+
+        _KERNEL = (_grid_sync_loop_kernel, _cta_loop_kernel)
     return _KERNEL
 
 
@@ -242,7 +269,7 @@ def grid_sync_probe(device: torch.device | None = None) -> dict[str, Any]:
     from fastrnn.kernels.multi import MAX_SPIN
 
     device = device or torch.device("cuda")
-    kernel = _grid_sync_kernel()
+    kernel, cta_kernel = _grid_sync_kernel()
     nprog = torch.cuda.get_device_properties(device).multi_processor_count
     sync = torch.zeros(64, dtype=torch.int32, device=device)
 
@@ -259,10 +286,13 @@ def grid_sync_probe(device: torch.device | None = None) -> dict[str, Any]:
         raise RuntimeError(
             f"barrier counter ended at {int(sync[0].item())} (expected {s2 * nprog}), flag {int(sync[32].item())}"
         )
-    return {"grid_sync_us": (t2 - t1) * 1e3 / (s2 - s1), "programs": nprog}
+    x = torch.zeros(128, device=device)
+    c1 = _best_cuda_ms(lambda: cta_kernel[(1,)](x, s1, num_warps=4), reps=5)
+    c2 = _best_cuda_ms(lambda: cta_kernel[(1,)](x, s2, num_warps=4), reps=5)
+    return {"grid_sync_us": (t2 - t1) * 1e3 / (s2 - s1), "programs": nprog, "cta_sync_us": (c2 - c1) * 1e3 / (s2 - s1)}
 
 
-def _grid_sync_subprocess() -> tuple[float | None, str | None]:
+def _grid_sync_subprocess() -> tuple[float | None, str | None, float | None]:
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
@@ -276,13 +306,14 @@ def _grid_sync_subprocess() -> tuple[float | None, str | None]:
             timeout=GRID_SYNC_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
-        return None, f"grid barrier probe timed out after {GRID_SYNC_TIMEOUT_S} s"
+        return None, f"grid barrier probe timed out after {GRID_SYNC_TIMEOUT_S} s", None
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return None, f"grid barrier probe failed (rc={proc.returncode}): {tail[0]}"
+        return None, f"grid barrier probe failed (rc={proc.returncode}): {tail[0]}", None
     result = json.loads(lines[-1])
-    return float(result["grid_sync_us"]), f"{result['programs']} programs (one per SM), cooperative launch"
+    note = f"{result['programs']} programs (one per SM), cooperative launch"
+    return float(result["grid_sync_us"]), note, result.get("cta_sync_us")
 
 
 def main(argv: list[str] | None = None) -> int:

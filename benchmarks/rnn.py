@@ -235,7 +235,7 @@ def cost(case: Case, seed: int) -> Cost:
         if train:
             elems += N * D * H + N * in_size + N * D * H + w + w + N * in_size
     steps = (L * case.T if case.bidir else case.T + L - 1) * (2 if train else 1)
-    return Cost(bytes=elems * elem, flops=flops, steps=steps, tokens=N)
+    return Cost(bytes=elems * elem, flops=flops, steps=steps, tokens=N, recurrent_bytes=G * H * H * elem)
 
 
 def tier(c: Case) -> int:

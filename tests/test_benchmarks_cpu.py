@@ -364,3 +364,28 @@ def test_gpu_check_plan_and_summary(tmp_path):
     md = gpu_check.write_summary(tmp_path, {"gpu": "Test GPU", "commit": "abc"}, records)
     assert "| ok | passed |" in md and "- gpu: Test GPU" in md
     assert json.loads((tmp_path / "summary.json").read_text())["steps"][1]["name"] == "slow"
+
+
+def test_seq_floor_uses_the_on_chip_step_only_when_one_sm_holds_the_weights():
+    """A recurrence whose W_hh fits one SM is charged ``cta_sync_us`` a step, else ``step_us``."""
+    from benchmarks.cases import Cost
+    from benchmarks.floors import row_floors
+
+    machine = dict(
+        bandwidth_gbs=1000.0,
+        matmul_tflops={"bf16": 100.0},
+        step_us=4.0,
+        step_source="grid_sync_us",
+        cta_sync_us=0.5,
+        smem_per_sm=228 * 1024,
+    )
+    small = Cost(bytes=1, flops=1, steps=1000, tokens=1, recurrent_bytes=4 * 128 * 128 * 2)
+    large = Cost(bytes=1, flops=1, steps=1000, tokens=1, recurrent_bytes=4 * 1024 * 1024 * 2)
+    f_small, f_large = row_floors(small, machine, "bf16"), row_floors(large, machine, "bf16")
+    assert f_small["seq_step_source"] == "cta_sync_us"
+    assert f_small["seq_floor_ms"] == pytest.approx(1000 * 0.5e-3)
+    assert f_large["seq_step_source"] == "grid_sync_us"
+    assert f_large["seq_floor_ms"] == pytest.approx(1000 * 4.0e-3)
+    # a machine record from before the CTA probe (or without it) charges step_us to every row
+    old = {k: v for k, v in machine.items() if k not in ("cta_sync_us", "smem_per_sm")}
+    assert row_floors(small, old, "bf16")["seq_floor_ms"] == pytest.approx(1000 * 4.0e-3)

@@ -205,9 +205,7 @@ MULTI_CONFIGS = report.multi_configs(hidden_sizes=(128, 1024), archs=(90,))
 #: kernel change that lengthens a step's serial chain fails here.  Regenerate after an intended
 #: change with ``python -m fastrnn.kernels.report --tiers 2 3 --hidden 128 1024 --arch 90
 #: --estimates kernels/step_estimates.json`` and say why in kernels/NOTES.md.
-STEP_ESTIMATES: dict[str, float] = json.loads(
-    (Path(report.__file__).with_name("step_estimates.json")).read_text()
-)
+STEP_ESTIMATES: dict[str, float] = json.loads((Path(report.__file__).with_name("step_estimates.json")).read_text())
 
 
 def _key(cfg: report.KernelConfig) -> str:

@@ -97,7 +97,9 @@ def test_process_device_one_gpu_per_rank():
     assert pd(None, 2, 1, 2) == torch.device("cuda", 1)
     assert pd("cpu", 2, 1, 1) == torch.device("cpu")
     assert pd("cuda", 2, 1, 2) == torch.device("cuda", 1)
-    with pytest.raises(Seq2SeqError, match=r"this machine has 1 CUDA device:.*1 process per node.*--nproc-per-node 1.*--device cpu"):
+    with pytest.raises(
+        Seq2SeqError, match=r"this machine has 1 CUDA device:.*1 process per node.*--nproc-per-node 1.*--device cpu"
+    ):
         pd(None, 2, 1, 1)  # torchrun --nproc-per-node 2 on a one-GPU machine
     with pytest.raises(Seq2SeqError, match="needs CUDA device 0, but this machine has 0 CUDA devices"):
         pd("cuda", 1, 0, 0)
