@@ -536,7 +536,11 @@ def _error_row(cfg: KernelConfig, error: str | None) -> dict:
                                 SHARED_LIMIT.get(cfg.arch))  # fmt: skip
         resident = mc.resident if cfg.resident is None else cfg.resident
         size = torch.empty((), dtype=cfg.torch_dtype).element_size()
-        block_k = mc.block_k if cfg.resident is None else (pow2(cfg.hidden_size) if resident else tiers.BLOCK_K_STREAMED[size])
+        block_k = (
+            mc.block_k
+            if cfg.resident is None
+            else (pow2(cfg.hidden_size) if resident else tiers.BLOCK_K_STREAMED[size])
+        )
         row.update(block_b=tiers.BLOCK_B, block_h=tiers.BLOCK_HS, block_p=block_k,
                    num_warps=cfg.num_warps or mc.num_warps, resident=resident)  # fmt: skip
         return row
@@ -830,6 +834,28 @@ def compare(baseline: list[dict], rows: list[dict]) -> tuple[list[tuple], list[t
     return worse, better, missing
 
 
+def triton_minor() -> str:
+    """``"3.9"``: the triton release the estimates of ``write_estimates`` are keyed by."""
+    import triton
+
+    return ".".join(triton.__version__.split(".")[:2])
+
+
+def write_estimates(path: str, rows: list[dict]) -> None:
+    """Merge this run's per-step estimates (``est_us`` by config) into ``path`` under this triton
+    release (``{"3.9": {key: us}}``): the SASS, hence the estimate, differs between releases."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        data = {}
+    est = {"/".join(map(str, row_key(r))): r["est_us"] for r in rows if not r["error"]}
+    data[triton_minor()] = dict(sorted({**data.get(triton_minor(), {}), **est}.items()))
+    with open(path, "w") as f:
+        json.dump(dict(sorted(data.items())), f, indent=1)
+        f.write("\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; 1 when a config spills in its time loop, overflows shared memory or fails."""
     p = argparse.ArgumentParser(prog="python -m fastrnn.kernels.report", description=__doc__.split("\n\n")[0])
@@ -885,8 +911,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if multi_tiers := [t for t in a.tiers if t != 1]:
         configs += multi_configs(
-            a.cells, a.dtypes, a.hidden, a.arch, a.kernels, multi_tiers, a.num_warps or [None], a.batch,
-            a.split_k or [None], [{"yes": True, "no": False}[r] for r in a.resident] if a.resident else [None],
+            a.cells,
+            a.dtypes,
+            a.hidden,
+            a.arch,
+            a.kernels,
+            multi_tiers,
+            a.num_warps or [None],
+            a.batch,
+            a.split_k or [None],
+            [{"yes": True, "no": False}[r] for r in a.resident] if a.resident else [None],
         )
     start = time.perf_counter()
     rows = compile_report(configs, jobs=a.jobs, timeout=a.timeout)
@@ -904,10 +938,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
     if a.estimates:
-        with open(a.estimates, "w") as f:
-            est = {"/".join(map(str, row_key(r))): r["est_us"] for r in rows if not r["error"]}
-            json.dump(dict(sorted(est.items())), f, indent=1)
-            f.write("\n")
+        write_estimates(a.estimates, rows)
     if a.baseline:
         with open(a.baseline) as f:
             worse, better, missing = compare(json.load(f), rows)

@@ -111,9 +111,8 @@ def _assert_compiled_clean(row: dict, cfg: report.KernelConfig, tensor_cores: bo
             f"a load inside the time loop is consumed in the step that issues it:\n{table}"
         )
     else:
-        budget = STEP_ESTIMATES.get(_key(cfg))
-        assert budget is not None, f"no committed step estimate for {_key(cfg)}: regenerate kernels/step_estimates.json"
-        assert row["est_us"] <= budget * 1.05, f"the per-step estimate grew from {budget} us:\n{table}"
+        budget, slack, source = _step_budget(cfg)
+        assert row["est_us"] <= budget * slack, f"the per-step estimate grew from {budget} us ({source}):\n{table}"
 
 
 def test_launch_arguments_are_the_launchers() -> None:
@@ -205,7 +204,24 @@ MULTI_CONFIGS = report.multi_configs(hidden_sizes=(128, 1024), archs=(90,))
 #: kernel change that lengthens a step's serial chain fails here.  Regenerate after an intended
 #: change with ``python -m fastrnn.kernels.report --tiers 2 3 --hidden 128 1024 --arch 90
 #: --estimates kernels/step_estimates.json`` and say why in kernels/NOTES.md.
-STEP_ESTIMATES: dict[str, float] = json.loads((Path(report.__file__).with_name("step_estimates.json")).read_text())
+#: Keyed by triton release (the SASS differs between them): this release's figures are held to
+#: 5%; a release with none committed is held to 25% over the largest committed one.
+STEP_ESTIMATES: dict[str, dict[str, float]] = json.loads(
+    (Path(report.__file__).with_name("step_estimates.json")).read_text()
+)
+
+
+def _step_budget(cfg: report.KernelConfig) -> tuple[float, float, str]:
+    """``(committed estimate, allowed factor, where it comes from)`` for ``cfg``."""
+    key, minor = _key(cfg), report.triton_minor()
+    if minor in STEP_ESTIMATES:
+        budget = STEP_ESTIMATES[minor].get(key)
+        assert budget is not None, f"no committed step estimate for {key}: regenerate kernels/step_estimates.json"
+        return budget, 1.05, f"triton {minor}"
+    known = {v: est[key] for v, est in STEP_ESTIMATES.items() if key in est}
+    assert known, f"no committed step estimate for {key}: regenerate kernels/step_estimates.json"
+    version = max(known, key=known.get)
+    return known[version], 1.25, f"triton {version}; none committed for {minor}"
 
 
 def _key(cfg: report.KernelConfig) -> str:
