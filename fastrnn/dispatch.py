@@ -261,6 +261,19 @@ def route(module, input, *, runners=None, embedded: bool = False, packed: bool =
     return Route(choice, tier if choice == "triton" else 0, why)
 
 
+def route_beyond_torch_nn(module, input) -> Route:
+    """The :class:`Route` of a call the ``torch.nn`` twin cannot serve (``return_states=True``):
+    ``triton`` wherever the kernels can run it (``auto`` too: its ``torch`` side would be a step
+    loop, never faster), else ``torch``, meaning fastrnn's plain-PyTorch step loop.  Raises
+    :class:`BackendUnavailable` when ``backend='triton'`` cannot serve it."""
+    choice, why, tier = _decide(*_call_facts(module, input))
+    if choice == "error":
+        raise BackendUnavailable(f"fastrnn {type(module).__name__}: backend='triton' cannot run this call: {why}")
+    if choice in ("auto", "triton"):
+        return Route("triton", tier, why)
+    return Route("torch", 0, f"{why} (the torch backend of this call is a step loop)")
+
+
 def select_backend(module, input, *, runners=None, embedded: bool = False, packed: bool = False) -> str:
     """``"triton"`` or ``"torch"`` for this call: :func:`route`'s backend."""
     return route(module, input, runners=runners, embedded=embedded, packed=packed).backend

@@ -94,7 +94,8 @@ def recurrent_stack(
     allow_tf32: bool = False,
     input_projection: torch.Tensor | None = None,
     tier: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    return_states: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Run a ``torch.nn``-style stack of recurrent layers; the core of every module.
 
     Args:
@@ -109,10 +110,17 @@ def recurrent_stack(
             ``input`` is then not read (it may be ``None``).
         tier: the kernel tier (1, 2, 3) every layer runs in; ``None``: chosen here
             (:func:`fastrnn.dispatch.kernel_tier_of`; the modules choose it once per call).
+        return_states: also return every step's cell state (cells with one, e.g. LSTM).
 
     Returns:
-        ``(output (T, B, D*P), h_n (L*D, B, P), c_n (L*D, B, H) or None)``.
+        ``(output (T, B, D*P), h_n (L*D, B, P), c_n (L*D, B, H) or None)``, and with
+        ``return_states`` a fourth item ``c_states (T, B, L*D*H)``: the cell state ``c_t`` of
+        every step, layer and direction, written by the kernels themselves (differentiable);
+        layer ``l``, direction ``d`` at ``[..., (l*D + d)*H : (l*D + d + 1)*H]`` (the order of
+        ``c_n``'s first dimension), 0 at padding like ``output``.
     """
+    if return_states and not cells.get(mode).has_cell_state:
+        raise ValueError(f"return_states: {mode} has no cell state")
     D = 2 if bidirectional else 1
     cell = cells.get(mode)
     G = cell.G
@@ -124,7 +132,7 @@ def recurrent_stack(
         ref = input_projection if input_projection is not None else input
         tier = kernel_tier_of(mode, H0, proj_size, groups[0][1].dtype, ref.device)
     layer_input = input
-    h_n, c_n = [], []
+    h_n, c_n, c_states = [], [], []
     for layer in range(num_layers):
         parts = [_split_group(groups[layer * D + d], bias, proj_size > 0) for d in range(D)]
         H = parts[0][1].shape[0] // G
@@ -135,7 +143,7 @@ def recurrent_stack(
         outs = []
         for d, (_, w_hh, _, b_hh, w_hr) in enumerate(parts):
             idx = layer * D + d
-            out, hn, cn = ops.recurrence(
+            res = ops.recurrence(
                 mode,
                 gx_all[..., d * G * H : (d + 1) * G * H],
                 w_hh,
@@ -147,14 +155,21 @@ def recurrent_stack(
                 reverse=d == 1,
                 allow_tf32=allow_tf32,
                 tier=tier,
+                return_states=return_states,
             )
+            out, hn, cn = res[:3]
+            if return_states:
+                c_states.append(res[3])
             outs.append(out)
             h_n.append(hn)
             c_n.append(cn)
         layer_input = outs[0] if D == 1 else torch.cat(outs, dim=2)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, p=dropout, training=True)
-    return layer_input, torch.stack(h_n), (torch.stack(c_n) if cell.has_cell_state else None)
+    c_n = torch.stack(c_n) if cell.has_cell_state else None
+    if return_states:
+        return layer_input, torch.stack(h_n), c_n, torch.cat(c_states, dim=2)
+    return layer_input, torch.stack(h_n), c_n
 
 
 def _run(
@@ -172,9 +187,10 @@ def _run(
     proj_size,
     lengths,
     allow_tf32,
+    return_states=False,
 ):
     x = input.transpose(0, 1) if batch_first else input
-    out, h_n, c_n = recurrent_stack(
+    res = recurrent_stack(
         mode,
         x,
         weights,
@@ -188,8 +204,13 @@ def _run(
         training=training,
         lengths=lengths,
         allow_tf32=allow_tf32,
+        return_states=return_states,
     )
-    return (out.transpose(0, 1) if batch_first else out), h_n, c_n
+    tm = lambda t: t.transpose(0, 1) if batch_first else t
+    out, h_n, c_n = res[:3]
+    if return_states:
+        return tm(out), h_n, c_n, tm(res[3])
+    return tm(out), h_n, c_n
 
 
 def rnn(
@@ -248,14 +269,22 @@ def lstm(
     proj_size: int = 0,
     lengths: torch.Tensor | None = None,
     allow_tf32: bool = False,
-) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    return_states: bool = False,
+):
     """LSTM stack (gate order i, f, g, o; optional projection ``h_t = W_hr (o * tanh(c_t))``).
 
     ``input`` (T, B, I), ``hx = (h_0 (L*D, B, P), c_0 (L*D, B, H))`` with ``P = proj_size or H``.
-    Returns ``(output (T, B, D*P), (h_n (L*D, B, P), c_n (L*D, B, H)))``.
+    Returns ``(output (T, B, D*P), (h_n (L*D, B, P), c_n (L*D, B, H)))``; with ``return_states``
+    also ``c_states`` (T, B, L*D*H) (``(B, T, L*D*H)`` with ``batch_first``): the cell state of
+    every step, layer and direction (layer ``l``, direction ``d`` at ``(l*D + d)*H``), computed
+    by the kernels and differentiable.
+
+    Example::
+
+        out, (h_n, c_n), c_states = fastrnn.functional.lstm(x, lstm._flat_weights, return_states=True)
     """
     h0, c0 = hx if hx is not None else (None, None)
-    out, h_n, c_n = _run(
+    res = _run(
         "LSTM",
         input,
         weights,
@@ -270,8 +299,11 @@ def lstm(
         proj_size,
         lengths,
         allow_tf32,
+        return_states,
     )
-    return out, (h_n, c_n)
+    if return_states:
+        return res[0], (res[1], res[2]), res[3]
+    return res[0], (res[1], res[2])
 
 
 def gru(

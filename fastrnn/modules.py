@@ -127,17 +127,9 @@ def check_states(module: nn.RNNBase, lay: Layout, hx, cast: torch.dtype | None =
     return states[0], (states[1] if cell.has_cell_state else None)
 
 
-def run_triton(
-    module: nn.RNNBase,
-    lay: Layout,
-    hx,
-    tier: int,
-    input_projection=None,
-):
-    """The kernels' forward of ``module`` on a call laid out by :func:`layout`: the first layer's
-    input projection computed from ``lay.x``, or given by ``input_projection(dtype)`` ->
-    ``(T, B, D*G*H)`` (the fused embedding).  Returns what the ``torch.nn`` twin returns."""
-    cell = cells.get(module.mode)
+def _stack_inputs(module: nn.RNNBase, lay: Layout, hx):
+    """``(weights, x, h0, c0, cast)`` of a call laid out as ``lay``: the checked initial states
+    and, under autocast, everything in the dtype the ``torch.nn`` twin computes in (``cast``)."""
     cast = dispatch.autocast_dtype(module.mode, lay.device, lay.dtype)
     h0, c0 = check_states(module, lay, hx, cast)
     weights = module.flat_weights()
@@ -145,27 +137,74 @@ def run_triton(
     if cast is not None:  # autocast: compute in its dtype as the torch.nn twin does
         to = lambda t: None if t is None else t.to(cast)
         weights, x, h0, c0 = [to(w) for w in weights], to(x), to(h0), to(c0)
+    return weights, x, h0, c0, cast
+
+
+def _package(module: nn.RNNBase, lay: Layout, out, h_n, c_n, c_states=None):
+    """What the ``torch.nn`` twin returns, from the stack's time-major padded results: the output
+    (and ``c_states``, laid out like it: a ``PackedSequence`` for packed input, batch-first,
+    unbatched) and the final states in the caller's batch order."""
+    cell = cells.get(module.mode)
+    hidden = (h_n, c_n) if cell.has_cell_state else (h_n,)
+    seqs = [out] + ([c_states] if c_states is not None else [])
+    if lay.packed is not None:
+        p = lay.packed
+        seqs = [
+            PackedSequence(pack_padded_sequence(t, lay.lengths_cpu, enforce_sorted=True).data, p.batch_sizes,
+                           p.sorted_indices, p.unsorted_indices)
+            for t in seqs
+        ]  # fmt: skip
+        if p.unsorted_indices is not None:
+            hidden = tuple(t.index_select(1, p.unsorted_indices) for t in hidden)
+    else:
+        seqs = [t.transpose(0, 1) if module.batch_first else t for t in seqs]
+        if not lay.batched:
+            seqs = [t.squeeze(0 if module.batch_first else 1) for t in seqs]
+            hidden = tuple(t.squeeze(1) for t in hidden)
+    result = (seqs[0], (hidden if cell.has_cell_state else hidden[0]))
+    return result + (seqs[1],) if c_states is not None else result
+
+
+def run_triton(
+    module: nn.RNNBase,
+    lay: Layout,
+    hx,
+    tier: int,
+    input_projection=None,
+    *,
+    return_states: bool = False,
+):
+    """The kernels' forward of ``module`` on a call laid out by :func:`layout`: the first layer's
+    input projection computed from ``lay.x``, or given by ``input_projection(dtype)`` ->
+    ``(T, B, D*G*H)`` (the fused embedding).  Returns what the ``torch.nn`` twin returns, and
+    with ``return_states`` every step's cell state as a third item (laid out like the output)."""
+    weights, x, h0, c0, _ = _stack_inputs(module, lay, hx)
     dtype = weights[0].dtype
     with torch.autocast(lay.device.type, enabled=False):  # the stack runs in exactly this dtype
-        out, h_n, c_n = recurrent_stack(
+        res = recurrent_stack(
             module.mode, x, weights, h0, c0, num_layers=module.num_layers, bias=module.bias,
             bidirectional=module.bidirectional, proj_size=module.proj_size, dropout=module.dropout,
             training=module.training, lengths=lay.lengths, allow_tf32=module.tf32(),
             input_projection=input_projection(dtype) if input_projection is not None else None, tier=tier,
+            return_states=return_states,
         )  # fmt: skip
-    hidden = (h_n, c_n) if cell.has_cell_state else (h_n,)
-    if lay.packed is not None:
-        packed_out = pack_padded_sequence(out, lay.lengths_cpu, enforce_sorted=True)
-        p = lay.packed
-        if p.unsorted_indices is not None:
-            hidden = tuple(t.index_select(1, p.unsorted_indices) for t in hidden)
-        output = PackedSequence(packed_out.data, p.batch_sizes, p.sorted_indices, p.unsorted_indices)
-    else:
-        output = out.transpose(0, 1) if module.batch_first else out
-        if not lay.batched:
-            output = output.squeeze(0 if module.batch_first else 1)
-            hidden = tuple(t.squeeze(1) for t in hidden)
-    return output, (hidden if cell.has_cell_state else hidden[0])
+    return _package(module, lay, *res)
+
+
+def run_loop(module: nn.RNNBase, lay: Layout, hx, *, return_states: bool = False):
+    """The ``torch`` backend of calls the ``torch.nn`` twin cannot serve (``return_states``): the
+    plain-PyTorch step loop of :func:`fastrnn.reference.stack_forward` (autograd-differentiable,
+    any device), with the same inputs, dropout and outputs as :func:`run_triton`."""
+    from . import reference
+
+    weights, x, h0, c0, _ = _stack_inputs(module, lay, hx)
+    with torch.autocast(lay.device.type, enabled=False):
+        res = reference.stack_forward(
+            module.mode, x, weights, h0, c0, num_layers=module.num_layers, bias=module.bias,
+            bidirectional=module.bidirectional, proj_size=module.proj_size, lengths=lay.lengths,
+            dropout=module.dropout, training=module.training, return_states=return_states,
+        )  # fmt: skip
+    return _package(module, lay, *res)
 
 
 class _RecurrentBase(nn.RNNBase):
@@ -282,6 +321,31 @@ class LSTM(_RecurrentBase):
     check_forward_args = nn.LSTM.check_forward_args
     get_expected_cell_size = nn.LSTM.get_expected_cell_size
     permute_hidden = nn.LSTM.permute_hidden
+
+    def forward(self, input, hx=None, *, return_states: bool = False):
+        """As :meth:`torch.nn.LSTM.forward`; with ``return_states=True`` also the cell state
+        ``c_t`` of every step, layer and direction: ``(output, (h_n, c_n), c_states)``.
+
+        ``c_states`` is laid out like ``output`` -- ``(T, B, L*D*H)`` (``(B, T, L*D*H)`` with
+        ``batch_first``, ``(T, L*D*H)`` unbatched, a ``PackedSequence`` for packed input) -- with
+        layer ``l``, direction ``d`` at ``[..., (l*D + d)*H : (l*D + d + 1)*H]`` (the order of
+        ``c_n``'s first dimension), 0 past each sequence's length.  It is differentiable.  The
+        kernels write it in the same launch (``triton``; ``auto`` takes the kernels wherever they
+        run); the ``torch`` backend runs a plain-PyTorch step loop (``torch.nn`` has no such output).
+
+        Example::
+
+            lstm = fastrnn.LSTM(10, 20, num_layers=2)
+            out, (h_n, c_n), c_states = lstm(torch.randn(5, 3, 10), return_states=True)
+            c_states.shape  # (5, 3, 40): layer 0 in [..., :20], layer 1 in [..., 20:]
+        """
+        if not return_states:
+            return super().forward(input, hx)
+        route = dispatch.route_beyond_torch_nn(self, input)
+        lay = layout(self, input)
+        if route.backend == "torch":
+            return run_loop(self, lay, hx, return_states=True)
+        return run_triton(self, lay, hx, route.tier, return_states=True)
 
     def __init__(
         self,

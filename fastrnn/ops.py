@@ -85,6 +85,13 @@ def _recurrent_part_grad(cell: cells.Cell, d_gx: torch.Tensor, d_gh_inner: torch
     return torch.cat(blocks, dim=2)
 
 
+def _zoneout(mask: torch.Tensor | None, keep: float) -> torch.Tensor | float | None:
+    """The launchers' ``zoneout``: the training mask, the evaluation keep probability, or none."""
+    if mask is not None:
+        return mask
+    return keep if keep >= 0 else None
+
+
 # ---------------------------------------------------------------------------------------------
 # torch.library ops: opaque to torch.compile (fake impls give shapes), autograd registered.
 # Absent optional results are returned as empty tensors (custom ops cannot return None); scalar
@@ -105,13 +112,25 @@ def recurrence_fwd(
     save: int,
     allow_tf32: int,
     tier: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(out (T,B,P), h_n (B,P), c_n (B,H) | empty, saved (T,B,S*H) | empty, m (T,B,H) | empty)``.
+    states: int = 0,
+    params: torch.Tensor | None = None,
+    zoneout_mask: torch.Tensor | None = None,
+    zoneout_keep: float = -1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(out (T,B,P), h_n (B,P), c_n (B,H) | empty, saved (T,B,S*H) | empty, m (T,B,H) | empty,
+    cs (T,B,H) | empty)``.
 
     ``tier`` 1, 2 or 3 (:func:`fastrnn.kernels.tiers.choose_tier`); every tier saves the same
-    tensors.  ``m`` is the output before the projection (projected layers, when saving)."""
+    tensors.  ``m`` is the output before the projection (projected layers, when saving); ``cs``
+    every step's cell state ``c_t`` (``states``; cells with a cell state), 0 at padding.
+
+    Extended cells (:mod:`fastrnn.kernels.cells`): ``params`` (NPRM*H,) their parameter vectors;
+    zoneout by a ``zoneout_mask`` (T, B, H) of keep decisions (training) or a ``zoneout_keep``
+    probability in [0, 1] (evaluation; negative: no zoneout)."""
     plan = _plan(mode, w_hh, w_hr, tier, "fwd")
-    kw = dict(b_hh=b_hh, reverse=bool(reverse), save=bool(save), allow_tf32=bool(allow_tf32))
+    kw = dict(b_hh=b_hh, reverse=bool(reverse), save=bool(save), allow_tf32=bool(allow_tf32), states=bool(states))
+    if params is not None or zoneout_mask is not None or zoneout_keep >= 0:
+        kw.update(params=params, zoneout=_zoneout(zoneout_mask, zoneout_keep))
     if tier == 1:
         res = _kernels(1).recurrent_fwd(mode, gx, w_hh, h0, c0, lengths, plan.config, w_hr=w_hr, **kw)
     else:
@@ -123,11 +142,29 @@ def recurrence_fwd(
         res.c_n if res.c_n is not None else gx.new_empty((0,)),
         res.saved if res.saved is not None else gx.new_empty((0,), dtype=acc),
         res.m if res.m is not None else gx.new_empty((0,), dtype=acc),
+        res.cs if res.cs is not None else gx.new_empty((0,)),
     )
 
 
 @recurrence_fwd.register_fake
-def _(mode, gx, w_hh, h0, c0, lengths, b_hh, w_hr, reverse, save, allow_tf32, tier):
+def _(
+    mode,
+    gx,
+    w_hh,
+    h0,
+    c0,
+    lengths,
+    b_hh,
+    w_hr,
+    reverse,
+    save,
+    allow_tf32,
+    tier,
+    states=0,
+    params=None,
+    zoneout_mask=None,
+    zoneout_keep=-1.0,
+):
     cell = cells.get(mode)
     T, B, GH = gx.shape
     H, P = GH // cell.G, w_hh.shape[1]
@@ -140,6 +177,7 @@ def _(mode, gx, w_hh, h0, c0, lengths, b_hh, w_hr, reverse, save, allow_tf32, ti
         gx.new_empty((B, H) if cell.has_cell_state else e),
         gx.new_empty((T, B, cell.S * H) if saving else e, dtype=acc),
         gx.new_empty((T, B, H) if saving and w_hr is not None else e, dtype=acc),
+        gx.new_empty((T, B, H) if states and cell.has_cell_state else e),
     )
 
 
@@ -159,14 +197,23 @@ def recurrence_bwd(
     reverse: int,
     allow_tf32: int,
     tier: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(d_gx (T,B,G*H), d_gh_inner (T,B,N*H) | empty, d_h (T,B,P) | empty, d_h0 (B,P), d_c0 (B,H) | empty)``
-    in fp32 (fp64 for fp64); see :func:`fastrnn.kernels.recurrent.recurrent_bwd`."""
+    d_cs: torch.Tensor | None = None,
+    params: torch.Tensor | None = None,
+    zoneout_mask: torch.Tensor | None = None,
+    zoneout_keep: float = -1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(d_gx (T,B,G*H), d_gh_inner (T,B,N*H) | empty, d_h (T,B,P) | empty, d_h0 (B,P), d_c0 (B,H) | empty,
+    d_prm (T,B,NPRM*H) | empty)`` in fp32 (fp64 for fp64); ``d_cs`` (T,B,H) is the gradient of every
+    step's ``c_t`` (forwards that returned them), ``params``/``zoneout_*`` those of the forward
+    (extended cells, whose ``d_prm`` is each step's share of the parameters' gradient); see
+    :func:`fastrnn.kernels.recurrent.recurrent_bwd`."""
     from .kernels.common import ForwardResult
 
     plan = _plan(mode, w_hh, w_hr, tier, "bwd")
     fwd = ForwardResult(out, None, None, saved if saved.numel() else None, None)
-    kw = dict(reverse=bool(reverse), allow_tf32=bool(allow_tf32))
+    kw = dict(reverse=bool(reverse), allow_tf32=bool(allow_tf32), d_cs=d_cs)
+    if params is not None or zoneout_mask is not None or zoneout_keep >= 0:
+        kw.update(params=params, zoneout=_zoneout(zoneout_mask, zoneout_keep))
     if tier == 1:
         res = _kernels(1).recurrent_bwd(mode, d_out, d_hn, d_cn, fwd, w_hh, h0, c0, lengths, plan.config, w_hr=w_hr,
                                         **kw)  # fmt: skip
@@ -180,48 +227,76 @@ def recurrence_bwd(
         res.d_h if res.d_h is not None else e((0,)),
         res.d_h0,
         res.d_c0 if res.d_c0 is not None else e((0,)),
+        res.d_prm if res.d_prm is not None else e((0,)),
     )
 
 
 @recurrence_bwd.register_fake
-def _(mode, d_out, d_hn, d_cn, out, saved, w_hh, h0, c0, lengths, w_hr, reverse, allow_tf32, tier):
+def _(
+    mode,
+    d_out,
+    d_hn,
+    d_cn,
+    out,
+    saved,
+    w_hh,
+    h0,
+    c0,
+    lengths,
+    w_hr,
+    reverse,
+    allow_tf32,
+    tier,
+    d_cs=None,
+    params=None,
+    zoneout_mask=None,
+    zoneout_keep=-1.0,
+):
     cell = cells.get(mode)
     T, B, P = out.shape
     H = w_hh.shape[0] // cell.G
     acc = acc_dtype(out.dtype)
     e = (0,)
-    n_inner = len(cell.inner_gates)
+    n_inner = cell.G if cell.extended else len(cell.inner_gates)
     return (
         out.new_empty((T, B, cell.G * H), dtype=acc),
         out.new_empty((T, B, n_inner * H) if n_inner else e, dtype=acc),
         out.new_empty((T, B, P) if w_hr is not None else e, dtype=acc),
         out.new_empty((B, P), dtype=acc),
         out.new_empty((B, H) if cell.has_cell_state else e, dtype=acc),
+        out.new_empty((T, B, len(cell.params) * H) if cell.params else e, dtype=acc),
     )
 
 
 def _recurrence_setup(ctx, inputs, output):
-    mode, gx, w_hh, h0, c0, lengths, b_hh, w_hr, reverse, save, allow_tf32, tier = inputs
-    out, _, _, saved, m = output
+    mode, gx, w_hh, h0, c0, lengths, b_hh, w_hr, reverse, save, allow_tf32, tier = inputs[:12]
+    out, _, _, saved, m, _ = output
     ctx.mode, ctx.reverse, ctx.allow_tf32, ctx.tier = mode, reverse, allow_tf32, tier
+    extra = list(inputs[12:]) + [0, None, None, -1.0][len(inputs) - 12 :]
+    states, params, zoneout_mask, ctx.zoneout_keep = extra
+    ctx.states = bool(states)
     ctx.gx_dtype = gx.dtype
-    ctx.has = (h0 is not None, c0 is not None, lengths is not None, b_hh is not None, w_hr is not None)
-    ctx.save_for_backward(w_hh, h0, c0, lengths, w_hr, out, saved, m, b_hh)
+    ctx.has = (h0 is not None, c0 is not None, lengths is not None, b_hh is not None, w_hr is not None,
+               params is not None, zoneout_mask is not None)  # fmt: skip
+    ctx.save_for_backward(w_hh, h0, c0, lengths, w_hr, out, saved, m, b_hh, params, zoneout_mask)
 
 
-def _recurrence_backward(ctx, d_out, d_hn, d_cn, _d_saved, _d_m):
-    w_hh, h0, c0, lengths, w_hr, out, saved, m, b_hh = ctx.saved_tensors
-    has_h0, has_c0, has_len, has_bhh, has_whr = ctx.has
+def _recurrence_backward(ctx, d_out, d_hn, d_cn, _d_saved, _d_m, d_cs):
+    w_hh, h0, c0, lengths, w_hr, out, saved, m, b_hh, params, zoneout_mask = ctx.saved_tensors
+    has_h0, has_c0, has_len, has_bhh, has_whr, has_prm, has_zm = ctx.has
+    params = params if has_prm else None
+    zoneout_mask = zoneout_mask if has_zm else None
     h0 = h0 if has_h0 else None
     c0 = c0 if has_c0 else None
     lengths = lengths if has_len else None
     w_hr = w_hr if has_whr else None
     cell = cells.get(ctx.mode)
-    d_gx, d_gh_inner, d_h, d_h0, d_c0 = recurrence_bwd(
+    d_gx, d_gh_inner, d_h, d_h0, d_c0, d_prm = recurrence_bwd(
         ctx.mode, d_out, d_hn, d_cn if cell.has_cell_state else None, out, saved, w_hh, h0, c0, lengths, w_hr,
-        ctx.reverse, ctx.allow_tf32, ctx.tier,
+        ctx.reverse, ctx.allow_tf32, ctx.tier, d_cs if ctx.states and cell.has_cell_state else None, params,
+        zoneout_mask, ctx.zoneout_keep,
     )  # fmt: skip
-    d_gh = _recurrent_part_grad(cell, d_gx, d_gh_inner)
+    d_gh = d_gh_inner if cell.extended else _recurrent_part_grad(cell, d_gx, d_gh_inner)
     d_w_hh = _recurrent_weight_grad(d_gh, out, h0, lengths, bool(ctx.reverse)).to(w_hh.dtype)
     d_b_hh = None
     if has_bhh:  # only the inner-bias gates' recurrent biases reach the kernels
@@ -232,6 +307,7 @@ def _recurrence_backward(ctx, d_out, d_hn, d_cn, _d_saved, _d_m):
             d_b_hh[g * H : (g + 1) * H] = sums[k * H : (k + 1) * H]
         d_b_hh = d_b_hh.to(b_hh.dtype)
     d_w_hr = (d_h.flatten(0, 1).t() @ m.flatten(0, 1)).to(w_hr.dtype) if w_hr is not None else None
+    d_params = d_prm.sum(dim=(0, 1)).to(params.dtype) if params is not None else None
     return (
         None,
         d_gx.to(ctx.gx_dtype),
@@ -243,6 +319,10 @@ def _recurrence_backward(ctx, d_out, d_hn, d_cn, _d_saved, _d_m):
         d_w_hr,
         None,
         None,
+        None,
+        None,
+        None,
+        d_params,
         None,
         None,
     )
@@ -264,22 +344,37 @@ def recurrence(
     reverse: bool = False,
     allow_tf32: bool = False,
     tier: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    return_states: bool = False,
+    params: torch.Tensor | None = None,
+    zoneout: torch.Tensor | float | None = None,
+) -> tuple[torch.Tensor, ...]:
     """Differentiable recurrence of one layer/direction on the Triton kernels of ``tier``.
 
     ``gx`` (T, B, G*H) is the input projection with every bias but the inner-bias gates'
     recurrent ones folded in; ``b_hh`` (G*H,) is the recurrent bias, of which the kernels read
     the inner-bias gates only.  Returns ``(out, h_n, c_n)`` with ``out`` (T, B, P), ``h_n``
-    (B, P) and ``c_n`` (B, H) for cells with a cell state, else ``None``.
+    (B, P) and ``c_n`` (B, H) for cells with a cell state, else ``None``; with
+    ``return_states`` also ``c_states`` (T, B, H), every step's cell state (0 at padding;
+    differentiable), or ``None`` for cells without one.  Extended cells take ``params``
+    (NPRM*H,) (differentiable) and ``zoneout``: a (T, B, H) keep mask (training), a keep
+    probability (evaluation) or ``None``.
     """
+    cell = cells.get(mode)
     needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (gx, w_hh, h0, c0, b_hh, w_hr)
+        t is not None and t.requires_grad for t in (gx, w_hh, h0, c0, b_hh, w_hr, params)
     )
-    b_hh = b_hh if cells.get(mode).inner_bias else None
-    out, h_n, c_n, _, _ = recurrence_fwd(
-        mode, gx, w_hh, h0, c0, lengths, b_hh, w_hr, int(reverse), int(needs_grad), int(allow_tf32), tier
-    )
-    return out, h_n, (c_n if cells.get(mode).has_cell_state else None)
+    b_hh = b_hh if cell.inner_bias else None
+    states = int(return_states and cell.has_cell_state)
+    mask = zoneout if isinstance(zoneout, torch.Tensor) else None
+    keep = float(zoneout) if zoneout is not None and mask is None else -1.0
+    out, h_n, c_n, _, _, cs = recurrence_fwd(
+        mode, gx, w_hh, h0, c0, lengths, b_hh, w_hr, int(reverse), int(needs_grad), int(allow_tf32), tier, states,
+        params, mask, keep,
+    )  # fmt: skip
+    c_n = c_n if cell.has_cell_state else None
+    if return_states:
+        return out, h_n, c_n, (cs if states else None)
+    return out, h_n, c_n
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,16 @@ The cells of ``torch.nn`` (gate order as ``torch.nn``)::
     GRU:  r,z = sigmoid(px + ph);  n = tanh(px_n + r ph_n)  (ph_n = h W_hn^T + b_hn);
           h' = (1 - z) n + z h
 
+The layer-normalised cells (``LN_LSTM``, ``LN_GRU``; haste's formulation, see
+``fastrnn/kernels/cells.py``) use the extended interface, with their parameter vectors ``prm``
+(a list of ``(H,)`` tensors) and the step's zoneout keep mask ``zm`` (``(B, H)``, a keep
+probability, or ``None``)::
+
+    forward(px, ph, h, c, prm, zm) -> (m, c_new, saved)
+    backward(dm, dc, saved, h_new, h_prev, c_prev, prm, zm) -> (d_px, d_ph, dh_direct, dc_prev, d_prm)
+
+Their input part is ``px = LN(x W_ih^T) * gamma_ih + b`` (``input_gamma`` of :func:`layer_forward`).
+
 Variable lengths: sequence b is active for its first ``lengths[b]`` steps; the reverse direction
 reads those steps backwards; padding positions of the output are zero.
 """
@@ -145,6 +155,106 @@ register("GRU", _gru_forward, _gru_backward)
 
 
 # ---------------------------------------------------------------------------------------------
+# The layer-normalised cells (haste's LayerNormLSTM / LayerNormGRU)
+
+
+def _norm(xs: list) -> tuple[list, torch.Tensor]:
+    """Layer norm of the rows of the tensors ``xs`` taken together: ``(hats, rstd (B, 1))``."""
+    v = torch.cat(xs, dim=1)
+    mean = v.mean(dim=1, keepdim=True)
+    rstd = torch.rsqrt(((v - mean) ** 2).mean(dim=1, keepdim=True) + cells.LN_EPS)
+    return list(((v - mean) * rstd).chunk(len(xs), dim=1)), rstd
+
+
+def _norm_backward(dys: list, hats: list, rstd: torch.Tensor) -> list:
+    """Gradient through :func:`_norm` given dL/dhat."""
+    dy, hat = torch.cat(dys, dim=1), torch.cat(hats, dim=1)
+    dx = rstd * (dy - dy.mean(dim=1, keepdim=True) - hat * (dy * hat).mean(dim=1, keepdim=True))
+    return list(dx.chunk(len(dys), dim=1))
+
+
+def _zoned(new, old, zm):
+    """Zoneout: ``old + zm (new - old)`` (``zm`` the keep mask or probability; ``None``: off)."""
+    return new if zm is None else old + zm * (new - old)
+
+
+def _ln_lstm_forward(px, ph, h, c, prm, zm):
+    a, rstd = _norm(ph)
+    i, f = torch.sigmoid(px[0] + a[0] * prm[0]), torch.sigmoid(px[1] + a[1] * prm[1])
+    g, o = torch.tanh(px[2] + a[2] * prm[2]), torch.sigmoid(px[3] + a[3] * prm[3])
+    c_hat = f * c + i * g
+    (nc,), rstd_c = _norm([c_hat])
+    m = o * torch.tanh(nc * prm[4] + prm[5])
+    c_new = _zoned(c_hat, c, zm)
+    saved = dict(i=i, f=f, g=g, o=o, a=a, rstd=rstd, nc=nc, rstd_c=rstd_c, c=c_new)
+    return _zoned(m, h, zm), c_new, saved
+
+
+def _ln_lstm_backward(dm, dc, saved, h_new, h_prev, c_prev, prm, zm):
+    i, f, g, o, a, nc = (saved[k] for k in ("i", "f", "g", "o", "a", "nc"))
+    keep = 1.0 if zm is None else zm
+    dm_cell, dc_hat = keep * dm, keep * dc
+    ty = torch.tanh(nc * prm[4] + prm[5])
+    d_o = dm_cell * ty
+    dy = dm_cell * o * (1 - ty * ty)
+    dc_hat = dc_hat + _norm_backward([dy * prm[4]], [nc], saved["rstd_c"])[0]
+    dv = [dc_hat * g * i * (1 - i), dc_hat * c_prev * f * (1 - f), dc_hat * i * (1 - g * g), d_o * o * (1 - o)]
+    d_ph = _norm_backward([dv[k] * prm[k] for k in range(4)], a, saved["rstd"])
+    d_prm = [dv[k] * a[k] for k in range(4)] + [dy * nc, dy]
+    return dv, d_ph, dm - dm_cell, dc_hat * f + (dc - keep * dc), d_prm
+
+
+def _ln_gru_forward(px, ph, h, c, prm, zm):
+    a, rstd = _norm(ph)
+    r, z = torch.sigmoid(px[0] + a[0] * prm[0]), torch.sigmoid(px[1] + a[1] * prm[1])
+    hn = a[2] * prm[2] + prm[3]
+    n = torch.tanh(px[2] + r * hn)
+    m = (1 - z) * n + z * h
+    return _zoned(m, h, zm), c, dict(r=r, z=z, n=n, hn=hn, a=a, rstd=rstd)
+
+
+def _ln_gru_backward(dm, dc, saved, h_new, h_prev, c_prev, prm, zm):
+    r, z, n, hn, a = (saved[k] for k in ("r", "z", "n", "hn", "a"))
+    keep = 1.0 if zm is None else zm
+    dm_cell = keep * dm
+    dn = dm_cell * (1 - z) * (1 - n * n)
+    dz = dm_cell * (h_prev - n) * z * (1 - z)
+    dr = dn * hn * r * (1 - r)
+    dhn = dn * r
+    d_ph = _norm_backward([dr * prm[0], dz * prm[1], dhn * prm[2]], a, saved["rstd"])
+    return [dr, dz, dn], d_ph, dm_cell * z + (dm - dm_cell), dc, [dr * a[0], dz * a[1], dhn * a[2], dhn]
+
+
+register("LN_LSTM", _ln_lstm_forward, _ln_lstm_backward)
+register("LN_GRU", _ln_gru_forward, _ln_gru_backward)
+
+
+def layer_norm_arguments(
+    mode: str,
+    b_ih: torch.Tensor | None,
+    b_hh: torch.Tensor | None,
+    gamma_hh: torch.Tensor,
+    gamma_c: torch.Tensor | None = None,
+    beta_c: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(b, prm)`` of a layer-normalised layer from its ``torch.nn``-named parameters: ``b``
+    (G*H,) the bias added to the normalised input part ``LN(x W_ih^T) * gamma_ih`` (``b_ih``
+    plus the recurrent biases that can be folded there: all of LSTM's, GRU's r and z), ``prm``
+    (NPRM*H,) the cell's parameter vectors in ``Cell.params`` order (LSTM: ``gamma_hh``,
+    ``gamma_c``, ``beta_c``; GRU: ``gamma_hh``, ``b_hn``).  Both differentiable."""
+    GH = gamma_hh.shape[0]
+    if mode == "LN_LSTM":
+        b = None if b_ih is None else b_ih + b_hh
+        return b, torch.cat([gamma_hh, gamma_c, beta_c])
+    if mode == "LN_GRU":
+        H = GH // 3
+        if b_ih is None:
+            return None, torch.cat([gamma_hh, gamma_hh.new_zeros(H)])
+        return b_ih + torch.cat([b_hh[: 2 * H], b_hh.new_zeros(H)]), torch.cat([gamma_hh, b_hh[2 * H :]])
+    raise ValueError(f"{mode} is not a layer-normalised cell")
+
+
+# ---------------------------------------------------------------------------------------------
 # One layer
 
 
@@ -159,6 +269,7 @@ class LayerCache:
     c0: torch.Tensor | None
     order: list  # per step s: (time index per sequence (B,), active mask (B,))
     steps: list = field(default_factory=list)  # per step: dict of intermediates
+    c_states: torch.Tensor | None = None  # (T, B, H) c_t of every step, 0 at padding (cells with a cell state)
 
 
 def _step_order(T: int, B: int, lengths: torch.Tensor | None, reverse: bool, device) -> list:
@@ -196,8 +307,16 @@ def layer_forward(
     lengths: torch.Tensor | None = None,
     reverse: bool = False,
     upcast: bool = False,
+    input_gamma: torch.Tensor | None = None,
+    params: torch.Tensor | None = None,
+    zoneout: torch.Tensor | float | None = None,
 ):
-    """One layer/direction. ``x`` (T, B, I); returns ``(out (T,B,P), h_n (B,P), c_n or None, cache)``."""
+    """One layer/direction. ``x`` (T, B, I); returns ``(out (T,B,P), h_n (B,P), c_n or None, cache)``.
+
+    Layer-normalised cells: the input part is ``LN(x W_ih^T) * input_gamma + b_ih`` (``b_hh``
+    folded as for any cell), ``params`` (NPRM*H,) the cell's parameter vectors
+    (:func:`layer_norm_arguments`), ``zoneout`` a (T, B, H) keep mask, a keep probability or
+    ``None``."""
     cell, step = cells.get(mode), STEPS[mode]
     dtype = x.dtype
     cdt = torch.float64 if upcast else dtype
@@ -206,7 +325,12 @@ def layer_forward(
     H = w_hh.shape[0] // G
     P = w_hh.shape[1]
     cv = lambda t: None if t is None else t.to(cdt)
-    W = dict(w_ih=cv(w_ih), w_hh=cv(w_hh), b_ih=cv(b_ih), b_hh=cv(b_hh), w_hr=cv(w_hr))
+    W = dict(w_ih=cv(w_ih), w_hh=cv(w_hh), b_ih=cv(b_ih), b_hh=cv(b_hh), w_hr=cv(w_hr), gamma_ih=cv(input_gamma),
+             params=cv(params))  # fmt: skip
+    prm = list(W["params"].split(H)) if cell.params else None
+    zm_of = lambda t: (
+        None if zoneout is None else (zoneout.to(cdt)[t, rows] if isinstance(zoneout, torch.Tensor) else zoneout)
+    )
     b_fold, b_inner = _bias_split(cell, W["b_hh"], H)
     xc = x.to(cdt)
     h = xc.new_zeros(B, P) if h0 is None else h0.to(cdt)
@@ -215,31 +339,54 @@ def layer_forward(
         mode, xc, W, h, c if cell.has_cell_state else None, _step_order(T, B, lengths, reverse, x.device)
     )
     out = xc.new_zeros(T, B, P)
+    c_states = xc.new_zeros(T, B, H) if cell.has_cell_state else None
     rows = torch.arange(B, device=x.device)
     for t, active in cache.order:
-        gi = F.linear(xc[t, rows], W["w_ih"], W["b_ih"])
+        if W["gamma_ih"] is not None:
+            raw = F.linear(xc[t, rows], W["w_ih"])
+            mean = raw.mean(dim=1, keepdim=True)
+            rstd = torch.rsqrt(((raw - mean) ** 2).mean(dim=1, keepdim=True) + cells.LN_EPS)
+            gi = (raw - mean) * rstd * W["gamma_ih"] + (W["b_ih"] if W["b_ih"] is not None else 0)
+        else:
+            gi = F.linear(xc[t, rows], W["w_ih"], W["b_ih"])
         gh = F.linear(h, W["w_hh"])
         if b_fold is not None:
             gi, gh = gi + b_fold, gh + b_inner
         px, ph = list(gi.chunk(G, dim=1)), list(gh.chunk(G, dim=1))
-        m, c_new, saved = step.forward(px, ph, h, c)
+        if cell.extended:
+            zm = zm_of(t)
+            m, c_new, saved = step.forward(px, ph, h, c, prm, zm)
+        else:
+            m, c_new, saved = step.forward(px, ph, h, c)
         h_new = F.linear(m, W["w_hr"]) if W["w_hr"] is not None else m
         cache.steps.append(dict(h_prev=h, c_prev=c, px=px, ph=ph, m=m, saved=saved, h=h_new, t=t, active=active))
+        if W["gamma_ih"] is not None:
+            cache.steps[-1].update(in_hat=(raw - mean) * rstd, in_rstd=rstd)
+        if cell.extended:
+            cache.steps[-1].update(prm=prm, zm=zm)
         a = active[:, None]
         out[t, rows] = torch.where(a, h_new, torch.zeros_like(h_new))
         h = torch.where(a, h_new, h)
-        c = torch.where(a, c_new, c) if cell.has_cell_state else c
+        if cell.has_cell_state:
+            c = torch.where(a, c_new, c)
+            c_states[t, rows] = torch.where(a, c_new, torch.zeros_like(c_new))
     c_n = c.to(dtype) if cell.has_cell_state else None
+    cache.c_states = c_states.to(dtype) if c_states is not None else None
     return out.to(dtype), h.to(dtype), c_n, cache
 
 
 def layer_backward(
-    cache: LayerCache, d_out: torch.Tensor, d_hn: torch.Tensor, d_cn: torch.Tensor | None = None
+    cache: LayerCache,
+    d_out: torch.Tensor,
+    d_hn: torch.Tensor,
+    d_cn: torch.Tensor | None = None,
+    d_states: torch.Tensor | None = None,
 ) -> dict:
     """Hand-written BPTT of :func:`layer_forward`.
 
-    Returns a dict with ``x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0`` gradients (float64 when the
-    forward was upcast).
+    ``d_states`` (T, B, H): the gradient of every step's cell state (``cache.c_states``), or
+    ``None``.  Returns a dict with ``x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0`` gradients (float64
+    when the forward was upcast), and ``gamma_ih``, ``params`` for layer-normalised cells.
     """
     W, cell, step = cache.weights, cells.get(cache.mode), STEPS[cache.mode]
     backward = step.backward
@@ -248,6 +395,7 @@ def layer_backward(
     H = W["w_hh"].shape[0] // cell.G
     rows = torch.arange(B, device=cache.x.device)
     d_out = d_out.to(cdt)
+    d_states = d_states.to(cdt) if d_states is not None else None
     dh = d_hn.to(cdt).clone()
     dc = torch.zeros(B, H, dtype=cdt, device=cache.x.device)
     if cell.has_cell_state and d_cn is not None:
@@ -263,7 +411,13 @@ def layer_backward(
             dm = dh_t @ W["w_hr"]
         else:
             dm = dh_t
-        if backward is not None:
+        if d_states is not None and cell.has_cell_state:
+            dc = dc + zero(d_states[t, rows])
+        if cell.extended:
+            d_px, d_ph, dh_direct, dc_prev, d_prm = backward(dm, dc, st["saved"], st["h"], st["h_prev"], st["c_prev"],
+                                                             st["prm"], st["zm"])  # fmt: skip
+            g["params"] += torch.cat([zero(d).sum(0) for d in d_prm])
+        elif backward is not None:
             d_px, d_ph, dh_direct, dc_prev = backward(dm, dc, st["saved"], st["h"], st["h_prev"], st["c_prev"])
         else:
             d_px, d_ph, dh_direct, dc_prev = _autograd_backward(step, cell)(
@@ -271,15 +425,20 @@ def layer_backward(
             )
         dgi = zero(torch.cat(list(d_px), dim=1))
         dgh = zero(torch.cat(list(d_ph), dim=1))
-        g["w_ih"] += dgi.t() @ cache.x[t, rows]
+        d_in = dgi  # gradient of x W_ih^T
+        if W["gamma_ih"] is not None:  # through the input's layer norm
+            g["gamma_ih"] += (dgi * st["in_hat"]).sum(0)
+            d_in = _norm_backward([dgi * W["gamma_ih"]], [st["in_hat"]], st["in_rstd"])[0]
+        g["w_ih"] += d_in.t() @ cache.x[t, rows]
         g["w_hh"] += dgh.t() @ st["h_prev"]
         if g["b_ih"] is not None:
             g["b_ih"] += dgi.sum(0)
             inner = torch.zeros(cell.G * H, dtype=torch.bool, device=dgi.device)
             for gi in cell.inner_gates:
                 inner[gi * H : (gi + 1) * H] = True
-            g["b_hh"] += torch.where(inner, dgh, dgi).sum(0)
-        dx[t, rows] += zero(dgi @ W["w_ih"])
+            if g["b_hh"] is not None:
+                g["b_hh"] += torch.where(inner, dgh, dgi).sum(0)
+        dx[t, rows] += zero(d_in @ W["w_ih"])
         dh = torch.where(a, dgh @ W["w_hh"] + dh_direct, dh)
         if cell.has_cell_state:
             dc = torch.where(a, dc_prev, dc)
@@ -300,16 +459,22 @@ def stack_forward(
     proj_size: int = 0,
     lengths: torch.Tensor | None = None,
     upcast: bool = False,
+    dropout: float = 0.0,
+    training: bool = False,
+    return_states: bool = False,
 ):
-    """A ``torch.nn``-style stack over ``_flat_weights``-ordered weights (no dropout).
+    """A ``torch.nn``-style stack over ``_flat_weights``-ordered weights.
 
-    ``x`` (T, B, I) time-major.  Returns ``(out (T,B,D*P), h_n (L*D,B,P), c_n or None)``;
-    differentiable by autograd.
+    ``x`` (T, B, I) time-major.  Returns ``(out (T,B,D*P), h_n (L*D,B,P), c_n or None)``, and
+    with ``return_states`` a fourth item ``c_states`` (T, B, L*D*H): every step's cell state,
+    layer ``l`` and direction ``d`` at ``(l*D + d)*H`` (as :func:`fastrnn.functional.recurrent_stack`).
+    ``dropout`` between layers (``training`` only) as ``torch.nn``, drawn with torch's generator.
+    Differentiable by autograd: it is also the ``torch`` backend of calls ``torch.nn`` cannot serve.
     """
     D = 2 if bidirectional else 1
     per = 2 + (2 if bias else 0) + (1 if proj_size else 0)
     inp = x
-    hs, cs = [], []
+    hs, cs, states = [], [], []
     for layer in range(num_layers):
         outs = []
         for d in range(D):
@@ -318,12 +483,21 @@ def stack_forward(
             w_ih, w_hh = grp[0], grp[1]
             b_ih, b_hh = (grp[2], grp[3]) if bias else (None, None)
             w_hr = grp[-1] if proj_size else None
-            out, hn, cn, _ = layer_forward(
+            out, hn, cn, cache = layer_forward(
                 mode, inp, w_ih, w_hh, b_ih, b_hh, None if h0 is None else h0[k], None if c0 is None else c0[k],
                 w_hr=w_hr, lengths=lengths, reverse=d == 1, upcast=upcast,
             )  # fmt: skip
             outs.append(out)
             hs.append(hn)
             cs.append(cn)
+            states.append(cache.c_states)
         inp = torch.cat(outs, dim=2)
-    return inp, torch.stack(hs), (torch.stack(cs) if cells.get(mode).has_cell_state else None)
+        if dropout > 0 and training and layer < num_layers - 1:
+            inp = F.dropout(inp, p=dropout, training=True)
+    has_c = cells.get(mode).has_cell_state
+    c_n = torch.stack(cs) if has_c else None
+    if return_states:
+        if not has_c:
+            raise ValueError(f"return_states: {mode} has no cell state")
+        return inp, torch.stack(hs), c_n, torch.cat(states, dim=2)
+    return inp, torch.stack(hs), c_n

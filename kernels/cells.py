@@ -28,6 +28,20 @@ have one entry per gate or per saved tensor)::
         d_px[g], d_ph[g]  dL/dpx_g and dL/dph_g (equal unless g is an inner-bias gate)
         dh_direct         dL/dh_{t-1} not through W_hh (``Cell.direct_dh``), dc_prev dL/dc_{t-1}
 
+Cells beyond torch.nn (``Cell.extended``: per-unit parameters, zoneout, layer norm) use the
+extended interface, which adds the cell's parameters and a zoneout mask::
+
+    forward(px, ph, h, c, prm, zm, cm, n, ZONEOUT) -> (m, c_new, saved)
+    backward(dm, dc, saved, h_new, h_prev, c_prev, prm, zm, cm, n, ZONEOUT)
+        -> (d_px, d_ph, dh_direct, dc_prev, d_prm)
+        prm[k]  parameter vector k of ``Cell.params`` as a (1, BLOCK_H) tile (0 past H)
+        zm      the step's zoneout keep mask (BLOCK_B, BLOCK_H) (train: 1 keeps the new value,
+                0 the previous one), a scalar keep probability (eval: the expectation), or 1.0
+        cm      (1, BLOCK_H): 1.0 for the H valid hidden units, 0.0 for padding; n = H
+        ZONEOUT constexpr: 0 when zoneout is off (zm unused), else on
+        d_prm[k]  this step's contribution to dL/dprm[k] (summed over time and batch by the caller)
+        ph      the raw recurrent products h W_hh^T (no bias: an extended cell adds its own)
+
 ==========  =====  ===============  =====================  ====================================
 cell        gates  order            saved                  notes
 ==========  =====  ===============  =====================  ====================================
@@ -35,7 +49,24 @@ RNN_TANH    1      h                --                     backward reads h_t
 RNN_RELU    1      h                --                     backward reads h_t
 LSTM        4      i, f, g, o       i, f, g, o, c          cell state; optional projection
 GRU         3      r, z, n          r, z, n, hn            b_hn inside r * (W_hn h + b_hn)
+LN_LSTM     4      i, f, g, o       12 (see below)         layer norm, zoneout; extended, tier 1
+LN_GRU      3      r, z, n          8 (see below)          layer norm, zoneout; extended, tier 1
 ==========  =====  ===============  =====================  ====================================
+
+The layer-normalised cells follow haste's LayerNormLSTM/LayerNormGRU (Ba et al. 2016): with
+``LN(v) = (v - mean(v)) / sqrt(var(v) + 1e-5)`` over all ``G*H`` gate pre-activations of a row
+(one mean and variance for all gates), ``px = LN(x W_ih^T) * gamma_ih + b`` (computed before
+the kernel, ``fastrnn/layernorm.py``) and, per step::
+
+    LN_LSTM: v = px + LN(h W_hh^T) * gamma_hh;  i, f, o = sigmoid(v), g = tanh(v)
+             c^ = f c + i g;  m = o tanh(LN_H(c^) * gamma_c + beta_c)
+    LN_GRU:  a = LN(h W_hh^T) * gamma_hh;  r, z = sigmoid(px + a);  n = tanh(px_n + r (a_n + b_hn))
+             m = (1 - z) n + z h
+
+Two dependent row reductions per step (the gates' statistics, then c^'s): a tier-1 program holds
+whole rows; tiers 2/3 split a row across programs and do not run these cells.  Zoneout (Krueger
+et al. 2016; haste's per-step ``(B, H)`` mask ``zm``): ``h_t = h + zm (m - h)`` and, LSTM,
+``c_t = c + zm (c^ - c)``.
 """
 
 from __future__ import annotations
@@ -68,6 +99,9 @@ class Cell:
     twin: type[nn.RNNBase] | None = None  # the torch.nn module running this cell
     twin_kwargs: dict = field(default_factory=dict)  # constructor arguments selecting it (nonlinearity)
     twin_cpu_autocast: bool = True  # torch.nn's CPU autocast lowers the twin (torch 2.11-2.13: not GRU)
+    params: tuple[str, ...] = ()  # per-unit parameter vectors (H each) the maths read (extended interface)
+    zoneout: bool = False  # the maths take a per-step zoneout keep mask (extended interface)
+    whole_rows: bool = False  # the maths reduce over all hidden units of a row (layer norm): tier 1 only
 
     def __post_init__(self) -> None:
         if self.has_cell_state and "c" not in self.saved:
@@ -87,6 +121,11 @@ class Cell:
     def S(self) -> int:
         """Number of per-step tensors saved for the backward."""
         return len(self.saved)
+
+    @property
+    def extended(self) -> bool:
+        """Whether the maths use the extended interface (parameters, zoneout, row reductions)."""
+        return bool(self.params) or self.zoneout or self.whole_rows
 
     @property
     def inner_gates(self) -> tuple[int, ...]:
@@ -109,6 +148,8 @@ class Cell:
             READ_H_NEW="h_new" in self.reads,
             READ_H_PREV="h_prev" in self.reads,
             DIRECT_DH=self.direct_dh,
+            EXT=self.extended,
+            NPRM=len(self.params),
         )
 
 
@@ -275,5 +316,155 @@ GRU = register(
         direct_dh=True,
         twin=nn.GRU,
         twin_cpu_autocast=False,
+    )  # fmt: skip
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer-normalised cells (haste's formulation; extended interface, see the module doc)
+
+#: Layer norm's epsilon (haste's and torch's default).
+LN_EPS = 1e-5
+
+
+@triton.jit
+def _norm_rows(xs, cm, n, G: tl.constexpr):
+    """Layer norm of the rows of the ``G`` tiles ``xs`` taken together (``G*n`` valid columns):
+    ``((x_g - mean) * rstd for each g, rstd (BLOCK_B, 1))``; 0 in padding columns."""
+    total = tl.sum(xs[0] * cm, axis=1)
+    for g in tl.static_range(1, G):
+        total += tl.sum(xs[g] * cm, axis=1)
+    mean = total[:, None] / (G * n)
+    centred = ()
+    for g in tl.static_range(G):
+        centred = centred + ((xs[g] - mean) * cm,)
+    sq = tl.sum(centred[0] * centred[0], axis=1)
+    for g in tl.static_range(1, G):
+        sq += tl.sum(centred[g] * centred[g], axis=1)
+    rstd = (1.0 / tl.sqrt(sq / (G * n) + LN_EPS))[:, None]
+    hats = ()
+    for g in tl.static_range(G):
+        hats = hats + (centred[g] * rstd,)
+    return hats, rstd
+
+
+@triton.jit
+def _norm_rows_backward(dys, hats, rstd, cm, n, G: tl.constexpr):
+    """Gradient through :func:`_norm_rows`: ``dx_g = rstd (dy_g - mean(dy) - hat_g mean(dy hat))``
+    (means over the ``G*n`` valid columns of a row), given ``dy_g`` = dL/dhat_g."""
+    s1 = tl.sum(dys[0] * cm, axis=1)
+    s2 = tl.sum(dys[0] * hats[0], axis=1)
+    for g in tl.static_range(1, G):
+        s1 += tl.sum(dys[g] * cm, axis=1)
+        s2 += tl.sum(dys[g] * hats[g], axis=1)
+    m1 = s1[:, None] / (G * n)
+    m2 = s2[:, None] / (G * n)
+    dx = ()
+    for g in tl.static_range(G):
+        dx = dx + (rstd * (dys[g] - m1 - hats[g] * m2) * cm,)
+    return dx
+
+
+@triton.jit
+def _ln_lstm_forward(px, ph, h, c, prm, zm, cm, n, ZONEOUT: tl.constexpr):
+    # prm: gamma_hh of i, f, g, o; gamma_c, beta_c
+    a, rstd = _norm_rows(ph, cm, n, 4)
+    i = sigmoid(px[0] + a[0] * prm[0])
+    f = sigmoid(px[1] + a[1] * prm[1])
+    g = tanh(px[2] + a[2] * prm[2])
+    o = sigmoid(px[3] + a[3] * prm[3])
+    c_hat = f * c + i * g
+    nc, rstd_c = _norm_rows((c_hat,), cm, n, 1)
+    m = o * tanh(nc[0] * prm[4] + prm[5])
+    c_new = c_hat
+    if ZONEOUT:
+        m = h + zm * (m - h)
+        c_new = c + zm * (c_hat - c)
+    return m, c_new, (i, f, g, o, a[0], a[1], a[2], a[3], rstd * cm, nc[0], rstd_c * cm, c_new)
+
+
+@triton.jit
+def _ln_lstm_backward(dm, dc, saved, h_new, h_prev, c_prev, prm, zm, cm, n, ZONEOUT: tl.constexpr):
+    i, f, g, o, a0, a1, a2, a3, rstd, nc, rstd_c, c_new = saved
+    ty = tanh(nc * prm[4] + prm[5])
+    dm_cell = dm
+    dc_hat = dc
+    dh_keep = 0.0
+    dc_keep = 0.0
+    if ZONEOUT:
+        dm_cell = zm * dm
+        dc_hat = zm * dc
+        dh_keep = dm - dm_cell
+        dc_keep = dc - dc_hat
+    d_o = dm_cell * ty
+    dy = dm_cell * o * (1.0 - ty * ty)
+    d_nc = _norm_rows_backward((dy * prm[4],), (nc,), rstd_c, cm, n, 1)
+    dc_hat = dc_hat + d_nc[0]
+    dv = (dc_hat * g * i * (1.0 - i), dc_hat * c_prev * f * (1.0 - f), dc_hat * i * (1.0 - g * g),
+          d_o * o * (1.0 - o))  # fmt: skip
+    d_ph = _norm_rows_backward((dv[0] * prm[0], dv[1] * prm[1], dv[2] * prm[2], dv[3] * prm[3]), (a0, a1, a2, a3),
+                               rstd, cm, n, 4)  # fmt: skip
+    d_prm = (dv[0] * a0, dv[1] * a1, dv[2] * a2, dv[3] * a3, dy * nc, dy)
+    return dv, d_ph, dh_keep, dc_hat * f + dc_keep, d_prm
+
+
+@triton.jit
+def _ln_gru_forward(px, ph, h, c, prm, zm, cm, n, ZONEOUT: tl.constexpr):
+    # prm: gamma_hh of r, z, n; b_hn
+    a, rstd = _norm_rows(ph, cm, n, 3)
+    r = sigmoid(px[0] + a[0] * prm[0])
+    z = sigmoid(px[1] + a[1] * prm[1])
+    hn = a[2] * prm[2] + prm[3]
+    nn_ = tanh(px[2] + r * hn)
+    m = (1.0 - z) * nn_ + z * h
+    if ZONEOUT:
+        m = h + zm * (m - h)
+    return m, c, (r, z, nn_, hn, a[0], a[1], a[2], rstd * cm)
+
+
+@triton.jit
+def _ln_gru_backward(dm, dc, saved, h_new, h_prev, c_prev, prm, zm, cm, n, ZONEOUT: tl.constexpr):
+    r, z, nn_, hn, a0, a1, a2, rstd = saved
+    dm_cell = dm
+    dh_keep = 0.0
+    if ZONEOUT:
+        dm_cell = zm * dm
+        dh_keep = dm - dm_cell
+    dn = dm_cell * (1.0 - z) * (1.0 - nn_ * nn_)
+    dz = dm_cell * (h_prev - nn_) * z * (1.0 - z)
+    dr = dn * hn * r * (1.0 - r)
+    dhn = dn * r
+    d_ph = _norm_rows_backward((dr * prm[0], dz * prm[1], dhn * prm[2]), (a0, a1, a2), rstd, cm, n, 3)
+    return (dr, dz, dn), d_ph, dm_cell * z + dh_keep, dc, (dr * a0, dz * a1, dhn * a2, dhn)
+
+
+LN_LSTM = register(
+    Cell(
+        "LN_LSTM",
+        "LayerNormLSTM",
+        ("i", "f", "g", "o"),
+        ("i", "f", "g", "o", "ni", "nf", "ng", "no", "rstd", "nc", "rstd_c", "c"),
+        _ln_lstm_forward,
+        _ln_lstm_backward,
+        has_cell_state=True,
+        direct_dh=True,
+        params=("gamma_i", "gamma_f", "gamma_g", "gamma_o", "gamma_c", "beta_c"),
+        zoneout=True,
+        whole_rows=True,
+    )  # fmt: skip
+)
+LN_GRU = register(
+    Cell(
+        "LN_GRU",
+        "LayerNormGRU",
+        ("r", "z", "n"),
+        ("r", "z", "n", "hn", "nr", "nz", "nn", "rstd"),
+        _ln_gru_forward,
+        _ln_gru_backward,
+        reads=frozenset({"h_prev"}),
+        direct_dh=True,
+        params=("gamma_r", "gamma_z", "gamma_n", "b_hn"),
+        zoneout=True,
+        whole_rows=True,
     )  # fmt: skip
 )

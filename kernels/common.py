@@ -122,6 +122,29 @@ class Launch:
         _runtime.count_launch(self.name)
 
 
+def zoneout_args(cell, zoneout: torch.Tensor | float | None) -> tuple[torch.Tensor | None, float, int]:
+    """``(zm, zkeep, ZONEOUT)`` of a launch: a ``(T, B, H)`` keep mask (training, ``ZONEOUT`` 1),
+    a keep probability (evaluation: the mask's expectation, 2) or none (0)."""
+    if zoneout is None:
+        return None, 1.0, 0
+    if not cell.zoneout:
+        raise ValueError(f"cell {cell.mode} has no zoneout")
+    if isinstance(zoneout, torch.Tensor):
+        return row_major(zoneout), 1.0, 1
+    return None, float(zoneout), 2
+
+
+def check_params(cell, params: torch.Tensor | None, H: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """The extended cell's parameter vector ``(NPRM*H,)``, contiguous in the accumulation dtype."""
+    if not cell.params:
+        return None
+    if params is None or params.shape != (len(cell.params) * H,):
+        got = None if params is None else tuple(params.shape)
+        raise ValueError(f"cell {cell.mode} needs params of shape ({len(cell.params)}*{H},) "
+                         f"({', '.join(cell.params)}), got {got}")  # fmt: skip
+    return params.to(acc_dtype(dtype)).contiguous()
+
+
 def flags(**optional: torch.Tensor | None) -> dict[str, bool]:
     """``HAS_<NAME>`` for each optional tensor: whether it was given."""
     return {f"HAS_{name.upper()}": t is not None for name, t in optional.items()}
@@ -134,15 +157,17 @@ class ForwardResult:
     c_n: torch.Tensor | None  # (B, H), cells with a cell state
     saved: torch.Tensor | None  # (T, B, S*H) when saved for the backward
     m: torch.Tensor | None  # (T, B, H) the output before the projection, projected and saved
+    cs: torch.Tensor | None = None  # (T, B, H) c_t of every step, 0 at padding (asked for: ``states``)
 
 
 @dataclass
 class BackwardResult:
     d_gx: torch.Tensor  # (T, B, G*H) gradient of the gate pre-activations' input parts, 0 at padding
-    d_gh_inner: torch.Tensor | None  # (T, B, N*H) gradient of the inner-bias gates' recurrent parts
+    d_gh_inner: torch.Tensor | None  # (T, B, N*H) inner-bias gates (extended cells: every gate): d(recurrent part)
     d_h: torch.Tensor | None  # (T, B, P) projected LSTM: total gradient of h_t
     d_h0: torch.Tensor  # (B, P)
     d_c0: torch.Tensor | None  # (B, H) cells with a cell state
+    d_prm: torch.Tensor | None = None  # (T, B, NPRM*H) extended cells: each step's share of dL/dprm, 0 at padding
 
 
 # ---------------------------------------------------------------------------------------------

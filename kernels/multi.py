@@ -195,14 +195,15 @@ def _summed_dots(a_rows, row_ok, w_ptr, s_w_k, s_w_u, s_w_gate, units, unit_ok, 
 
 @triton.jit
 def _fwd_tile(s, rows, row_ok, units, unit_ok, mask, seq_len, gx_raw, h_prev_ptr, h_cur_ptr, s_hb_b, h_own, c,
-              w_hh_ptr, s_whh_r, s_whh_g, w, bh, out_ptr, s_out_t, s_out_b, sv_ptr, s_sv_t, s_sv_b, H, spin_budget,
-              CELL_FWD: tl.constexpr, G: tl.constexpr, S: tl.constexpr, INNER_SLOTS: tl.constexpr,
-              HAS_C: tl.constexpr, HAS_BH: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
-              RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-              PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr):
+              w_hh_ptr, s_whh_r, s_whh_g, w, bh, out_ptr, s_out_t, s_out_b, sv_ptr, s_sv_t, s_sv_b, cs_ptr, s_cs_t,
+              s_cs_b, H, spin_budget, CELL_FWD: tl.constexpr, G: tl.constexpr, S: tl.constexpr,
+              INNER_SLOTS: tl.constexpr, HAS_C: tl.constexpr, HAS_BH: tl.constexpr, REVERSE: tl.constexpr,
+              SAVE: tl.constexpr, STORE_C: tl.constexpr, RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr,
+              BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+              UPCAST_DOT: tl.constexpr):
     """One batch tile's step ``s``: this program's units of every gate, the cell, the stores of
-    ``h_t`` (own columns, for the other programs), ``out`` and the saved tensors.  Returns the
-    tile's new ``(h_own, c)`` (kept for inactive sequences)."""
+    ``h_t`` (own columns, for the other programs), ``out``, the saved tensors (and ``c_t``).
+    Returns the tile's new ``(h_own, c)`` (kept for inactive sequences)."""
     t, active = time_index(s, seq_len, REVERSE)
     keep = active[:, None]
     # dots with h_{s-1}: all H columns, from every program of the group
@@ -224,6 +225,9 @@ def _fwd_tile(s, rows, row_ok, units, unit_ok, mask, seq_len, gx_raw, h_prev_ptr
     tl.store(out_t, tl.where(keep, h_new, 0.0).to(out_ptr.dtype.element_ty), mask=mask)
     if SAVE:
         store_saved(sv_ptr + t[:, None] * s_sv_t + rows[:, None] * s_sv_b + units[None, :], H, keep, mask, saved, S)
+    if STORE_C:
+        tl.store(cs_ptr + t[:, None] * s_cs_t + rows[:, None] * s_cs_b + units[None, :],
+                 tl.where(keep, c_new, 0.0).to(cs_ptr.dtype.element_ty), mask=mask)
     if HAS_C:
         c = tl.where(keep, c_new, c)
     return h_keep, c
@@ -239,12 +243,13 @@ def _multi_fwd_kernel(
     cbuf_ptr, s_cb_b,  # cbuf: (B, H) ACC, cell state (HAS_C: c0 on entry, c_n on exit)
     out_ptr, s_out_t, s_out_b,  # out: (T, B, H) h_t, 0 at padding
     sv_ptr, s_sv_t, s_sv_b,  # saved: (T, B, S*H) what the cell's backward reads (SAVE)
+    cs_ptr, s_cs_t, s_cs_b,  # cs: (T, B, H) c_t of every step, 0 at padding (STORE_C)
     sync_ptr,  # sync: ((NG + 1) * 32,) int32: group g's barrier counter at 32 g, the timeout flag at 32 NG
     J_BEGIN, J_END, T, B, H, N_GROUPS, MAX_SPIN,
     CELL_FWD: tl.constexpr, CELL_BWD: tl.constexpr, G: tl.constexpr, S: tl.constexpr, INNER_SLOTS: tl.constexpr,
     HAS_C: tl.constexpr, STATE_SLOT: tl.constexpr, READ_H_NEW: tl.constexpr, READ_H_PREV: tl.constexpr,
-    DIRECT_DH: tl.constexpr,
-    HAS_BH: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
+    DIRECT_DH: tl.constexpr, EXT: tl.constexpr, NPRM: tl.constexpr,  # extended cells: never here (tiers.py)
+    HAS_BH: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr, STORE_C: tl.constexpr,
     RESIDENT: tl.constexpr, USE_BARRIER: tl.constexpr, ONE_TILE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr,
@@ -294,8 +299,9 @@ def _multi_fwd_kernel(
                                  mask & active_n[:, None], G)
             h_own, c = _fwd_tile(s, rows, row_ok, units, unit_ok, mask, seq_len, gx_raw, h_prev_ptr, h_cur_ptr,
                                  s_hb_b, h_own, c, w_hh_ptr, s_whh_r, s_whh_g, w, bh, out_ptr, s_out_t, s_out_b,
-                                 sv_ptr, s_sv_t, s_sv_b, H, spin_budget, CELL_FWD, G, S, INNER_SLOTS, HAS_C, HAS_BH,
-                                 REVERSE, SAVE, RESIDENT, BLOCK_B, BLOCK_K, SPLIT_K, PRECISION, ACC, UPCAST_DOT)
+                                 sv_ptr, s_sv_t, s_sv_b, cs_ptr, s_cs_t, s_cs_b, H, spin_budget, CELL_FWD, G, S,
+                                 INNER_SLOTS, HAS_C, HAS_BH, REVERSE, SAVE, STORE_C, RESIDENT, BLOCK_B, BLOCK_K,
+                                 SPLIT_K, PRECISION, ACC, UPCAST_DOT)
         else:
             for tile in range(pid_g, n_tiles, N_GROUPS):
                 rows_t = tile * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
@@ -315,9 +321,9 @@ def _multi_fwd_kernel(
                     c_t = tl.load(cbuf_ptr + rows_t[:, None] * s_cb_b + units[None, :], mask=mask_t, other=0.0)
                 _, c_t = _fwd_tile(s, rows_t, row_ok_t, units, unit_ok, mask_t, seq_len_t, gx_raw_t, h_prev_ptr,
                                    h_cur_ptr, s_hb_b, h_own_t, c_t, w_hh_ptr, s_whh_r, s_whh_g, w, bh, out_ptr,
-                                   s_out_t, s_out_b, sv_ptr, s_sv_t, s_sv_b, H, spin_budget, CELL_FWD, G, S,
-                                   INNER_SLOTS, HAS_C, HAS_BH, REVERSE, SAVE, RESIDENT, BLOCK_B, BLOCK_K, SPLIT_K,
-                                   PRECISION, ACC, UPCAST_DOT)
+                                   s_out_t, s_out_b, sv_ptr, s_sv_t, s_sv_b, cs_ptr, s_cs_t, s_cs_b, H, spin_budget,
+                                   CELL_FWD, G, S, INNER_SLOTS, HAS_C, HAS_BH, REVERSE, SAVE, STORE_C, RESIDENT,
+                                   BLOCK_B, BLOCK_K, SPLIT_K, PRECISION, ACC, UPCAST_DOT)
                 if HAS_C:
                     tl.store(cbuf_ptr + rows_t[:, None] * s_cb_b + units[None, :], c_t, mask=mask_t)
         if USE_BARRIER:
@@ -335,11 +341,11 @@ def _multi_fwd_kernel(
 
 @triton.jit
 def _bwd_loads(s, seq_len, rows, units, mask, dout_ptr, s_do_t, s_do_b, out_ptr, s_out_t, s_out_b, sv_ptr, s_sv_t,
-               s_sv_b, H, S: tl.constexpr, HAS_C: tl.constexpr, STATE_SLOT: tl.constexpr,
-               READ_H_NEW: tl.constexpr, READ_H_PREV: tl.constexpr, REVERSE: tl.constexpr):
+               s_sv_b, dcs_ptr, s_dcs_t, s_dcs_b, H, S: tl.constexpr, HAS_C: tl.constexpr, STATE_SLOT: tl.constexpr,
+               READ_H_NEW: tl.constexpr, READ_H_PREV: tl.constexpr, REVERSE: tl.constexpr, HAS_DCS: tl.constexpr):
     """What step ``s`` of the backward reads from memory, for this program's columns: ``(d_out_t,
-    saved_t, h_t, h_{t-1}, c_{t-1})`` (storage dtype; the last three where the cell reads them,
-    else placeholders); nothing for ``s < 0``."""
+    saved_t, h_t, h_{t-1}, c_{t-1}, d_cs_t)`` (storage dtype; the last four where the cell reads
+    them or ``HAS_DCS``, else placeholders); nothing for ``s < 0``."""
     t, active = time_index(s, seq_len, REVERSE)
     active = active & (seq_len * 0 + s >= 0)
     act = mask & active[:, None]
@@ -364,14 +370,17 @@ def _bwd_loads(s, seq_len, rows, units, mask, dout_ptr, s_do_t, s_do_b, out_ptr,
     if HAS_C:
         c_prev = tl.load(sv_ptr + t_prev[:, None] * s_sv_t + rows[:, None] * s_sv_b + STATE_SLOT * H + units[None, :],
                          mask=prev, other=0.0)
-    return d_out, saved, h_new, h_prev, c_prev
+    d_cs = d_out
+    if HAS_DCS:
+        d_cs = tl.load(dcs_ptr + t[:, None] * s_dcs_t + rows[:, None] * s_dcs_b + units[None, :], mask=act, other=0.0)
+    return d_out, saved, h_new, h_prev, c_prev, d_cs
 
 
 @triton.jit
 def _bwd_tile(s, rows, units, mask, seq_len, loads, dh, dc, h_init, c_init, dg_ptr, s_dg_t, s_dg_b, dgh_ptr,
               s_dgh_t, s_dgh_b, H, spin_budget, CELL_BWD: tl.constexpr, G: tl.constexpr, S: tl.constexpr,
               INNER_SLOTS: tl.constexpr, HAS_C: tl.constexpr, READ_H_NEW: tl.constexpr, READ_H_PREV: tl.constexpr,
-              DIRECT_DH: tl.constexpr, REVERSE: tl.constexpr, ACC: tl.constexpr):
+              DIRECT_DH: tl.constexpr, REVERSE: tl.constexpr, ACC: tl.constexpr, HAS_DCS: tl.constexpr):
     """Step ``s`` of one batch tile: this program's columns of every gate gradient (stored), and
     what step ``s-1`` inherits before the dots of the next iteration: ``(dh_carry, dc)``."""
     t, active = time_index(s, seq_len, REVERSE)
@@ -381,7 +390,7 @@ def _bwd_tile(s, rows, units, mask, seq_len, loads, dh, dc, h_init, c_init, dg_p
     else:
         t_prev = t - 1
     has_prev = (active & (t_prev >= 0) & (t_prev < seq_len))[:, None]
-    d_out, saved_raw, h_new, h_prev, c_prev = loads
+    d_out, saved_raw, h_new, h_prev, c_prev, d_cs = loads
     dh = tl.where(spin_budget < 0, float("nan"), dh)  # after a failed barrier: loud, not wrong
     dh = dh + d_out.to(ACC)
     saved = ()
@@ -399,6 +408,8 @@ def _bwd_tile(s, rows, units, mask, seq_len, loads, dh, dc, h_init, c_init, dg_p
         c_prev = tl.where(has_prev, c_prev.to(ACC), c_init)
     else:
         c_prev = dc
+    if HAS_DCS:
+        dc = dc + d_cs.to(ACC)  # c_t is also an output of the forward (its own gradient)
     d_px, d_ph, dh_direct, dc_prev = CELL_BWD(dh, dc, saved, h_new, h_prev, c_prev)
     dg_t = dg_ptr + t[:, None] * s_dg_t + rows[:, None] * s_dg_b + units[None, :]
     for g in tl.static_range(G):
@@ -445,14 +456,15 @@ def _multi_bwd_kernel(
     len_ptr,  # lengths: (B,) int64 (IS_VARLEN)
     dhbuf_ptr, s_dhb_b,  # dhbuf: (B, H) ACC, dL/dh carried backwards: d h_n on entry, d h0 on exit
     dcbuf_ptr, s_dcb_b,  # dcbuf: (B, H) ACC, dL/dc (HAS_C): d c_n on entry, d c0 on exit
+    dcs_ptr, s_dcs_t, s_dcs_b,  # dL/d cs: (T, B, H) gradient of every step's c_t (HAS_DCS)
     dg_ptr, s_dg_t, s_dg_b,  # out, dL/d gx: (T, B, G*H), 0 at padding
     dgh_ptr, s_dgh_t, s_dgh_b,  # out, dL/d(recurrent part) of the inner-bias gates: (T, B, N*H), 0 at padding
     sync_ptr,  # sync: ((NG + 1) * 32,) int32, as in the forward
     J_BEGIN, J_END, T, B, H, N_GROUPS, MAX_SPIN,
     CELL_FWD: tl.constexpr, CELL_BWD: tl.constexpr, G: tl.constexpr, S: tl.constexpr, INNER_SLOTS: tl.constexpr,
     HAS_C: tl.constexpr, STATE_SLOT: tl.constexpr, READ_H_NEW: tl.constexpr, READ_H_PREV: tl.constexpr,
-    DIRECT_DH: tl.constexpr,
-    HAS_H0: tl.constexpr, HAS_C0: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr,
+    DIRECT_DH: tl.constexpr, EXT: tl.constexpr, NPRM: tl.constexpr,  # extended cells: never here (tiers.py)
+    HAS_H0: tl.constexpr, HAS_C0: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr, HAS_DCS: tl.constexpr,
     RESIDENT: tl.constexpr, USE_BARRIER: tl.constexpr, ONE_TILE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr,
@@ -489,14 +501,15 @@ def _multi_bwd_kernel(
         if READ_H_PREV and HAS_H0:
             h_init = tl.load(h0_ptr + rows[:, None] * s_h0_b + units[None, :], mask=mask, other=0.0).to(ACC)
         nxt = _bwd_loads(T - 1 - J_BEGIN, seq_len, rows, units, mask, dout_ptr, s_do_t, s_do_b, out_ptr, s_out_t,
-                         s_out_b, sv_ptr, s_sv_t, s_sv_b, H, S, HAS_C, STATE_SLOT, READ_H_NEW, READ_H_PREV, REVERSE)
+                         s_out_b, sv_ptr, s_sv_t, s_sv_b, dcs_ptr, s_dcs_t, s_dcs_b, H, S, HAS_C, STATE_SLOT,
+                         READ_H_NEW, READ_H_PREV, REVERSE, HAS_DCS)
     for j in range(J_BEGIN, J_END):
         s = T - 1 - j
         if ONE_TILE:
             cur = nxt
             nxt = _bwd_loads(s - 1, seq_len, rows, units, mask, dout_ptr, s_do_t, s_do_b, out_ptr, s_out_t,
-                             s_out_b, sv_ptr, s_sv_t, s_sv_b, H, S, HAS_C, STATE_SLOT, READ_H_NEW, READ_H_PREV,
-                             REVERSE)
+                             s_out_b, sv_ptr, s_sv_t, s_sv_b, dcs_ptr, s_dcs_t, s_dcs_b, H, S, HAS_C, STATE_SLOT,
+                             READ_H_NEW, READ_H_PREV, REVERSE, HAS_DCS)
             # 1. finish step s+1: the share of dL/dh_s through W_hh, from every program's gradients
             if s + 1 < T:
                 dh += _bwd_recurrent(s, T, rows, row_ok, units, unit_ok, seq_len, dg_ptr, s_dg_t, s_dg_b, dgh_ptr,
@@ -506,7 +519,7 @@ def _multi_bwd_kernel(
             if s >= 0:
                 dh, dc = _bwd_tile(s, rows, units, mask, seq_len, cur, dh, dc, h_init, c_init, dg_ptr, s_dg_t, s_dg_b,
                                    dgh_ptr, s_dgh_t, s_dgh_b, H, spin_budget, CELL_BWD, G, S, INNER_SLOTS, HAS_C,
-                                   READ_H_NEW, READ_H_PREV, DIRECT_DH, REVERSE, ACC)
+                                   READ_H_NEW, READ_H_PREV, DIRECT_DH, REVERSE, ACC, HAS_DCS)
         else:
             for tile in range(pid_g, n_tiles, N_GROUPS):
                 rows_t = tile * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
@@ -536,12 +549,12 @@ def _multi_bwd_kernel(
                         h_init_t = tl.load(h0_ptr + rows_t[:, None] * s_h0_b + units[None, :], mask=mask_t,
                                            other=0.0).to(ACC)
                     loads = _bwd_loads(s, seq_len_t, rows_t, units, mask_t, dout_ptr, s_do_t, s_do_b, out_ptr,
-                                       s_out_t, s_out_b, sv_ptr, s_sv_t, s_sv_b, H, S, HAS_C, STATE_SLOT, READ_H_NEW,
-                                       READ_H_PREV, REVERSE)
+                                       s_out_t, s_out_b, sv_ptr, s_sv_t, s_sv_b, dcs_ptr, s_dcs_t, s_dcs_b, H, S,
+                                       HAS_C, STATE_SLOT, READ_H_NEW, READ_H_PREV, REVERSE, HAS_DCS)
                     dh_t, dc_t = _bwd_tile(s, rows_t, units, mask_t, seq_len_t, loads, dh_t, dc_t, h_init_t, c_init_t,
                                            dg_ptr, s_dg_t, s_dg_b, dgh_ptr, s_dgh_t, s_dgh_b, H, spin_budget,
                                            CELL_BWD, G, S, INNER_SLOTS, HAS_C, READ_H_NEW, READ_H_PREV, DIRECT_DH,
-                                           REVERSE, ACC)
+                                           REVERSE, ACC, HAS_DCS)
                     if HAS_C:
                         tl.store(dcbuf_ptr + rows_t[:, None] * s_dcb_b + units[None, :], dc_t, mask=mask_t)
                 tl.store(dh_ptrs, dh_t, mask=mask_t)
@@ -758,6 +771,7 @@ def forward_launch(
     reverse: bool = False,
     save: bool = True,
     allow_tf32: bool = False,
+    states: bool = False,
 ) -> tuple[MultiLaunch | None, ForwardResult, torch.Tensor, torch.Tensor | None]:
     """The launch of :func:`multi_fwd`, its outputs and its state buffers ``(hbuf, cbuf)``."""
     cell = cells.get(mode)
@@ -776,7 +790,8 @@ def forward_launch(
         cbuf = torch.zeros((B, H), dtype=acc, device=dev) if c0 is None else c0.to(acc, copy=True).contiguous()
     out = _runtime.empty((T, B, H), dtype, dev)
     saved = _runtime.empty((T, B, cell.S * H), acc, dev) if save else None
-    res = ForwardResult(out, hbuf[1], None, saved, None)
+    cs = _runtime.empty((T, B, H), dtype, dev) if (states and cell.has_cell_state) else None
+    res = ForwardResult(out, hbuf[1], None, saved, None, cs)
     if B == 0 or T == 0:
         return None, res, hbuf, cbuf
     bh = b_hh if cell.inner_bias else None
@@ -789,8 +804,9 @@ def forward_launch(
         cbuf, *strides(cbuf, 1),
         out, *strides(out),
         saved, *strides(saved),
+        cs, *strides(cs),
     ]  # fmt: skip
-    consts = dict(**flags(bh=bh), IS_VARLEN=lengths is not None, REVERSE=reverse, SAVE=save,
+    consts = dict(**flags(bh=bh), IS_VARLEN=lengths is not None, REVERSE=reverse, SAVE=save, STORE_C=cs is not None,
                   **_consts(cell, dtype, cfg, allow_tf32))  # fmt: skip
     return MultiLaunch(_multi_fwd_kernel, "multi_fwd", args, consts, T, T, B, H), res, hbuf, cbuf
 
@@ -811,6 +827,7 @@ def multi_fwd(
     tier: int = 2,
     cooperative: bool | None = None,
     max_spin: int = MAX_SPIN,
+    states: bool = False,
 ) -> ForwardResult:
     """Tier 2/3 forward of one layer/direction; arguments and result as
     :func:`fastrnn.kernels.recurrent.recurrent_fwd` (no projection: ``P == H``), ``cfg`` from
@@ -828,7 +845,7 @@ def multi_fwd(
     """
     _runtime.check_device(gx.device)
     launch, res, hbuf, cbuf = forward_launch(mode, gx, w_hh, h0, c0, lengths, cfg, b_hh=b_hh, reverse=reverse,
-                                             save=save, allow_tf32=allow_tf32)  # fmt: skip
+                                             save=save, allow_tf32=allow_tf32, states=states)  # fmt: skip
     if launch is not None:
         run(launch, tier, gx.device, cooperative, max_spin)
     T = gx.shape[0]
@@ -851,6 +868,7 @@ def backward_launch(
     *,
     reverse: bool = False,
     allow_tf32: bool = False,
+    d_cs: torch.Tensor | None = None,
 ) -> tuple[MultiLaunch | None, BackwardResult]:
     """The launch of :func:`multi_bwd` and its outputs (``d_h0``/``d_c0`` are its state buffers)."""
     cell = cells.get(mode)
@@ -858,6 +876,7 @@ def backward_launch(
     dtype, dev = fwd.out.dtype, fwd.out.device
     acc = acc_dtype(dtype)
     d_out, h0, c0, w_hh = row_major(d_out), row_major(h0), row_major(c0), w_hh.contiguous()
+    d_cs = row_major(d_cs) if cell.has_cell_state else None
     dhbuf = d_hn.to(acc, copy=True).contiguous()
     dcbuf = None
     if cell.has_cell_state:
@@ -879,10 +898,11 @@ def backward_launch(
         lengths,
         dhbuf, *strides(dhbuf, 1),
         dcbuf, *strides(dcbuf, 1),
+        d_cs, *strides(d_cs),
         d_gx, *strides(d_gx),
         d_gh, *strides(d_gh),
     ]  # fmt: skip
-    consts = dict(**flags(h0=h0, c0=c0), IS_VARLEN=lengths is not None, REVERSE=reverse,
+    consts = dict(**flags(h0=h0, c0=c0, dcs=d_cs), IS_VARLEN=lengths is not None, REVERSE=reverse,
                   **_consts(cell, dtype, cfg, allow_tf32))  # fmt: skip
     return MultiLaunch(_multi_bwd_kernel, "multi_bwd", args, consts, T + 1, T, B, H), res
 
@@ -904,11 +924,12 @@ def multi_bwd(
     tier: int = 2,
     cooperative: bool | None = None,
     max_spin: int = MAX_SPIN,
+    d_cs: torch.Tensor | None = None,
 ) -> BackwardResult:
     """Tier 2/3 backward; arguments and result as :func:`fastrnn.kernels.recurrent.recurrent_bwd`
     (no projection), ``tier``/``cooperative``/``max_spin`` as :func:`multi_fwd`."""
     launch, res = backward_launch(mode, d_out, d_hn, d_cn, fwd, w_hh, h0, c0, lengths, cfg, reverse=reverse,
-                                  allow_tf32=allow_tf32)  # fmt: skip
+                                  allow_tf32=allow_tf32, d_cs=d_cs)  # fmt: skip
     if launch is not None:
         run(launch, tier, fwd.out.device, cooperative, max_spin)
     return res

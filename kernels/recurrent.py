@@ -43,6 +43,7 @@ from .common import (
     ForwardResult,
     Launch,
     acc_dtype,
+    check_params,
     flags,
     load_gates,
     load_split,
@@ -55,6 +56,7 @@ from .common import (
     time_index,
     tl_acc,
     upcast_dot,
+    zoneout_args,
 )
 from .tiers import Tier1Config
 
@@ -85,14 +87,18 @@ def _recurrent_fwd_kernel(
     out_ptr, s_out_t, s_out_b,  # out: (T, B, P) h_t, 0 at padding
     hn_ptr, s_hn_b,  # h_n: (B, P)
     cn_ptr, s_cn_b,  # c_n: (B, H) (HAS_C)
+    cs_ptr, s_cs_t, s_cs_b,  # cs: (T, B, H) c_t of every step, 0 at padding (STORE_C)
     sv_ptr, s_sv_t, s_sv_b,  # saved: (T, B, S*H) what the cell's backward reads (SAVE)
     m_ptr, s_m_t, s_m_b,  # m: (T, B, H) the output before the projection (SAVE_M)
+    prm_ptr,  # prm: (NPRM*H,) ACC, the cell's parameter vectors (EXT cells with NPRM > 0)
+    zm_ptr, s_zm_t, s_zm_b,  # zm: (T, B, H) zoneout keep mask, 1 keeps the new state (ZONEOUT == 1)
+    zkeep,  # zoneout keep probability, the mask's expectation (ZONEOUT == 2: evaluation)
     T, B, H, P,
     CELL_FWD: tl.constexpr, CELL_BWD: tl.constexpr, G: tl.constexpr, S: tl.constexpr, INNER_SLOTS: tl.constexpr,
     HAS_C: tl.constexpr, STATE_SLOT: tl.constexpr, READ_H_NEW: tl.constexpr, READ_H_PREV: tl.constexpr,
-    DIRECT_DH: tl.constexpr,
+    DIRECT_DH: tl.constexpr, EXT: tl.constexpr, NPRM: tl.constexpr, ZONEOUT: tl.constexpr,
     HAS_BH: tl.constexpr, HAS_H0: tl.constexpr, HAS_C0: tl.constexpr, IS_VARLEN: tl.constexpr,
-    REVERSE: tl.constexpr, HAS_PROJ: tl.constexpr, SAVE: tl.constexpr, SAVE_M: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_PROJ: tl.constexpr, SAVE: tl.constexpr, SAVE_M: tl.constexpr, STORE_C: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, SPLIT_K: tl.constexpr,
     PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):
@@ -116,6 +122,9 @@ def _recurrent_fwd_kernel(
             bh = bh + (0.0,)
     if HAS_PROJ:
         w_r = load_split(w_hr_ptr, s_whr_r, s_whr_c, P, H, BLOCK_P, BLOCK_H, 1)  # (BH, BP)
+    if EXT:  # the cell's parameters (1, BLOCK_H) each, and the valid-column mask of its row reductions
+        prm = _load_params(prm_ptr, ch, H, NPRM, ACC)
+        cm = (ch < H).to(ACC)[None, :]
 
     if HAS_H0:
         h = tl.load(h0_ptr + rows[:, None] * s_h0_b + cp[None, :], mask=mask_bp, other=0.0).to(ACC)
@@ -135,6 +144,9 @@ def _recurrent_fwd_kernel(
     t0, active0 = time_index(0, seq_len, REVERSE)
     gx_next = load_gates(gx_ptr + t0[:, None] * s_gx_t + rows[:, None] * s_gx_b + ch[None, :], H,
                          mask_bh & active0[:, None], G)
+    if ZONEOUT == 1:
+        zm_next = tl.load(zm_ptr + t0[:, None] * s_zm_t + rows[:, None] * s_zm_b + ch[None, :],
+                          mask=mask_bh & active0[:, None], other=0.0)
     for s in range(0, T):
         t, active = time_index(s, seq_len, REVERSE)
         keep = active[:, None]
@@ -142,6 +154,10 @@ def _recurrent_fwd_kernel(
         t_n, active_n = time_index(s + 1, seq_len, REVERSE)  # s + 1 == T: nothing is loaded
         gx_next = load_gates(gx_ptr + t_n[:, None] * s_gx_t + rows[:, None] * s_gx_b + ch[None, :], H,
                              mask_bh & active_n[:, None], G)
+        if ZONEOUT == 1:
+            zm_raw = zm_next
+            zm_next = tl.load(zm_ptr + t_n[:, None] * s_zm_t + rows[:, None] * s_zm_b + ch[None, :],
+                              mask=mask_bh & active_n[:, None], other=0.0)
         px = ()
         ph = ()
         for g in tl.static_range(G):
@@ -150,7 +166,17 @@ def _recurrent_fwd_kernel(
             if HAS_BH and INNER_SLOTS[g] >= 0:
                 p = p + bh[g]
             ph = ph + (p,)
-        m, c_new, saved = CELL_FWD(px, ph, h, c)
+        if EXT:
+            # zoneout: the step's keep mask (training), its expectation (evaluation), or none
+            if ZONEOUT == 1:
+                zm = zm_raw.to(ACC)
+            elif ZONEOUT == 2:
+                zm = zkeep
+            else:
+                zm = 1.0
+            m, c_new, saved = CELL_FWD(px, ph, h, c, prm, zm, cm, H, ZONEOUT)
+        else:
+            m, c_new, saved = CELL_FWD(px, ph, h, c)
         if HAS_PROJ:
             h_new = mm(m, w_r, PRECISION, ACC, UPCAST_DOT)
         else:
@@ -166,10 +192,22 @@ def _recurrent_fwd_kernel(
         if SAVE_M:
             m_t = m_ptr + t[:, None] * s_m_t + rows[:, None] * s_m_b + ch[None, :]
             tl.store(m_t, tl.where(keep, m, 0.0).to(m_ptr.dtype.element_ty), mask=mask_bh)
+        if STORE_C:
+            cs_t = cs_ptr + t[:, None] * s_cs_t + rows[:, None] * s_cs_b + ch[None, :]
+            tl.store(cs_t, tl.where(keep, c_new, 0.0).to(cs_ptr.dtype.element_ty), mask=mask_bh)
 
     tl.store(hn_ptr + rows[:, None] * s_hn_b + cp[None, :], h.to(hn_ptr.dtype.element_ty), mask=mask_bp)
     if HAS_C:
         tl.store(cn_ptr + rows[:, None] * s_cn_b + ch[None, :], c.to(cn_ptr.dtype.element_ty), mask=mask_bh)
+
+
+@triton.jit
+def _load_params(prm_ptr, ch, H, NPRM: tl.constexpr, ACC: tl.constexpr):
+    """The cell's ``NPRM`` parameter vectors as (1, BLOCK_H) ``ACC`` tiles, 0 past ``H``."""
+    prm = ()
+    for k in tl.static_range(NPRM):
+        prm = prm + (tl.load(prm_ptr + k * H + ch, mask=ch < H, other=0.0).to(ACC)[None, :],)
+    return prm
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,11 +227,13 @@ def _has_prev(t, active, seq_len, REVERSE: tl.constexpr):
 
 @triton.jit
 def _bwd_step_loads(s, seq_len, rows, ch, cp, mask_bh, mask_bp, dout_ptr, s_do_t, s_do_b, out_ptr, s_out_t,
-                    s_out_b, sv_ptr, s_sv_t, s_sv_b, H, S: tl.constexpr, HAS_C: tl.constexpr,
-                    STATE_SLOT: tl.constexpr, READ_H_NEW: tl.constexpr, READ_H_PREV: tl.constexpr,
-                    REVERSE: tl.constexpr):
-    """What backward step ``s`` reads (storage dtype): ``(d_out_t, saved_t, h_t, h_{t-1}, c_{t-1})``,
-    the last three only where the cell reads them (else placeholders); nothing for ``s < 0``."""
+                    s_out_b, sv_ptr, s_sv_t, s_sv_b, dcs_ptr, s_dcs_t, s_dcs_b, zm_ptr, s_zm_t, s_zm_b, H,
+                    S: tl.constexpr, HAS_C: tl.constexpr, STATE_SLOT: tl.constexpr, READ_H_NEW: tl.constexpr,
+                    READ_H_PREV: tl.constexpr, REVERSE: tl.constexpr, HAS_DCS: tl.constexpr,
+                    ZONEOUT: tl.constexpr):
+    """What backward step ``s`` reads (storage dtype): ``(d_out_t, saved_t, h_t, h_{t-1}, c_{t-1},
+    d_cs_t, zm_t)``, the last five only where the cell reads them, ``HAS_DCS`` or ``ZONEOUT == 1``
+    (else placeholders); nothing for ``s < 0``."""
     t, active = time_index(s, seq_len, REVERSE)
     active = active & (seq_len * 0 + s >= 0)  # (s >= 0 as a tensor: the interpreter needs one)
     act_bh = mask_bh & active[:, None]
@@ -220,7 +260,13 @@ def _bwd_step_loads(s, seq_len, rows, ch, cp, mask_bh, mask_bp, dout_ptr, s_do_t
     if HAS_C:
         c_prev = tl.load(sv_ptr + t_prev[:, None] * s_sv_t + rows[:, None] * s_sv_b + STATE_SLOT * H + ch[None, :],
                          mask=act_bh & prev, other=0.0)
-    return d_out, saved, h_new, h_prev, c_prev
+    d_cs = d_out
+    if HAS_DCS:
+        d_cs = tl.load(dcs_ptr + t[:, None] * s_dcs_t + rows[:, None] * s_dcs_b + ch[None, :], mask=act_bh, other=0.0)
+    zm = d_out
+    if ZONEOUT == 1:
+        zm = tl.load(zm_ptr + t[:, None] * s_zm_t + rows[:, None] * s_zm_b + ch[None, :], mask=act_bh, other=0.0)
+    return d_out, saved, h_new, h_prev, c_prev, d_cs, zm
 
 
 @_jit_shape_generic
@@ -228,6 +274,7 @@ def _recurrent_bwd_kernel(
     dout_ptr, s_do_t, s_do_b,  # dL/d out: (T, B, P)
     dhn_ptr, s_dhn_b,  # dL/d h_n: (B, P)
     dcn_ptr, s_dcn_b,  # dL/d c_n: (B, H) (HAS_C)
+    dcs_ptr, s_dcs_t, s_dcs_b,  # dL/d cs: (T, B, H) gradient of every step's c_t (HAS_DCS)
     out_ptr, s_out_t, s_out_b,  # out of the forward: (T, B, P)
     h0_ptr, s_h0_b,  # h0: (B, P) (HAS_H0)
     c0_ptr, s_c0_b,  # c0: (B, H) (HAS_C0)
@@ -235,17 +282,21 @@ def _recurrent_bwd_kernel(
     w_hh_ptr, s_whh_r, s_whh_c,  # W_hh: (G*H, P)
     w_hr_ptr, s_whr_r, s_whr_c,  # W_hr: (P, H) (HAS_PROJ)
     len_ptr,  # lengths: (B,) int64 (IS_VARLEN)
+    prm_ptr,  # prm: (NPRM*H,) ACC, the cell's parameter vectors (EXT cells with NPRM > 0)
+    zm_ptr, s_zm_t, s_zm_b,  # zm: (T, B, H) the forward's zoneout keep mask (ZONEOUT == 1)
+    zkeep,  # zoneout keep probability (ZONEOUT == 2)
     dg_ptr, s_dg_t, s_dg_b,  # out, dL/d gx: (T, B, G*H), 0 at padding
-    dgh_ptr, s_dgh_t, s_dgh_b,  # out, dL/d(recurrent part) of the inner-bias gates: (T, B, N*H), 0 at padding
+    dgh_ptr, s_dgh_t, s_dgh_b,  # out, dL/d(recurrent part) of the inner-bias gates: (T, B, N*H) (EXT: of every gate, (T, B, G*H)), 0 at padding
     dhtot_ptr, s_dht_t, s_dht_b,  # out, HAS_PROJ: dL/d h_t (all paths): (T, B, P), 0 at padding
     dh0_ptr, s_dh0_b,  # out, dL/d h0: (B, P)
     dc0_ptr, s_dc0_b,  # out, dL/d c0: (B, H) (HAS_C)
+    dprm_ptr, s_dp_t, s_dp_b,  # out, EXT: (T, B, NPRM*H) each step's share of dL/dprm, 0 at padding
     T, B, H, P,
     CELL_FWD: tl.constexpr, CELL_BWD: tl.constexpr, G: tl.constexpr, S: tl.constexpr, INNER_SLOTS: tl.constexpr,
     HAS_C: tl.constexpr, STATE_SLOT: tl.constexpr, READ_H_NEW: tl.constexpr, READ_H_PREV: tl.constexpr,
-    DIRECT_DH: tl.constexpr,
+    DIRECT_DH: tl.constexpr, EXT: tl.constexpr, NPRM: tl.constexpr, ZONEOUT: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_C0: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr,
-    HAS_PROJ: tl.constexpr,
+    HAS_PROJ: tl.constexpr, HAS_DCS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, SPLIT_K: tl.constexpr,
     PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):
@@ -264,6 +315,9 @@ def _recurrent_bwd_kernel(
         w = w + (load_split(w_hh_ptr + g * H * s_whh_r, s_whh_c, s_whh_r, P, H, BLOCK_P, BLOCK_H, SPLIT_K),)
     if HAS_PROJ:
         w_r = load_split(w_hr_ptr, s_whr_c, s_whr_r, H, P, BLOCK_H, BLOCK_P, 1)  # (BP, BH)
+    if EXT:
+        prm = _load_params(prm_ptr, ch, H, NPRM, ACC)
+        cm = (ch < H).to(ACC)[None, :]
 
     dh = tl.load(dhn_ptr + rows[:, None] * s_dhn_b + cp[None, :], mask=mask_bp, other=0.0).to(ACC)
     dc = tl.zeros((BLOCK_B, BLOCK_H), ACC)
@@ -283,8 +337,8 @@ def _recurrent_bwd_kernel(
     # Everything a step reads from memory depends on t only: loaded one step ahead (while the
     # step before computes), so the serial chain never waits for an L2 round trip.
     nxt = _bwd_step_loads(T - 1, seq_len, rows, ch, cp, mask_bh, mask_bp, dout_ptr, s_do_t, s_do_b, out_ptr,
-                          s_out_t, s_out_b, sv_ptr, s_sv_t, s_sv_b, H, S, HAS_C, STATE_SLOT, READ_H_NEW,
-                          READ_H_PREV, REVERSE)
+                          s_out_t, s_out_b, sv_ptr, s_sv_t, s_sv_b, dcs_ptr, s_dcs_t, s_dcs_b, zm_ptr, s_zm_t,
+                          s_zm_b, H, S, HAS_C, STATE_SLOT, READ_H_NEW, READ_H_PREV, REVERSE, HAS_DCS, ZONEOUT)
     for k in range(0, T):
         s = T - 1 - k
         t, active = time_index(s, seq_len, REVERSE)
@@ -292,9 +346,9 @@ def _recurrent_bwd_kernel(
         has_prev = _has_prev(t, active, seq_len, REVERSE)  # i.e. s > 0
         cur = nxt
         nxt = _bwd_step_loads(s - 1, seq_len, rows, ch, cp, mask_bh, mask_bp, dout_ptr, s_do_t, s_do_b, out_ptr,
-                              s_out_t, s_out_b, sv_ptr, s_sv_t, s_sv_b, H, S, HAS_C, STATE_SLOT, READ_H_NEW,
-                              READ_H_PREV, REVERSE)
-        d_out, saved, h_new, h_prev, c_prev = cur
+                              s_out_t, s_out_b, sv_ptr, s_sv_t, s_sv_b, dcs_ptr, s_dcs_t, s_dcs_b, zm_ptr, s_zm_t,
+                              s_zm_b, H, S, HAS_C, STATE_SLOT, READ_H_NEW, READ_H_PREV, REVERSE, HAS_DCS, ZONEOUT)
+        d_out, saved, h_new, h_prev, c_prev, d_cs, zm_raw = cur
         dh = dh + d_out.to(ACC)
         if HAS_PROJ:
             tl.store(dhtot_ptr + t[:, None] * s_dht_t + rows[:, None] * s_dht_b + cp[None, :],
@@ -317,12 +371,30 @@ def _recurrent_bwd_kernel(
             c_prev = tl.where(has_prev, c_prev.to(ACC), c_init)
         else:
             c_prev = dc
-        d_px, d_ph, dh_direct, dc_prev = CELL_BWD(dm, dc, saved_acc, h_new, h_prev, c_prev)
+        if HAS_DCS:
+            dc = dc + d_cs.to(ACC)  # c_t is also an output of the forward (its own gradient)
+        if EXT:
+            if ZONEOUT == 1:
+                zm = zm_raw.to(ACC)
+            elif ZONEOUT == 2:
+                zm = zkeep
+            else:
+                zm = 1.0
+            d_px, d_ph, dh_direct, dc_prev, d_prm = CELL_BWD(dm, dc, saved_acc, h_new, h_prev, c_prev, prm, zm, cm,
+                                                             H, ZONEOUT)  # fmt: skip
+            dp_t = dprm_ptr + t[:, None] * s_dp_t + rows[:, None] * s_dp_b + ch[None, :]
+            for k in tl.static_range(NPRM):
+                tl.store(dp_t + k * H, tl.where(keep, d_prm[k], 0.0).to(dprm_ptr.dtype.element_ty), mask=mask_bh)
+        else:
+            d_px, d_ph, dh_direct, dc_prev = CELL_BWD(dm, dc, saved_acc, h_new, h_prev, c_prev)
 
         dg_t = dg_ptr + t[:, None] * s_dg_t + rows[:, None] * s_dg_b + ch[None, :]
         for g in tl.static_range(G):
             tl.store(dg_t + g * H, tl.where(keep, d_px[g], 0.0).to(dg_ptr.dtype.element_ty), mask=mask_bh)
-            if INNER_SLOTS[g] >= 0:
+            if EXT:  # every gate's raw recurrent product h W_hh^T has its own gradient (layer norm)
+                tl.store(dgh_ptr + t[:, None] * s_dgh_t + rows[:, None] * s_dgh_b + g * H + ch[None, :],
+                         tl.where(keep, d_ph[g], 0.0).to(dgh_ptr.dtype.element_ty), mask=mask_bh)
+            elif INNER_SLOTS[g] >= 0:
                 tl.store(dgh_ptr + t[:, None] * s_dgh_t + rows[:, None] * s_dgh_b + INNER_SLOTS[g] * H + ch[None, :],
                          tl.where(keep, d_ph[g], 0.0).to(dgh_ptr.dtype.element_ty), mask=mask_bh)
         # Rows of inactive sequences are discarded below: no need to zero them before the dots.
@@ -367,6 +439,9 @@ def forward_launch(
     reverse: bool = False,
     save: bool = True,
     allow_tf32: bool = False,
+    states: bool = False,
+    params: torch.Tensor | None = None,
+    zoneout: torch.Tensor | float | None = None,
 ) -> tuple[Launch | None, ForwardResult]:
     """The launch of :func:`recurrent_fwd` and its (allocated, unwritten) outputs; no launch when
     there is nothing to compute (``T`` or ``B`` zero)."""
@@ -374,6 +449,8 @@ def forward_launch(
     T, B, _ = gx.shape
     H, P = w_hh.shape[0] // cell.G, w_hh.shape[1]
     dtype, dev = gx.dtype, gx.device
+    params = check_params(cell, params, H, dtype)
+    zm, zkeep, zoneout_kind = zoneout_args(cell, zoneout)
     acc = acc_dtype(dtype)
     gx, h0, c0 = row_major(gx), row_major(h0), row_major(c0)
     save = save and cell.S > 0
@@ -382,7 +459,8 @@ def forward_launch(
     c_n = _runtime.empty((B, H), dtype, dev) if cell.has_cell_state else None
     saved = _runtime.empty((T, B, cell.S * H), acc, dev) if save else None
     m = _runtime.empty((T, B, H), acc, dev) if (save and w_hr is not None) else None
-    res = ForwardResult(out, h_n, c_n, saved, m)
+    cs = _runtime.empty((T, B, H), dtype, dev) if (states and cell.has_cell_state) else None
+    res = ForwardResult(out, h_n, c_n, saved, m, cs)
     if B == 0 or T == 0:
         return None, res
     bh = b_hh if cell.inner_bias else None
@@ -400,13 +478,18 @@ def forward_launch(
             out, *strides(out),
             h_n, *strides(h_n, 1),
             c_n, *strides(c_n, 1),
+            cs, *strides(cs),
             saved, *strides(saved),
             m, *strides(m),
+            params,
+            zm, *strides(zm),
+            zkeep,
             T, B, H, P,
         ),  # fmt: skip
         dict(
             **flags(bh=bh, h0=h0, c0=c0, proj=w_hr),
-            IS_VARLEN=lengths is not None, REVERSE=reverse, SAVE=save, SAVE_M=m is not None,
+            IS_VARLEN=lengths is not None, REVERSE=reverse, SAVE=save, SAVE_M=m is not None, STORE_C=cs is not None,
+            ZONEOUT=zoneout_kind,
             **_consts(cell, dtype, cfg, allow_tf32),
         ),  # fmt: skip
         "recurrent_fwd",
@@ -436,6 +519,9 @@ def recurrent_fwd(
     reverse: bool = False,
     save: bool = True,
     allow_tf32: bool = False,
+    states: bool = False,
+    params: torch.Tensor | None = None,
+    zoneout: torch.Tensor | float | None = None,
 ) -> ForwardResult:
     """Run one layer/direction's recurrence over the whole sequence in one launch.
 
@@ -451,6 +537,11 @@ def recurrent_fwd(
         w_hr: ``(P, H)`` LSTM projection.
         reverse: run each sequence from its last valid step to its first.
         save: also write what :func:`recurrent_bwd` needs.
+        states: also write the cell state ``c_t`` of every step (``res.cs``, ``(T, B, H)``, 0 at
+            padding; cells with a cell state).
+        params: ``(NPRM*H,)`` the parameter vectors of an extended cell (``Cell.params``).
+        zoneout: cells with zoneout: a ``(T, B, H)`` keep mask (training), a keep probability
+            (evaluation) or ``None`` (off).
 
     Example::
 
@@ -459,7 +550,8 @@ def recurrent_fwd(
     """
     _runtime.check_device(gx.device)
     launch, res = forward_launch(mode, gx, w_hh, h0, c0, lengths, cfg, b_hh=b_hh, w_hr=w_hr, reverse=reverse,
-                                 save=save, allow_tf32=allow_tf32)  # fmt: skip
+                                 save=save, allow_tf32=allow_tf32, states=states, params=params,
+                                 zoneout=zoneout)  # fmt: skip
     if launch is None:
         return _initial(res, h0, c0)
     launch.run()
@@ -481,6 +573,9 @@ def backward_launch(
     w_hr: torch.Tensor | None = None,
     reverse: bool = False,
     allow_tf32: bool = False,
+    d_cs: torch.Tensor | None = None,
+    params: torch.Tensor | None = None,
+    zoneout: torch.Tensor | float | None = None,
 ) -> tuple[Launch | None, BackwardResult]:
     """The launch of :func:`recurrent_bwd` and its (allocated, unwritten) outputs."""
     cell = cells.get(mode)
@@ -488,14 +583,18 @@ def backward_launch(
     H = w_hh.shape[0] // cell.G
     dtype, dev = fwd.out.dtype, fwd.out.device
     acc = acc_dtype(dtype)
-    d_out, d_hn, d_cn, h0, c0 = map(row_major, (d_out, d_hn, d_cn, h0, c0))
-    n_inner = len(cell.inner_gates)
+    params = check_params(cell, params, H, dtype)
+    zm, zkeep, zoneout_kind = zoneout_args(cell, zoneout)
+    d_out, d_hn, d_cn, h0, c0, d_cs = map(row_major, (d_out, d_hn, d_cn, h0, c0, d_cs))
+    d_cs = d_cs if cell.has_cell_state else None
+    n_inner = cell.G if cell.extended else len(cell.inner_gates)
     d_gx = _runtime.empty((T, B, cell.G * H), acc, dev)
     d_gh = _runtime.empty((T, B, n_inner * H), acc, dev) if n_inner else None
     d_h = _runtime.empty((T, B, P), acc, dev) if w_hr is not None else None
     d_h0 = _runtime.empty((B, P), acc, dev)
     d_c0 = _runtime.empty((B, H), acc, dev) if cell.has_cell_state else None
-    res = BackwardResult(d_gx, d_gh, d_h, d_h0, d_c0)
+    d_prm = _runtime.empty((T, B, len(cell.params) * H), acc, dev) if cell.params else None
+    res = BackwardResult(d_gx, d_gh, d_h, d_h0, d_c0, d_prm)
     if B == 0 or T == 0:
         return None, res
     launch = Launch(
@@ -505,6 +604,7 @@ def backward_launch(
             d_out, *strides(d_out),
             d_hn, *strides(d_hn, 1),
             d_cn, *strides(d_cn, 1),
+            d_cs, *strides(d_cs),
             fwd.out, *strides(fwd.out),
             h0, *strides(h0, 1),
             c0, *strides(c0, 1),
@@ -512,16 +612,20 @@ def backward_launch(
             w_hh, *strides(w_hh),
             w_hr, *strides(w_hr),
             lengths,
+            params,
+            zm, *strides(zm),
+            zkeep,
             d_gx, *strides(d_gx),
             d_gh, *strides(d_gh),
             d_h, *strides(d_h),
             d_h0, *strides(d_h0, 1),
             d_c0, *strides(d_c0, 1),
+            d_prm, *strides(d_prm),
             T, B, H, P,
         ),  # fmt: skip
         dict(
-            **flags(h0=h0, c0=c0, proj=w_hr),
-            IS_VARLEN=lengths is not None, REVERSE=reverse,
+            **flags(h0=h0, c0=c0, proj=w_hr, dcs=d_cs),
+            IS_VARLEN=lengths is not None, REVERSE=reverse, ZONEOUT=zoneout_kind,
             **_consts(cell, dtype, cfg, allow_tf32),
         ),  # fmt: skip
         "recurrent_bwd",
@@ -544,15 +648,22 @@ def recurrent_bwd(
     w_hr: torch.Tensor | None = None,
     reverse: bool = False,
     allow_tf32: bool = False,
+    d_cs: torch.Tensor | None = None,
+    params: torch.Tensor | None = None,
+    zoneout: torch.Tensor | float | None = None,
 ) -> BackwardResult:
     """Reverse-time pass of :func:`recurrent_fwd`: per-step gate gradients and ``dL/dh0``.
 
-    ``d_out`` is ``(T, B, P)``, ``d_hn`` ``(B, P)``, ``d_cn`` ``(B, H)`` (cell state); the other
-    arguments are those given to (and returned by) the forward.  Gradients are in fp32 (fp64 for
+    ``d_out`` is ``(T, B, P)``, ``d_hn`` ``(B, P)``, ``d_cn`` ``(B, H)`` (cell state), ``d_cs``
+    ``(T, B, H)`` the gradient of every step's ``c_t`` (when the forward returned them) or
+    ``None``; the other arguments are those given to (and returned by) the forward (``params``
+    and ``zoneout`` too).  Extended cells also get ``res.d_prm``, each step's share of the
+    parameters' gradient (the caller sums it).  Gradients are in fp32 (fp64 for
     fp64 inputs); weight gradients are left to the caller's GEMMs.
     """
     launch, res = backward_launch(mode, d_out, d_hn, d_cn, fwd, w_hh, h0, c0, lengths, cfg, w_hr=w_hr,
-                                  reverse=reverse, allow_tf32=allow_tf32)  # fmt: skip
+                                  reverse=reverse, allow_tf32=allow_tf32, d_cs=d_cs, params=params,
+                                  zoneout=zoneout)  # fmt: skip
     if launch is None:
         res.d_h0.copy_(d_hn)
         if res.d_c0 is not None:

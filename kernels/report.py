@@ -73,6 +73,11 @@ CELLS: dict[str, str] = {
     "LSTMP": "LSTM",
 }
 
+#: Cells beyond torch.nn (``--cells LN_LSTM LN_GRU``): compiled on request, not by default (nor by
+#: ``tests/test_kernel_report.py``'s sweep; ``tests/test_layernorm_kernels.py`` compiles a few).
+#: Their launches carry the heaviest options: parameters and a per-step zoneout mask.
+EXTRA_CELLS: dict[str, str] = {"LN_LSTM": "LN_LSTM", "LN_GRU": "LN_GRU"}
+
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
     "bf16": torch.bfloat16,
@@ -117,11 +122,12 @@ class KernelConfig:
     tier: int = 1  # 1: recurrent.py; 2 (persistent, grid barrier) or 3 (per step): multi.py
     split_k: int | None = None  # override the configuration's SPLIT_K
     resident: bool | None = None  # tiers 2/3: override the configuration's resident/streamed choice
+    states: bool = False  # return_states: the forward stores every step's c_t, the backward reads its gradient
 
     @property
     def mode(self) -> str:
-        """The ``torch.nn`` mode string of this cell."""
-        return CELLS[self.cell]
+        """The registered mode of this cell (``torch.nn``'s mode string for its cells)."""
+        return CELLS.get(self.cell) or EXTRA_CELLS[self.cell]
 
     @property
     def proj(self) -> int:
@@ -152,6 +158,8 @@ class KernelConfig:
             flags.append(f"split{self.split_k}")
         if self.resident is not None:
             flags.append("res" if self.resident else "stream")
+        if self.states:
+            flags.append("states")
         return ",".join(flags)
 
     def tier1_unsupported(self) -> str | None:
@@ -266,6 +274,9 @@ def _layer_tensors(cfg: KernelConfig, seq_len: int):
         lengths=new(B, dtype=torch.int64) if cfg.varlen else None,
         b_hh=new(G * H), w_hr=new(P, H) if P0 else None,
         d_cn=new(B, H) if cell.has_cell_state else None,
+        d_cs=new(T, B, H) if (cfg.states and cell.has_cell_state) else None,
+        ext=dict(params=new(len(cell.params) * H, dtype=torch.float64 if dt == torch.float64 else torch.float32),
+                 zoneout=new(T, B, H)) if cell.extended else {},
     )  # fmt: skip
 
 
@@ -283,11 +294,13 @@ def launch_arguments(cfg: KernelConfig, seq_len: int = 8) -> tuple[object, tuple
     if cfg.tier == 1:
         launch, fwd = recurrent.forward_launch(cfg.mode, t["gx"], t["w_hh"], t["h0"], t["c0"], t["lengths"],
                                                plan.config, b_hh=t["b_hh"], w_hr=t["w_hr"],
-                                               save=cfg.save or cfg.kernel == "bwd", **kw)  # fmt: skip
+                                               save=cfg.save or cfg.kernel == "bwd", states=cfg.states,
+                                               **t["ext"], **kw)  # fmt: skip
         if cfg.kernel == "bwd":
             launch, _ = recurrent.backward_launch(cfg.mode, t["new"](t["T"], t["B"], t["P"]), t["new"](t["B"], t["P"]),
                                                   t["d_cn"], fwd, t["w_hh"], t["h0"], t["c0"], t["lengths"],
-                                                  plan.config, w_hr=t["w_hr"], **kw)  # fmt: skip
+                                                  plan.config, w_hr=t["w_hr"], d_cs=t["d_cs"], **t["ext"],
+                                                  **kw)  # fmt: skip
         kernel, args, kwargs = launch.kernel, launch.args, dict(launch.kwargs)
         if cfg.block_b is not None:
             kwargs["BLOCK_B"] = cfg.block_b
@@ -296,13 +309,14 @@ def launch_arguments(cfg: KernelConfig, seq_len: int = 8) -> tuple[object, tuple
     else:
         if cfg.kernel == "fwd":
             launch, _, _, _ = multi.forward_launch(cfg.mode, t["gx"], t["w_hh"], t["h0"], t["c0"], t["lengths"],
-                                                   plan.config, b_hh=t["b_hh"], save=cfg.save, **kw)  # fmt: skip
+                                                   plan.config, b_hh=t["b_hh"], save=cfg.save, states=cfg.states,
+                                                   **kw)  # fmt: skip
         else:
             _, fwd, _, _ = multi.forward_launch(cfg.mode, t["gx"], t["w_hh"], t["h0"], t["c0"], t["lengths"],
                                                 plan.config, b_hh=t["b_hh"], save=True, **kw)  # fmt: skip
             launch, _ = multi.backward_launch(cfg.mode, t["new"](t["T"], t["B"], t["H"]), t["new"](t["B"], t["H"]),
                                               t["d_cn"], fwd, t["w_hh"], t["h0"], t["c0"], t["lengths"], plan.config,
-                                              **kw)  # fmt: skip
+                                              d_cs=t["d_cs"], **kw)  # fmt: skip
         sync = t["new"](32 * (launch.n_tiles + 1), dtype=torch.int32)
         args, kwargs = launch.persistent(sync, launch.n_tiles) if cfg.tier == 2 else launch.step(sync, 0)
         kernel = launch.kernel
@@ -859,7 +873,7 @@ def write_estimates(path: str, rows: list[dict]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; 1 when a config spills in its time loop, overflows shared memory or fails."""
     p = argparse.ArgumentParser(prog="python -m fastrnn.kernels.report", description=__doc__.split("\n\n")[0])
-    p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS) + list(EXTRA_CELLS))
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     p.add_argument("--hidden", nargs="+", type=int, default=[32, 64, 128, 256])
     p.add_argument("--proj", nargs="+", type=int, default=[0], help="LSTMP proj_size (0: hidden // 2)")
@@ -876,6 +890,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="kernel tiers to compile (2, 3: multi.py; projected LSTMs have none)")  # fmt: skip
     p.add_argument("--batch", type=int, default=64, help="batch size of the launch (with T = 8)")
     p.add_argument("--tf32", action="store_true", help="also fp32 with allow_tf32=True (tensor cores)")
+    p.add_argument(
+        "--states",
+        action="store_true",
+        help="also every config of a cell with a cell state with return_states (c_t stored, dc_t read)",
+    )
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--baseline", help="compare registers, spills and shared memory with an earlier --json file")
@@ -922,6 +941,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             a.split_k or [None],
             [{"yes": True, "no": False}[r] for r in a.resident] if a.resident else [None],
         )
+    if a.states:
+        configs += [dataclasses.replace(c, states=True) for c in configs if cells.get(c.mode).has_cell_state]
     start = time.perf_counter()
     rows = compile_report(configs, jobs=a.jobs, timeout=a.timeout)
     limits = ", ".join(

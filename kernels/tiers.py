@@ -245,6 +245,10 @@ def multi_unsupported(tier: int, mode: str, hidden_size: int, proj_size: int, dt
         return f"dtype {dtype} is not supported (float16, bfloat16, float32, float64 are)"
     if proj_size:
         return f"tier {tier} does not run a projected LSTM (proj_size={proj_size}): only tier 1 does"
+    cell = cells.get(mode)
+    if cell.extended:
+        return (f"tier {tier} does not run {mode}: its per-step row reductions (layer norm) need every hidden "
+                f"unit of a row in one program, which only tier 1 has")  # fmt: skip
     nbytes = cells.get(mode).G * hidden_size * hidden_size * element_size(dtype)
     if interpreted and nbytes > INTERPRETER_MAX_WEIGHT_BYTES:
         return (
