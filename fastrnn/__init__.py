@@ -15,12 +15,15 @@ from ._version import __version__
 from .convert import convert
 from .dispatch import BackendUnavailable, explain
 from .embedding import EmbeddingRNN
+from .layernorm import LayerNormGRU, LayerNormLSTM
 from .modules import GRU, LSTM, RNN
 
 __all__ = [
     "RNN",
     "LSTM",
     "GRU",
+    "LayerNormLSTM",
+    "LayerNormGRU",
     "EmbeddingRNN",
     "functional",
     "auto",
