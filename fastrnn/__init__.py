@@ -15,6 +15,7 @@ from ._version import __version__
 from .convert import convert
 from .dispatch import BackendUnavailable, explain
 from .embedding import EmbeddingRNN
+from .haste import from_haste
 from .layernorm import LayerNormGRU, LayerNormLSTM
 from .modules import GRU, LSTM, RNN
 
@@ -31,6 +32,7 @@ __all__ = [
     "reference",
     "explain",
     "convert",
+    "from_haste",
     "BackendUnavailable",
     "__version__",
 ]
