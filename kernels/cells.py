@@ -323,40 +323,57 @@ GRU = register(
 # ---------------------------------------------------------------------------------------------
 # Layer-normalised cells (haste's formulation; extended interface, see the module doc)
 
-#: Layer norm's epsilon (haste's and torch's default).
+#: Layer norm's epsilon (haste's and torch's default); ``_LN_EPS`` is the kernels' copy.
 LN_EPS = 1e-5
+_LN_EPS = tl.constexpr(LN_EPS)
+
+
+@triton.jit
+def _add_pairs(a0, b0, a1, b1):
+    return a0 + a1, b0 + b1
+
+
+@triton.jit
+def _row_sums(a, b):
+    """``(sum(a, axis=1), sum(b, axis=1))`` in one cross-warp reduction."""
+    return tl.reduce((a, b), 1, _add_pairs)
 
 
 @triton.jit
 def _norm_rows(xs, cm, n, G: tl.constexpr):
     """Layer norm of the rows of the ``G`` tiles ``xs`` taken together (``G*n`` valid columns):
-    ``((x_g - mean) * rstd for each g, rstd (BLOCK_B, 1))``; 0 in padding columns."""
-    total = tl.sum(xs[0] * cm, axis=1)
+    ``((x_g - mean) * rstd for each g, rstd (BLOCK_B, 1))``; 0 in padding columns.  One
+    reduction for both moments (the tiles summed elementwise first; the variance as
+    ``E[(x - x_0)^2] - E[x - x_0]^2``, shifted by the row's first unit ``x_0`` so that a large mean
+    does not cancel digits away)."""
+    d = xs[0] * cm
+    s1 = d
+    s2 = d * d
     for g in tl.static_range(1, G):
-        total += tl.sum(xs[g] * cm, axis=1)
-    mean = total[:, None] / (G * n)
-    centred = ()
-    for g in tl.static_range(G):
-        centred = centred + ((xs[g] - mean) * cm,)
-    sq = tl.sum(centred[0] * centred[0], axis=1)
-    for g in tl.static_range(1, G):
-        sq += tl.sum(centred[g] * centred[g], axis=1)
-    rstd = (1.0 / tl.sqrt(sq / (G * n) + LN_EPS))[:, None]
+        d = xs[g] * cm
+        s1 += d
+        s2 += d * d
+    t1, t2 = _row_sums(s1, s2)
+    mean = t1[:, None] / (G * n)
+    var = tl.maximum(t2[:, None] / (G * n) - mean * mean, 0.0)
+    rstd = 1.0 / tl.sqrt(var + _LN_EPS)
     hats = ()
     for g in tl.static_range(G):
-        hats = hats + (centred[g] * rstd,)
+        hats = hats + ((xs[g] - mean) * rstd * cm,)
     return hats, rstd
 
 
 @triton.jit
 def _norm_rows_backward(dys, hats, rstd, cm, n, G: tl.constexpr):
     """Gradient through :func:`_norm_rows`: ``dx_g = rstd (dy_g - mean(dy) - hat_g mean(dy hat))``
-    (means over the ``G*n`` valid columns of a row), given ``dy_g`` = dL/dhat_g."""
-    s1 = tl.sum(dys[0] * cm, axis=1)
-    s2 = tl.sum(dys[0] * hats[0], axis=1)
+    (means over the ``G*n`` valid columns of a row; one reduction for both), given ``dy_g`` =
+    dL/dhat_g."""
+    t1 = dys[0]
+    t2 = dys[0] * hats[0]
     for g in tl.static_range(1, G):
-        s1 += tl.sum(dys[g] * cm, axis=1)
-        s2 += tl.sum(dys[g] * hats[g], axis=1)
+        t1 += dys[g]
+        t2 += dys[g] * hats[g]
+    s1, s2 = _row_sums(t1 * cm, t2)
     m1 = s1[:, None] / (G * n)
     m2 = s2[:, None] / (G * n)
     dx = ()

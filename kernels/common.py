@@ -122,15 +122,16 @@ class Launch:
         _runtime.count_launch(self.name)
 
 
-def zoneout_args(cell, zoneout: torch.Tensor | float | None) -> tuple[torch.Tensor | None, float, int]:
+def zoneout_args(cell, zoneout: torch.Tensor | float | None) -> tuple[torch.Tensor | None, float | None, int]:
     """``(zm, zkeep, ZONEOUT)`` of a launch: a ``(T, B, H)`` keep mask (training, ``ZONEOUT`` 1),
-    a keep probability (evaluation: the mask's expectation, 2) or none (0)."""
+    a keep probability (evaluation: the mask's expectation, 2) or none (0).  What a launch does
+    not use is ``None``: a compile-time constant, no kernel argument."""
     if zoneout is None:
-        return None, 1.0, 0
+        return None, None, 0
     if not cell.zoneout:
         raise ValueError(f"cell {cell.mode} has no zoneout")
     if isinstance(zoneout, torch.Tensor):
-        return row_major(zoneout), 1.0, 1
+        return row_major(zoneout), None, 1
     return None, float(zoneout), 2
 
 

@@ -49,6 +49,27 @@ TIER1_MAX_WEIGHT_BYTES_UNALIGNED: dict[torch.dtype, int] = {
 #: The interpreter has no registers to spill; its limit only keeps CPU runs tractable.
 INTERPRETER_MAX_WEIGHT_BYTES = 4 * 1024 * 1024
 
+#: Lower tier-1 limits of cells whose maths hold more per step than torch.nn's (the layer-norm
+#: cells save 12 / 8 tensors per step and reduce rows twice / once): ``mode -> dtype ->
+#: (H multiple of 16, other H)`` bytes, each the largest that compiles for sm_90 and sm_80
+#: without local memory in the loop, heaviest variant with states, at :func:`tier1_config`'s
+#: warps (at least 8 for these cells) (kernel report, triton 3.9, kernels/NOTES.md "Layer-norm
+#: cells").  0: no compiled tier 1 (the torch step loop runs it).
+TIER1_MAX_WEIGHT_BYTES_CELL: dict[str, dict[torch.dtype, tuple[int, int]]] = {
+    "LN_LSTM": {
+        torch.float16: (32 * 1024, 8 * 1024),  # H <= 64 (128 spills at 16 warps); other H <= 31 (63 spills)
+        torch.bfloat16: (32 * 1024, 8 * 1024),
+        torch.float32: (16 * 1024, 16 * 1024),  # H <= 32 (64 spills); other H <= 31 (16 warps)
+        torch.float64: (0, 0),  # H = 16 already spills (forward sm_90, backward) at 4 and 8 warps
+    },
+    "LN_GRU": {
+        torch.float16: (24 * 1024, 24 * 1024),  # H <= 64 (128 spills); other H <= 63
+        torch.bfloat16: (24 * 1024, 24 * 1024),
+        torch.float32: (48 * 1024, 48 * 1024),  # H <= 64; other H: the dtype's 16 KiB (H <= 31)
+        torch.float64: (24 * 1024, 6 * 1024),  # H <= 32 (64 spills); other H <= 15 (31 spills)
+    },
+}
+
 #: Builds a Triton version cannot compile: ``(mode, dtype, tier) -> first triton version that
 #: aborts``.  triton >= 3.9's LLVM aborts the process (an assertion in its SLP vectorizer, sm_90)
 #: building the fp32 LSTM tier-1 forward (kernels/NOTES.md); triton 3.6 builds it.  The resident
@@ -123,6 +144,11 @@ def tier1_unsupported(
     else:
         limit = TIER1_MAX_WEIGHT_BYTES_UNALIGNED[dtype]
         where = f" when hidden_size is not a multiple of 16 ({TIER1_MAX_WEIGHT_BYTES[dtype] // 1024} KiB when it is)"
+    cell_limits = TIER1_MAX_WEIGHT_BYTES_CELL.get(mode, {}).get(dtype)
+    if cell_limits is not None and not interpreted:
+        cell_limit = cell_limits[0 if aligned(hidden_size, proj_size) else 1]
+        if cell_limit < limit:
+            limit, where = cell_limit, f" for {mode} (more per-step state than torch.nn's cells; kernels/NOTES.md)"
     if nbytes > limit:
         return (
             f"{mode} with hidden_size={hidden_size}"
@@ -146,7 +172,7 @@ def tier1_config(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype
     on-chip weight bytes -- aligned sizes 4 below 16 KiB, 8 up to 64 KiB, 16 above (half the
     dependent mma per warp per step: the step's serial chain); other sizes 8 from 8 KiB, fp32 16
     from 16 KiB.  fp32 above 48 KiB (RNN H = 128) also splits its FMA dots' K in two (K-long
-    rows per thread spill there)."""
+    rows per thread spill there).  Extended cells (layer norm) take at least 8 warps."""
     block_h, block_p = tiles(hidden_size, proj_size, dtype)
     nbytes = weight_bytes(mode, hidden_size, proj_size, dtype)
     split_k = 1
@@ -158,6 +184,8 @@ def tier1_config(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype
         num_warps = 16
     else:
         num_warps = 8 if nbytes >= 8 * 1024 else 4
+    if cells.get(mode).extended:  # more per-step state (layer-norm cells: 4 warps spill at H = 15)
+        num_warps = max(num_warps, 8)
     return Tier1Config(16, block_h, block_p, num_warps, split_k)
 
 

@@ -32,6 +32,9 @@ from benchmarks.timing import TimingConfig  # noqa: E402
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
+#: Rows of the CPU grid: rnn 30, lnrnn 4 and states 2 (benchmarks/beyond.py).
+CPU_ROWS = 36
+
 FAKE_MACHINE = {
     "bandwidth_gbs": 10.0,
     "matmul_tflops": {"fp32": 0.1, "fp64": 0.05},
@@ -64,7 +67,7 @@ def test_cpu_mode_says_so_in_one_line_and_reports_the_overhead(cpu_run):
     assert lines[0].startswith("No CUDA GPU found: running the CPU comparison")
     assert sum("No CUDA GPU" in ln for ln in lines) == 1
     overhead = [ln for ln in lines if ln.startswith("fastrnn wrapper overhead")]
-    assert len(overhead) == 1 and "% (median over 30 rows; fwd " in overhead[0]
+    assert len(overhead) == 1 and f"% (median over {CPU_ROWS} rows; fwd " in overhead[0]
 
 
 def test_cpu_mode_json(cpu_run):
@@ -72,7 +75,7 @@ def test_cpu_mode_json(cpu_run):
     doc = json.loads((out / "results.json").read_text())
     assert doc["suite"] == "cpu" and doc["subject"] == "fastrnn_auto" and doc["baseline"] == "torch_nn"
     planned = len(grids.grid("cpu"))
-    assert doc["rows_planned"] == planned == doc["rows_measured"] == len(doc["rows"]) == 30
+    assert doc["rows_planned"] == planned == doc["rows_measured"] == len(doc["rows"]) == CPU_ROWS
     assert doc["complete"] is True
     env = doc["env"]
     assert env["torch"] == torch.__version__ and env["device_type"] == "cpu" and env["date"]
@@ -100,9 +103,9 @@ def test_cpu_mode_json(cpu_run):
         if row["case"]["mode"] == "fwd":
             # backend='auto' on CPU runs torch.nn's own code: bit-identical outputs
             assert row["max_abs_diff"] == 0.0
-    assert len(keys) == 30
+    assert len(keys) == CPU_ROWS
     ov = doc["cpu_overhead"]
-    assert ov["rows"] == 30 and isinstance(ov["pct"], float) and math.isfinite(ov["pct"])
+    assert ov["rows"] == CPU_ROWS and isinstance(ov["pct"], float) and math.isfinite(ov["pct"])
     assert set(ov["by_mode"]) == {"fwd", "fwdbwd"} and math.isfinite(ov["geomean_pct"])
     for row in doc["rows"]:  # interleaved samples: the per-round ratio the overhead is built from
         assert row["paired_ratio"] > 0
@@ -116,7 +119,7 @@ def test_cpu_mode_csv_markdown_plot_jsonl(cpu_run):
     out, stdout = cpu_run
     with open(out / "results.csv") as f:
         recs = list(csv.DictReader(f))
-    assert len(recs) == 60  # 30 rows x 2 providers
+    assert len(recs) == 2 * CPU_ROWS  # rows x 2 providers
     for rec in recs:
         assert rec["provider"] in ("fastrnn_auto", "torch_nn") and rec["status"] == "ok"
         assert float(rec["median_ms"]) > 0 and float(rec["floor_ms"]) > 0
@@ -127,14 +130,14 @@ def test_cpu_mode_csv_markdown_plot_jsonl(cpu_run):
         assert f"## {cell} fp32" in md
     assert "fastrnn wrapper overhead" in md
     table_rows = [ln for ln in md.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
-    assert len(table_rows) == 30
+    assert len(table_rows) == CPU_ROWS
     if HAS_MATPLOTLIB:
         for name in ("speedup_fwd.png", "speedup_fwdbwd.png"):
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     else:  # the run says so instead of failing
         assert "plot skipped: matplotlib is not installed" in stdout
     lines = [json.loads(ln) for ln in (out / "rows.jsonl").read_text().splitlines()]
-    assert [ln["type"] for ln in lines].count("row") == 30 and lines[0]["type"] == "run"
+    assert [ln["type"] for ln in lines].count("row") == CPU_ROWS and lines[0]["type"] == "run"
 
 
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed (pip install -e '.[bench]')")
@@ -301,7 +304,7 @@ def test_run_order_headline_first_then_core():
     assert len(core) == 3 * 3 * 2 * 2 * 2
     assert {r.cell for r in core} == {"RNN", "LSTM", "GRU"} and {r.B for r in core} == {16, 64}
     quick = grids.grid("quick")
-    assert quick[0].key == rows[0].key and len(quick) == 86 + 8  # rnn + embed rows
+    assert quick[0].key == rows[0].key and len(quick) == 86 + 8 + 8 + 8  # rnn + embed + lnrnn + states rows
 
 
 def test_cost_model():
