@@ -93,8 +93,8 @@ def test_compiles_without_spills_within_shared_memory(cfg: report.KernelConfig, 
 
 
 def _assert_compiled_clean(row: dict, cfg: report.KernelConfig, tensor_cores: bool) -> None:
-    """Compiled, no local memory inside a loop, shared memory within the arch's limit,
-    tensor-core instructions where ``tensor_cores``; tier 1: every load inside the time loop
+    """Compiled, no local memory inside a loop, shared memory within the arch's limit, one
+    program's registers within one SM's register file (else it cannot launch), tensor-core instructions where ``tensor_cores``; tier 1: every load inside the time loop
     issued a step ahead of its use (the step never waits for an L2 round trip); tiers 2/3: the
     per-step estimate no higher than the committed one (``kernels/step_estimates.json``)."""
     table = report.format_table([row])
@@ -104,6 +104,9 @@ def _assert_compiled_clean(row: dict, cfg: report.KernelConfig, tensor_cores: bo
     # access inside the loop is a spill that costs every step.
     assert not row["loop_spills"], f"spills inside the time loop (LDL/STL in the loop body):\n{table}"
     assert row["shared_bytes"] <= report.SHARED_LIMIT[cfg.arch], f"shared memory over the sm_{cfg.arch} limit:\n{table}"
+    assert row["regs_ok"], (
+        f"{row['registers']} registers x {row['num_warps']} warps exceed one SM (cannot launch):\n{table}"
+    )
     if tensor_cores:
         assert row["tensor_cores"], f"no tensor-core instructions in a {cfg.dtype} kernel:\n{table}"
     if cfg.tier == 1:
