@@ -26,7 +26,15 @@ setup(
         "numpy>=1.24",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100", "matplotlib>=3.7", "tqdm>=4.60"],
+        # expecttest: imported by torch.testing._internal, whose module_db tests/test_module_db.py runs
+        "test": [
+            "pytest>=8",
+            "pytest-benchmark>=4",
+            "hypothesis>=6.100",
+            "matplotlib>=3.7",
+            "tqdm>=4.60",
+            "expecttest",
+        ],
         "bench": ["matplotlib>=3.7", "tqdm>=4.60"],
         "dev": ["ruff>=0.6"],
         # fastrnn demo / train: the plot and the progress bar
