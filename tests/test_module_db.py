@@ -7,7 +7,10 @@ without initial states, packed batches; inputs drawn from [-9, 9] as ``make_tens
 case builds ``torch.nn.<X>`` and ``fastrnn.<X>(backend="triton")`` with the same arguments and
 state dict, runs both on the same inputs and the same random output gradients, and compares the
 outputs and the gradients of every input and parameter with ``torch.testing.assert_close`` at its
-default tolerances for the dtype (fp32: atol 1e-5, rtol 1.3e-6; fp64: atol 1e-7, rtol 1e-7).
+default tolerances for the dtype (fp32: atol 1e-5, rtol 1.3e-6; fp64: atol 1e-7, rtol 1e-7).  Those
+are tighter than fp32 on some draws (weight gradients of up to ~30 from inputs in [-9, 9]):
+where fastrnn and torch.nn differ by more than them, fastrnn must be the one closer to float64 and
+within them of it (``_assert_close_to_torch``).
 
 On CPU the kernels run in Triton's interpreter; on a GPU they are the compiled kernels.  Seeds are
 fixed; ``FASTRNN_MODULE_DB_SEED=<n>`` draws another set of inputs, weights and output gradients
@@ -96,18 +99,53 @@ def _fresh(obj):
     return obj
 
 
-def _forward_backward(module: nn.Module, args: tuple, out_grads_seed: int):
+def _forward_backward(module: nn.Module, args: tuple, out_grads_seed: int, dtype: torch.dtype):
     """Outputs (flat), and the gradients of every input tensor and parameter after backward of
-    random output gradients (same generator seed -> same gradients for both modules)."""
+    random output gradients, drawn in ``dtype`` (same seed -> same gradients for every module, a
+    float64 twin included)."""
     args = _fresh(args)
     out = module(*args)
     outs = _tensors(out)
     g = torch.Generator().manual_seed(out_grads_seed)
-    grads = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o) for o in outs]
+    grads = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(dtype).to(o) for o in outs]
     torch.autograd.backward(outs, grads)
     named = {f"input {i}": t.grad for i, t in enumerate(_tensors(args))}
     named.update({n: p.grad for n, p in module.named_parameters()})
     return out, [o.detach() for o in outs], named
+
+
+def _to_float64(obj):
+    if isinstance(obj, PackedSequence):
+        return obj._replace(data=obj.data.double())
+    if isinstance(obj, torch.Tensor):
+        return obj.double()
+    if isinstance(obj, tuple):
+        return tuple(_to_float64(o) for o in obj)
+    return obj
+
+
+def _assert_close_to_torch(what: str, got: torch.Tensor, expected: torch.Tensor, exact) -> None:
+    """``got`` (fastrnn) matches ``expected`` (torch.nn, same dtype) at assert_close's default
+    tolerances.  Where the two differ by more, the float64 result (``exact()``) decides: ``got``
+    must be no further from it than torch.nn's own result and within those tolerances of it (on
+    an ill-conditioned draw two fp32 implementations can each be within tolerance of float64 and
+    still differ by more than that from each other)."""
+    try:
+        torch.testing.assert_close(got, expected, msg=lambda m: f"{what}: {m}")
+    except AssertionError:
+        truth = exact()
+        err_got = (got.double() - truth).abs().max().item()
+        err_torch = (expected.double() - truth).abs().max().item()
+        if err_got > err_torch:
+            raise
+        torch.testing.assert_close(
+            got,
+            truth.to(got.dtype),
+            msg=lambda m: (
+                f"{what}: fastrnn and torch.nn differ; against float64 ({err_got:.2e} vs "
+                f"torch.nn's {err_torch:.2e}): {m}"
+            ),
+        )
 
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")  # torch.nn's CPU path
@@ -123,16 +161,23 @@ def test_module_db_case(cls, dtype_name, index) -> None:
 
     out_grads_seed = _seed(cls.__name__, dtype_name, index, "out_grads")
     fwd_args = case.forward_input.args
-    out_f, flat_f, grads_f = _forward_backward(fast, fwd_args, out_grads_seed)
-    out_r, flat_r, grads_r = _forward_backward(ref, fwd_args, out_grads_seed)
+    out_f, flat_f, grads_f = _forward_backward(fast, fwd_args, out_grads_seed, dtype)
+    out_r, flat_r, grads_r = _forward_backward(ref, fwd_args, out_grads_seed, dtype)
+
+    @functools.cache
+    def exact():
+        """torch.nn in float64 on the same (exactly converted) weights, inputs, output gradients."""
+        ref64 = cls(*args, **kwargs).to(device=device(), dtype=torch.float64)
+        ref64.load_state_dict(ref.state_dict(), strict=True)
+        return _forward_backward(ref64, _to_float64(fwd_args), out_grads_seed, dtype)
 
     assert_same_structure(out_f, out_r)
     for i, (a, b) in enumerate(zip(flat_f, flat_r, strict=True)):
-        torch.testing.assert_close(a, b, msg=lambda m, i=i: f"output {i}: {m}")
+        _assert_close_to_torch(f"output {i}", a, b, lambda i=i: exact()[1][i])
     assert grads_f.keys() == grads_r.keys()
     for name in grads_r:
         assert grads_r[name] is not None and grads_f[name] is not None, name
-        torch.testing.assert_close(grads_f[name], grads_r[name], msg=lambda m, n=name: f"gradient of {n}: {m}")
+        _assert_close_to_torch(f"gradient of {name}", grads_f[name], grads_r[name], lambda n=name: exact()[2][n])
 
 
 def test_cases_cover_module_db() -> None:
