@@ -307,8 +307,14 @@ def choose_tier(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
         return 1, "tier 1: all of W_hh fits one program"
     why2 = multi_unsupported(2, mode, hidden_size, proj_size, dtype, interpreted)
     if why2 is None:
-        how = "resident" if multi_config(mode, hidden_size, dtype, 2).resident else "streamed from L2"
-        return 2, f"tier 2 ({how} W_hh slices of {BLOCK_HS} units): {why1}"
+        fwd, bwd = (multi_config(mode, hidden_size, dtype, 2, k).resident for k in ("fwd", "bwd"))
+        if fwd and bwd:
+            how = "resident W_hh slices"
+        elif fwd:
+            how = "W_hh slices resident in the forward, streamed from L2 in the backward"
+        else:  # the backward's limits are never above the forward's
+            how = "W_hh slices streamed from L2"
+        return 2, f"tier 2 ({how}, {BLOCK_HS} units each): {why1}"
     return None, f"{why1}; {why2}"
 
 

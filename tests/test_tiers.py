@@ -146,8 +146,11 @@ def test_tier2_is_deterministic(monkeypatch):
 def test_choose_tier_rule(monkeypatch):
     monkeypatch.delenv("FASTRNN_TIER", raising=False)
     assert tiers.choose_tier("RNN_TANH", 16, 0, torch.float32)[0] == 1
+    tier, why = tiers.choose_tier("LSTM", 2048, 0, torch.bfloat16)
+    assert tier == 2 and "streamed from L2" in why and "tier-1 kernel holds at most" in why
     tier, why = tiers.choose_tier("LSTM", 1024, 0, torch.bfloat16)
-    assert tier == 2 and "streamed" in why and "tier-1 kernel holds at most" in why
+    assert tier == 2 and "resident in the forward, streamed from L2 in the backward" in why
+    assert "resident W_hh slices" in tiers.choose_tier("LSTM", 256, 0, torch.bfloat16)[1]
     tier, why = tiers.choose_tier("LSTM", 1024, 256, torch.bfloat16)
     assert tier is None and "projected LSTM" in why
     # the interpreter keeps tiers 2/3 to sizes a CPU can run
