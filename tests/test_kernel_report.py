@@ -255,3 +255,11 @@ def test_multi_launch_arguments_are_the_launchers() -> None:
         assert kwargs["USE_BARRIER"] == (tier == 2) and kwargs.get("launch_cooperative_grid", False) == (tier == 2)
         assert kwargs["RESIDENT"] == (tier == 2)  # a 6 KiB bf16 slice stays on chip in tier 2
         assert args[names.index("J_END")] == (9 if tier == 2 else 1)  # T + 1 iterations, or one
+
+
+def test_registers_fit_one_sm() -> None:
+    """A program's registers must fit one SM's 64K (allocated per warp in units of 256): 16 warps
+    allow 128 a thread, 8 warps 255 -- with ``maxnreg = 255`` ptxas does not cap a 16-warp build."""
+    assert report.registers_fit(128, 16) and not report.registers_fit(129, 16)
+    assert report.registers_fit(255, 8) and report.registers_fit(255, 4)
+    assert not report.registers_fit(206, 16)
