@@ -27,6 +27,7 @@ setup(
         "numpy>=1.24",
     ],
     extras_require={
+        # expecttest: imported by torch.testing._internal, whose module_db tests/test_module_db.py runs
         "test": [
             "pytest>=8",
             "pytest-benchmark>=4",
@@ -34,6 +35,7 @@ setup(
             "matplotlib>=3.7",
             "tqdm>=4.60",
             "ruff==0.17.6",
+            "expecttest",
         ],
         "bench": ["matplotlib>=3.7", "tqdm>=4.60"],
         "dev": ["ruff==0.17.6"],

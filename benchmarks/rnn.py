@@ -268,12 +268,18 @@ def grid_full() -> list[Case]:
 
 
 def grid_quick() -> list[Case]:
-    """A first look on a GPU (86 rows): the headline, every cell and dtype at B 16/64 x H 128/512,
-    T=1024, and bidirectional / 2-layer / packed variants at B=16, H=128."""
+    """A first look on a GPU (124 rows): the headline, every cell and dtype at B 16/64 x H 128/512,
+    T=1024, and bidirectional / 2-layer / packed variants at B=16, H=128; tier 1's edges (fp16,
+    B 1/128 x H 64/128, T=512, and RNN H=256) and tier 2's (LSTM/GRU fp16 H=1024: B 16 at
+    T=1024, B 1/128 at T=512)."""
     rows = _rows(("LSTM",), ("fp16",), (16,), (768,), (1024,))
     rows += _rows(CELLS, GPU_DTYPES, (16, 64), (128, 512), (1024,))
     for variant in (dict(bidirs=(True,)), dict(layers=(2,)), dict(packs=(True,))):
         rows += _rows(("LSTM", "RNN"), ("fp16",), (16,), (128,), (1024,), **variant)
+    rows += _rows(CELLS, ("fp16",), (1, 128), (64, 128), (512,))  # tier 1 (issue 18)
+    rows += _rows(("RNN",), ("fp16",), (16,), (256,), (512,))
+    rows += _rows(("LSTM", "GRU"), ("fp16",), (16,), (1024,), (1024,))  # tier 2 (issue 17)
+    rows += _rows(("LSTM", "GRU"), ("fp16",), (1, 128), (1024,), (512,))
     return rows
 
 

@@ -175,7 +175,7 @@ def _summed_dots(a_rows, row_ok, w_ptr, s_w_k, s_w_u, s_w_gate, units, unit_ok, 
         for g in tl.static_range(G):
             a = tl.load(a_rows[g] + kk[None, :], mask=k_ok, other=0.0, cache_modifier=".cg")
             acc += mm_split(a, w_res[g], SPLIT_K, PRECISION, ACC, UPCAST_DOT)
-    else:
+    elif SPLIT_K == 1:
         w_u = w_ptr + units[None, :].to(tl.int64) * s_w_u
         for k0 in range(0, K, BLOCK_K):
             k = k0 + kk
@@ -185,6 +185,20 @@ def _summed_dots(a_rows, row_ok, w_ptr, s_w_k, s_w_u, s_w_gate, units, unit_ok, 
             for g in tl.static_range(G):
                 a = tl.load(a_rows[g] + k[None, :], mask=k_ok, other=0.0, cache_modifier=".cg")
                 acc += mm(a, tl.load(w_k, mask=w_mask, other=0.0), PRECISION, ACC, UPCAST_DOT)
+                w_k += s_w_gate
+    else:
+        # streamed chunks, each split across warps: (SPLIT_K, BLOCK_K / SPLIT_K, BLOCK_HS) tiles
+        kc = (tl.arange(0, SPLIT_K)[:, None, None] * (BLOCK_K // SPLIT_K)
+              + tl.arange(0, BLOCK_K // SPLIT_K)[None, :, None])  # fmt: skip
+        w_u = w_ptr + units[None, None, :].to(tl.int64) * s_w_u
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + kk
+            k_ok = row_ok[:, None] & (k < K)[None, :]
+            w_mask = (k0 + kc < K) & unit_ok[None, None, :]
+            w_k = w_u + (k0 + kc).to(tl.int64) * s_w_k
+            for g in tl.static_range(G):
+                a = tl.load(a_rows[g] + k[None, :], mask=k_ok, other=0.0, cache_modifier=".cg")
+                acc += mm_split(a, tl.load(w_k, mask=w_mask, other=0.0), SPLIT_K, PRECISION, ACC, UPCAST_DOT)
                 w_k += s_w_gate
     return acc
 

@@ -611,6 +611,7 @@ def _compile_one(cfg: KernelConfig) -> dict:
         row["spills"] = bool(row["stack_bytes"] or row["local_insts"] or row["spill_stores"])
         row["loop_spills"] = row["loop_local_insts"] > 0  # local-memory traffic inside the time loop
         row["shared_ok"] = row["shared_limit"] is None or row["shared_bytes"] <= row["shared_limit"]
+        row["regs_ok"] = registers_fit(row["registers"], row["num_warps"])
     except Exception as exc:  # a config that fails to compile is a finding of the report
         row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     return row
@@ -672,6 +673,19 @@ class _Worker:
             self.proc.stdin.close()
             self.proc.wait()
         self.log.close()
+
+
+#: Registers of one SM (sm_80 and sm_90), allocated per warp in units of 256.
+REGISTERS_PER_SM = 65536
+
+
+def registers_fit(registers: int, num_warps: int) -> bool:
+    """Whether one program of ``num_warps`` warps at ``registers`` per thread fits one SM's
+    register file: a build over it compiles but cannot launch (``too many resources requested
+    for launch``; with ``maxnreg = 255`` ptxas does not cap registers to the block size), e.g.
+    16 warps allow at most 128 registers per thread."""
+    per_warp = -(-registers * 32 // 256) * 256
+    return per_warp * num_warps <= REGISTERS_PER_SM
 
 
 def compile_report(configs: Sequence[KernelConfig], jobs: int = 1, timeout: float | None = None) -> list[dict]:
@@ -782,6 +796,8 @@ def format_table(rows: Sequence[dict], markdown: bool = False) -> str:
             status.append("SPILLS (outside loops)")
         if not r["shared_ok"]:
             status.append("SMEM>LIMIT")
+        if not r.get("regs_ok", True):
+            status.append("REGS>SM")
         st = "-" if r["spill_stores"] is None else f"{r['spill_stores']}/{r['spill_loads']}"
         tc = ",".join(r["tensor_core_ops"]) if r["tensor_cores"] else "no"
         lines.append(
@@ -971,13 +987,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  better {fmt(key)}: {metric} {before} -> {after}")
         for key, why in missing:
             print(f"  MISSING {fmt(key)}: {why}")
-    bad = [r for r in rows if r["error"] or r["loop_spills"] or not r["shared_ok"]]
+    bad = [r for r in rows if r["error"] or r["loop_spills"] or not r["shared_ok"] or not r.get("regs_ok", True)]
     outside = [r for r in rows if not r["error"] and r["spills"] and not r["loop_spills"]]
     if outside:
         print(f"{len(outside)} of {len(rows)} configs keep a few bytes on the stack outside the time loop")
     if bad:
         print(
-            f"{len(bad)} of {len(rows)} configs fail (spills in the time loop, shared memory over the limit, or error)"
+            f"{len(bad)} of {len(rows)} configs fail (spills in the time loop, shared memory over the limit, "
+            "more registers than one SM holds for the program, or error)"
         )
     return 1 if bad else 0
 

@@ -171,15 +171,18 @@ def tier1_config(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype
     program (the smallest dot tile: no spills up to the limit, and the most programs); warps by
     on-chip weight bytes -- aligned sizes 4 below 16 KiB, 8 up to 64 KiB, 16 above (half the
     dependent mma per warp per step: the step's serial chain); other sizes 8 from 8 KiB, fp32 16
-    from 16 KiB.  fp32 above 48 KiB (RNN H = 128) also splits its FMA dots' K in two (K-long
-    rows per thread spill there).  Extended cells (layer norm) take at least 8 warps."""
+    from 16 KiB.  fp32 above 48 KiB: RNN (H = 128) 16 warps with its FMA dots' K split in two
+    (K-long rows per thread spill otherwise), LSTM (H = 64) 8 warps.  Extended cells (layer
+    norm) take at least 8 warps."""
     block_h, block_p = tiles(hidden_size, proj_size, dtype)
     nbytes = weight_bytes(mode, hidden_size, proj_size, dtype)
     split_k = 1
     if aligned(hidden_size, proj_size):
         num_warps = 4 if nbytes < 16 * 1024 else 8 if nbytes <= 64 * 1024 else 16
         if dtype == torch.float32 and nbytes > 48 * 1024:
-            num_warps, split_k = 16, 2
+            # RNN H = 128 spills at 8 warps; LSTM H = 64 (triton 3.6 only) spills at 16 warps,
+            # split or not, and is clean at 8 (forward 244 registers, backward 128)
+            num_warps, split_k = (16, 2) if cells.get(mode).G == 1 else (8, 1)
     elif dtype == torch.float32 and nbytes >= 16 * 1024:
         num_warps = 16
     else:
@@ -203,16 +206,24 @@ BLOCK_B = 16
 #: the kernel report (sm_90, kernels/NOTES.md): 16-bit LSTM H=1024 (128 KiB) compiles clean;
 #: fp32 forwards spill from 96 KiB (GRU H=512) -- 64 KiB; fp64 keeps the first rule's 16 KiB.
 RESIDENT_MAX_WEIGHT_BYTES = {2: 128 * 1024, 4: 64 * 1024, 8: 16 * 1024}
+#: The backward's, where lower: 16-bit backward slices over 32 KiB spill in the time loop at 8
+#: warps (LSTM/GRU H = 768, 1024; triton 3.6 and 3.9) and need over 128 registers at 16 warps
+#: (206-255: more than one SM's register file holds for 512 threads, so they cannot launch).
+RESIDENT_MAX_WEIGHT_BYTES_BWD = {2: 32 * 1024, 4: 64 * 1024, 8: 16 * 1024}
 #: Shared memory per block when the device is not known (sm_90's opt-in maximum).
 DEFAULT_SMEM_BYTES = 227 * 1024
 #: Chunks of K a resident slice's dots are split into across warps (each at least 16 wide): the
 #: toy persistent step on an H200 went from 14.4 to 5.0 us at H = 768 with 4 (kernels/NOTES.md).
-#: Large 16-bit backward slices (over 32 KiB) take 8 chunks over 16 warps (4 chunks at 8 warps
-#: spill there).  fp64 (DMMA) is not split (not measured split).
+#: fp64 (DMMA) is not split (not measured split).
 RESIDENT_SPLIT_K = 4
 #: Chunk of the reduction dimension of streamed weights, by element size (fp32/fp64 dots hold
 #: K-long rows per thread: narrower chunks).
 BLOCK_K_STREAMED = {2: 64, 4: 16, 8: 16}
+#: The streamed 16-bit backward (slices over :data:`RESIDENT_MAX_WEIGHT_BYTES_BWD`) reads chunks
+#: this wide, each split in :data:`RESIDENT_SPLIT_K` across 8 warps: LSTM bf16 H = 1024
+#: estimated 9.6 us a step against 15.5 at 64-wide chunks on 4 warps (225 / 255 registers with
+#: triton 3.9 / 3.6, no spills; 512-wide chunks spill, 4 warps spill).
+STREAMED_SPLIT_BLOCK_K = 256
 
 
 def slice_weight_bytes(mode: str, hidden_size: int, dtype: torch.dtype) -> int:
@@ -237,31 +248,35 @@ def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int, ker
     """Tile choices of a tier-2/3 launch of ``kernel`` (``"fwd"``/``"bwd"``) on a device with
     ``smem_bytes`` of shared memory per block (kernels/NOTES.md, "Tiers 2 and 3"):
 
-    * tier 2 keeps each program's weight slice resident (:data:`RESIDENT_MAX_WEIGHT_BYTES`, and
-      the slice plus the ``h`` row within ``smem_bytes``; never where the resident build aborts
-      the compiler) and splits its dots' K across warps (8 warps, :data:`RESIDENT_SPLIT_K`
-      chunks; 16 warps and 8 chunks for 16-bit backward slices over 32 KiB); otherwise (and in
-      tier 3) the slice is streamed from L2 in ``BLOCK_K`` chunks at 4 warps;
+    * tier 2 keeps each program's weight slice resident (:data:`RESIDENT_MAX_WEIGHT_BYTES`, the
+      backward :data:`RESIDENT_MAX_WEIGHT_BYTES_BWD`, and the slice plus the ``h`` row within
+      ``smem_bytes``; never where the resident build aborts the compiler) and splits its dots'
+      K across warps (8 warps, :data:`RESIDENT_SPLIT_K` chunks); otherwise (and in tier 3) the
+      slice is streamed from L2 in ``BLOCK_K`` chunks at 4 warps (16-bit backwards: 256-wide
+      chunks split across 8 warps, :data:`STREAMED_SPLIT_BLOCK_K`);
     * ``maxnreg = 255`` (left alone, ptxas parks a few bytes in local memory inside the loop in
-      about one config in ten); 2 pipeline stages, 3 for fp32/fp64 streamed builds."""
+      about one config in ten); 2 pipeline stages, 3 for fp32/fp64 streamed builds, 1 for the
+      fp64 streamed backward."""
     size = element_size(dtype)
     k_pad = pow2(hidden_size)
     slice_bytes = slice_weight_bytes(mode, hidden_size, dtype)
     smem_needed = slice_bytes + BLOCK_B * k_pad * element_size(torch.float64 if size == 8 else torch.float32)
+    limits = RESIDENT_MAX_WEIGHT_BYTES_BWD if kernel == "bwd" else RESIDENT_MAX_WEIGHT_BYTES
     resident = (
         tier == 2
-        and slice_bytes <= RESIDENT_MAX_WEIGHT_BYTES[size]
+        and slice_bytes <= limits[size]
         and smem_needed <= (smem_bytes or DEFAULT_SMEM_BYTES)
         and not _aborts(mode, dtype, 2)
     )
     if not resident:
-        return MultiConfig(False, min(BLOCK_K_STREAMED[size], k_pad), 4, 2 if size == 2 else 3, 255, 1)
-    warps, split = 8, RESIDENT_SPLIT_K
-    if kernel == "bwd" and size == 2 and slice_bytes > 32 * 1024:
-        warps, split = 16, 8
-    if size == 8:
-        split = 1
-    return MultiConfig(True, k_pad, warps, 2, 255, max(1, min(split, k_pad // 16)))
+        if kernel == "bwd" and size == 2 and k_pad >= STREAMED_SPLIT_BLOCK_K:
+            return MultiConfig(False, STREAMED_SPLIT_BLOCK_K, 8, 2, 255, RESIDENT_SPLIT_K)
+        # pipeline stages: 2 for 16-bit, 3 for fp32/fp64 -- but 1 for the fp64 backward (the LSTM
+        # one spills in the loop at 2 and 3 stages with triton 3.6)
+        stages = 2 if size == 2 else 1 if (size == 8 and kernel == "bwd") else 3
+        return MultiConfig(False, min(BLOCK_K_STREAMED[size], k_pad), 4, stages, 255, 1)
+    split = 1 if size == 8 else RESIDENT_SPLIT_K
+    return MultiConfig(True, k_pad, 8, 2, 255, max(1, min(split, k_pad // 16)))
 
 
 def multi_unsupported(tier: int, mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
@@ -325,8 +340,14 @@ def choose_tier(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
         return 1, "tier 1: all of W_hh fits one program"
     why2 = multi_unsupported(2, mode, hidden_size, proj_size, dtype, interpreted)
     if why2 is None:
-        how = "resident" if multi_config(mode, hidden_size, dtype, 2).resident else "streamed from L2"
-        return 2, f"tier 2 ({how} W_hh slices of {BLOCK_HS} units): {why1}"
+        fwd, bwd = (multi_config(mode, hidden_size, dtype, 2, k).resident for k in ("fwd", "bwd"))
+        if fwd and bwd:
+            how = "resident W_hh slices"
+        elif fwd:
+            how = "W_hh slices resident in the forward, streamed from L2 in the backward"
+        else:  # the backward's limits are never above the forward's
+            how = "W_hh slices streamed from L2"
+        return 2, f"tier 2 ({how}, {BLOCK_HS} units each): {why1}"
     return None, f"{why1}; {why2}"
 
 

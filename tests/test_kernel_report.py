@@ -93,8 +93,8 @@ def test_compiles_without_spills_within_shared_memory(cfg: report.KernelConfig, 
 
 
 def _assert_compiled_clean(row: dict, cfg: report.KernelConfig, tensor_cores: bool) -> None:
-    """Compiled, no local memory inside a loop, shared memory within the arch's limit,
-    tensor-core instructions where ``tensor_cores``; tier 1: every load inside the time loop
+    """Compiled, no local memory inside a loop, shared memory within the arch's limit, one
+    program's registers within one SM's register file (else it cannot launch), tensor-core instructions where ``tensor_cores``; tier 1: every load inside the time loop
     issued a step ahead of its use (the step never waits for an L2 round trip); tiers 2/3: the
     per-step estimate no higher than the committed one (``kernels/step_estimates.json``)."""
     table = report.format_table([row])
@@ -104,6 +104,9 @@ def _assert_compiled_clean(row: dict, cfg: report.KernelConfig, tensor_cores: bo
     # access inside the loop is a spill that costs every step.
     assert not row["loop_spills"], f"spills inside the time loop (LDL/STL in the loop body):\n{table}"
     assert row["shared_bytes"] <= report.SHARED_LIMIT[cfg.arch], f"shared memory over the sm_{cfg.arch} limit:\n{table}"
+    assert row["regs_ok"], (
+        f"{row['registers']} registers x {row['num_warps']} warps exceed one SM (cannot launch):\n{table}"
+    )
     if tensor_cores:
         assert row["tensor_cores"], f"no tensor-core instructions in a {cfg.dtype} kernel:\n{table}"
     if cfg.tier == 1:
@@ -252,3 +255,11 @@ def test_multi_launch_arguments_are_the_launchers() -> None:
         assert kwargs["USE_BARRIER"] == (tier == 2) and kwargs.get("launch_cooperative_grid", False) == (tier == 2)
         assert kwargs["RESIDENT"] == (tier == 2)  # a 6 KiB bf16 slice stays on chip in tier 2
         assert args[names.index("J_END")] == (9 if tier == 2 else 1)  # T + 1 iterations, or one
+
+
+def test_registers_fit_one_sm() -> None:
+    """A program's registers must fit one SM's 64K (allocated per warp in units of 256): 16 warps
+    allow 128 a thread, 8 warps 255 -- with ``maxnreg = 255`` ptxas does not cap a 16-warp build."""
+    assert report.registers_fit(128, 16) and not report.registers_fit(129, 16)
+    assert report.registers_fit(255, 8) and report.registers_fit(255, 4)
+    assert not report.registers_fit(206, 16)

@@ -12,6 +12,8 @@ weights are streamed) and ``B = 17`` spans two batch tiles.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -91,6 +93,28 @@ def test_streamed_and_resident_weights_are_both_covered():
     assert not streamed.resident and streamed.block_k < 40
 
 
+def test_resident_slices_follow_the_measured_limits():
+    """Resident where the report found clean, launchable builds: 16-bit forwards up to 128 KiB
+    (LSTM H = 1024), 16-bit backwards up to 32 KiB (LSTM H = 256; larger ones spill at 8 warps
+    and cannot launch at 16), within the device's shared memory; every resident build at 8 warps."""
+    bf16 = torch.bfloat16
+    assert tiers.multi_config("LSTM", 1024, bf16, 2, "fwd").resident
+    assert not tiers.multi_config("LSTM", 1024, bf16, 2, "bwd").resident
+    assert tiers.multi_config("LSTM", 256, bf16, 2, "bwd").resident
+    assert not tiers.multi_config("LSTM", 512, bf16, 2, "bwd").resident  # 64 KiB
+    # an A100 (163 KB per block) cannot hold the 128 KiB slice and its h row; an H100 can
+    assert not tiers.multi_config("LSTM", 1024, bf16, 2, "fwd", smem_bytes=163 * 1024).resident
+    assert tiers.multi_config("LSTM", 1024, bf16, 2, "fwd", smem_bytes=227 * 1024).resident
+    for mode, H, dtype, kernel in itertools.product(
+        ("RNN_TANH", "GRU", "LSTM"), (128, 256, 512, 1024), tiers.DTYPES, ("fwd", "bwd")
+    ):
+        cfg = tiers.multi_config(mode, H, dtype, 2, kernel)
+        if cfg.resident:
+            limit = tiers.RESIDENT_MAX_WEIGHT_BYTES_BWD if kernel == "bwd" else tiers.RESIDENT_MAX_WEIGHT_BYTES
+            assert tiers.slice_weight_bytes(mode, H, dtype) <= limit[torch.empty(0, dtype=dtype).element_size()]
+            assert cfg.num_warps == 8, (mode, H, dtype, kernel, cfg)
+
+
 def test_tier3_launches_once_per_step(monkeypatch):
     monkeypatch.setenv("FASTRNN_TIER", "3")
     fast, _ = twins("GRU", 3, 20)
@@ -122,8 +146,11 @@ def test_tier2_is_deterministic(monkeypatch):
 def test_choose_tier_rule(monkeypatch):
     monkeypatch.delenv("FASTRNN_TIER", raising=False)
     assert tiers.choose_tier("RNN_TANH", 16, 0, torch.float32)[0] == 1
+    tier, why = tiers.choose_tier("LSTM", 2048, 0, torch.bfloat16)
+    assert tier == 2 and "streamed from L2" in why and "tier-1 kernel holds at most" in why
     tier, why = tiers.choose_tier("LSTM", 1024, 0, torch.bfloat16)
-    assert tier == 2 and "streamed" in why and "tier-1 kernel holds at most" in why
+    assert tier == 2 and "resident in the forward, streamed from L2 in the backward" in why
+    assert "resident W_hh slices" in tiers.choose_tier("LSTM", 256, 0, torch.bfloat16)[1]
     tier, why = tiers.choose_tier("LSTM", 1024, 256, torch.bfloat16)
     assert tier is None and "projected LSTM" in why
     # the interpreter keeps tiers 2/3 to sizes a CPU can run
@@ -339,6 +366,35 @@ def test_programs_looping_over_batch_tiles(monkeypatch, mode):
     runs = []
     for groups in (None, 1):
         monkeypatch.setattr(multi, "_STEP_GROUPS", groups)
+        fast.zero_grad()
+        out, hidden = fast(x)
+        h = hidden[0] if isinstance(hidden, tuple) else hidden
+        (out.square().sum() + h.sum()).backward()
+        runs.append([out.detach().clone(), h.detach().clone()] + [p.grad.clone() for p in fast.parameters()])
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_streamed_backward_with_split_k_chunks(monkeypatch, mode):
+    """The streamed backward with each K chunk split across warps (16-bit backwards too large to
+    keep resident on a GPU) equals the unsplit build: tier 3, H = 40 in chunks of 32 (the second
+    partial), each split in two, forward and every gradient in float64."""
+    import dataclasses
+
+    monkeypatch.setenv("FASTRNN_TIER", "3")
+    fast, _ = twins(resolve(mode).family, 3, 40, **resolve(mode).twin_kwargs)
+    fast = fast.double()
+    x = torch.randn(4, 3, 3, dtype=torch.float64, device=device())
+    plain = tiers.multi_config
+    runs = []
+    for split in (1, 2):
+
+        def config(*args, split=split, **kwargs):
+            cfg = plain(*args, **kwargs)
+            return dataclasses.replace(cfg, block_k=32, split_k=split) if not cfg.resident else cfg
+
+        monkeypatch.setattr(tiers, "multi_config", config)
         fast.zero_grad()
         out, hidden = fast(x)
         h = hidden[0] if isinstance(hidden, tuple) else hidden
