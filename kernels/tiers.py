@@ -189,6 +189,8 @@ def tier1_config(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype
         num_warps = 8 if nbytes >= 8 * 1024 else 4
     if cells.get(mode).extended:  # more per-step state (layer-norm cells: 4 warps spill at H = 15)
         num_warps = max(num_warps, 8)
+        if dtype == torch.float32 and cells.get(mode).has_cell_state and nbytes >= 16 * 1024:
+            num_warps = 16  # LN_LSTM H = 32: triton 3.9's LLVM aborts building its backward at 8 warps
     return Tier1Config(16, block_h, block_p, num_warps, split_k)
 
 
