@@ -73,8 +73,8 @@ CELLS: dict[str, str] = {
     "LSTMP": "LSTM",
 }
 
-#: Cells beyond torch.nn (``--cells LN_LSTM LN_GRU``): compiled on request, not by default (nor by
-#: ``tests/test_kernel_report.py``'s sweep; ``tests/test_layernorm_kernels.py`` compiles a few).
+#: Cells beyond torch.nn (``--cells LN_LSTM LN_GRU``): compiled on request, not by default
+#: (``tests/test_kernel_report.py`` compiles them at their own limits in a sweep of their own).
 #: Their launches carry the heaviest options: parameters and a per-step zoneout mask.
 EXTRA_CELLS: dict[str, str] = {"LN_LSTM": "LN_LSTM", "LN_GRU": "LN_GRU"}
 

@@ -197,6 +197,52 @@ def test_other_sizes_compile_a_few_variants_by_batch_alignment(cell, hidden, pro
 
 
 # ---------------------------------------------------------------------------------------------
+# Cells beyond torch.nn (layer norm; tier 1 only): at their own limits, heaviest variant with
+# return_states, and the default variant of fp32 (triton 3.9's LLVM aborted the 8-warp fp32
+# LN_LSTM backward at H = 32 in the dense variants only, never in the heaviest).
+
+
+def _extended_configs() -> list[report.KernelConfig]:
+    out = []
+    for cell, dtype, family in itertools.product(report.EXTRA_CELLS, report.DTYPES, ("aligned", "odd")):
+        size = _limit_size(cell, dtype, family)
+        if size is None:
+            continue  # no compiled tier 1 (fp64 LN_LSTM)
+        cfgs = report.tier1_configs([cell], [dtype], [size[0]], archs=(90, 80))
+        if dtype == "fp32":
+            cfgs += report.tier1_configs([cell], [dtype], [size[0]], archs=(90,), variants="default")
+        out += cfgs + [dataclasses.replace(c, states=True) for c in cfgs if c.cell == "LN_LSTM"]
+    return list(dict.fromkeys(out))
+
+
+EXTENDED_CONFIGS = _extended_configs()
+
+
+def _ext_id(cfg: report.KernelConfig) -> str:
+    return _id(cfg) + ("-states" if cfg.states else "")
+
+
+@pytest.fixture(scope="module")
+def extended_rows() -> dict[report.KernelConfig, dict]:
+    results = report.compile_report(EXTENDED_CONFIGS, jobs=2, timeout=COMPILE_TIMEOUT)
+    print("\n" + report.format_table(results))
+    return dict(zip(EXTENDED_CONFIGS, results, strict=True))
+
+
+@pytest.mark.parametrize("cfg", EXTENDED_CONFIGS, ids=_ext_id)
+def test_layer_norm_cells_compile_without_spills(cfg: report.KernelConfig, extended_rows) -> None:
+    _assert_compiled_clean(extended_rows[cfg], cfg, cfg.dtype in ("bf16", "fp16"))
+
+
+def test_layer_norm_limits_are_searched() -> None:
+    """The extended configs cover both cells, a 16-bit limit of H = 64 and fp32's H = 32 LN_LSTM."""
+    sizes = {(c.cell, c.dtype, c.hidden_size) for c in EXTENDED_CONFIGS}
+    assert {("LN_LSTM", "fp16", 64), ("LN_LSTM", "fp32", 32), ("LN_GRU", "bf16", 64), ("LN_GRU", "fp32", 64)} <= sizes
+    assert not any(c.dtype == "fp64" for c in EXTENDED_CONFIGS)
+    assert any(c.states for c in EXTENDED_CONFIGS)
+
+
+# ---------------------------------------------------------------------------------------------
 # Tiers 2 and 3 (kernels/multi.py): every cell and dtype, resident (H=128) and streamed (H=1024)
 # weight slices, the persistent kernel with its grid barrier (tier 2) and the per-step one
 # (tier 3), heaviest variant, sm_90 (the lent GPUs' arch; sm_80 is reported in NOTES.md).
