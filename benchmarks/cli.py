@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = ap.add_argument_group("what to run")
     g.add_argument(
-        "--quick", action="store_true", help="the quick GPU grid (124 rows + 8 fused-embedding) for a first look"
+        "--quick",
+        action="store_true",
+        help="the quick GPU grid (124 rnn rows, 8 fused-embedding, 16 layer-norm and return_states) for a first look",
     )
     g.add_argument("--grid", choices=None, help="grid by name: full (GPU default), quick, cpu (CPU default), smoke")
     g.add_argument(
