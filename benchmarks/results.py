@@ -9,7 +9,8 @@ Files in the output folder:
 * ``results.json``: everything in one document (``env``, ``machine``, ``runs``, ``rows``, summary).
 * ``results.csv``: one line per row and provider, every figure plus the environment columns.
 * ``results.md``: a markdown table per (kind, cell, dtype), with summary and footnoted reasons.
-* ``speedup_<mode>.png``: the plot (:mod:`benchmarks.plot`).
+* ``speedup_<mode>.png`` (``speedup_<kind>_<mode>.png`` for kinds other than ``rnn``): the plots
+  (:mod:`benchmarks.plot`).
 
 Reports are rewritten every few rows and at the end; ``python -m benchmarks --report-only --out
 DIR`` rebuilds them from ``rows.jsonl``.

@@ -146,7 +146,9 @@ def test_plot_entry_point(cpu_run, tmp_path):
 
     out, _ = cpu_run
     assert plot_main([str(out / "results.json"), "--out", str(tmp_path)]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["speedup_fwd.png", "speedup_fwdbwd.png"]
+    # one per mode, and per mode of every other case kind (benchmarks/plot.py)
+    expected = [f"speedup_{kind}{mode}.png" for kind in ("", "lnrnn_", "states_") for mode in ("fwd", "fwdbwd")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(expected)
 
 
 def test_time_cap_then_resume(tmp_path):
