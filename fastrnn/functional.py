@@ -77,6 +77,41 @@ def first_layer_projection(
     return _projection(mode, [_split_group(groups[d], bias, proj_size > 0) for d in range(D)])
 
 
+def stack_layers(
+    num_layers: int,
+    input: torch.Tensor,
+    run_layer,
+    *,
+    dropout: float,
+    training: bool,
+    has_cell_state: bool,
+    return_states: bool,
+) -> tuple[torch.Tensor, ...]:
+    """The layer loop every stack shares (:func:`recurrent_stack`, the layer-norm stack).
+
+    ``run_layer(layer, layer_input)`` returns the layer's ``(out, h_n, c_n, c_states)`` per
+    direction; here the directions' outputs are concatenated, ``torch.nn``'s inter-layer dropout
+    applied, and the final states stacked in ``(L*D, ...)`` order.  Returns what
+    :func:`recurrent_stack` returns.
+    """
+    layer_input = input
+    h_n, c_n, c_states = [], [], []
+    for layer in range(num_layers):
+        results = run_layer(layer, layer_input)
+        outs = [r[0] for r in results]
+        for _, hn, cn, cs in results:
+            h_n.append(hn)
+            c_n.append(cn)
+            c_states.append(cs)
+        layer_input = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = F.dropout(layer_input, p=dropout, training=True)
+    c_n = torch.stack(c_n) if has_cell_state else None
+    if return_states:
+        return layer_input, torch.stack(h_n), c_n, torch.cat(c_states, dim=2)
+    return layer_input, torch.stack(h_n), c_n
+
+
 def recurrent_stack(
     mode: str,
     input: torch.Tensor,
@@ -131,16 +166,15 @@ def recurrent_stack(
         H0 = groups[0][1].shape[0] // G
         ref = input_projection if input_projection is not None else input
         tier = kernel_tier_of(mode, H0, proj_size, groups[0][1].dtype, ref.device)
-    layer_input = input
-    h_n, c_n, c_states = [], [], []
-    for layer in range(num_layers):
+
+    def run_layer(layer, layer_input):
         parts = [_split_group(groups[layer * D + d], bias, proj_size > 0) for d in range(D)]
         H = parts[0][1].shape[0] // G
         if layer == 0 and input_projection is not None:
             gx_all = input_projection
         else:
             gx_all = F.linear(layer_input, *_projection(mode, parts))
-        outs = []
+        results = []
         for d, (_, w_hh, _, b_hh, w_hr) in enumerate(parts):
             idx = layer * D + d
             res = ops.recurrence(
@@ -157,19 +191,13 @@ def recurrent_stack(
                 tier=tier,
                 return_states=return_states,
             )
-            out, hn, cn = res[:3]
-            if return_states:
-                c_states.append(res[3])
-            outs.append(out)
-            h_n.append(hn)
-            c_n.append(cn)
-        layer_input = outs[0] if D == 1 else torch.cat(outs, dim=2)
-        if dropout > 0 and training and layer < num_layers - 1:
-            layer_input = F.dropout(layer_input, p=dropout, training=True)
-    c_n = torch.stack(c_n) if cell.has_cell_state else None
-    if return_states:
-        return layer_input, torch.stack(h_n), c_n, torch.cat(c_states, dim=2)
-    return layer_input, torch.stack(h_n), c_n
+            results.append((*res[:3], res[3] if return_states else None))
+        return results
+
+    return stack_layers(
+        num_layers, input, run_layer, dropout=dropout, training=training, has_cell_state=cell.has_cell_state,
+        return_states=return_states,
+    )  # fmt: skip
 
 
 def _run(

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import dispatch, ops, reference
+from .functional import stack_layers
 from .kernels import cells
 from .modules import _package, _RecurrentBase, check_states, layout
 
@@ -79,10 +80,9 @@ def layer_norm_stack(
     D = 2 if bidirectional else 1
     per = 4 if bias else 2
     G = cell.G
-    layer_input = input
-    h_n, c_n, c_states = [], [], []
-    for layer in range(num_layers):
-        outs = []
+
+    def run_layer(layer, layer_input):
+        results = []
         for d in range(D):
             k = layer * D + d
             group = weights[k * per : (k + 1) * per]
@@ -98,27 +98,22 @@ def layer_norm_stack(
                     mode, layer_input, w_ih, w_hh, b, None, h0_k, c0_k, lengths=lengths, reverse=d == 1,
                     input_gamma=gamma_ih, params=prm, zoneout=zk,
                 )  # fmt: skip
-                cs = cache.c_states
+                results.append((out, hn, cn, cache.c_states))
             else:
                 GH = G * w_hh.shape[1]
                 gx = F.layer_norm(F.linear(layer_input, w_ih), (GH,), gamma_ih, None, cells.LN_EPS)
                 if b is not None:
                     gx = gx + b
-                out, hn, cn, cs = ops.recurrence(
+                results.append(ops.recurrence(
                     mode, gx, w_hh, h0_k, c0_k, lengths, reverse=d == 1, allow_tf32=allow_tf32, tier=tier,
                     return_states=True, params=prm, zoneout=zk,
-                )  # fmt: skip
-            outs.append(out)
-            h_n.append(hn)
-            c_n.append(cn)
-            c_states.append(cs)
-        layer_input = outs[0] if D == 1 else torch.cat(outs, dim=2)
-        if dropout > 0 and training and layer < num_layers - 1:
-            layer_input = F.dropout(layer_input, p=dropout, training=True)
-    c_n = torch.stack(c_n) if cell.has_cell_state else None
-    if return_states:
-        return layer_input, torch.stack(h_n), c_n, torch.cat(c_states, dim=2)
-    return layer_input, torch.stack(h_n), c_n
+                ))  # fmt: skip
+        return results
+
+    return stack_layers(
+        num_layers, input, run_layer, dropout=dropout, training=training, has_cell_state=cell.has_cell_state,
+        return_states=return_states,
+    )  # fmt: skip
 
 
 class _LayerNormBase(_RecurrentBase):
