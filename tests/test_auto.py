@@ -206,7 +206,9 @@ DDP_SCRIPT = textwrap.dedent(
     before = Model()(None)  # under DDP a forward without calibration: the rule (no measurement)
     auto.calibrate(Model(), None)
     after = Model()(None)
-    print(json.dumps({"rank": rank, "before": before, "after": after}))
+    # one file per rank: two processes printing to one pipe can interleave their lines
+    with open(os.path.join(os.environ["DDP_RESULTS"], f"rank{rank}.json"), "w") as f:
+        json.dump({"rank": rank, "before": before, "after": after}, f)
     dist.destroy_process_group()
     """
 )
@@ -217,12 +219,11 @@ def test_ddp_calibrate_every_rank_adopts_rank_0(tmp_path):
     script.write_text(DDP_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env["FASTRNN_CACHE_DIR"] = str(tmp_path / "cache")
+    env["DDP_RESULTS"] = str(tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    results = sorted(
-        (json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"]
-    )
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["before"] for r in results] == ["torch", "torch"]  # fp16: the rule, on every rank
     assert [r["after"] for r in results] == ["triton", "triton"]  # rank 0 measured triton faster
     assert not list((tmp_path / "cache").glob("**/*.json"))  # under DDP nothing is written to disk
