@@ -122,6 +122,34 @@ def store_saved(sv_t, H, keep, mask, saved, S: tl.constexpr):
         tl.store(sv_t + k * H, tl.where(keep, saved[k], 0.0).to(sdt), mask=mask)
 
 
+@triton.jit
+def backward_step_inputs(saved_raw, h_new, h_prev, c_prev, d_cs, dm, dc, has_prev, h_init, c_init,
+                         S: tl.constexpr, READ_H_NEW: tl.constexpr, READ_H_PREV: tl.constexpr,
+                         HAS_C: tl.constexpr, HAS_DCS: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+    """What a backward step's cell maths read, in ``ACC``, from the step's loads (storage dtype):
+    ``(saved, h_t, h_{t-1}, c_{t-1}, dc)`` -- the previous states are the initial ones where the
+    step has no predecessor, tensors the cell does not read are placeholders (``dm``, ``dc``), and
+    ``dc`` gains the step's own ``dc_t`` (``HAS_DCS``: ``c_t`` was an output of the forward)."""
+    saved = ()
+    for k in tl.static_range(S):
+        saved = saved + (saved_raw[k].to(ACC),)
+    if READ_H_NEW:
+        h_new = h_new.to(ACC)
+    else:
+        h_new = dm
+    if READ_H_PREV:
+        h_prev = tl.where(has_prev, h_prev.to(ACC), h_init)
+    else:
+        h_prev = dm
+    if HAS_C:
+        c_prev = tl.where(has_prev, c_prev.to(ACC), c_init)
+    else:
+        c_prev = dc
+    if HAS_DCS:
+        dc = dc + d_cs.to(ACC)
+    return saved, h_new, h_prev, c_prev, dc
+
+
 # ---------------------------------------------------------------------------------------------
 # launches and their results (every tier)
 

@@ -61,6 +61,7 @@ from .common import (
     BackwardResult,
     ForwardResult,
     acc_dtype,
+    backward_step_inputs,
     flags,
     load_gates,
     load_split,
@@ -407,23 +408,9 @@ def _bwd_tile(s, rows, units, mask, seq_len, loads, dh, dc, h_init, c_init, dg_p
     d_out, saved_raw, h_new, h_prev, c_prev, d_cs = loads
     dh = tl.where(spin_budget < 0, float("nan"), dh)  # after a failed barrier: loud, not wrong
     dh = dh + d_out.to(ACC)
-    saved = ()
-    for k in tl.static_range(S):
-        saved = saved + (saved_raw[k].to(ACC),)
-    if READ_H_NEW:
-        h_new = h_new.to(ACC)
-    else:
-        h_new = dh
-    if READ_H_PREV:
-        h_prev = tl.where(has_prev, h_prev.to(ACC), h_init)
-    else:
-        h_prev = dh
-    if HAS_C:
-        c_prev = tl.where(has_prev, c_prev.to(ACC), c_init)
-    else:
-        c_prev = dc
-    if HAS_DCS:
-        dc = dc + d_cs.to(ACC)  # c_t is also an output of the forward (its own gradient)
+    saved, h_new, h_prev, c_prev, dc = backward_step_inputs(
+        saved_raw, h_new, h_prev, c_prev, d_cs, dh, dc, has_prev, h_init, c_init, S, READ_H_NEW, READ_H_PREV, HAS_C,
+        HAS_DCS, ACC)  # fmt: skip
     d_px, d_ph, dh_direct, dc_prev = CELL_BWD(dh, dc, saved, h_new, h_prev, c_prev)
     dg_t = dg_ptr + t[:, None] * s_dg_t + rows[:, None] * s_dg_b + units[None, :]
     for g in tl.static_range(G):

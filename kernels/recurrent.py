@@ -43,6 +43,7 @@ from .common import (
     ForwardResult,
     Launch,
     acc_dtype,
+    backward_step_inputs,
     check_params,
     flags,
     load_gates,
@@ -356,23 +357,9 @@ def _recurrent_bwd_kernel(
             dm = mm(dh, w_r, PRECISION, ACC, UPCAST_DOT)
         else:
             dm = dh
-        saved_acc = ()
-        for j in tl.static_range(S):
-            saved_acc = saved_acc + (saved[j].to(ACC),)
-        if READ_H_NEW:
-            h_new = h_new.to(ACC)
-        else:
-            h_new = dm
-        if READ_H_PREV:
-            h_prev = tl.where(has_prev, h_prev.to(ACC), h_init)
-        else:
-            h_prev = dm
-        if HAS_C:
-            c_prev = tl.where(has_prev, c_prev.to(ACC), c_init)
-        else:
-            c_prev = dc
-        if HAS_DCS:
-            dc = dc + d_cs.to(ACC)  # c_t is also an output of the forward (its own gradient)
+        saved_acc, h_new, h_prev, c_prev, dc = backward_step_inputs(
+            saved, h_new, h_prev, c_prev, d_cs, dm, dc, has_prev, h_init, c_init, S, READ_H_NEW, READ_H_PREV, HAS_C,
+            HAS_DCS, ACC)  # fmt: skip
         if EXT:
             if ZONEOUT == 1:
                 zm = zm_raw.to(ACC)
