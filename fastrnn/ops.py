@@ -34,12 +34,12 @@ def _kernels(tier: int):
     return multi
 
 
-def _plan(mode: str, w_hh: torch.Tensor, w_hr: torch.Tensor | None, tier: int, kernel: str):
+def _plan(mode: str, w_hh: torch.Tensor, w_hr: torch.Tensor | None, tier: int, kernel: str, allow_tf32: bool):
     from .kernels import tiers
 
     H = w_hh.shape[0] // cells.get(mode).G
     P = w_hr.shape[0] if w_hr is not None else 0
-    return tiers.plan(mode, H, P, w_hh.dtype, tier, kernel, tiers.smem_per_block(w_hh.device))
+    return tiers.plan(mode, H, P, w_hh.dtype, tier, kernel, tiers.smem_per_block(w_hh.device), bool(allow_tf32))
 
 
 def _recurrent_weight_grad(
@@ -127,7 +127,7 @@ def recurrence_fwd(
     Extended cells (:mod:`fastrnn.kernels.cells`): ``params`` (NPRM*H,) their parameter vectors;
     zoneout by a ``zoneout_mask`` (T, B, H) of keep decisions (training) or a ``zoneout_keep``
     probability in [0, 1] (evaluation; negative: no zoneout)."""
-    plan = _plan(mode, w_hh, w_hr, tier, "fwd")
+    plan = _plan(mode, w_hh, w_hr, tier, "fwd", allow_tf32)
     kw = dict(b_hh=b_hh, reverse=bool(reverse), save=bool(save), allow_tf32=bool(allow_tf32), states=bool(states))
     if params is not None or zoneout_mask is not None or zoneout_keep >= 0:
         kw.update(params=params, zoneout=_zoneout(zoneout_mask, zoneout_keep))
@@ -209,7 +209,7 @@ def recurrence_bwd(
     :func:`fastrnn.kernels.recurrent.recurrent_bwd`."""
     from .kernels.common import ForwardResult
 
-    plan = _plan(mode, w_hh, w_hr, tier, "bwd")
+    plan = _plan(mode, w_hh, w_hr, tier, "bwd", allow_tf32)
     fwd = ForwardResult(out, None, None, saved if saved.numel() else None, None)
     kw = dict(reverse=bool(reverse), allow_tf32=bool(allow_tf32), d_cs=d_cs)
     if params is not None or zoneout_mask is not None or zoneout_keep >= 0:

@@ -289,7 +289,7 @@ def launch_arguments(cfg: KernelConfig, seq_len: int = 8) -> tuple[object, tuple
     cooperative) or one step (tier 3)."""
     t = _layer_tensors(cfg, seq_len)
     plan = tiers.plan(cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype, cfg.tier, cfg.kernel,
-                      SHARED_LIMIT.get(cfg.arch))  # fmt: skip
+                      SHARED_LIMIT.get(cfg.arch), cfg.allow_tf32)  # fmt: skip
     kw = dict(reverse=cfg.reverse, allow_tf32=cfg.allow_tf32)
     if cfg.tier == 1:
         launch, fwd = recurrent.forward_launch(cfg.mode, t["gx"], t["w_hh"], t["h0"], t["c0"], t["lengths"],
@@ -559,7 +559,7 @@ def _error_row(cfg: KernelConfig, error: str | None) -> dict:
                    num_warps=cfg.num_warps or mc.num_warps, resident=resident)  # fmt: skip
         return row
     try:
-        lc = tiers.tier1_config(cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype)
+        lc = tiers.tier1_config(cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype, cfg.allow_tf32)
     except Exception as exc:  # an invalid config: say so in the row
         row["error"] = row["error"] or f"{type(exc).__name__}: {exc}"
         return row

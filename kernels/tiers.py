@@ -170,14 +170,17 @@ def tier1_unsupported(
     return None
 
 
-def tier1_config(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> Tier1Config:
+def tier1_config(
+    mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, allow_tf32: bool = False
+) -> Tier1Config:
     """Tile sizes, warps and K split of tier 1 (kernels/NOTES.md, "Tier 1"): 16 sequences per
     program (the smallest dot tile: no spills up to the limit, and the most programs); warps by
     on-chip weight bytes -- aligned sizes 4 below 16 KiB, 8 up to 64 KiB, 16 above (half the
     dependent mma per warp per step: the step's serial chain); other sizes 8 from 8 KiB, fp32 16
     from 16 KiB.  fp32 above 48 KiB: RNN (H = 128) 16 warps with its FMA dots' K split in two
-    (K-long rows per thread spill otherwise), LSTM (H = 64) 8 warps.  Extended cells (layer
-    norm) take at least 8 warps."""
+    (K-long rows per thread spill otherwise; with ``allow_tf32`` the dots run on tensor cores and
+    are not split: split in two, triton 3.6 spills them), LSTM (H = 64) 8 warps.  Extended cells
+    (layer norm) take at least 8 warps."""
     block_h, block_p = tiles(hidden_size, proj_size, dtype)
     nbytes = weight_bytes(mode, hidden_size, proj_size, dtype)
     split_k = 1
@@ -186,7 +189,7 @@ def tier1_config(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype
         if dtype == torch.float32 and nbytes > 48 * 1024:
             # RNN H = 128 spills at 8 warps; LSTM H = 64 (triton 3.6 only) spills at 16 warps,
             # split or not, and is clean at 8 (forward 244 registers, backward 128)
-            num_warps, split_k = (16, 2) if cells.get(mode).G == 1 else (8, 1)
+            num_warps, split_k = (16, 1 if allow_tf32 else 2) if cells.get(mode).G == 1 else (8, 1)
     elif dtype == torch.float32 and nbytes >= 16 * 1024:
         num_warps = 16
     else:
@@ -366,12 +369,13 @@ class Plan:
 
 
 def plan(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, tier: int, kernel: str = "fwd",
-         smem_bytes: int | None = None) -> Plan:  # fmt: skip
+         smem_bytes: int | None = None, allow_tf32: bool = False) -> Plan:  # fmt: skip
     """The launch configuration of ``tier`` for this layer's ``kernel`` (``"fwd"``/``"bwd"``) on a
     device with ``smem_bytes`` of shared memory per block (:func:`smem_per_block`; ``None``:
-    sm_90's); the tier was chosen by :func:`choose_tier`, once per call, and handed down."""
+    sm_90's), fp32 dots on tensor cores with ``allow_tf32``; the tier was chosen by
+    :func:`choose_tier`, once per call, and handed down."""
     if tier == 1:
-        return Plan(1, tier1_config(mode, hidden_size, proj_size, dtype))
+        return Plan(1, tier1_config(mode, hidden_size, proj_size, dtype, allow_tf32))
     if tier not in (2, 3):
         raise ValueError(f"tier must be 1, 2 or 3, got {tier}")
     return Plan(tier, multi_config(mode, hidden_size, dtype, tier, kernel, smem_bytes))

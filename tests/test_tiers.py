@@ -115,6 +115,17 @@ def test_resident_slices_follow_the_measured_limits():
             assert cfg.num_warps == 8, (mode, H, dtype, kernel, cfg)
 
 
+def test_tier1_fp32_split_k_only_for_fma_dots():
+    """fp32 RNN H = 128 splits its dots' K in two on FMA (K-long rows per thread spill otherwise),
+    not on tensor cores (TF32: split in two, triton 3.6 spills in the loop; unsplit is clean);
+    what ops launches is what the plan says."""
+    f32 = torch.float32
+    fma, tf32 = (tiers.tier1_config("RNN_TANH", 128, 0, f32, allow_tf32=a) for a in (False, True))
+    assert (fma.num_warps, fma.split_k) == (16, 2) and (tf32.num_warps, tf32.split_k) == (16, 1)
+    assert tiers.plan("RNN_TANH", 128, 0, f32, 1, allow_tf32=True).config == tf32
+    assert tiers.tier1_config("RNN_TANH", 128, 0, torch.bfloat16, allow_tf32=True).split_k == 1
+
+
 def test_tier3_launches_once_per_step(monkeypatch):
     monkeypatch.setenv("FASTRNN_TIER", "3")
     fast, _ = twins("GRU", 3, 20)
