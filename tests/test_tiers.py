@@ -365,6 +365,15 @@ def test_bf16_in_interpreter(tier, mode):
         assert err <= 2 * err_base + 5e-3, (name, err, err_base)
 
 
+def _output_state_grads(fast, x) -> list[torch.Tensor]:
+    """``[output, h_n, every parameter's gradient]`` of one forward and backward of ``fast``."""
+    fast.zero_grad()
+    out, hidden = fast(x)
+    h = hidden[0] if isinstance(hidden, tuple) else hidden
+    (out.square().sum() + h.sum()).backward()
+    return [out.detach().clone(), h.detach().clone()] + [p.grad.clone() for p in fast.parameters()]
+
+
 @pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU"])
 def test_programs_looping_over_batch_tiles(monkeypatch, mode):
     """The tier-2 build for more batch tiles than co-resident groups (a program loops over
@@ -377,11 +386,7 @@ def test_programs_looping_over_batch_tiles(monkeypatch, mode):
     runs = []
     for groups in (None, 1):
         monkeypatch.setattr(multi, "_STEP_GROUPS", groups)
-        fast.zero_grad()
-        out, hidden = fast(x)
-        h = hidden[0] if isinstance(hidden, tuple) else hidden
-        (out.square().sum() + h.sum()).backward()
-        runs.append([out.detach().clone(), h.detach().clone()] + [p.grad.clone() for p in fast.parameters()])
+        runs.append(_output_state_grads(fast, x))
     for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
@@ -406,10 +411,6 @@ def test_streamed_backward_with_split_k_chunks(monkeypatch, mode):
             return dataclasses.replace(cfg, block_k=32, split_k=split) if not cfg.resident else cfg
 
         monkeypatch.setattr(tiers, "multi_config", config)
-        fast.zero_grad()
-        out, hidden = fast(x)
-        h = hidden[0] if isinstance(hidden, tuple) else hidden
-        (out.square().sum() + h.sum()).backward()
-        runs.append([out.detach().clone(), h.detach().clone()] + [p.grad.clone() for p in fast.parameters()])
+        runs.append(_output_state_grads(fast, x))
     for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
