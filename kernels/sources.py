@@ -1,0 +1,38 @@
+"""Which source files build the kernels, and one hash over them.
+
+The hash keys everything that is only valid for one build of the kernels: ``fastrnn.auto``'s
+measured choices (its device cache and the shipped table) and the kernel report's on-disk cache of
+compiled rows.  It covers only the files that decide what a launch compiles to -- the cells'
+maths, the shared jit helpers, the tier kernels and their launch configuration -- so that editing
+the report, the benchmarks or a docstring elsewhere keeps measurements valid.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+#: The files (relative to this package) whose contents decide what a kernel launch compiles to.
+KERNEL_SOURCES: tuple[str, ...] = (
+    "cells.py",
+    "common.py",
+    "tiers.py",
+    "releases.json",
+    "recurrent.py",
+    "multi.py",
+    "embedding.py",
+)
+
+
+@functools.cache
+def kernel_hash() -> str:
+    """16 hex digits of SHA-256 over :data:`KERNEL_SOURCES` (name and bytes of each file present)."""
+    h = hashlib.sha256()
+    for name in sorted(KERNEL_SOURCES):
+        path = HERE / name
+        if path.exists():
+            h.update(name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
