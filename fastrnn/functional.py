@@ -200,40 +200,11 @@ def recurrent_stack(
     )  # fmt: skip
 
 
-def _run(
-    mode,
-    input,
-    weights,
-    h0,
-    c0,
-    num_layers,
-    bias,
-    batch_first,
-    dropout,
-    training,
-    bidirectional,
-    proj_size,
-    lengths,
-    allow_tf32,
-    return_states=False,
-):
+def _run(mode: str, input, weights, h0, c0, *, batch_first: bool, return_states: bool = False, **options):
+    """:func:`recurrent_stack` on ``input`` in the caller's layout (``batch_first``: (B, T, ...));
+    ``options`` are its keywords."""
     x = input.transpose(0, 1) if batch_first else input
-    res = recurrent_stack(
-        mode,
-        x,
-        weights,
-        h0,
-        c0,
-        num_layers=num_layers,
-        bias=bias,
-        bidirectional=bidirectional,
-        proj_size=proj_size,
-        dropout=dropout,
-        training=training,
-        lengths=lengths,
-        allow_tf32=allow_tf32,
-        return_states=return_states,
-    )
+    res = recurrent_stack(mode, x, weights, h0, c0, return_states=return_states, **options)
     tm = lambda t: t.transpose(0, 1) if batch_first else t
     out, h_n, c_n = res[:3]
     if return_states:
@@ -265,21 +236,9 @@ def rnn(
 
     mode = rnn_mode(nonlinearity)
     out, h_n, _ = _run(
-        mode,
-        input,
-        weights,
-        hx,
-        None,
-        num_layers,
-        bias,
-        batch_first,
-        dropout,
-        training,
-        bidirectional,
-        0,
-        lengths,
-        allow_tf32,
-    )
+        mode, input, weights, hx, None, batch_first=batch_first, num_layers=num_layers, bias=bias, dropout=dropout,
+        training=training, bidirectional=bidirectional, lengths=lengths, allow_tf32=allow_tf32,
+    )  # fmt: skip
     return out, h_n
 
 
@@ -313,22 +272,10 @@ def lstm(
     """
     h0, c0 = hx if hx is not None else (None, None)
     res = _run(
-        "LSTM",
-        input,
-        weights,
-        h0,
-        c0,
-        num_layers,
-        bias,
-        batch_first,
-        dropout,
-        training,
-        bidirectional,
-        proj_size,
-        lengths,
-        allow_tf32,
-        return_states,
-    )
+        "LSTM", input, weights, h0, c0, batch_first=batch_first, num_layers=num_layers, bias=bias, dropout=dropout,
+        training=training, bidirectional=bidirectional, proj_size=proj_size, lengths=lengths, allow_tf32=allow_tf32,
+        return_states=return_states,
+    )  # fmt: skip
     if return_states:
         return res[0], (res[1], res[2]), res[3]
     return res[0], (res[1], res[2])
@@ -353,19 +300,7 @@ def gru(
     ``input`` (T, B, I), ``hx`` (L*D, B, H).  Returns ``(output (T, B, D*H), h_n (L*D, B, H))``.
     """
     out, h_n, _ = _run(
-        "GRU",
-        input,
-        weights,
-        hx,
-        None,
-        num_layers,
-        bias,
-        batch_first,
-        dropout,
-        training,
-        bidirectional,
-        0,
-        lengths,
-        allow_tf32,
-    )
+        "GRU", input, weights, hx, None, batch_first=batch_first, num_layers=num_layers, bias=bias, dropout=dropout,
+        training=training, bidirectional=bidirectional, lengths=lengths, allow_tf32=allow_tf32,
+    )  # fmt: skip
     return out, h_n

@@ -17,29 +17,27 @@ reads the cell's spec (:mod:`fastrnn.kernels.cells`).  The kernel tier is chosen
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from .kernels import cells
+from .kernels.call import Gradients, RecurrenceCall, backward_shapes, forward_shapes
 from .kernels.common import acc_dtype
 
 
-def _kernels(tier: int):
-    """The kernel module of ``tier`` (lazy: ``import fastrnn`` works without Triton)."""
-    if tier == 1:
-        from .kernels import recurrent
-
-        return recurrent
-    from .kernels import multi
-
-    return multi
-
-
-def _plan(mode: str, w_hh: torch.Tensor, w_hr: torch.Tensor | None, tier: int, kernel: str, allow_tf32: bool):
+def _plan(call: RecurrenceCall, tier: int, kernel: str):
     from .kernels import tiers
 
-    H = w_hh.shape[0] // cells.get(mode).G
-    P = w_hr.shape[0] if w_hr is not None else 0
-    return tiers.plan(mode, H, P, w_hh.dtype, tier, kernel, tiers.smem_per_block(w_hh.device), bool(allow_tf32))
+    P = call.w_hr.shape[0] if call.w_hr is not None else 0
+    smem = tiers.smem_per_block(call.device)
+    return tiers.plan(call.mode, call.H, P, call.dtype, tier, kernel, smem, call.allow_tf32)
+
+
+def _tier(number: int):
+    from .kernels import tiers
+
+    return tiers.get_tier(number)
 
 
 def _recurrent_weight_grad(
@@ -86,20 +84,33 @@ def _recurrent_part_grad(cell: cells.Cell, d_gx: torch.Tensor, d_gh_inner: torch
 
 
 def _zoneout(mask: torch.Tensor | None, keep: float) -> torch.Tensor | float | None:
-    """The launchers' ``zoneout``: the training mask, the evaluation keep probability, or none."""
+    """The call's ``zoneout``: the training mask, the evaluation keep probability, or none."""
     if mask is not None:
         return mask
     return keep if keep >= 0 else None
 
 
+def _empty_if_none(
+    results: dict[str, torch.Tensor | None], shapes: dict, like: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """The op's outputs in ``shapes``' order; absent ones as distinct empty tensors (a custom op
+    cannot return ``None``, and its outputs may not alias)."""
+    outs = []
+    for name, spec in shapes.items():
+        t = results[name]
+        outs.append(t if t is not None else like.new_empty((0,), dtype=spec[1] if spec else like.dtype))
+    return tuple(outs)
+
+
 # ---------------------------------------------------------------------------------------------
 # torch.library ops: opaque to torch.compile (fake impls give shapes), autograd registered.
 # Absent optional results are returned as empty tensors (custom ops cannot return None); scalar
-# flags are ints.  Nothing returned aliases an input.
+# flags are ints.  Nothing returned aliases an input.  Each op's arguments are written once, in
+# its signature: the real implementation, the fake one and the autograd context bind them to a
+# RecurrenceCall (_forward_call, _backward_call).
 
 
-@torch.library.custom_op("fastrnn::recurrence_fwd", mutates_args=())
-def recurrence_fwd(
+def _recurrence_fwd(
     mode: str,
     gx: torch.Tensor,
     w_hh: torch.Tensor,
@@ -118,71 +129,48 @@ def recurrence_fwd(
     zoneout_keep: float = -1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(out (T,B,P), h_n (B,P), c_n (B,H) | empty, saved (T,B,S*H) | empty, m (T,B,H) | empty,
-    cs (T,B,H) | empty)``.
+    cs (T,B,H) | empty)`` (:func:`fastrnn.kernels.call.forward_shapes`).
 
-    ``tier`` 1, 2 or 3 (:func:`fastrnn.kernels.tiers.choose_tier`); every tier saves the same
-    tensors.  ``m`` is the output before the projection (projected layers, when saving); ``cs``
-    every step's cell state ``c_t`` (``states``; cells with a cell state), 0 at padding.
+    ``tier``: a registered tier (:func:`fastrnn.kernels.tiers.choose_tier`); every tier saves the
+    same tensors.  Extended cells (:mod:`fastrnn.kernels.cells`): ``params`` (NPRM*H,) their
+    parameter vectors; zoneout by a ``zoneout_mask`` (T, B, H) of keep decisions (training) or a
+    ``zoneout_keep`` probability in [0, 1] (evaluation; negative: no zoneout)."""
+    call = _forward_call(_FWD.bind(**locals()))
+    res = _tier(tier).forward(call, gx, _plan(call, tier, "fwd").config)
+    return _empty_if_none(vars(res), forward_shapes(call), gx)
 
-    Extended cells (:mod:`fastrnn.kernels.cells`): ``params`` (NPRM*H,) their parameter vectors;
-    zoneout by a ``zoneout_mask`` (T, B, H) of keep decisions (training) or a ``zoneout_keep``
-    probability in [0, 1] (evaluation; negative: no zoneout)."""
-    plan = _plan(mode, w_hh, w_hr, tier, "fwd", allow_tf32)
-    kw = dict(b_hh=b_hh, reverse=bool(reverse), save=bool(save), allow_tf32=bool(allow_tf32), states=bool(states))
-    if params is not None or zoneout_mask is not None or zoneout_keep >= 0:
-        kw.update(params=params, zoneout=_zoneout(zoneout_mask, zoneout_keep))
-    if tier == 1:
-        res = _kernels(1).recurrent_fwd(mode, gx, w_hh, h0, c0, lengths, plan.config, w_hr=w_hr, **kw)
-    else:
-        res = _kernels(tier).multi_fwd(mode, gx, w_hh, h0, c0, lengths, plan.config, tier=tier, **kw)
-    acc = acc_dtype(gx.dtype)
-    return (  # absent results: distinct empty tensors (outputs of a custom op may not alias)
-        res.out,
-        res.h_n,
-        res.c_n if res.c_n is not None else gx.new_empty((0,)),
-        res.saved if res.saved is not None else gx.new_empty((0,), dtype=acc),
-        res.m if res.m is not None else gx.new_empty((0,), dtype=acc),
-        res.cs if res.cs is not None else gx.new_empty((0,)),
-    )
+
+_FWD = inspect.signature(_recurrence_fwd)
+
+
+def _forward_call(bound: inspect.BoundArguments) -> RecurrenceCall:
+    """The :class:`RecurrenceCall` of ``recurrence_fwd``'s bound arguments."""
+    bound.apply_defaults()
+    a = bound.arguments
+    return RecurrenceCall(
+        a["mode"], a["gx"].shape[0], a["gx"].shape[1], a["w_hh"], a["h0"], a["c0"], a["lengths"], a["b_hh"],
+        a["w_hr"], bool(a["reverse"]), bool(a["save"]), bool(a["allow_tf32"]), bool(a["states"]), a["params"],
+        _zoneout(a["zoneout_mask"], a["zoneout_keep"]),
+    )  # fmt: skip
+
+
+recurrence_fwd = torch.library.custom_op("fastrnn::recurrence_fwd", _recurrence_fwd, mutates_args=())
 
 
 @recurrence_fwd.register_fake
-def _(
-    mode,
-    gx,
-    w_hh,
-    h0,
-    c0,
-    lengths,
-    b_hh,
-    w_hr,
-    reverse,
-    save,
-    allow_tf32,
-    tier,
-    states=0,
-    params=None,
-    zoneout_mask=None,
-    zoneout_keep=-1.0,
-):
-    cell = cells.get(mode)
-    T, B, GH = gx.shape
-    H, P = GH // cell.G, w_hh.shape[1]
-    acc = acc_dtype(gx.dtype)
-    saving = bool(save) and cell.S > 0
-    e = (0,)
-    return (
-        gx.new_empty((T, B, P)),
-        gx.new_empty((B, P)),
-        gx.new_empty((B, H) if cell.has_cell_state else e),
-        gx.new_empty((T, B, cell.S * H) if saving else e, dtype=acc),
-        gx.new_empty((T, B, H) if saving and w_hr is not None else e, dtype=acc),
-        gx.new_empty((T, B, H) if states and cell.has_cell_state else e),
+def _(*args, **kwargs):
+    call = _forward_call(_FWD.bind(*args, **kwargs))
+    gx = _FWD.bind(*args, **kwargs).arguments["gx"]
+    return _fake(forward_shapes(call), gx)
+
+
+def _fake(shapes: dict, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(
+        like.new_empty(spec[0] if spec else (0,), dtype=spec[1] if spec else like.dtype) for spec in shapes.values()
     )
 
 
-@torch.library.custom_op("fastrnn::recurrence_bwd", mutates_args=())
-def recurrence_bwd(
+def _recurrence_bwd(
     mode: str,
     d_out: torch.Tensor,
     d_hn: torch.Tensor,
@@ -203,93 +191,59 @@ def recurrence_bwd(
     zoneout_keep: float = -1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(d_gx (T,B,G*H), d_gh_inner (T,B,N*H) | empty, d_h (T,B,P) | empty, d_h0 (B,P), d_c0 (B,H) | empty,
-    d_prm (T,B,NPRM*H) | empty)`` in fp32 (fp64 for fp64); ``d_cs`` (T,B,H) is the gradient of every
-    step's ``c_t`` (forwards that returned them), ``params``/``zoneout_*`` those of the forward
-    (extended cells, whose ``d_prm`` is each step's share of the parameters' gradient); see
-    :func:`fastrnn.kernels.recurrent.recurrent_bwd`."""
-    from .kernels.common import ForwardResult
+    d_prm (T,B,NPRM*H) | empty)`` in fp32 (fp64 for fp64) (:func:`fastrnn.kernels.call.backward_shapes`);
+    ``d_cs`` (T,B,H) is the gradient of every step's ``c_t`` (forwards that returned them),
+    ``params``/``zoneout_*`` those of the forward (extended cells, whose ``d_prm`` is each step's
+    share of the parameters' gradient)."""
+    call, grads = _backward_call(_BWD.bind(**locals()))
+    res = _tier(tier).backward(call, grads, _plan(call, tier, "bwd").config)
+    return _empty_if_none(vars(res), backward_shapes(call), out)
 
-    plan = _plan(mode, w_hh, w_hr, tier, "bwd", allow_tf32)
-    fwd = ForwardResult(out, None, None, saved if saved.numel() else None, None)
-    kw = dict(reverse=bool(reverse), allow_tf32=bool(allow_tf32), d_cs=d_cs)
-    if params is not None or zoneout_mask is not None or zoneout_keep >= 0:
-        kw.update(params=params, zoneout=_zoneout(zoneout_mask, zoneout_keep))
-    if tier == 1:
-        res = _kernels(1).recurrent_bwd(mode, d_out, d_hn, d_cn, fwd, w_hh, h0, c0, lengths, plan.config, w_hr=w_hr,
-                                        **kw)  # fmt: skip
-    else:
-        res = _kernels(tier).multi_bwd(mode, d_out, d_hn, d_cn, fwd, w_hh, h0, c0, lengths, plan.config, tier=tier,
-                                       **kw)  # fmt: skip
-    e = res.d_gx.new_empty
-    return (
-        res.d_gx,
-        res.d_gh_inner if res.d_gh_inner is not None else e((0,)),
-        res.d_h if res.d_h is not None else e((0,)),
-        res.d_h0,
-        res.d_c0 if res.d_c0 is not None else e((0,)),
-        res.d_prm if res.d_prm is not None else e((0,)),
-    )
+
+_BWD = inspect.signature(_recurrence_bwd)
+
+
+def _backward_call(bound: inspect.BoundArguments) -> tuple[RecurrenceCall, Gradients]:
+    """The forward's :class:`RecurrenceCall` and the :class:`Gradients` of ``recurrence_bwd``'s
+    bound arguments."""
+    bound.apply_defaults()
+    a = bound.arguments
+    out = a["out"]
+    call = RecurrenceCall(
+        a["mode"], out.shape[0], out.shape[1], a["w_hh"], a["h0"], a["c0"], a["lengths"], None, a["w_hr"],
+        bool(a["reverse"]), True, bool(a["allow_tf32"]), a["d_cs"] is not None, a["params"],
+        _zoneout(a["zoneout_mask"], a["zoneout_keep"]),
+    )  # fmt: skip
+    saved = a["saved"]
+    grads = Gradients(a["d_out"], a["d_hn"], a["d_cn"], a["d_cs"], out, saved if saved.numel() else None)
+    return call, grads
+
+
+recurrence_bwd = torch.library.custom_op("fastrnn::recurrence_bwd", _recurrence_bwd, mutates_args=())
 
 
 @recurrence_bwd.register_fake
-def _(
-    mode,
-    d_out,
-    d_hn,
-    d_cn,
-    out,
-    saved,
-    w_hh,
-    h0,
-    c0,
-    lengths,
-    w_hr,
-    reverse,
-    allow_tf32,
-    tier,
-    d_cs=None,
-    params=None,
-    zoneout_mask=None,
-    zoneout_keep=-1.0,
-):
-    cell = cells.get(mode)
-    T, B, P = out.shape
-    H = w_hh.shape[0] // cell.G
-    acc = acc_dtype(out.dtype)
-    e = (0,)
-    n_inner = cell.G if cell.extended else len(cell.inner_gates)
-    return (
-        out.new_empty((T, B, cell.G * H), dtype=acc),
-        out.new_empty((T, B, n_inner * H) if n_inner else e, dtype=acc),
-        out.new_empty((T, B, P) if w_hr is not None else e, dtype=acc),
-        out.new_empty((B, P), dtype=acc),
-        out.new_empty((B, H) if cell.has_cell_state else e, dtype=acc),
-        out.new_empty((T, B, len(cell.params) * H) if cell.params else e, dtype=acc),
-    )
+def _(*args, **kwargs):
+    call, grads = _backward_call(_BWD.bind(*args, **kwargs))
+    return _fake(backward_shapes(call), grads.out)
 
 
 def _recurrence_setup(ctx, inputs, output):
-    mode, gx, w_hh, h0, c0, lengths, b_hh, w_hr, reverse, save, allow_tf32, tier = inputs[:12]
+    bound = _FWD.bind(*inputs)
+    call = _forward_call(bound)
+    a = bound.arguments
     out, _, _, saved, m, _ = output
-    ctx.mode, ctx.reverse, ctx.allow_tf32, ctx.tier = mode, reverse, allow_tf32, tier
-    extra = list(inputs[12:]) + [0, None, None, -1.0][len(inputs) - 12 :]
-    states, params, zoneout_mask, ctx.zoneout_keep = extra
-    ctx.states = bool(states)
-    ctx.gx_dtype = gx.dtype
-    ctx.has = (h0 is not None, c0 is not None, lengths is not None, b_hh is not None, w_hr is not None,
-               params is not None, zoneout_mask is not None)  # fmt: skip
-    ctx.save_for_backward(w_hh, h0, c0, lengths, w_hr, out, saved, m, b_hh, params, zoneout_mask)
+    ctx.mode, ctx.reverse, ctx.allow_tf32, ctx.tier = call.mode, a["reverse"], a["allow_tf32"], a["tier"]
+    ctx.states, ctx.zoneout_keep, ctx.gx_dtype = call.states, a["zoneout_keep"], a["gx"].dtype
+    kept = (call.w_hh, call.h0, call.c0, call.lengths, call.w_hr, out, saved, m, call.b_hh, call.params,
+            a["zoneout_mask"])  # fmt: skip
+    ctx.has = tuple(t is not None for t in kept)
+    ctx.save_for_backward(*kept)
 
 
 def _recurrence_backward(ctx, d_out, d_hn, d_cn, _d_saved, _d_m, d_cs):
-    w_hh, h0, c0, lengths, w_hr, out, saved, m, b_hh, params, zoneout_mask = ctx.saved_tensors
-    has_h0, has_c0, has_len, has_bhh, has_whr, has_prm, has_zm = ctx.has
-    params = params if has_prm else None
-    zoneout_mask = zoneout_mask if has_zm else None
-    h0 = h0 if has_h0 else None
-    c0 = c0 if has_c0 else None
-    lengths = lengths if has_len else None
-    w_hr = w_hr if has_whr else None
+    kept = [t if has else None for t, has in zip(ctx.saved_tensors, ctx.has)]
+    w_hh, h0, c0, lengths, w_hr, out, saved, m, b_hh, params, zoneout_mask = kept
     cell = cells.get(ctx.mode)
     d_gx, d_gh_inner, d_h, d_h0, d_c0, d_prm = recurrence_bwd(
         ctx.mode, d_out, d_hn, d_cn if cell.has_cell_state else None, out, saved, w_hh, h0, c0, lengths, w_hr,
@@ -299,7 +253,7 @@ def _recurrence_backward(ctx, d_out, d_hn, d_cn, _d_saved, _d_m, d_cs):
     d_gh = d_gh_inner if cell.extended else _recurrent_part_grad(cell, d_gx, d_gh_inner)
     d_w_hh = _recurrent_weight_grad(d_gh, out, h0, lengths, bool(ctx.reverse)).to(w_hh.dtype)
     d_b_hh = None
-    if has_bhh:  # only the inner-bias gates' recurrent biases reach the kernels
+    if b_hh is not None:  # only the inner-bias gates' recurrent biases reach the kernels
         H = d_gx.shape[2] // cell.G
         d_b_hh = d_gx.new_zeros(cell.G * H)
         sums = d_gh_inner.sum(dim=(0, 1))
@@ -308,24 +262,16 @@ def _recurrence_backward(ctx, d_out, d_hn, d_cn, _d_saved, _d_m, d_cs):
         d_b_hh = d_b_hh.to(b_hh.dtype)
     d_w_hr = (d_h.flatten(0, 1).t() @ m.flatten(0, 1)).to(w_hr.dtype) if w_hr is not None else None
     d_params = d_prm.sum(dim=(0, 1)).to(params.dtype) if params is not None else None
-    return (
-        None,
-        d_gx.to(ctx.gx_dtype),
-        d_w_hh,
-        d_h0.to(h0.dtype) if h0 is not None else None,
-        d_c0.to(c0.dtype) if c0 is not None else None,
-        None,
-        d_b_hh,
-        d_w_hr,
-        None,
-        None,
-        None,
-        None,
-        None,
-        d_params,
-        None,
-        None,
+    grads = dict(
+        gx=d_gx.to(ctx.gx_dtype),
+        w_hh=d_w_hh,
+        h0=d_h0.to(h0.dtype) if h0 is not None else None,
+        c0=d_c0.to(c0.dtype) if c0 is not None else None,
+        b_hh=d_b_hh,
+        w_hr=d_w_hr,
+        params=d_params,
     )
+    return tuple(grads.get(name) for name in _FWD.parameters)
 
 
 torch.library.register_autograd(recurrence_fwd, _recurrence_backward, setup_context=_recurrence_setup)

@@ -218,6 +218,22 @@ class BackwardResult:
     d_prm: torch.Tensor | None = None  # (T, B, NPRM*H) extended cells: each step's share of dL/dprm, 0 at padding
 
 
+def initial_states(res: ForwardResult, h0: torch.Tensor | None, c0: torch.Tensor | None) -> ForwardResult:
+    """An empty sequence or batch: the final states are the initial ones (zeros when not given)."""
+    res.h_n.copy_(h0) if h0 is not None else res.h_n.zero_()
+    if res.c_n is not None:
+        res.c_n.copy_(c0) if c0 is not None else res.c_n.zero_()
+    return res
+
+
+def final_gradients(res: BackwardResult, grads) -> BackwardResult:
+    """An empty sequence or batch: the initial states' gradients are the final states' ones."""
+    res.d_h0.copy_(grads.d_hn)
+    if res.d_c0 is not None:
+        res.d_c0.copy_(grads.d_cn)
+    return res
+
+
 # ---------------------------------------------------------------------------------------------
 # host helpers
 

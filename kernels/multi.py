@@ -48,15 +48,14 @@ Dimension letters as in :mod:`.recurrent` (here ``P == H``); ``HS`` hidden units
 from __future__ import annotations
 
 import functools
-import os
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-from . import _runtime, cells
+from . import _runtime, cells, tiers
+from .call import Gradients, RecurrenceCall, allocate, backward_shapes, forward_shapes
 from .common import (
     BackwardResult,
     ForwardResult,
@@ -74,16 +73,12 @@ from .common import (
     time_index,
     tl_acc,
     upcast_dot,
-    warn_once,
 )
-from .tiers import BLOCK_B, BLOCK_HS, MultiConfig
+from .grid import MAX_SPIN, MultiLaunch, run
+from .tiers import BLOCK_B, BLOCK_HS, MultiConfig, multi_config, multi_unsupported
 
 #: Runtime integers that change between launches without a recompile (never constexpr).
 _RUNTIME_INTS = ["T", "B", "J_BEGIN", "J_END", "N_GROUPS", "MAX_SPIN"]
-
-#: Polls of a barrier counter before a program gives up (about a second on an H100).
-MAX_SPIN = 1 << 21
-
 
 @triton.jit
 def _grid_barrier(counter_ptr, flag_ptr, target, max_spin):
@@ -574,182 +569,6 @@ def _multi_bwd_kernel(
 # launchers
 
 
-@functools.cache
-def programs_per_sm(
-    n_regs: int,
-    shared: int,
-    num_warps: int,
-    regs_per_sm: int = 65536,
-    smem_per_sm: int = 228 * 1024,
-    max_threads: int = 2048,
-    max_blocks: int = 32,
-) -> int:
-    """How many programs of a compiled kernel one SM holds at once (defaults: H100/A100 limits):
-    registers are allocated per warp in units of 256, each block's shared memory gets 1 KiB more
-    (reserved by the driver), threads and resident blocks are capped."""
-    regs_per_warp = -(-max(1, n_regs) * 32 // 256) * 256
-    by_regs = regs_per_sm // (regs_per_warp * num_warps)
-    by_smem = smem_per_sm // (shared + 1024)
-    return max(0, min(by_regs, by_smem, max_threads // (32 * num_warps), max_blocks))
-
-
-@functools.cache
-def _sm_limits(device_index: int | None) -> tuple[int, dict]:
-    props = torch.cuda.get_device_properties(device_index if device_index is not None else torch.cuda.current_device())
-    limits = {
-        key: getattr(props, attr)
-        for key, attr in (
-            ("regs_per_sm", "regs_per_multiprocessor"),
-            ("smem_per_sm", "shared_memory_per_multiprocessor"),
-            ("max_threads", "max_threads_per_multi_processor"),
-        )
-        if getattr(props, attr, None)
-    }
-    return props.multi_processor_count, limits
-
-
-_CAPACITY: dict[tuple, int] = {}
-
-#: Batch groups of per-step launches (``None``: one per batch tile).  Tests set it to 1 to run
-#: the build in which a program loops over several tiles (a large tier-2 batch on a GPU) in the
-#: interpreter too.
-_STEP_GROUPS: int | None = None
-
-#: Value the barrier counters start from.  Tests set it very negative so that no barrier can
-#: complete (the bounded spin, the NaN poisoning and :class:`BarrierTimeout` are then certain).
-_BARRIER_START = 0
-
-
-def _co_resident_programs(kernel, args, consts, device: torch.device) -> int:
-    """Programs of this kernel that fit the GPU at once, from the compiled kernel's registers and
-    shared memory.  ``warmup`` returns the binary the launch will use (same arguments, so the same
-    dtypes and divisibility specialisation); the capacity is cached per binary and device."""
-    compiled = kernel.warmup(*args, grid=(1,), **consts)
-    key = (compiled.hash, device.index)
-    if key not in _CAPACITY:
-        compiled._init_handles()
-        n_sm, limits = _sm_limits(device.index)
-        per_sm = programs_per_sm(compiled.n_regs, compiled.metadata.shared, compiled.metadata.num_warps, **limits)
-        _CAPACITY[key] = per_sm * n_sm
-    return _CAPACITY[key]
-
-
-class BarrierTimeout(RuntimeError):
-    """The programs of a tier-2 launch were not all resident at once (a grid barrier timed out)."""
-
-
-def _check_barriers(cooperative: bool) -> bool:
-    """Whether to read the timeout flag after a tier-2 launch (one host sync).  A cooperative
-    launch guarantees co-residency, so there the flag is only read when ``FASTRNN_BARRIER_CHECK=1``;
-    a timeout would still show, as NaN in every output computed after it."""
-    return not cooperative or os.environ.get("FASTRNN_BARRIER_CHECK", "0") not in ("", "0")
-
-
-_SYNC_BUFFERS: dict[tuple, torch.Tensor] = {}
-
-
-def _sync_buffer(n_ints: int, device: torch.device) -> torch.Tensor:
-    """A reused int32 buffer of ``n_ints`` for the barrier counters and the timeout flag, one per
-    size, device and CUDA stream (launches on one stream run in order, so reuse is safe; a launch
-    on another stream gets its own).  Reuse keeps the launch path free of allocation; buffers are
-    never freed, because a captured CUDA graph keeps their addresses.  The caller refills the
-    buffer on the device each call (that fill is part of a captured graph too)."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (n_ints, device, stream)
-    if key not in _SYNC_BUFFERS:
-        _SYNC_BUFFERS[key] = torch.empty(n_ints, dtype=torch.int32, device=device)
-    return _SYNC_BUFFERS[key]
-
-
-@dataclass
-class MultiLaunch:
-    """A tier-2/3 launch as data (kernel, arguments before the barrier arguments, constexprs and
-    options): :func:`run` launches it as tier 2 or 3, the kernel report compiles it."""
-
-    kernel: Any
-    kind: str  # "multi_fwd" / "multi_bwd": launches are counted as f"{kind}_tier{N}"
-    args: list  # the kernel's arguments before ``sync_ptr``
-    consts: dict[str, Any]
-    n_iters: int  # loop iterations (forward T, backward T + 1)
-    T: int
-    B: int
-    H: int
-
-    @property
-    def n_slices(self) -> int:
-        return triton.cdiv(self.H, BLOCK_HS)
-
-    @property
-    def n_tiles(self) -> int:
-        return triton.cdiv(self.B, BLOCK_B)
-
-    def persistent(self, sync: torch.Tensor, n_groups: int, max_spin: int = MAX_SPIN,
-                   cooperative: bool = True) -> tuple[tuple, dict]:  # fmt: skip
-        """``(args, kwargs)`` of the tier-2 launch: the whole loop, with the grid barrier.  With as
-        many batch groups as tiles each program keeps one tile's state in registers (``ONE_TILE``)."""
-        args = (*self.args, sync, 0, self.n_iters, self.T, self.B, self.H, n_groups, max_spin)
-        one = n_groups == self.n_tiles
-        return args, dict(self.consts, USE_BARRIER=True, ONE_TILE=one, launch_cooperative_grid=cooperative)
-
-    def step(self, sync: torch.Tensor, j: int, n_groups: int | None = None) -> tuple[tuple, dict]:
-        """``(args, kwargs)`` of iteration ``j`` launched alone (tier 3, and the interpreter): one
-        program per batch tile, or ``n_groups`` programs looping over the tiles."""
-        groups = n_groups or self.n_tiles
-        args = (*self.args, sync, j, j + 1, self.T, self.B, self.H, groups, 0)
-        return args, dict(self.consts, USE_BARRIER=False, ONE_TILE=groups == self.n_tiles)
-
-
-def run(launch: MultiLaunch, tier: int, device: torch.device, cooperative: bool | None = None,
-        max_spin: int = MAX_SPIN) -> int:  # fmt: skip
-    """Launch ``launch`` as tier 2 (one launch with a grid barrier between iterations) or tier 3
-    (one launch per iteration); returns the tier that ran."""
-    kernel, kind, n_slices, n_tiles = launch.kernel, launch.kind, launch.n_slices, launch.n_tiles
-    if tier == 2 and not _runtime.INTERPRET:
-        coop = True if cooperative is None else cooperative
-        # a counter per batch group, 32 ints (128 B) apart so that groups poll different lines
-        sync = _sync_buffer((n_tiles + 1) * 32, device)
-        sync.fill_(_BARRIER_START)
-        sync[n_tiles * 32 :] = 0
-        with torch.cuda.device(device):
-            # The one-tile build first; if the GPU cannot hold a group per tile, the build that
-            # loops over tiles (its own registers, its own capacity).
-            probe_args, kwargs = launch.persistent(sync, n_tiles, max_spin, coop)
-            capacity = _co_resident_programs(kernel, probe_args, kwargs, device)
-            if coop and capacity // n_slices < n_tiles:
-                probe_args, kwargs = launch.persistent(sync, max(1, n_tiles - 1), max_spin, coop)
-                capacity = _co_resident_programs(kernel, probe_args, kwargs, device)
-            n_groups = min(n_tiles, capacity // n_slices) if coop else n_tiles
-            if n_groups >= 1:
-                if n_groups < n_tiles:  # the flag sits after the last group's counter
-                    sync[n_groups * 32 :] = 0
-                args, kwargs = launch.persistent(sync, n_groups, max_spin, coop)
-                try:
-                    kernel[(n_slices, n_groups)](*args, **kwargs)
-                except RuntimeError as exc:  # the driver refused the cooperative grid: step by step
-                    if not coop or "cooperative" not in str(exc).lower() and "too many blocks" not in str(exc).lower():
-                        raise
-                    warn_once(f"fastrnn: a tier-2 cooperative launch of {n_slices} x {n_groups} programs was refused "
-                              f"({exc}); running one launch per step (tier 3) instead")  # fmt: skip
-                    return run(launch, 3, device, cooperative, max_spin)
-                _runtime.count_launch(f"{kind}_tier2")
-                if _check_barriers(coop) and not torch.cuda.is_current_stream_capturing():
-                    if int(sync[n_groups * 32].item()):
-                        raise BarrierTimeout(
-                            f"fastrnn: a tier-2 grid barrier timed out ({n_slices} x {n_groups} programs were "
-                            f"not all resident at once); run with FASTRNN_TIER=3"
-                        )
-                return 2
-        # Not even one batch group fits the GPU at once: per-step launches instead.
-    sync = _sync_buffer(32, device).zero_()
-    ran = tier if _runtime.INTERPRET else 3  # the interpreter runs tier 2's body per step
-    groups = min(_STEP_GROUPS or n_tiles, n_tiles)
-    for j in range(launch.n_iters):
-        args, kwargs = launch.step(sync, j, groups)
-        kernel[(n_slices, groups)](*args, **kwargs)
-        _runtime.count_launch(f"{kind}_tier{ran}")
-    return ran
-
-
 def _consts(cell: cells.Cell, dtype: torch.dtype, cfg: MultiConfig, allow_tf32: bool) -> dict[str, Any]:
     return dict(
         **cell.constexprs(),
@@ -759,178 +578,142 @@ def _consts(cell: cells.Cell, dtype: torch.dtype, cfg: MultiConfig, allow_tf32: 
     )  # fmt: skip
 
 
-def forward_launch(
-    mode: str,
-    gx: torch.Tensor,
-    w_hh: torch.Tensor,
-    h0: torch.Tensor | None,
-    c0: torch.Tensor | None,
-    lengths: torch.Tensor | None,
-    cfg: MultiConfig,
-    *,
-    b_hh: torch.Tensor | None = None,
-    reverse: bool = False,
-    save: bool = True,
-    allow_tf32: bool = False,
-    states: bool = False,
-) -> tuple[MultiLaunch | None, ForwardResult, torch.Tensor, torch.Tensor | None]:
-    """The launch of :func:`multi_fwd`, its outputs and its state buffers ``(hbuf, cbuf)``."""
-    cell = cells.get(mode)
-    T, B, _ = gx.shape
-    H = w_hh.shape[0] // cell.G
-    if w_hh.shape[1] != H:
-        raise ValueError(f"tiers 2 and 3 need a square W_hh per gate (no projection), got {tuple(w_hh.shape)}")
-    dtype, dev = gx.dtype, gx.device
+def forward_launch(call: RecurrenceCall, gx: torch.Tensor, cfg: MultiConfig) -> tuple[MultiLaunch | None, ForwardResult]:
+    """The launch of :func:`multi_fwd` and its outputs.  ``h_n`` and ``c_n`` are the state
+    buffers' views in fp32 (fp64): :func:`multi_fwd` converts them once the launch has run."""
+    cell, T, B, H, dtype, dev = call.cell, call.T, call.B, call.H, call.dtype, gx.device
+    if call.P != H:
+        raise ValueError(f"tiers 2 and 3 need a square W_hh per gate (no projection), got {tuple(call.w_hh.shape)}")
     acc = acc_dtype(dtype)
-    gx, w_hh = row_major(gx), w_hh.contiguous()
-    save = save and cell.S > 0
-    hbuf = torch.empty((2, B, H), dtype=acc, device=dev)
-    hbuf[1] = 0 if h0 is None else h0
+    gx, w_hh = row_major(gx), call.w_hh.contiguous()
+    hbuf = torch.empty((2, B, H), dtype=acc, device=dev)  # slot s % 2 holds h after step s; slot 1 starts as h0
+    hbuf[1] = 0 if call.h0 is None else call.h0
     cbuf = None
     if cell.has_cell_state:
-        cbuf = torch.zeros((B, H), dtype=acc, device=dev) if c0 is None else c0.to(acc, copy=True).contiguous()
-    out = _runtime.empty((T, B, H), dtype, dev)
-    saved = _runtime.empty((T, B, cell.S * H), acc, dev) if save else None
-    cs = _runtime.empty((T, B, H), dtype, dev) if (states and cell.has_cell_state) else None
-    res = ForwardResult(out, hbuf[1], None, saved, None, cs)
-    if B == 0 or T == 0:
-        return None, res, hbuf, cbuf
-    bh = b_hh if cell.inner_bias else None
+        cbuf = torch.zeros((B, H), dtype=acc, device=dev) if call.c0 is None else call.c0.to(acc, copy=True).contiguous()
+    outputs = allocate(forward_shapes(call), lambda shape, dt: _runtime.empty(shape, dt, dev))
+    res = ForwardResult(outputs["out"], hbuf[(T - 1) % 2 if T > 0 else 1], cbuf, outputs["saved"], None, outputs["cs"])
+    if call.empty:
+        return None, res
+    bh = call.b_hh if cell.inner_bias else None
+    out, saved, cs = res.out, res.saved, res.cs
     args = [
         gx, *strides(gx),
         w_hh, w_hh.stride(0), H * w_hh.stride(0),
         bh,
-        lengths,
+        call.lengths,
         hbuf, *strides(hbuf),
         cbuf, *strides(cbuf, 1),
         out, *strides(out),
         saved, *strides(saved),
         cs, *strides(cs),
     ]  # fmt: skip
-    consts = dict(**flags(bh=bh), IS_VARLEN=lengths is not None, REVERSE=reverse, SAVE=save, STORE_C=cs is not None,
-                  **_consts(cell, dtype, cfg, allow_tf32))  # fmt: skip
-    return MultiLaunch(_multi_fwd_kernel, "multi_fwd", args, consts, T, T, B, H), res, hbuf, cbuf
+    consts = dict(**flags(bh=bh), IS_VARLEN=call.lengths is not None, REVERSE=call.reverse, SAVE=call.saving,
+                  STORE_C=cs is not None, **_consts(cell, dtype, cfg, call.allow_tf32))  # fmt: skip
+    return MultiLaunch(_multi_fwd_kernel, "multi_fwd", args, consts, T, T, B, H), res
 
 
-def multi_fwd(
-    mode: str,
-    gx: torch.Tensor,
-    w_hh: torch.Tensor,
-    h0: torch.Tensor | None,
-    c0: torch.Tensor | None,
-    lengths: torch.Tensor | None,
-    cfg: MultiConfig,
-    *,
-    b_hh: torch.Tensor | None = None,
-    reverse: bool = False,
-    save: bool = True,
-    allow_tf32: bool = False,
-    tier: int = 2,
-    cooperative: bool | None = None,
-    max_spin: int = MAX_SPIN,
-    states: bool = False,
-) -> ForwardResult:
+def multi_fwd(call: RecurrenceCall, gx: torch.Tensor, cfg: MultiConfig, *, tier: int = 2,
+              cooperative: bool | None = None, max_spin: int = MAX_SPIN) -> ForwardResult:  # fmt: skip
     """Tier 2/3 forward of one layer/direction; arguments and result as
     :func:`fastrnn.kernels.recurrent.recurrent_fwd` (no projection: ``P == H``), ``cfg`` from
     :func:`fastrnn.kernels.tiers.plan`.
 
     ``tier=2``: one persistent launch, cooperative unless ``cooperative=False`` (a plain launch:
     co-residency is then hoped for, not guaranteed, so the timeout flag is always read and a
-    failed barrier raises :class:`BarrierTimeout`); ``tier=3``: one launch per step.  In the
+    failed barrier raises :class:`~.grid.BarrierTimeout`); ``tier=3``: one launch per step.  In the
     interpreter both run per-step launches (tier 2 with its resident weights).
 
     Example::
 
         gx = torch.randn(5, 3, 4 * 40); w = torch.randn(4 * 40, 40)
-        res = multi_fwd("LSTM", gx, w, None, None, None, multi_config("LSTM", 40, gx.dtype, 3), tier=3)
+        res = multi_fwd(RecurrenceCall("LSTM", 5, 3, w), gx, multi_config("LSTM", 40, gx.dtype, 3), tier=3)
     """
     _runtime.check_device(gx.device)
-    launch, res, hbuf, cbuf = forward_launch(mode, gx, w_hh, h0, c0, lengths, cfg, b_hh=b_hh, reverse=reverse,
-                                             save=save, allow_tf32=allow_tf32, states=states)  # fmt: skip
+    launch, res = forward_launch(call, gx, cfg)
     if launch is not None:
         run(launch, tier, gx.device, cooperative, max_spin)
-    T = gx.shape[0]
-    res.h_n = hbuf[(T - 1) % 2 if T > 0 else 1].to(gx.dtype)
-    res.c_n = cbuf.to(gx.dtype) if cbuf is not None else None
+    res.h_n = res.h_n.to(call.dtype)
+    res.c_n = res.c_n.to(call.dtype) if res.c_n is not None else None
     return res
 
 
-def backward_launch(
-    mode: str,
-    d_out: torch.Tensor,
-    d_hn: torch.Tensor,
-    d_cn: torch.Tensor | None,
-    fwd: ForwardResult,
-    w_hh: torch.Tensor,
-    h0: torch.Tensor | None,
-    c0: torch.Tensor | None,
-    lengths: torch.Tensor | None,
-    cfg: MultiConfig,
-    *,
-    reverse: bool = False,
-    allow_tf32: bool = False,
-    d_cs: torch.Tensor | None = None,
-) -> tuple[MultiLaunch | None, BackwardResult]:
+def backward_launch(call: RecurrenceCall, grads: Gradients, cfg: MultiConfig) -> tuple[MultiLaunch | None, BackwardResult]:
     """The launch of :func:`multi_bwd` and its outputs (``d_h0``/``d_c0`` are its state buffers)."""
-    cell = cells.get(mode)
-    T, B, H = fwd.out.shape
-    dtype, dev = fwd.out.dtype, fwd.out.device
+    cell, T, B, H, dtype, dev = call.cell, call.T, call.B, call.H, call.dtype, grads.out.device
     acc = acc_dtype(dtype)
-    d_out, h0, c0, w_hh = row_major(d_out), row_major(h0), row_major(c0), w_hh.contiguous()
-    d_cs = row_major(d_cs) if cell.has_cell_state else None
-    dhbuf = d_hn.to(acc, copy=True).contiguous()
+    d_out, h0, c0, w_hh = row_major(grads.d_out), row_major(call.h0), row_major(call.c0), call.w_hh.contiguous()
+    d_cs = row_major(grads.d_cs) if cell.has_cell_state else None
+    dhbuf = grads.d_hn.to(acc, copy=True).contiguous()
     dcbuf = None
     if cell.has_cell_state:
+        d_cn = grads.d_cn
         dcbuf = d_cn.to(acc, copy=True).contiguous() if d_cn is not None else torch.zeros((B, H), dtype=acc, device=dev)
-    n_inner = len(cell.inner_gates)
-    d_gx = _runtime.empty((T, B, cell.G * H), acc, dev)
-    d_gh = _runtime.empty((T, B, n_inner * H), acc, dev) if n_inner else None
-    res = BackwardResult(d_gx, d_gh, None, dhbuf, dcbuf)
-    if B == 0 or T == 0:
+    shapes = backward_shapes(call)
+    outputs = allocate({k: shapes[k] for k in ("d_gx", "d_gh_inner")}, lambda shape, dt: _runtime.empty(shape, dt, dev))
+    res = BackwardResult(outputs["d_gx"], outputs["d_gh_inner"], None, dhbuf, dcbuf)
+    if call.empty:
         return None, res
     h0 = h0 if cell.reads >= {"h_prev"} else None  # the backward reads h0 only as h_prev of step 0
     args = [
         d_out, *strides(d_out),
-        fwd.out, *strides(fwd.out),
-        fwd.saved, *strides(fwd.saved),
+        grads.out, *strides(grads.out),
+        grads.saved, *strides(grads.saved),
         h0, *strides(h0, 1),
         c0, *strides(c0, 1),
         w_hh, w_hh.stride(0), H * w_hh.stride(0),
-        lengths,
+        call.lengths,
         dhbuf, *strides(dhbuf, 1),
         dcbuf, *strides(dcbuf, 1),
         d_cs, *strides(d_cs),
-        d_gx, *strides(d_gx),
-        d_gh, *strides(d_gh),
+        res.d_gx, *strides(res.d_gx),
+        res.d_gh_inner, *strides(res.d_gh_inner),
     ]  # fmt: skip
-    consts = dict(**flags(h0=h0, c0=c0, dcs=d_cs), IS_VARLEN=lengths is not None, REVERSE=reverse,
-                  **_consts(cell, dtype, cfg, allow_tf32))  # fmt: skip
+    consts = dict(**flags(h0=h0, c0=c0, dcs=d_cs), IS_VARLEN=call.lengths is not None, REVERSE=call.reverse,
+                  **_consts(cell, dtype, cfg, call.allow_tf32))  # fmt: skip
     return MultiLaunch(_multi_bwd_kernel, "multi_bwd", args, consts, T + 1, T, B, H), res
 
 
-def multi_bwd(
-    mode: str,
-    d_out: torch.Tensor,
-    d_hn: torch.Tensor,
-    d_cn: torch.Tensor | None,
-    fwd: ForwardResult,
-    w_hh: torch.Tensor,
-    h0: torch.Tensor | None,
-    c0: torch.Tensor | None,
-    lengths: torch.Tensor | None,
-    cfg: MultiConfig,
-    *,
-    reverse: bool = False,
-    allow_tf32: bool = False,
-    tier: int = 2,
-    cooperative: bool | None = None,
-    max_spin: int = MAX_SPIN,
-    d_cs: torch.Tensor | None = None,
-) -> BackwardResult:
+def multi_bwd(call: RecurrenceCall, grads: Gradients, cfg: MultiConfig, *, tier: int = 2,
+              cooperative: bool | None = None, max_spin: int = MAX_SPIN) -> BackwardResult:  # fmt: skip
     """Tier 2/3 backward; arguments and result as :func:`fastrnn.kernels.recurrent.recurrent_bwd`
     (no projection), ``tier``/``cooperative``/``max_spin`` as :func:`multi_fwd`."""
-    launch, res = backward_launch(mode, d_out, d_hn, d_cn, fwd, w_hh, h0, c0, lengths, cfg, reverse=reverse,
-                                  allow_tf32=allow_tf32, d_cs=d_cs)  # fmt: skip
+    launch, res = backward_launch(call, grads, cfg)
     if launch is not None:
-        run(launch, tier, fwd.out.device, cooperative, max_spin)
+        run(launch, tier, grads.out.device, cooperative, max_spin)
     return res
+
+
+def _register(number: int, name: str, rank: float, automatic: bool, compiled) -> None:
+    def config(mode, hidden_size, proj_size, dtype, kernel, smem_bytes, allow_tf32):
+        return multi_config(mode, hidden_size, dtype, number, kernel, smem_bytes)
+
+    tiers.register(
+        tiers.Tier(
+            number=number,
+            name=name,
+            rank=rank,
+            config_type=MultiConfig,
+            unsupported=functools.partial(multi_unsupported, number),
+            config=config,
+            describe=tiers.describe_multi,
+            forward=functools.partial(multi_fwd, tier=number),
+            backward=functools.partial(multi_bwd, tier=number),
+            forward_launch=forward_launch,
+            backward_launch=backward_launch,
+            compiled=compiled,
+            automatic=automatic,
+        )
+    )
+
+
+def _sync_meta(launch: MultiLaunch) -> torch.Tensor:
+    """A stand-in for the barrier buffer of ``launch`` (the report compiles without running)."""
+    return torch.empty(32 * (launch.n_tiles + 1), dtype=torch.int32, device="meta")
+
+
+# tier 2: the whole loop in one cooperative launch (a grid barrier per step); falls back to tier 3
+# at launch when the GPU cannot hold the grid.  Tier 3: the same body, one launch per step.
+_register(2, "multi-program persistent", 2, True,
+          lambda launch: (launch.kernel, *launch.persistent(_sync_meta(launch), launch.n_tiles)))  # fmt: skip
+_register(3, "per step", 3, False, lambda launch: (launch.kernel, *launch.step(_sync_meta(launch), 0)))

@@ -37,15 +37,17 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _runtime, cells
+from . import _runtime, cells, tiers
+from .call import Gradients, RecurrenceCall, allocate, backward_shapes, forward_shapes
 from .common import (
     BackwardResult,
     ForwardResult,
     Launch,
-    acc_dtype,
     backward_step_inputs,
     check_params,
+    final_gradients,
     flags,
+    initial_states,
     load_gates,
     load_split,
     mm,
@@ -59,7 +61,7 @@ from .common import (
     upcast_dot,
     zoneout_args,
 )
-from .tiers import Tier1Config
+from .tiers import Tier1Config, tier1_config, tier1_unsupported
 
 
 def _jit_shape_generic(fn):
@@ -412,56 +414,29 @@ def _consts(cell: cells.Cell, dtype: torch.dtype, cfg: Tier1Config, allow_tf32: 
     )  # fmt: skip
 
 
-def forward_launch(
-    mode: str,
-    gx: torch.Tensor,
-    w_hh: torch.Tensor,
-    h0: torch.Tensor | None,
-    c0: torch.Tensor | None,
-    lengths: torch.Tensor | None,
-    cfg: Tier1Config,
-    *,
-    b_hh: torch.Tensor | None = None,
-    w_hr: torch.Tensor | None = None,
-    reverse: bool = False,
-    save: bool = True,
-    allow_tf32: bool = False,
-    states: bool = False,
-    params: torch.Tensor | None = None,
-    zoneout: torch.Tensor | float | None = None,
-) -> tuple[Launch | None, ForwardResult]:
+def forward_launch(call: RecurrenceCall, gx: torch.Tensor, cfg: Tier1Config) -> tuple[Launch | None, ForwardResult]:
     """The launch of :func:`recurrent_fwd` and its (allocated, unwritten) outputs; no launch when
     there is nothing to compute (``T`` or ``B`` zero)."""
-    cell = cells.get(mode)
-    T, B, _ = gx.shape
-    H, P = w_hh.shape[0] // cell.G, w_hh.shape[1]
-    dtype, dev = gx.dtype, gx.device
-    params = check_params(cell, params, H, dtype)
-    zm, zkeep, zoneout_kind = zoneout_args(cell, zoneout)
-    acc = acc_dtype(dtype)
-    gx, h0, c0 = row_major(gx), row_major(h0), row_major(c0)
-    save = save and cell.S > 0
-    out = _runtime.empty((T, B, P), dtype, dev)
-    h_n = _runtime.empty((B, P), dtype, dev)
-    c_n = _runtime.empty((B, H), dtype, dev) if cell.has_cell_state else None
-    saved = _runtime.empty((T, B, cell.S * H), acc, dev) if save else None
-    m = _runtime.empty((T, B, H), acc, dev) if (save and w_hr is not None) else None
-    cs = _runtime.empty((T, B, H), dtype, dev) if (states and cell.has_cell_state) else None
-    res = ForwardResult(out, h_n, c_n, saved, m, cs)
-    if B == 0 or T == 0:
+    cell, T, B, H, P, dtype = call.cell, call.T, call.B, call.H, call.P, call.dtype
+    params = check_params(cell, call.params, H, dtype)
+    zm, zkeep, zoneout_kind = zoneout_args(cell, call.zoneout)
+    gx, h0, c0 = row_major(gx), row_major(call.h0), row_major(call.c0)
+    res = ForwardResult(**allocate(forward_shapes(call), lambda shape, dt: _runtime.empty(shape, dt, gx.device)))
+    if call.empty:
         return None, res
-    bh = b_hh if cell.inner_bias else None
+    bh = call.b_hh if cell.inner_bias else None
+    out, h_n, c_n, cs, saved, m = res.out, res.h_n, res.c_n, res.cs, res.saved, res.m
     launch = Launch(
         _recurrent_fwd_kernel,
         (triton.cdiv(B, cfg.block_b),),
         (
             gx, *strides(gx),
-            w_hh, *strides(w_hh),
+            call.w_hh, *strides(call.w_hh),
             bh,
-            w_hr, *strides(w_hr),
+            call.w_hr, *strides(call.w_hr),
             h0, *strides(h0, 1),
             c0, *strides(c0, 1),
-            lengths,
+            call.lengths,
             out, *strides(out),
             h_n, *strides(h_n, 1),
             c_n, *strides(c_n, 1),
@@ -474,115 +449,52 @@ def forward_launch(
             T, B, H, P,
         ),  # fmt: skip
         dict(
-            **flags(bh=bh, h0=h0, c0=c0, proj=w_hr),
-            IS_VARLEN=lengths is not None, REVERSE=reverse, SAVE=save, SAVE_M=m is not None, STORE_C=cs is not None,
-            ZONEOUT=zoneout_kind,
-            **_consts(cell, dtype, cfg, allow_tf32),
+            **flags(bh=bh, h0=h0, c0=c0, proj=call.w_hr),
+            IS_VARLEN=call.lengths is not None, REVERSE=call.reverse, SAVE=call.saving, SAVE_M=m is not None,
+            STORE_C=cs is not None, ZONEOUT=zoneout_kind,
+            **_consts(cell, dtype, cfg, call.allow_tf32),
         ),  # fmt: skip
         "recurrent_fwd",
     )
     return launch, res
 
 
-def _initial(res: ForwardResult, h0: torch.Tensor | None, c0: torch.Tensor | None) -> ForwardResult:
-    """An empty sequence or batch: the final states are the initial ones."""
-    res.h_n.copy_(h0) if h0 is not None else res.h_n.zero_()
-    if res.c_n is not None:
-        res.c_n.copy_(c0) if c0 is not None else res.c_n.zero_()
-    return res
-
-
-def recurrent_fwd(
-    mode: str,
-    gx: torch.Tensor,
-    w_hh: torch.Tensor,
-    h0: torch.Tensor | None,
-    c0: torch.Tensor | None,
-    lengths: torch.Tensor | None,
-    cfg: Tier1Config,
-    *,
-    b_hh: torch.Tensor | None = None,
-    w_hr: torch.Tensor | None = None,
-    reverse: bool = False,
-    save: bool = True,
-    allow_tf32: bool = False,
-    states: bool = False,
-    params: torch.Tensor | None = None,
-    zoneout: torch.Tensor | float | None = None,
-) -> ForwardResult:
+def recurrent_fwd(call: RecurrenceCall, gx: torch.Tensor, cfg: Tier1Config) -> ForwardResult:
     """Run one layer/direction's recurrence over the whole sequence in one launch.
 
     Args:
-        mode: a registered cell (:mod:`.cells`), e.g. ``"LSTM"``.
+        call: the layer, its initial state, lengths and options (:class:`~.call.RecurrenceCall`).
         gx: ``(T, B, G*H)`` input projection ``x W_ih^T + b_ih`` plus ``b_hh`` for every gate
             but the cell's inner-bias gates.
-        w_hh: ``(G*H, P)`` recurrent weight.
-        h0: ``(B, P)`` initial hidden state or ``None`` (zeros); c0: ``(B, H)`` (cell state).
-        lengths: ``(B,)`` int64 per-sequence lengths ``1..T`` (any order) or ``None`` (all ``T``).
         cfg: the launch configuration (:func:`fastrnn.kernels.tiers.plan`).
-        b_hh: ``(G*H,)`` recurrent bias; only its inner-bias gates are read.
-        w_hr: ``(P, H)`` LSTM projection.
-        reverse: run each sequence from its last valid step to its first.
-        save: also write what :func:`recurrent_bwd` needs.
-        states: also write the cell state ``c_t`` of every step (``res.cs``, ``(T, B, H)``, 0 at
-            padding; cells with a cell state).
-        params: ``(NPRM*H,)`` the parameter vectors of an extended cell (``Cell.params``).
-        zoneout: cells with zoneout: a ``(T, B, H)`` keep mask (training), a keep probability
-            (evaluation) or ``None`` (off).
+
+    Returns the :class:`~.common.ForwardResult`: ``out`` (T, B, P), ``h_n`` (B, P), ``c_n`` (B, H),
+    and what the call asked for (``saved``/``m`` for the backward, ``cs`` every step's ``c_t``).
 
     Example::
 
         gx = torch.randn(5, 3, 8); w = torch.randn(8, 8)
-        res = recurrent_fwd("RNN_TANH", gx, w, None, None, None, tier1_config("RNN_TANH", 8, 0, gx.dtype))
+        call = RecurrenceCall("RNN_TANH", 5, 3, w)
+        res = recurrent_fwd(call, gx, tier1_config("RNN_TANH", 8, 0, gx.dtype))
     """
     _runtime.check_device(gx.device)
-    launch, res = forward_launch(mode, gx, w_hh, h0, c0, lengths, cfg, b_hh=b_hh, w_hr=w_hr, reverse=reverse,
-                                 save=save, allow_tf32=allow_tf32, states=states, params=params,
-                                 zoneout=zoneout)  # fmt: skip
+    launch, res = forward_launch(call, gx, cfg)
     if launch is None:
-        return _initial(res, h0, c0)
+        return initial_states(res, call.h0, call.c0)
     launch.run()
     return res
 
 
-def backward_launch(
-    mode: str,
-    d_out: torch.Tensor,
-    d_hn: torch.Tensor,
-    d_cn: torch.Tensor | None,
-    fwd: ForwardResult,
-    w_hh: torch.Tensor,
-    h0: torch.Tensor | None,
-    c0: torch.Tensor | None,
-    lengths: torch.Tensor | None,
-    cfg: Tier1Config,
-    *,
-    w_hr: torch.Tensor | None = None,
-    reverse: bool = False,
-    allow_tf32: bool = False,
-    d_cs: torch.Tensor | None = None,
-    params: torch.Tensor | None = None,
-    zoneout: torch.Tensor | float | None = None,
-) -> tuple[Launch | None, BackwardResult]:
+def backward_launch(call: RecurrenceCall, grads: Gradients, cfg: Tier1Config) -> tuple[Launch | None, BackwardResult]:
     """The launch of :func:`recurrent_bwd` and its (allocated, unwritten) outputs."""
-    cell = cells.get(mode)
-    T, B, P = fwd.out.shape
-    H = w_hh.shape[0] // cell.G
-    dtype, dev = fwd.out.dtype, fwd.out.device
-    acc = acc_dtype(dtype)
-    params = check_params(cell, params, H, dtype)
-    zm, zkeep, zoneout_kind = zoneout_args(cell, zoneout)
-    d_out, d_hn, d_cn, h0, c0, d_cs = map(row_major, (d_out, d_hn, d_cn, h0, c0, d_cs))
+    cell, T, B, H, P, dtype = call.cell, call.T, call.B, call.H, call.P, call.dtype
+    dev = grads.out.device
+    params = check_params(cell, call.params, H, dtype)
+    zm, zkeep, zoneout_kind = zoneout_args(cell, call.zoneout)
+    d_out, d_hn, d_cn, h0, c0, d_cs = map(row_major, (grads.d_out, grads.d_hn, grads.d_cn, call.h0, call.c0, grads.d_cs))
     d_cs = d_cs if cell.has_cell_state else None
-    n_inner = cell.G if cell.extended else len(cell.inner_gates)
-    d_gx = _runtime.empty((T, B, cell.G * H), acc, dev)
-    d_gh = _runtime.empty((T, B, n_inner * H), acc, dev) if n_inner else None
-    d_h = _runtime.empty((T, B, P), acc, dev) if w_hr is not None else None
-    d_h0 = _runtime.empty((B, P), acc, dev)
-    d_c0 = _runtime.empty((B, H), acc, dev) if cell.has_cell_state else None
-    d_prm = _runtime.empty((T, B, len(cell.params) * H), acc, dev) if cell.params else None
-    res = BackwardResult(d_gx, d_gh, d_h, d_h0, d_c0, d_prm)
-    if B == 0 or T == 0:
+    res = BackwardResult(**allocate(backward_shapes(call), lambda shape, dt: _runtime.empty(shape, dt, dev)))
+    if call.empty:
         return None, res
     launch = Launch(
         _recurrent_bwd_kernel,
@@ -592,69 +504,71 @@ def backward_launch(
             d_hn, *strides(d_hn, 1),
             d_cn, *strides(d_cn, 1),
             d_cs, *strides(d_cs),
-            fwd.out, *strides(fwd.out),
+            grads.out, *strides(grads.out),
             h0, *strides(h0, 1),
             c0, *strides(c0, 1),
-            fwd.saved, *strides(fwd.saved),
-            w_hh, *strides(w_hh),
-            w_hr, *strides(w_hr),
-            lengths,
+            grads.saved, *strides(grads.saved),
+            call.w_hh, *strides(call.w_hh),
+            call.w_hr, *strides(call.w_hr),
+            call.lengths,
             params,
             zm, *strides(zm),
             zkeep,
-            d_gx, *strides(d_gx),
-            d_gh, *strides(d_gh),
-            d_h, *strides(d_h),
-            d_h0, *strides(d_h0, 1),
-            d_c0, *strides(d_c0, 1),
-            d_prm, *strides(d_prm),
+            res.d_gx, *strides(res.d_gx),
+            res.d_gh_inner, *strides(res.d_gh_inner),
+            res.d_h, *strides(res.d_h),
+            res.d_h0, *strides(res.d_h0, 1),
+            res.d_c0, *strides(res.d_c0, 1),
+            res.d_prm, *strides(res.d_prm),
             T, B, H, P,
         ),  # fmt: skip
         dict(
-            **flags(h0=h0, c0=c0, proj=w_hr, dcs=d_cs),
-            IS_VARLEN=lengths is not None, REVERSE=reverse, ZONEOUT=zoneout_kind,
-            **_consts(cell, dtype, cfg, allow_tf32),
+            **flags(h0=h0, c0=c0, proj=call.w_hr, dcs=d_cs),
+            IS_VARLEN=call.lengths is not None, REVERSE=call.reverse, ZONEOUT=zoneout_kind,
+            **_consts(cell, dtype, cfg, call.allow_tf32),
         ),  # fmt: skip
         "recurrent_bwd",
     )
     return launch, res
 
 
-def recurrent_bwd(
-    mode: str,
-    d_out: torch.Tensor,
-    d_hn: torch.Tensor,
-    d_cn: torch.Tensor | None,
-    fwd: ForwardResult,
-    w_hh: torch.Tensor,
-    h0: torch.Tensor | None,
-    c0: torch.Tensor | None,
-    lengths: torch.Tensor | None,
-    cfg: Tier1Config,
-    *,
-    w_hr: torch.Tensor | None = None,
-    reverse: bool = False,
-    allow_tf32: bool = False,
-    d_cs: torch.Tensor | None = None,
-    params: torch.Tensor | None = None,
-    zoneout: torch.Tensor | float | None = None,
-) -> BackwardResult:
+def recurrent_bwd(call: RecurrenceCall, grads: Gradients, cfg: Tier1Config) -> BackwardResult:
     """Reverse-time pass of :func:`recurrent_fwd`: per-step gate gradients and ``dL/dh0``.
 
-    ``d_out`` is ``(T, B, P)``, ``d_hn`` ``(B, P)``, ``d_cn`` ``(B, H)`` (cell state), ``d_cs``
-    ``(T, B, H)`` the gradient of every step's ``c_t`` (when the forward returned them) or
-    ``None``; the other arguments are those given to (and returned by) the forward (``params``
-    and ``zoneout`` too).  Extended cells also get ``res.d_prm``, each step's share of the
-    parameters' gradient (the caller sums it).  Gradients are in fp32 (fp64 for
+    ``call`` is the forward's (``save`` was on), ``grads`` the incoming gradients and what the
+    forward saved (:class:`~.call.Gradients`).  Extended cells also get ``res.d_prm``, each step's
+    share of the parameters' gradient (the caller sums it).  Gradients are in fp32 (fp64 for
     fp64 inputs); weight gradients are left to the caller's GEMMs.
     """
-    launch, res = backward_launch(mode, d_out, d_hn, d_cn, fwd, w_hh, h0, c0, lengths, cfg, w_hr=w_hr,
-                                  reverse=reverse, allow_tf32=allow_tf32, d_cs=d_cs, params=params,
-                                  zoneout=zoneout)  # fmt: skip
+    launch, res = backward_launch(call, grads, cfg)
     if launch is None:
-        res.d_h0.copy_(d_hn)
-        if res.d_c0 is not None:
-            res.d_c0.copy_(d_cn)
-        return res
+        return final_gradients(res, grads)
     launch.run()
     return res
+
+
+def _config(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, kernel: str, smem_bytes: int | None,
+            allow_tf32: bool) -> Tier1Config:  # fmt: skip
+    return tier1_config(mode, hidden_size, proj_size, dtype, allow_tf32)
+
+
+def _unsupported(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, interpreted: bool) -> str | None:
+    return tier1_unsupported(mode, hidden_size, proj_size, dtype, interpreted)
+
+
+tiers.register(
+    tiers.Tier(
+        number=1,
+        name="single program",
+        rank=1,
+        config_type=Tier1Config,
+        unsupported=_unsupported,
+        config=_config,
+        describe=tiers.describe_tier1,
+        forward=recurrent_fwd,
+        backward=recurrent_bwd,
+        forward_launch=forward_launch,
+        backward_launch=backward_launch,
+        compiled=lambda launch: (launch.kernel, launch.args, dict(launch.kwargs)),
+    )
+)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -311,53 +313,130 @@ def multi_unsupported(tier: int, mode: str, hidden_size: int, proj_size: int, dt
 
 
 # ---------------------------------------------------------------------------------------------
-# The choice
+# The registry of tiers and the choice
+
+
+@dataclass(frozen=True)
+class Tier:
+    """A kernel tier as the rest of fastrnn sees it.  Its kernel file registers it
+    (:func:`register`); :func:`choose_tier`, :func:`plan`, ``fastrnn.ops`` and the kernel report
+    only go through this record.
+
+    * ``unsupported(mode, hidden_size, proj_size, dtype, interpreted) -> str | None``: why it
+      cannot run a layer (``None``: it can);
+    * ``config(mode, hidden_size, proj_size, dtype, kernel, smem_bytes, allow_tf32)``: its launch
+      configuration for ``kernel`` (``"fwd"``/``"bwd"``), a frozen dataclass of ``config_type``;
+    * ``describe(mode, hidden_size, proj_size, dtype) -> str``: what :func:`choose_tier` says when
+      it picks this tier;
+    * ``forward(call, gx, cfg) -> ForwardResult`` and ``backward(call, grads, cfg) ->
+      BackwardResult`` run it (:mod:`.call`);
+    * ``forward_launch(call, gx, cfg)`` / ``backward_launch(call, grads, cfg)`` build its launch
+      without running it, and ``compiled(launch)`` gives the ``(kernel, args, kwargs)`` a real launch
+      compiles (the kernel report's view);
+    * ``rank``: the order :func:`choose_tier` tries tiers in (lowest first); ``automatic=False``:
+      only forced (``FASTRNN_TIER``) or as another tier's fallback.
+    """
+
+    number: int
+    name: str
+    rank: float
+    config_type: type
+    unsupported: Callable[..., str | None]
+    config: Callable[..., Any]
+    describe: Callable[..., str]
+    forward: Callable[..., Any]
+    backward: Callable[..., Any]
+    forward_launch: Callable[..., Any]
+    backward_launch: Callable[..., Any]
+    compiled: Callable[..., tuple]
+    automatic: bool = True
+
+
+_TIERS: dict[int, Tier] = {}
+
+#: The kernel files that register tiers (imported on first use: they build Triton kernels).
+TIER_MODULES = ("recurrent", "multi")
+
+
+def register(tier: Tier) -> Tier:
+    """Add ``tier`` to the registry (its kernel file calls this at import)."""
+    _TIERS[tier.number] = tier
+    return tier
+
+
+def registered() -> dict[int, Tier]:
+    """Every registered tier by number, in :attr:`Tier.rank` order."""
+    import importlib
+
+    for name in TIER_MODULES:
+        importlib.import_module(f"{__package__}.{name}")
+    return dict(sorted(_TIERS.items(), key=lambda kv: kv[1].rank))
+
+
+def get_tier(number: int) -> Tier:
+    """The registered tier ``number``; a clear error for any other."""
+    tiers = registered()
+    if number not in tiers:
+        raise ValueError(f"tier must be one of {', '.join(map(str, tiers))}, got {number}")
+    return tiers[number]
 
 
 def forced_tier() -> int | None:
-    """``FASTRNN_TIER`` (1, 2 or 3) forces a tier for tests and benchmarks; unset: automatic."""
+    """``FASTRNN_TIER`` (a registered tier's number) forces a tier for tests and benchmarks; unset:
+    automatic."""
     env = os.environ.get("FASTRNN_TIER", "")
     if env in ("", "0", "auto"):
         return None
-    if env not in ("1", "2", "3"):
-        raise ValueError(f"FASTRNN_TIER must be 1, 2, 3 or auto, got {env!r}")
+    numbers = [str(n) for n in sorted(registered())]
+    if env not in numbers:
+        raise ValueError(f"FASTRNN_TIER must be {', '.join(numbers)} or auto, got {env!r}")
     return int(env)
 
 
 def tier_unsupported(tier: int, mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
                      interpreted: bool = False) -> str | None:  # fmt: skip
     """Why ``tier`` cannot run this layer (``None`` when it can)."""
-    if tier == 1:
-        return tier1_unsupported(mode, hidden_size, proj_size, dtype, interpreted)
-    return multi_unsupported(tier, mode, hidden_size, proj_size, dtype, interpreted)
+    return get_tier(tier).unsupported(mode, hidden_size, proj_size, dtype, interpreted)
 
 
 def choose_tier(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
                 interpreted: bool = False) -> tuple[int | None, str]:  # fmt: skip
     """``(tier, why)``: the tier that runs this layer, or ``(None, reasons)`` when none can.
 
-    Rule: tier 1 whenever all of ``W_hh`` fits one program (no barrier, fastest per step), else
-    tier 2 (multi-program persistent; resident weights when the slice fits), else tier 3.
-    ``FASTRNN_TIER`` forces one.
+    Rule: the first automatic tier in rank order that can run it -- tier 1 whenever all of
+    ``W_hh`` fits one program (no barrier, fastest per step), else tier 2 (multi-program
+    persistent; resident weights when the slice fits; it falls back to tier 3 at launch when the
+    GPU cannot hold its grid).  ``FASTRNN_TIER`` forces one.
     """
     forced = forced_tier()
     if forced is not None:
         why = tier_unsupported(forced, mode, hidden_size, proj_size, dtype, interpreted)
         return (None, why) if why else (forced, f"tier {forced} forced by FASTRNN_TIER")
-    why1 = tier1_unsupported(mode, hidden_size, proj_size, dtype, interpreted)
-    if why1 is None:
-        return 1, "tier 1: all of W_hh fits one program"
-    why2 = multi_unsupported(2, mode, hidden_size, proj_size, dtype, interpreted)
-    if why2 is None:
-        fwd, bwd = (multi_config(mode, hidden_size, dtype, 2, k).resident for k in ("fwd", "bwd"))
-        if fwd and bwd:
-            how = "resident W_hh slices"
-        elif fwd:
-            how = "W_hh slices resident in the forward, streamed from L2 in the backward"
-        else:  # the backward's limits are never above the forward's
-            how = "W_hh slices streamed from L2"
-        return 2, f"tier 2 ({how}, {BLOCK_HS} units each): {why1}"
-    return None, f"{why1}; {why2}"
+    reasons: list[str] = []
+    for number, tier in registered().items():
+        if not tier.automatic:
+            continue
+        why = tier.unsupported(mode, hidden_size, proj_size, dtype, interpreted)
+        if why is None:
+            said = tier.describe(mode, hidden_size, proj_size, dtype)
+            return number, f"{said}: {'; '.join(reasons)}" if reasons else said
+        reasons.append(why)
+    return None, "; ".join(reasons)
+
+
+def describe_tier1(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> str:
+    return "tier 1: all of W_hh fits one program"
+
+
+def describe_multi(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> str:
+    fwd, bwd = (multi_config(mode, hidden_size, dtype, 2, k).resident for k in ("fwd", "bwd"))
+    if fwd and bwd:
+        how = "resident W_hh slices"
+    elif fwd:
+        how = "W_hh slices resident in the forward, streamed from L2 in the backward"
+    else:  # the backward's limits are never above the forward's
+        how = "W_hh slices streamed from L2"
+    return f"tier 2 ({how}, {BLOCK_HS} units each)"
 
 
 @dataclass(frozen=True)
@@ -365,7 +444,7 @@ class Plan:
     """How one layer (and direction) runs: its tier and that tier's launch configuration."""
 
     tier: int
-    config: Tier1Config | MultiConfig
+    config: Any
 
 
 def plan(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, tier: int, kernel: str = "fwd",
@@ -374,11 +453,8 @@ def plan(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, tier: 
     device with ``smem_bytes`` of shared memory per block (:func:`smem_per_block`; ``None``:
     sm_90's), fp32 dots on tensor cores with ``allow_tf32``; the tier was chosen by
     :func:`choose_tier`, once per call, and handed down."""
-    if tier == 1:
-        return Plan(1, tier1_config(mode, hidden_size, proj_size, dtype, allow_tf32))
-    if tier not in (2, 3):
-        raise ValueError(f"tier must be 1, 2 or 3, got {tier}")
-    return Plan(tier, multi_config(mode, hidden_size, dtype, tier, kernel, smem_bytes))
+    config = get_tier(tier).config(mode, hidden_size, proj_size, dtype, kernel, smem_bytes, allow_tf32)
+    return Plan(tier, config)
 
 
 def smem_per_block(device: torch.device | None) -> int | None:

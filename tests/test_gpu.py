@@ -13,6 +13,7 @@ import triton
 
 import fastrnn
 from fastrnn.kernels import _runtime, multi, recurrent, tiers
+from fastrnn.kernels.call import RecurrenceCall
 from fastrnn.modules import resolve
 from helpers import compare_twins, module_inputs, twins
 
@@ -189,10 +190,11 @@ def test_tier2_forward_captured_in_a_cuda_graph(monkeypatch):
     w = torch.randn(G * H, H, device="cuda") / H**0.5
     with torch.no_grad():
         cfg = lambda tier: tiers.multi_config("LSTM", H, torch.float32, tier)
-        graph, res = _capture(lambda: multi.multi_fwd("LSTM", gx, w, None, None, None, cfg(2), tier=2, save=False))
+        call = RecurrenceCall("LSTM", T, B, w, save=False)
+        graph, res = _capture(lambda: multi.multi_fwd(call, gx, cfg(2), tier=2))
         gx.copy_(torch.randn_like(gx))
         graph.replay()
-        want = multi.multi_fwd("LSTM", gx, w, None, None, None, cfg(3), tier=3, save=False)
+        want = multi.multi_fwd(call, gx, cfg(3), tier=3)
     torch.testing.assert_close(res.out, want.out)
     torch.testing.assert_close(res.h_n, want.h_n)
 

@@ -174,6 +174,7 @@ def test_split_k_dots_equal_the_plain_ones(mode, split_k):
     """Tier 1 with its recurrent dots split along K across warps (common.mm_split) computes what the
     plain dots do, forward and backward, in float64 (H = 40: the last K chunk is partly padding)."""
     from fastrnn.kernels import recurrent, tiers
+    from fastrnn.kernels.call import Gradients, RecurrenceCall
 
     T, B, H = 4, 3, 40
     args = _layer_inputs(mode, T, B, H)
@@ -186,10 +187,9 @@ def test_split_k_dots_equal_the_plain_ones(mode, split_k):
     results = []
     for cfg in (base, dataclasses.replace(base, split_k=split_k)):
         a = {k: v.detach() for k, v in args.items()}
-        fwd = recurrent.recurrent_fwd(mode, a["gx"], a["w_hh"], a["h0"], a.get("c0"), lengths, cfg, b_hh=a.get("b_hh"),
-                                      reverse=True)  # fmt: skip
-        bwd = recurrent.recurrent_bwd(mode, d_out, d_hn, d_cn, fwd, a["w_hh"], a["h0"], a.get("c0"), lengths, cfg,
-                                      reverse=True)  # fmt: skip
+        call = RecurrenceCall(mode, T, B, a["w_hh"], a["h0"], a.get("c0"), lengths, a.get("b_hh"), reverse=True)
+        fwd = recurrent.recurrent_fwd(call, a["gx"], cfg)
+        bwd = recurrent.recurrent_bwd(call, Gradients(d_out, d_hn, d_cn, None, fwd.out, fwd.saved), cfg)
         results.append([fwd.out, fwd.h_n, bwd.d_gx, bwd.d_h0])
     for x, y in zip(*results, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)

@@ -7,6 +7,8 @@ fastrnn's), and the ``torch`` backend's step loop (same layout, same values).
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
@@ -15,6 +17,7 @@ import fastrnn
 from fastrnn import ops, reference
 from fastrnn.functional import recurrent_stack
 from fastrnn.kernels import _runtime, recurrent, tiers
+from fastrnn.kernels.call import Gradients, RecurrenceCall
 from helpers import assert_within_oracle, device
 
 
@@ -176,12 +179,13 @@ def test_off_by_default_and_free_when_off():
     assert len(res) == 2 and len(res[1]) == 2
     cfg = tiers.tier1_config("LSTM", 4, 0, torch.float32)
     gx, w = torch.randn(3, 2, 16), torch.randn(16, 4)
-    launch, fwd = recurrent.forward_launch("LSTM", gx, w, None, None, None, cfg)
+    call = RecurrenceCall("LSTM", 3, 2, w)
+    launch, fwd = recurrent.forward_launch(call, gx, cfg)
     assert launch.kwargs["STORE_C"] is False and fwd.cs is None
-    bwd, _ = recurrent.backward_launch("LSTM", torch.randn(3, 2, 4), torch.randn(2, 4), torch.randn(2, 4), fwd, w, None,
-                                       None, None, cfg)  # fmt: skip
+    grads = Gradients(torch.randn(3, 2, 4), torch.randn(2, 4), torch.randn(2, 4), None, fwd.out, fwd.saved)
+    bwd, _ = recurrent.backward_launch(call, grads, cfg)
     assert bwd.kwargs["HAS_DCS"] is False
-    launch, fwd = recurrent.forward_launch("LSTM", gx, w, None, None, None, cfg, states=True)
+    launch, fwd = recurrent.forward_launch(dataclasses.replace(call, states=True), gx, cfg)
     assert launch.kwargs["STORE_C"] is True and fwd.cs.shape == (3, 2, 4)
 
 

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import fastrnn
-from fastrnn.kernels import _runtime, cells, multi, tiers
+from fastrnn.kernels import _runtime, cells, grid, multi, tiers
+from fastrnn.kernels.call import RecurrenceCall
 from fastrnn.modules import resolve
 from helpers import TOL, compare_twins, device, module_inputs, twins
 
@@ -276,18 +277,20 @@ def test_barrier_that_never_completes_fails_loudly(monkeypatch, check):
     gx = torch.randn(T, B, H, device="cuda")
     w = torch.randn(H, H, device="cuda") / H**0.5
     cfg = lambda tier: tiers.multi_config("RNN_TANH", H, torch.float32, tier)
-    monkeypatch.setattr(multi, "_BARRIER_START", -(2**30))
+    call = RecurrenceCall("RNN_TANH", T, B, w)
+    monkeypatch.setattr(grid, "_BARRIER_START", -(2**30))
     monkeypatch.setenv("FASTRNN_BARRIER_CHECK", "1" if check else "0")
     if check:
-        with pytest.raises(multi.BarrierTimeout, match="not all resident"):
-            multi.multi_fwd("RNN_TANH", gx, w, None, None, None, cfg(2), tier=2, max_spin=2000)
+        with pytest.raises(grid.BarrierTimeout, match="not all resident"):
+            multi.multi_fwd(call, gx, cfg(2), tier=2, max_spin=2000)
     else:
-        res = multi.multi_fwd("RNN_TANH", gx, w, None, None, None, cfg(2), tier=2, max_spin=2000)
+        res = multi.multi_fwd(call, gx, cfg(2), tier=2, max_spin=2000)
         assert torch.isnan(res.out[1:]).all() and torch.isnan(res.h_n).all()
         assert not torch.isnan(res.out[0]).any()  # step 0 needs no barrier
-    monkeypatch.setattr(multi, "_BARRIER_START", 0)
-    torch.testing.assert_close(multi.multi_fwd("RNN_TANH", gx, w, None, None, None, cfg(2), tier=2).out,
-                               multi.multi_fwd("RNN_TANH", gx, w, None, None, None, cfg(3), tier=3).out)  # fmt: skip
+    monkeypatch.setattr(grid, "_BARRIER_START", 0)
+    torch.testing.assert_close(
+        multi.multi_fwd(call, gx, cfg(2), tier=2).out, multi.multi_fwd(call, gx, cfg(3), tier=3).out
+    )
 
 
 @pytest.mark.parametrize("tier,mode", [(2, "LSTM"), (3, "GRU")])
@@ -322,13 +325,13 @@ def test_check_command_reports_tier_and_agreement(monkeypatch):
 
 def test_programs_per_sm_occupancy_arithmetic():
     # 170 registers -> 5632 per warp (22 x 256); 8 warps -> 45056 of 65536: 1 program per SM
-    assert multi.programs_per_sm(170, 24 * 1024, 8) == 1
+    assert grid.programs_per_sm(170, 24 * 1024, 8) == 1
     # 100 registers, 4 warps: 3328 x 4 = 13312 -> 4 by registers; 12 KiB (+1) shared -> 17; 16 by threads
-    assert multi.programs_per_sm(100, 12 * 1024, 4) == 4
+    assert grid.programs_per_sm(100, 12 * 1024, 4) == 4
     # shared memory bound: 100 KiB per program -> 2 in 228 KiB
-    assert multi.programs_per_sm(32, 100 * 1024, 4) == 2
+    assert grid.programs_per_sm(32, 100 * 1024, 4) == 2
     # too big for one SM at all
-    assert multi.programs_per_sm(255, 240 * 1024, 8) == 0
+    assert grid.programs_per_sm(255, 240 * 1024, 8) == 0
 
 
 @pytest.mark.parametrize("tier", [2, 3])
@@ -354,11 +357,11 @@ def test_bf16_in_interpreter(tier, mode):
     f32 = lambda t: None if t is None else t.float()
     cfg1 = tiers.tier1_config(mode, H, 0, torch.bfloat16)
 
-    want = recurrent.recurrent_fwd(mode, f32(gx), f32(w), f32(h0), f32(c0), lengths,
-                                   tiers.tier1_config(mode, H, 0, torch.float32), b_hh=f32(b_hh), reverse=True)  # fmt: skip
-    base = recurrent.recurrent_fwd(mode, gx, w, h0, c0, lengths, cfg1, b_hh=b_hh, reverse=True)
-    got = multi.multi_fwd(mode, gx, w, h0, c0, lengths, tiers.multi_config(mode, H, torch.bfloat16, tier), b_hh=b_hh,
-                          reverse=True, tier=tier)  # fmt: skip
+    call = RecurrenceCall(mode, T, B, w, h0, c0, lengths, b_hh, reverse=True)
+    call32 = RecurrenceCall(mode, T, B, f32(w), f32(h0), f32(c0), lengths, f32(b_hh), reverse=True)
+    want = recurrent.recurrent_fwd(call32, f32(gx), tiers.tier1_config(mode, H, 0, torch.float32))
+    base = recurrent.recurrent_fwd(call, gx, cfg1)
+    got = multi.multi_fwd(call, gx, tiers.multi_config(mode, H, torch.bfloat16, tier), tier=tier)
     for name in ("out", "h_n"):
         err_base = (getattr(base, name).float() - getattr(want, name)).abs().max().item()
         err = (getattr(got, name).float() - getattr(want, name)).abs().max().item()
@@ -385,7 +388,7 @@ def test_programs_looping_over_batch_tiles(monkeypatch, mode):
     x = torch.randn(4, 40, 3, dtype=torch.float64, device=device())  # 40 sequences: three batch tiles
     runs = []
     for groups in (None, 1):
-        monkeypatch.setattr(multi, "_STEP_GROUPS", groups)
+        monkeypatch.setattr(grid, "_STEP_GROUPS", groups)
         runs.append(_output_state_grads(fast, x))
     for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
