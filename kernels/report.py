@@ -58,7 +58,8 @@ from pathlib import Path
 import torch
 import triton
 
-from . import cells, multi, recurrent, tiers
+from . import cells, tiers
+from .call import Gradients, RecurrenceCall
 from .common import pow2
 
 #: Shared memory one block may use (opt-in maximum), bytes.  H100: 227 KB; A100: 163 KB.
@@ -281,55 +282,28 @@ def _layer_tensors(cfg: KernelConfig, seq_len: int):
 
 
 def launch_arguments(cfg: KernelConfig, seq_len: int = 8) -> tuple[object, tuple, dict]:
-    """The kernel and the ``(args, kwargs)`` of the launch ``cfg`` describes, as the launchers
-    build it (:func:`fastrnn.kernels.recurrent.forward_launch` and friends, on ``meta`` tensors,
-    with the launch configuration of :func:`fastrnn.kernels.tiers.plan`): the report compiles
-    exactly what a real launch passes.  ``cfg.num_warps``/``cfg.block_b`` then override the
-    configuration's choice.  Tiers 2/3: the persistent launch (tier 2: ``USE_BARRIER``,
-    cooperative) or one step (tier 3)."""
+    """The kernel and the ``(args, kwargs)`` of the launch ``cfg`` describes, as the tier's
+    launchers build it (its registered ``forward_launch``/``backward_launch``, on ``meta``
+    tensors, with the launch configuration of :func:`fastrnn.kernels.tiers.plan`): the report
+    compiles exactly what a real launch passes.  ``cfg.num_warps``/``block_b``/``split_k``/
+    ``resident`` override the configuration's choice.  Tiers 2/3: the persistent launch (tier 2:
+    ``USE_BARRIER``, cooperative) or one step (tier 3)."""
     t = _layer_tensors(cfg, seq_len)
-    plan = tiers.plan(cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype, cfg.tier, cfg.kernel,
-                      SHARED_LIMIT.get(cfg.arch), cfg.allow_tf32)  # fmt: skip
-    kw = dict(reverse=cfg.reverse, allow_tf32=cfg.allow_tf32)
-    if cfg.tier == 1:
-        launch, fwd = recurrent.forward_launch(cfg.mode, t["gx"], t["w_hh"], t["h0"], t["c0"], t["lengths"],
-                                               plan.config, b_hh=t["b_hh"], w_hr=t["w_hr"],
-                                               save=cfg.save or cfg.kernel == "bwd", states=cfg.states,
-                                               **t["ext"], **kw)  # fmt: skip
-        if cfg.kernel == "bwd":
-            launch, _ = recurrent.backward_launch(cfg.mode, t["new"](t["T"], t["B"], t["P"]), t["new"](t["B"], t["P"]),
-                                                  t["d_cn"], fwd, t["w_hh"], t["h0"], t["c0"], t["lengths"],
-                                                  plan.config, w_hr=t["w_hr"], d_cs=t["d_cs"], **t["ext"],
-                                                  **kw)  # fmt: skip
-        kernel, args, kwargs = launch.kernel, launch.args, dict(launch.kwargs)
-        if cfg.block_b is not None:
-            kwargs["BLOCK_B"] = cfg.block_b
-        if cfg.split_k is not None:
-            kwargs["SPLIT_K"] = cfg.split_k
-    else:
-        if cfg.kernel == "fwd":
-            launch, _, _, _ = multi.forward_launch(cfg.mode, t["gx"], t["w_hh"], t["h0"], t["c0"], t["lengths"],
-                                                   plan.config, b_hh=t["b_hh"], save=cfg.save, states=cfg.states,
-                                                   **kw)  # fmt: skip
-        else:
-            _, fwd, _, _ = multi.forward_launch(cfg.mode, t["gx"], t["w_hh"], t["h0"], t["c0"], t["lengths"],
-                                                plan.config, b_hh=t["b_hh"], save=True, **kw)  # fmt: skip
-            launch, _ = multi.backward_launch(cfg.mode, t["new"](t["T"], t["B"], t["H"]), t["new"](t["B"], t["H"]),
-                                              t["d_cn"], fwd, t["w_hh"], t["h0"], t["c0"], t["lengths"], plan.config,
-                                              d_cs=t["d_cs"], **kw)  # fmt: skip
-        sync = t["new"](32 * (launch.n_tiles + 1), dtype=torch.int32)
-        args, kwargs = launch.persistent(sync, launch.n_tiles) if cfg.tier == 2 else launch.step(sync, 0)
-        kernel = launch.kernel
-        if cfg.resident is not None:
-            size = torch.empty((), dtype=cfg.torch_dtype).element_size()
-            kwargs["RESIDENT"] = cfg.resident
-            kwargs["BLOCK_K"] = pow2(cfg.hidden_size) if cfg.resident else tiers.BLOCK_K_STREAMED[size]
-            if not cfg.resident:
-                kwargs["SPLIT_K"] = 1
-        if cfg.split_k is not None:
-            kwargs["SPLIT_K"] = cfg.split_k
-    if cfg.num_warps is not None:
-        kwargs["num_warps"] = cfg.num_warps
+    tier = tiers.get_tier(cfg.tier)
+    config = tiers.plan(cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype, cfg.tier, cfg.kernel,
+                        SHARED_LIMIT.get(cfg.arch), cfg.allow_tf32).config  # fmt: skip
+    if cfg.resident is not None:
+        config = config.with_resident(cfg.resident, cfg.hidden_size, cfg.torch_dtype)
+    overrides = dict(num_warps=cfg.num_warps, block_b=cfg.block_b, split_k=cfg.split_k)
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    call = RecurrenceCall(cfg.mode, t["T"], t["B"], t["w_hh"], t["h0"], t["c0"], t["lengths"], t["b_hh"], t["w_hr"],
+                          cfg.reverse, cfg.save or cfg.kernel == "bwd", cfg.allow_tf32, cfg.states, **t["ext"])  # fmt: skip
+    launch, fwd = tier.forward_launch(call, t["gx"], config)
+    if cfg.kernel == "bwd":
+        grads = Gradients(t["new"](t["T"], t["B"], t["P"]), t["new"](t["B"], t["P"]), t["d_cn"], t["d_cs"], fwd.out,
+                          fwd.saved)  # fmt: skip
+        launch, _ = tier.backward_launch(call, grads, config)
+    kernel, args, kwargs = tier.compiled(launch)
     return kernel, tuple(args), kwargs
 
 

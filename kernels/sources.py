@@ -23,6 +23,7 @@ KERNEL_SOURCES: tuple[str, ...] = (
     "releases.json",
     "recurrent.py",
     "multi.py",
+    "grid.py",
     "embedding.py",
 )
 

@@ -14,6 +14,7 @@ the measurements and how they were made are in ``kernels/NOTES.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable
@@ -252,6 +253,13 @@ class MultiConfig:
     num_stages: int
     maxnreg: int
     split_k: int = 1  # resident dots: K split in this many chunks across warps (common.mm_split)
+
+    def with_resident(self, resident: bool, hidden_size: int, dtype: torch.dtype) -> MultiConfig:
+        """This configuration with the weight slice resident (K in one chunk) or streamed in
+        :data:`BLOCK_K_STREAMED` chunks, unsplit (the kernel report's override)."""
+        if resident:
+            return dataclasses.replace(self, resident=True, block_k=pow2(hidden_size))
+        return dataclasses.replace(self, resident=False, block_k=BLOCK_K_STREAMED[element_size(dtype)], split_k=1)
 
 
 def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int, kernel: str = "fwd",
