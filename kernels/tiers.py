@@ -23,76 +23,41 @@ from typing import Any
 
 import torch
 
-from . import cells
-from .common import element_size, pow2, triton_version
+from . import cells, releases
+from .common import element_size, pow2
 
 # ---------------------------------------------------------------------------------------------
 # Tier 1
 
-#: Largest on-chip weight footprint (:func:`weight_bytes`) a compiled tier-1 program holds, per
-#: storage dtype, when ``H`` (and ``proj_size``) are multiples of 16: the largest sizes that
-#: compile for sm_90 and sm_80 without local memory in the time loop and within both GPUs' shared
-#: memory (kernels/NOTES.md, "Tier 1").
-TIER1_MAX_WEIGHT_BYTES: dict[torch.dtype, int] = {
-    torch.float16: 128 * 1024,  # RNN H<=256, GRU/LSTM H<=128 (<= 144 KB of shared memory: A100 too)
-    torch.bfloat16: 128 * 1024,
-    torch.float32: 64 * 1024,  # RNN H<=128, GRU H<=64 (H=128 is 192 KiB: spills, > A100), LSTM H<=64
-    torch.float64: 32 * 1024,  # RNN H<=64, GRU/LSTM H<=32
-}
+#: The limits of the installed Triton release (``kernels/releases.json``, read by
+#: :mod:`.releases`; the measurements behind them: kernels/NOTES.md "Tier 1", "Tiers 2 and 3",
+#: "Layer-norm cells").  Largest on-chip weight footprint (:func:`weight_bytes`) a compiled tier-1
+#: program holds, per storage dtype, when ``H`` (and ``proj_size``) are multiples of 16: the
+#: largest that compiles for sm_90 and sm_80 without local memory in the time loop and within both
+#: GPUs' shared memory.
+TIER1_MAX_WEIGHT_BYTES: dict[torch.dtype, int] = releases.limits().tier1
 
 #: The same for other sizes (strides that are not multiples of 16: no vector loads, more
 #: registers) and for every projected LSTM (one more dot, its tiles in another layout).
-TIER1_MAX_WEIGHT_BYTES_UNALIGNED: dict[torch.dtype, int] = {
-    torch.float16: 32 * 1024,  # RNN H<=127, GRU/LSTM H<=63, projected LSTM H<=64 with P<=32
-    torch.bfloat16: 32 * 1024,
-    torch.float32: 16 * 1024,  # RNN H<=63, GRU/LSTM H<=31, projected H<=32, P<=16
-    torch.float64: 16 * 1024,  # RNN H<=31, GRU/LSTM H<=15, projected LSTM H<=16
-}
+TIER1_MAX_WEIGHT_BYTES_UNALIGNED: dict[torch.dtype, int] = releases.limits().tier1_unaligned
 
 #: The interpreter has no registers to spill; its limit only keeps CPU runs tractable.
 INTERPRETER_MAX_WEIGHT_BYTES = 4 * 1024 * 1024
 
 #: Lower tier-1 limits of cells whose maths hold more per step than torch.nn's (the layer-norm
 #: cells save 12 / 8 tensors per step and reduce rows twice / once): ``mode -> dtype ->
-#: (H multiple of 16, other H)`` bytes, each the largest that compiles for sm_90 and sm_80 with
-#: triton 3.6 and 3.9 without local memory in the loop, heaviest variant with states (fp32: every
-#: variant), at :func:`tier1_config`'s warps (kernel report; kernels/NOTES.md "Layer-norm cells";
-#: ``tests/test_kernel_report.py`` compiles every limit).  0: no compiled tier 1 (the torch step
-#: loop runs it).  Where triton 3.6 spilled and 3.9 did not, the limit is 3.6's (the GPU machine's).
-TIER1_MAX_WEIGHT_BYTES_CELL: dict[str, dict[torch.dtype, tuple[int, int]]] = {
-    "LN_LSTM": {
-        # H <= 64 (128 spills at 16 warps); other H <= 15 (31 spills in the backward with states on
-        # sm_80, triton 3.6)
-        torch.float16: (32 * 1024, 2 * 1024),
-        torch.bfloat16: (32 * 1024, 2 * 1024),
-        torch.float32: (16 * 1024, 16 * 1024),  # H <= 32 (64 spills); other H <= 31 (16 warps)
-        torch.float64: (0, 0),  # H = 16 already spills (forward sm_90, backward) at 4 and 8 warps
-    },
-    "LN_GRU": {
-        # H <= 64 (128 spills); other H <= 31 (63: the backward spills with triton 3.6)
-        torch.float16: (24 * 1024, 6 * 1024),
-        torch.bfloat16: (24 * 1024, 6 * 1024),
-        torch.float32: (48 * 1024, 48 * 1024),  # H <= 64; other H: the dtype's 16 KiB (H <= 31 measured)
-        torch.float64: (0, 0),  # triton 3.6 spills at H = 15 and 16 (H = 32 is clean; 3.9: H <= 32)
-    },
-}
-
-#: Builds a Triton version cannot compile: ``(mode, dtype, tier) -> first triton version that
-#: aborts``.  triton >= 3.9's LLVM aborts the process (an assertion in its SLP vectorizer, sm_90)
-#: building the fp32 LSTM tier-1 forward (kernels/NOTES.md); triton 3.6 builds it.  The resident
-#: tier-2 fp32 LSTM aborted too: tier 2 streams its weights on every version (never measured
-#: resident on 3.6).  Such a kernel is never launched.
-COMPILER_ABORTS: dict[tuple[str, torch.dtype, int], tuple[int, int]] = {
-    ("LSTM", torch.float32, 1): (3, 9),
-    ("LSTM", torch.float32, 2): (0, 0),  # resident weights only
-}
+#: (H multiple of 16, other H)`` bytes, heaviest variant with states, at :func:`tier1_config`'s
+#: warps (``tests/test_kernel_report.py`` compiles every limit).  0: no compiled tier 1 (the torch
+#: step loop runs it).
+TIER1_MAX_WEIGHT_BYTES_CELL: dict[str, dict[torch.dtype, tuple[int, int]]] = releases.limits().tier1_cell
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _aborts(mode: str, dtype: torch.dtype, tier: int) -> bool:
-    first = COMPILER_ABORTS.get((mode, dtype, tier))
-    return first is not None and triton_version() >= first
+    """Whether the installed Triton aborts building this kernel (``releases.json``'s
+    ``compiler_aborts``): such a kernel is never launched."""
+    return releases.compiler_abort(mode, dtype, tier) is not None
 
 
 @dataclass(frozen=True)
@@ -163,12 +128,12 @@ def tier1_unsupported(
             + f" in {dtype} needs {nbytes // 1024} KiB of recurrent weights on chip; the tier-1 "
             f"kernel holds at most {limit // 1024} KiB{where}"
         )
-    if not interpreted and _aborts(mode, dtype, 1):
-        import triton
-
+    abort = None if interpreted else releases.compiler_abort(mode, dtype, 1)
+    if abort is not None:
+        fixed = f"fixed in {abort['fixed']}" if abort["fixed"] else "not fixed in a release known here"
         return (
-            f"{mode} in {dtype} is not compiled with triton {triton.__version__}: its LLVM aborts the "
-            f"process building this tier-1 kernel for sm_90 (triton 3.6 builds it; kernels/NOTES.md)"
+            f"{mode} in {dtype} is not compiled with triton {releases.current()}: {abort['what']} "
+            f"(from triton {abort['first']}, {fixed}; {', '.join(abort['upstream'])})"
         )
     return None
 
@@ -214,14 +179,11 @@ BLOCK_B = 16
 #: Resident weight slices (a program's padded ``G`` tiles of ``(BLOCK_K, BLOCK_HS)``, loaded once,
 #: kept in shared memory) need, besides the slice, the ``(BLOCK_B, BLOCK_K)`` fp32 row of
 #: ``h_{t-1}`` on its way to the dot layout: both must fit the device's shared memory per block
-#: (227 KB on an H100/H200 when unknown).  Largest resident slice by element size, measured with
-#: the kernel report (sm_90, kernels/NOTES.md): 16-bit LSTM H=1024 (128 KiB) compiles clean;
-#: fp32 forwards spill from 96 KiB (GRU H=512) -- 64 KiB; fp64 keeps the first rule's 16 KiB.
-RESIDENT_MAX_WEIGHT_BYTES = {2: 128 * 1024, 4: 64 * 1024, 8: 16 * 1024}
-#: The backward's, where lower: 16-bit backward slices over 32 KiB spill in the time loop at 8
-#: warps (LSTM/GRU H = 768, 1024; triton 3.6 and 3.9) and need over 128 registers at 16 warps
-#: (206-255: more than one SM's register file holds for 512 threads, so they cannot launch).
-RESIDENT_MAX_WEIGHT_BYTES_BWD = {2: 32 * 1024, 4: 64 * 1024, 8: 16 * 1024}
+#: (227 KB on an H100/H200 when unknown).  Largest resident slice by element size, forward and
+#: backward, from the release data (kernels/NOTES.md "Tiers 2 and 3": 16-bit backward slices
+#: over 32 KiB spill at 8 warps and cannot launch at 16).
+RESIDENT_MAX_WEIGHT_BYTES: dict[int, int] = releases.limits().resident
+RESIDENT_MAX_WEIGHT_BYTES_BWD: dict[int, int] = releases.limits().resident_bwd
 #: Shared memory per block when the device is not known (sm_90's opt-in maximum).
 DEFAULT_SMEM_BYTES = 227 * 1024
 #: Chunks of K a resident slice's dots are split into across warps (each at least 16 wide): the
