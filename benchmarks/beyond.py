@@ -1,7 +1,11 @@
-"""Case kinds for what ``torch.nn`` does not have (issue 20): ``"lnrnn"`` and ``"states"``.
+"""Case kinds for what ``torch.nn`` does not have: ``"lnrnn"`` and ``"states"``.
+
+The cells come from the registry (:mod:`fastrnn.kernels.cells`): :func:`ln_cells` and
+:func:`state_cells`.
 
 * ``"lnrnn"``: :class:`fastrnn.LayerNormLSTM` / :class:`fastrnn.LayerNormGRU` (cells ``LN_LSTM``,
-  ``LN_GRU``), one layer, input size = H.  ``fastrnn`` = ``backend='triton'`` (tier-1 kernels),
+  ``LN_GRU``: every registered cell on the extended interface whose family names a fastrnn
+  module), one layer, input size = H.  ``fastrnn`` = ``backend='triton'`` (tier-1 kernels),
   ``loop`` and ``torch_nn`` = ``backend='torch'`` (fastrnn's plain-PyTorch step loop: what the
   layer costs without the kernels; torch.nn has no layer-normalised RNN), ``fastrnn_auto`` =
   ``backend='auto'``.  ``cudnn`` = ``torch.nn.LSTM``/``GRU`` of the same shape *without* layer
@@ -9,7 +13,8 @@
   output differs by design and is not compared.  ``fwdbwd`` rows train with ``zoneout`` (extra
   field ``zo``, masks drawn every call, as in training); ``fwd`` rows run ``eval()`` (zoneout's
   expectation).
-* ``"states"``: ``fastrnn.LSTM(...)(x, return_states=True)`` -- every step's ``c_t``.
+* ``"states"``: ``fastrnn.LSTM(...)(x, return_states=True)`` -- every step's ``c_t`` (every
+  registered cell with a cell state and a ``torch.nn`` twin).
   ``fastrnn``/``fastrnn_auto`` return the states (``fwdbwd``: the loss reads output and states,
   so the backward kernels take ``dc_t``); ``loop`` and ``torch_nn`` = ``backend='torch'`` (the
   step loop users write without fastrnn; torch.nn cannot return the states); ``cudnn`` =
@@ -30,12 +35,33 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+from fastrnn.kernels import cells
+from fastrnn.modules import build
+
 from .cases import Case, CaseKind, Cost, register_kind
 from .rnn import build_note_cudnn, make_step, packed_lengths, tokens
 from .rnn import cost as rnn_cost
 
-#: Layer-norm cell -> (fastrnn class name, torch.nn family of the same shape).
-LN_CELLS = {"LN_LSTM": ("LayerNormLSTM", "LSTM"), "LN_GRU": ("LayerNormGRU", "GRU")}
+
+def ln_cells() -> dict[str, tuple[str, str]]:
+    """Layer-norm cell -> (fastrnn class name, ``torch.nn`` family with the same gates): every
+    registered cell on the extended interface whose family is a fastrnn module with a plain twin."""
+    import fastrnn
+
+    out = {}
+    for mode in cells.modes(extended=True):
+        cell = cells.get(mode)
+        plain = [cells.get(m).family for m in cells.modes(twin=True) if cells.get(m).gates == cell.gates]
+        if plain and hasattr(fastrnn, cell.family):
+            out[mode] = (cell.family, plain[0])
+    return out
+
+
+def state_cells() -> tuple[str, ...]:
+    """The families of the registered cells with a cell state and a ``torch.nn`` twin (``LSTM``)."""
+    return tuple(dict.fromkeys(cells.get(m).family for m in cells.modes(twin=True) if cells.get(m).has_cell_state))
+
+
 #: Zoneout rate of training rows.
 ZONEOUT = 0.1
 
@@ -69,15 +95,15 @@ def setup(case: Case, device: torch.device, seed: int) -> Workload:
     torch.manual_seed(seed)
     dtype, train = case.torch_dtype, case.mode == "fwdbwd"
     if case.kind == "lnrnn":
-        cls = getattr(fastrnn, LN_CELLS[case.cell][0])
+        cls = getattr(fastrnn, ln_cells()[case.cell][0])
         module = cls(case.H, case.H, device=device, dtype=dtype, zoneout=ZONEOUT, backend="torch")
         with torch.no_grad():
             for name, p in module.named_parameters():
                 if name.startswith(("gamma", "beta")):
                     p.add_(0.1 * torch.randn_like(p))
     else:
-        module = fastrnn.LSTM(case.H, case.H, case.layers, bidirectional=case.bidir, device=device, dtype=dtype,
-                              backend="torch")  # fmt: skip
+        module = build(case.cell, case.H, case.H, case.layers, bidirectional=case.bidir, device=device, dtype=dtype,
+                       backend="torch")  # fmt: skip
     gen = torch.Generator(device=device).manual_seed(seed)
     leaf, inp, n = _input(case, device, gen, train, seed)
     out_dim = case.directions * case.H
@@ -179,7 +205,7 @@ def build_torch_nn(case: Case, wl: Workload, device: torch.device):
 def build_cudnn(case: Case, wl: Workload, device: torch.device):
     """``torch.nn.LSTM``/``GRU`` of the row's shape (cuDNN on CUDA): the yardstick (see module doc)."""
     m = wl.module
-    family = LN_CELLS[case.cell][1] if case.kind == "lnrnn" else "LSTM"
+    family = ln_cells()[case.cell][1] if case.kind == "lnrnn" else case.cell
     ref = getattr(nn, family)(m.input_size, m.hidden_size, m.num_layers, bidirectional=m.bidirectional,
                               device=m.weight_ih_l0.device, dtype=m.weight_ih_l0.dtype)  # fmt: skip
     ref.load_state_dict({k: v for k, v in m.state_dict().items() if k in ref.state_dict()})
@@ -190,7 +216,7 @@ def build_cudnn(case: Case, wl: Workload, device: torch.device):
     else:
         step = make_step(case, lambda: _data(case, ref(wl.input)[0]), [ref], wl.grad_out, wl.leaf)
         build_note_cudnn(step, device)
-        step.note = "torch.nn.LSTM without per-step states (it has none)" + (
+        step.note = f"torch.nn.{family} without per-step states (it has none)" + (
             f"; {step.note}" if getattr(step, "note", None) else ""
         )
     return step
@@ -199,7 +225,7 @@ def build_cudnn(case: Case, wl: Workload, device: torch.device):
 def cost(case: Case, seed: int) -> Cost:
     """The recurrent stack's cost (:func:`benchmarks.rnn.cost`) of the same shape; the layer
     norms' and the states' extra bytes are small next to it and left out (a floor)."""
-    family = LN_CELLS[case.cell][1] if case.kind == "lnrnn" else "LSTM"
+    family = ln_cells()[case.cell][1] if case.kind == "lnrnn" else case.cell
     base = Case("rnn", family, case.dtype, case.B, case.H, case.T, case.layers, case.bidir, case.packed, case.mode)
     c = rnn_cost(base, seed)
     return Cost(c.bytes, c.flops, c.steps, tokens(case, seed), c.recurrent_bytes)
@@ -219,15 +245,17 @@ def _ln_rows(cells, dtypes, Bs, Hs, Ts, packs=(False,), modes=("fwd", "fwdbwd"))
 
 def _state_rows(dtypes, Bs, Hs, Ts, layers=(1,), bidirs=(False,), packs=(False,), modes=("fwd", "fwdbwd")):
     return [
-        Case("states", "LSTM", dtype, B, H, T, L, bi, pk, mode)
-        for T, H, B, L, bi, pk, dtype, mode in itertools.product(Ts, Hs, Bs, layers, bidirs, packs, dtypes, modes)
+        Case("states", cell, dtype, B, H, T, L, bi, pk, mode)
+        for T, H, B, L, bi, pk, cell, dtype, mode in itertools.product(
+            Ts, Hs, Bs, layers, bidirs, packs, state_cells(), dtypes, modes
+        )
     ]
 
 
 def grid_full() -> list[Case]:
     """LN: both cells, fp16/bf16/fp32, B 16/64, H 32/64 (tier 1) and 256 (the step loop), T 1024;
     states: fp16/bf16/fp32, B 16/64, H 128/512/1024, T 1024, plus 2-layer bidirectional and packed."""
-    rows = _ln_rows(tuple(LN_CELLS), ("fp16", "bf16", "fp32"), (16, 64), (32, 64, 256), (1024,))
+    rows = _ln_rows(tuple(ln_cells()), ("fp16", "bf16", "fp32"), (16, 64), (32, 64, 256), (1024,))
     rows += _state_rows(("fp16", "bf16", "fp32"), (16, 64), (128, 512, 1024), (1024,))
     rows += _state_rows(("fp16",), (16,), (128,), (1024,), layers=(2,), bidirs=(True,))
     rows += _state_rows(("fp16",), (16,), (128,), (1024,), packs=(True,))
@@ -237,19 +265,19 @@ def grid_full() -> list[Case]:
 def grid_quick() -> list[Case]:
     """LN: both cells, bf16, B 16/64, H 64, T 1024 (8 rows); states: fp16, B 16/64, H 128/512,
     T 1024 (the rnn kind's quick shapes; 8 rows)."""
-    rows = _ln_rows(tuple(LN_CELLS), ("bf16",), (16, 64), (64,), (1024,))
+    rows = _ln_rows(tuple(ln_cells()), ("bf16",), (16, 64), (64,), (1024,))
     rows += _state_rows(("fp16",), (16, 64), (128, 512), (1024,))
     return rows
 
 
 def grid_cpu() -> list[Case]:
     """CPU comparison: LN both cells and states, fp32, B 4, H 16, T 16 (6 rows)."""
-    return _ln_rows(tuple(LN_CELLS), ("fp32",), (4,), (16,), (16,)) + _state_rows(("fp32",), (4,), (16,), (16,))
+    return _ln_rows(tuple(ln_cells()), ("fp32",), (4,), (16,), (16,)) + _state_rows(("fp32",), (4,), (16,), (16,))
 
 
 def grid_smoke() -> list[Case]:
     """Tiny rows for exercising the code on a CPU (tests only)."""
-    rows = _ln_rows(tuple(LN_CELLS), ("fp32",), (3,), (8,), (5,), packs=(False, True))
+    rows = _ln_rows(tuple(ln_cells()), ("fp32",), (3,), (8,), (5,), packs=(False, True))
     rows += _state_rows(("fp32",), (3,), (8,), (5,), layers=(2,), bidirs=(True,), packs=(False, True))
     return rows
 

@@ -1,4 +1,11 @@
-"""The ``"rnn"`` case kind: a ``torch.nn``-style recurrent stack (RNN tanh, LSTM, GRU).
+"""The ``"rnn"`` case kind: a ``torch.nn``-style recurrent stack of every registered cell.
+
+The cells are the registry's (:func:`cells`): one per family of the cells on the plain interface
+(``RNN`` is its first registered cell, tanh; relu differs from it in one pointwise op), so a newly
+registered cell gets rows in every grid by registration alone.  A cell without a ``torch.nn`` twin
+is compared with fastrnn's ``backend='torch'``, its plain-PyTorch reference step loop
+(:class:`fastrnn.modules.Recurrent`): the ``cudnn`` and ``torch_nn`` providers run that loop and
+say so in the row's note, and the weights come from that module's init.
 
 Every provider runs the same weights (``torch.nn`` init, seeded per row) on the same random
 input ``(T, B, I)`` with ``I = H`` (or a ``PackedSequence`` of it with random lengths); both
@@ -18,16 +25,31 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+from fastrnn.kernels import cells as cell_registry
 from fastrnn.modules import build, resolve
 
 from .cases import Case, CaseKind, Cost, register_kind
 from .loop import compiled_step, loop_stack
 
-#: The cell families benchmarked, in grid order ("RNN" is tanh; the cells' facts come from their
-#: spec, fastrnn/kernels/cells.py).
-CELLS = ("LSTM", "GRU", "RNN")
 
-# The grid of the issue (item 1).
+def cells() -> tuple[str, ...]:
+    """The cells benchmarked, in grid order: the torch.nn cells first (LSTM, GRU, RNN: the order
+    of the committed grids), then every other registered cell on the plain interface, named by its
+    family (its mode where the family has several: ``RNN`` is tanh).  Read from the registry
+    (:mod:`fastrnn.kernels.cells`) when a grid is built."""
+    names = []
+    for mode in cell_registry.modes(extended=False):
+        family = cell_registry.get(mode).family
+        if family not in names:  # a family's first registered cell (RNN: tanh)
+            names.append(family)
+    known = [f for f in ("LSTM", "GRU", "RNN") if f in names]
+    return tuple(known + [f for f in names if f not in known])
+
+
+#: The cells of the registry when this module was imported (:func:`cells` reads it anew).
+CELLS = cells()
+
+# The full grid's sizes.
 FULL_B = (1, 8, 16, 64, 256)
 FULL_H = (128, 256, 512, 768, 1024)
 FULL_T = (128, 1024)
@@ -64,8 +86,9 @@ def setup(case: Case, device: torch.device, seed: int) -> RNNWorkload:
     """Seeded weights, random input and output gradient for ``case`` on ``device``."""
     dtype = case.torch_dtype
     torch.manual_seed(seed)
+    twin = resolve(case.cell).twin is not None  # else fastrnn's step loop stands in (module doc)
     ref = build(case.cell, case.input_size, case.H, case.layers, bidirectional=case.bidir, device=device,
-                dtype=dtype, torch_nn=True)  # fmt: skip
+                dtype=dtype, torch_nn=twin, **({} if twin else {"backend": "torch"}))  # fmt: skip
     gen = torch.Generator(device=device).manual_seed(seed)
     train = case.mode == "fwdbwd"
     x = torch.randn(case.T, case.B, case.input_size, device=device, dtype=dtype, generator=gen)
@@ -141,25 +164,21 @@ def build_note_cudnn(step, device: torch.device) -> None:
 
 
 def build_torch_nn(case: Case, wl: RNNWorkload, device: torch.device):
-    """``torch.nn.LSTM`` & co. (cuDNN on CUDA, aten on CPU)."""
+    """``torch.nn.LSTM`` & co. (cuDNN on CUDA, aten on CPU); for a cell without a ``torch.nn``
+    twin, fastrnn's ``backend='torch'`` (its reference step loop)."""
     step = _module_step(wl.ref, case, wl)
-    build_note_cudnn(step, device)
+    if resolve(case.cell).twin is None:
+        step.note = f"{resolve(case.cell).mode} has no torch.nn twin: fastrnn's backend='torch' (a step loop)"
+    else:
+        build_note_cudnn(step, device)
     return step
 
 
 def _build_fastrnn(case: Case, wl: RNNWorkload, device: torch.device, backend: str):
     import fastrnn
 
-    cls = getattr(fastrnn, case.cell)
-    module = cls(
-        case.input_size,
-        case.H,
-        num_layers=case.layers,
-        bidirectional=case.bidir,
-        device=device,
-        dtype=case.torch_dtype,
-        backend=backend,
-    )
+    module = build(case.cell, case.input_size, case.H, case.layers, bidirectional=case.bidir, device=device,
+                   dtype=case.torch_dtype, backend=backend)  # fmt: skip
     module.load_state_dict(wl.ref.state_dict())
     step = _module_step(module, case, wl)
     try:
@@ -262,9 +281,9 @@ def _rows(cells, dtypes, Bs, Hs, Ts, layers=(1,), bidirs=(False,), packs=(False,
 
 
 def grid_full() -> list[Case]:
-    """The issue's full GPU grid: 3 cells x 3 dtypes x 5 B x 5 H x 2 T x uni/bi x 1/2 layers x dense/packed
+    """The full GPU grid: every cell (:func:`cells`; 3 today) x 3 dtypes x 5 B x 5 H x 2 T x uni/bi x 1/2 layers x dense/packed
     x 2 modes (7200 rows; run order by :func:`tier`)."""
-    return _rows(CELLS, GPU_DTYPES, FULL_B, FULL_H, FULL_T, (1, 2), (False, True), (False, True))
+    return _rows(cells(), GPU_DTYPES, FULL_B, FULL_H, FULL_T, (1, 2), (False, True), (False, True))
 
 
 def grid_quick() -> list[Case]:
@@ -273,19 +292,19 @@ def grid_quick() -> list[Case]:
     B 1/128 x H 64/128, T=512, and RNN H=256) and tier 2's (LSTM/GRU fp16 H=1024: B 16 at
     T=1024, B 1/128 at T=512)."""
     rows = _rows(("LSTM",), ("fp16",), (16,), (768,), (1024,))
-    rows += _rows(CELLS, GPU_DTYPES, (16, 64), (128, 512), (1024,))
+    rows += _rows(cells(), GPU_DTYPES, (16, 64), (128, 512), (1024,))
     for variant in (dict(bidirs=(True,)), dict(layers=(2,)), dict(packs=(True,))):
         rows += _rows(("LSTM", "RNN"), ("fp16",), (16,), (128,), (1024,), **variant)
-    rows += _rows(CELLS, ("fp16",), (1, 128), (64, 128), (512,))  # tier 1 (issue 18)
+    rows += _rows(cells(), ("fp16",), (1, 128), (64, 128), (512,))  # tier 1's edges
     rows += _rows(("RNN",), ("fp16",), (16,), (256,), (512,))
-    rows += _rows(("LSTM", "GRU"), ("fp16",), (16,), (1024,), (1024,))  # tier 2 (issue 17)
+    rows += _rows(("LSTM", "GRU"), ("fp16",), (16,), (1024,), (1024,))  # tier 2's
     rows += _rows(("LSTM", "GRU"), ("fp16",), (1, 128), (1024,), (512,))
     return rows
 
 
 def grid_cpu() -> list[Case]:
     """The CPU comparison (no GPU): small fp32 shapes, every cell, both modes, plus variants (30 rows)."""
-    rows = _rows(CELLS, ("fp32",), (1, 8), (32, 128), (32,))
+    rows = _rows(cells(), ("fp32",), (1, 8), (32, 128), (32,))
     for variant in (dict(bidirs=(True,)), dict(layers=(2,)), dict(packs=(True,))):
         rows += _rows(("LSTM",), ("fp32",), (8,), (64,), (32,), **variant)
     return rows
@@ -293,7 +312,7 @@ def grid_cpu() -> list[Case]:
 
 def grid_smoke() -> list[Case]:
     """Tiny rows for exercising the GPU suite's code on a CPU (Triton interpreter): tests only."""
-    rows = _rows(CELLS, ("fp32",), (3,), (8,), (5,))
+    rows = _rows(cells(), ("fp32",), (3,), (8,), (5,))
     for variant in (dict(bidirs=(True,)), dict(layers=(2,)), dict(packs=(True,))):
         rows += _rows(("GRU",), ("fp32",), (3,), (8,), (5,), **variant)
     return rows

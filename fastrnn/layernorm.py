@@ -117,10 +117,10 @@ def layer_norm_stack(
 
 
 class _LayerNormBase(_RecurrentBase):
-    """Shared construction and forward of the layer-normalised modules (``_base`` is the
-    ``torch.nn`` mode whose parameters they share, ``_cell`` the registered cell)."""
+    """Shared construction and forward of the layer-normalised modules (``_cell`` is the
+    registered cell; :class:`fastrnn.modules._RecurrentBase` builds ``torch.nn``'s weights and
+    biases from its spec)."""
 
-    _base: str
     _cell: str
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -131,10 +131,9 @@ class _LayerNormBase(_RecurrentBase):
             if not (isinstance(p, (int, float)) and 0 <= p <= 1) or isinstance(p, bool):
                 raise ValueError(f"{type(self).__name__}: {name} must be a number in [0, 1], got {p!r}")
         super().__init__(
-            self._base, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            self._cell, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
             device=device, dtype=dtype, backend=backend, allow_tf32=allow_tf32,
         )  # fmt: skip
-        self.mode = self._cell  # after nn.RNNBase's checks, which know torch.nn's modes only
         self.zoneout = float(zoneout)
         self.recurrent_dropout = float(recurrent_dropout)
         cell = cells.get(self._cell)
@@ -165,9 +164,6 @@ class _LayerNormBase(_RecurrentBase):
         super().reset_parameters()
         if hasattr(self, "_norm_names"):
             self._reset_norms()
-
-    def flatten_parameters(self) -> None:
-        """Nothing to do: cuDNN never runs these layers."""
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -234,7 +230,7 @@ class LayerNormLSTM(_LayerNormBase):
         out, (h_n, c_n) = lstm(torch.randn(50, 8, 80))
     """
 
-    _base, _cell = "LSTM", "LN_LSTM"
+    _cell = "LN_LSTM"
     check_forward_args = nn.LSTM.check_forward_args
     get_expected_cell_size = nn.LSTM.get_expected_cell_size
     permute_hidden = nn.LSTM.permute_hidden
@@ -258,7 +254,7 @@ class LayerNormGRU(_LayerNormBase):
         out, h_n = gru(torch.randn(50, 8, 80))
     """
 
-    _base, _cell = "GRU", "LN_GRU"
+    _cell = "LN_GRU"
 
     def forward(self, input, hx=None):
         """``(output, h_n)`` as :meth:`torch.nn.GRU.forward`."""

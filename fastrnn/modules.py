@@ -208,15 +208,58 @@ def run_loop(module: nn.RNNBase, lay: Layout, hx, *, return_states: bool = False
 
 
 class _RecurrentBase(nn.RNNBase):
-    """Shared forward of the modules; subclasses set ``_twin`` (the ``torch.nn`` class)."""
+    """Shared construction and forward of the modules; subclasses set ``_twin`` (the ``torch.nn``
+    class) where the cell has one.
 
-    _twin: type[nn.RNNBase]
+    The parameters come from the cell's spec: a cell with a ``torch.nn`` twin is built by
+    ``nn.RNNBase`` itself (its mode table knows exactly those cells), so names, shapes, init and
+    state dict are ``torch.nn``'s; any other registered cell gets the same layout with
+    ``gate_size = G * hidden_size`` (:meth:`_build_from_spec`).
+    """
+
+    _twin: type[nn.RNNBase] | None = None
 
     def __init__(self, mode: str, *args, backend: str = "auto", allow_tf32: bool | None = None, **kwargs) -> None:
         dispatch.check_backend_name(backend)
-        super().__init__(mode, *args, **kwargs)
+        cell = cells.get(mode)
+        if cell.twin is not None:
+            super().__init__(mode, *args, **kwargs)
+        else:
+            self._build_from_spec(cell, *args, **kwargs)
         self.backend = backend
         self.allow_tf32 = allow_tf32
+
+    def _build_from_spec(
+        self, cell: cells.Cell, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+        batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+        device=None, dtype=None,
+    ) -> None:  # fmt: skip
+        """``nn.RNNBase``'s construction for a cell its mode table does not know: its argument
+        checks, attributes and parameter names (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``,
+        ``bias_hh_l0``, ..., ``_reverse``), taken from a one-gate construction on the meta device
+        (no memory, no random draws); then the parameters at ``G * hidden_size`` rows and
+        ``nn.RNNBase``'s init (uniform in ``+-1/sqrt(hidden_size)``, in registration order)."""
+        if proj_size and not cell.projection:
+            raise ValueError(f"proj_size applies to cells with a projection, not {cell.mode!r}")
+        nn.RNNBase.__init__(
+            self, "RNN_TANH", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            proj_size, device="meta", dtype=dtype,
+        )  # fmt: skip
+        self.mode = cell.mode
+        gate_size = cell.G * hidden_size
+        for name in self._flat_weights_names:
+            shape = getattr(self, name).shape
+            if not name.startswith("weight_hr"):  # the projection keeps its (proj_size, hidden_size)
+                shape = (gate_size, *shape[1:])
+            setattr(self, name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+        self._init_flat_weights()
+        self.reset_parameters()
+
+    def flatten_parameters(self) -> None:
+        """``nn.RNNBase``'s (cuDNN's weight buffer) for cells with a ``torch.nn`` twin; nothing for
+        the others, which cuDNN never runs."""
+        if cells.get(self.mode).twin is not None:
+            super().flatten_parameters()
 
     def tf32(self) -> bool:
         """Whether the kernels may multiply fp32 in TF32 for this call: ``allow_tf32`` when given,
@@ -424,6 +467,51 @@ class GRU(_RecurrentBase):
         )
 
 
+class Recurrent(_RecurrentBase):
+    """A recurrent layer of any registered cell, named by its mode (``fastrnn.kernels.cells``):
+    what a cell without a ``torch.nn`` twin gets by registration alone.
+
+    Constructor as :class:`torch.nn.GRU` with the mode first (``proj_size`` for cells with a
+    projection); parameters as ``torch.nn``'s with ``G * hidden_size`` rows (``G`` the cell's gate
+    count); shapes, ``PackedSequence``/unbatched/``batch_first`` input and outputs as
+    ``torch.nn.GRU`` (``torch.nn.LSTM`` for a cell with a cell state).  Backends: ``triton`` runs
+    the kernels; ``torch`` (and ``auto`` on the CPU) the cell's plain-PyTorch reference step loop
+    (:func:`fastrnn.reference.stack_forward`); ``auto`` takes the kernels wherever they run.
+
+    Example::
+
+        layer = Recurrent("LSTM", 8, 16)   # the same maths as fastrnn.LSTM(8, 16)
+        out, (h_n, c_n) = layer(torch.randn(5, 3, 8))
+    """
+
+    def __init__(
+        self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+        batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+        device=None, dtype=None, *, backend: str = "auto", allow_tf32: bool | None = None,
+    ) -> None:  # fmt: skip
+        if cells.get(mode).extended:
+            raise ValueError(
+                f"cell {mode!r} takes per-unit parameters: use its own module (e.g. fastrnn.LayerNormLSTM)"
+            )
+        extra = (proj_size,) if proj_size else ()  # torch.nn's RNN/GRU constructors take none
+        super().__init__(
+            mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, *extra,
+            device=device, dtype=dtype, backend=backend, allow_tf32=allow_tf32,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return f"{self.mode!r}, " + super().extra_repr()
+
+    def forward(self, input, hx=None, *, return_states: bool = False):
+        """``(output, h_n)`` (``(output, (h_n, c_n))`` for a cell with a cell state), and with
+        ``return_states`` every step's cell state (see :meth:`fastrnn.LSTM.forward`)."""
+        route = dispatch.route_beyond_torch_nn(self, input)
+        lay = layout(self, input)
+        if route.backend == "torch":
+            return run_loop(self, lay, hx, return_states=return_states)
+        return run_triton(self, lay, hx, route.tier, return_states=return_states)
+
+
 #: Cell family -> its fastrnn module (the one place that names them).
 FAMILIES: dict[str, type[_RecurrentBase]] = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}
 
@@ -446,8 +534,9 @@ def build(
     mode: str, input_size: int, hidden_size: int, num_layers: int = 1, *, nonlinearity: str | None = None,
     proj_size: int = 0, torch_nn: bool = False, **kwargs,
 ) -> nn.RNNBase:  # fmt: skip
-    """A recurrent module for ``mode`` (a mode or a family, see :func:`resolve`): the fastrnn module,
-    or with ``torch_nn`` its ``torch.nn`` twin.  ``kwargs`` go to the constructor (``bias``,
+    """A recurrent module for ``mode`` (a mode or a family, see :func:`resolve`): the fastrnn module
+    (:class:`Recurrent` for a cell without a class of its own), or with ``torch_nn`` its
+    ``torch.nn`` twin.  ``kwargs`` go to the constructor (``bias``,
     ``batch_first``, ``backend``, ...).
 
     Example::
@@ -462,10 +551,13 @@ def build(
     extra = dict(cell.twin_kwargs)
     if cell.projection:
         extra["proj_size"] = proj_size
-    cls = cell.twin if torch_nn else FAMILIES[cell.family]
-    if cls is None:
+    if torch_nn and cell.twin is None:
         raise ValueError(f"cell {cell.mode!r} has no torch.nn twin")
-    return cls(input_size, hidden_size, num_layers, **extra, **kwargs)
+    if torch_nn:
+        return cell.twin(input_size, hidden_size, num_layers, **extra, **kwargs)
+    if cell.family not in FAMILIES:  # a cell without a fastrnn class of its own
+        return Recurrent(cell.mode, input_size, hidden_size, num_layers, **extra, **kwargs)
+    return FAMILIES[cell.family](input_size, hidden_size, num_layers, **extra, **kwargs)
 
 
 def rebuild_sharing_parameters(module: nn.RNNBase, cls: type, **extra) -> nn.RNNBase:

@@ -177,9 +177,19 @@ def get(mode: str) -> Cell:
         raise ValueError(f"unknown recurrent cell {mode!r}; registered: {', '.join(CELLS)}") from None
 
 
-def gate_count(mode: str) -> int:
-    """Number of gates of ``mode``."""
-    return get(mode).G
+def modes(family: str | None = None, twin: bool | None = None, extended: bool | None = None) -> list[str]:
+    """The registered modes, in registration order, optionally only those of ``family``, with
+    (``twin=True``) or without (``False``) a ``torch.nn`` twin, using the extended interface or not.
+
+    Example::
+
+        modes(twin=True)  # ["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]
+    """
+    return [
+        c.mode for c in CELLS.values()
+        if (family is None or c.family == family) and (twin is None or (c.twin is not None) == twin)
+        and (extended is None or c.extended == extended)
+    ]  # fmt: skip
 
 
 def family_mode(family: str, nonlinearity: str | None = None) -> str:

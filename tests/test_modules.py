@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fastrnn.kernels import cells
 from helpers import compare_twins, module_inputs, twins
 
 # (name, constructor kwargs, T, B, input kind, with initial state)
@@ -36,16 +37,20 @@ CONFIGS = [
     ("two_batch_tiles", dict(bidirectional=True), 3, 17, "dense", True),
 ]
 
-CELLS = [
-    ("RNN", dict(nonlinearity="tanh")),
-    ("RNN", dict(nonlinearity="relu")),
-    ("LSTM", {}),
-    ("LSTM", dict(proj_size=3)),
-    ("GRU", {}),
-]
+
+def _cells() -> list[tuple[str, dict, str]]:
+    """``(family, constructor kwargs, id)`` of every registered cell with a ``torch.nn`` twin (and
+    its projection variant where it has one): the registry is the list."""
+    out = []
+    for mode in cells.modes(twin=True):
+        cell = cells.get(mode)
+        name = cell.twin_kwargs.get("nonlinearity") or mode.lower()  # tanh, relu, lstm, gru
+        out.append((cell.family, dict(cell.twin_kwargs), name))
+        if cell.projection:
+            out.append((cell.family, dict(proj_size=3), f"{name}_proj"))
+    return out
 
 
-CELL_IDS = ["tanh", "relu", "lstm", "lstm_proj", "gru"]
 # fp32 covers every configuration; fp64 a representative subset (tight 1e-10 tolerance).
 FP64_CONFIGS = ("h0", "two_layers_bidir", "packed_unsorted_bidir")
 CASES = [
@@ -55,7 +60,7 @@ CASES = [
         (torch.float64, "fp64", [c for c in CONFIGS if c[0] in FP64_CONFIGS]),
     )
     for cfg in cfgs
-    for (cell, ckw), cid in zip(CELLS, CELL_IDS)
+    for cell, ckw, cid in _cells()
 ]
 
 
