@@ -23,8 +23,9 @@ from fastrnn.kernels.call import RecurrenceCall
 from fastrnn.modules import resolve
 from helpers import TOL, compare_twins, device, module_inputs, twins
 
-CELLS = [("RNN", dict(nonlinearity="tanh")), ("RNN", dict(nonlinearity="relu")), ("LSTM", {}), ("GRU", {})]
-CELL_IDS = ["tanh", "relu", "lstm", "gru"]
+# Every registered cell with a torch.nn twin (the registry is the list): family, kwargs, test id.
+CELLS = [(cells.get(m).family, dict(cells.get(m).twin_kwargs)) for m in cells.modes(twin=True)]
+CELL_IDS = [cells.get(m).twin_kwargs.get("nonlinearity") or m.lower() for m in cells.modes(twin=True)]
 # (name, constructor kwargs, T, B, input kind, with initial state, H)
 CONFIGS = [
     ("two_layers_bidir_h0", dict(num_layers=2, bidirectional=True), 4, 3, "dense", True, 20),
