@@ -22,7 +22,6 @@ import triton
 
 from . import _runtime
 from .common import warn_once
-from .tiers import BLOCK_B, BLOCK_HS
 
 #: Polls of a barrier counter before a program gives up (about a second on an H100).
 MAX_SPIN = 1 << 21
@@ -131,11 +130,11 @@ class MultiLaunch:
 
     @property
     def n_slices(self) -> int:
-        return triton.cdiv(self.H, BLOCK_HS)
+        return triton.cdiv(self.H, self.consts["BLOCK_HS"])
 
     @property
     def n_tiles(self) -> int:
-        return triton.cdiv(self.B, BLOCK_B)
+        return triton.cdiv(self.B, self.consts["BLOCK_B"])
 
     def persistent(self, sync: torch.Tensor, n_groups: int, max_spin: int = MAX_SPIN,
                    cooperative: bool = True) -> tuple[tuple, dict]:  # fmt: skip

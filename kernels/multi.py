@@ -39,7 +39,8 @@ before any ``h`` column exists (a second exchange per step).  Such layers run in
 back to ``torch``.
 
 The cell maths are the same ``@triton.jit`` functions tier 1 calls (:mod:`.cells`); the tier
-decision and the tile choices come from :mod:`.tiers`.
+decision comes from :mod:`.tiers`; what these tiers run and their tile choices are below
+(:func:`multi_unsupported`, :func:`multi_config`), the runtime of their launches in :mod:`.grid`.
 
 Dimension letters as in :mod:`.recurrent` (here ``P == H``); ``HS`` hidden units per program,
 ``NS = cdiv(H, HS)`` slices, ``NG`` batch groups.
@@ -47,25 +48,29 @@ Dimension letters as in :mod:`.recurrent` (here ``P == H``); ``HS`` hidden units
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-from . import _runtime, cells, tiers
+from . import _runtime, cells, releases, tiers
 from .call import Gradients, RecurrenceCall, allocate, backward_shapes, forward_shapes
 from .common import (
     BackwardResult,
     ForwardResult,
     acc_dtype,
     backward_step_inputs,
+    element_size,
     flags,
     load_gates,
     load_split,
     mm,
     mm_split,
+    pow2,
     precision,
     row_major,
     store_saved,
@@ -75,7 +80,7 @@ from .common import (
     upcast_dot,
 )
 from .grid import MAX_SPIN, MultiLaunch, run
-from .tiers import BLOCK_B, BLOCK_HS, MultiConfig, multi_config, multi_unsupported
+from .tiers import DTYPES, INTERPRETER_MAX_WEIGHT_BYTES
 
 #: Runtime integers that change between launches without a recompile (never constexpr).
 _RUNTIME_INTS = ["T", "B", "J_BEGIN", "J_END", "N_GROUPS", "MAX_SPIN"]
@@ -258,7 +263,7 @@ def _multi_fwd_kernel(
     J_BEGIN, J_END, T, B, H, N_GROUPS, MAX_SPIN,
     CELL_FWD: tl.constexpr, CELL_BWD: tl.constexpr, G: tl.constexpr, S: tl.constexpr, INNER_SLOTS: tl.constexpr,
     HAS_C: tl.constexpr, STATE_SLOT: tl.constexpr, READ_H_NEW: tl.constexpr, READ_H_PREV: tl.constexpr,
-    DIRECT_DH: tl.constexpr, EXT: tl.constexpr, NPRM: tl.constexpr,  # extended cells: never here (tiers.py)
+    DIRECT_DH: tl.constexpr, EXT: tl.constexpr, NPRM: tl.constexpr,  # extended cells: never here (multi_unsupported)
     HAS_BH: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr, STORE_C: tl.constexpr,
     RESIDENT: tl.constexpr, USE_BARRIER: tl.constexpr, ONE_TILE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -459,7 +464,7 @@ def _multi_bwd_kernel(
     J_BEGIN, J_END, T, B, H, N_GROUPS, MAX_SPIN,
     CELL_FWD: tl.constexpr, CELL_BWD: tl.constexpr, G: tl.constexpr, S: tl.constexpr, INNER_SLOTS: tl.constexpr,
     HAS_C: tl.constexpr, STATE_SLOT: tl.constexpr, READ_H_NEW: tl.constexpr, READ_H_PREV: tl.constexpr,
-    DIRECT_DH: tl.constexpr, EXT: tl.constexpr, NPRM: tl.constexpr,  # extended cells: never here (tiers.py)
+    DIRECT_DH: tl.constexpr, EXT: tl.constexpr, NPRM: tl.constexpr,  # extended cells: never here (multi_unsupported)
     HAS_H0: tl.constexpr, HAS_C0: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr, HAS_DCS: tl.constexpr,
     RESIDENT: tl.constexpr, USE_BARRIER: tl.constexpr, ONE_TILE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -567,6 +572,136 @@ def _multi_bwd_kernel(
 
 # ---------------------------------------------------------------------------------------------
 # launchers
+
+
+# ---------------------------------------------------------------------------------------------
+# What tiers 2 and 3 run, and how they are launched
+
+#: Hidden units per program (the smallest ``tl.dot`` tile: the most programs share a layer).
+BLOCK_HS = 16
+#: Sequences per batch tile (one ``tl.dot`` M dimension).
+BLOCK_B = 16
+#: Resident weight slices (a program's padded ``G`` tiles of ``(BLOCK_K, BLOCK_HS)``, loaded once,
+#: kept in shared memory) need, besides the slice, the ``(BLOCK_B, BLOCK_K)`` fp32 row of
+#: ``h_{t-1}`` on its way to the dot layout: both must fit the device's shared memory per block
+#: (227 KB on an H100/H200 when unknown).  Largest resident slice by element size, forward and
+#: backward, from the release data (kernels/NOTES.md "Tiers 2 and 3": 16-bit backward slices
+#: over 32 KiB spill at 8 warps and cannot launch at 16).
+RESIDENT_MAX_WEIGHT_BYTES: dict[int, int] = releases.limits().resident
+RESIDENT_MAX_WEIGHT_BYTES_BWD: dict[int, int] = releases.limits().resident_bwd
+#: Shared memory per block when the device is not known (sm_90's opt-in maximum).
+DEFAULT_SMEM_BYTES = 227 * 1024
+#: Chunks of K a resident slice's dots are split into across warps (each at least 16 wide): the
+#: toy persistent step on an H200 went from 14.4 to 5.0 us at H = 768 with 4 (kernels/NOTES.md).
+#: fp64 (DMMA) is not split (not measured split).
+RESIDENT_SPLIT_K = 4
+#: Chunk of the reduction dimension of streamed weights, by element size (fp32/fp64 dots hold
+#: K-long rows per thread: narrower chunks).
+BLOCK_K_STREAMED = {2: 64, 4: 16, 8: 16}
+#: The streamed 16-bit backward (slices over :data:`RESIDENT_MAX_WEIGHT_BYTES_BWD`) reads chunks
+#: this wide, each split in :data:`RESIDENT_SPLIT_K` across 8 warps: LSTM bf16 H = 1024
+#: estimated 9.6 us a step against 15.5 at 64-wide chunks on 4 warps (225 / 255 registers with
+#: triton 3.9 / 3.6, no spills; 512-wide chunks spill, 4 warps spill).
+STREAMED_SPLIT_BLOCK_K = 256
+
+
+def slice_weight_bytes(mode: str, hidden_size: int, dtype: torch.dtype) -> int:
+    """On-chip bytes of one tier-2 program's resident ``W_hh`` slice (padded tiles)."""
+    return cells.get(mode).G * pow2(hidden_size) * BLOCK_HS * element_size(dtype)
+
+
+@dataclass(frozen=True)
+class MultiConfig:
+    """Compile-time choices of a tier-2/3 launch (never depends on T or B)."""
+
+    resident: bool
+    block_k: int
+    num_warps: int
+    num_stages: int
+    maxnreg: int
+    split_k: int = 1  # resident dots: K split in this many chunks across warps (common.mm_split)
+
+    def with_resident(self, resident: bool, hidden_size: int, dtype: torch.dtype) -> MultiConfig:
+        """This configuration with the weight slice resident (K in one chunk) or streamed in
+        :data:`BLOCK_K_STREAMED` chunks, unsplit (the kernel report's override)."""
+        if resident:
+            return dataclasses.replace(self, resident=True, block_k=pow2(hidden_size))
+        return dataclasses.replace(self, resident=False, block_k=BLOCK_K_STREAMED[element_size(dtype)], split_k=1)
+
+
+def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int, kernel: str = "fwd",
+                 smem_bytes: int | None = None) -> MultiConfig:  # fmt: skip
+    """Tile choices of a tier-2/3 launch of ``kernel`` (``"fwd"``/``"bwd"``) on a device with
+    ``smem_bytes`` of shared memory per block (kernels/NOTES.md, "Tiers 2 and 3"):
+
+    * tier 2 keeps each program's weight slice resident (:data:`RESIDENT_MAX_WEIGHT_BYTES`, the
+      backward :data:`RESIDENT_MAX_WEIGHT_BYTES_BWD`, and the slice plus the ``h`` row within
+      ``smem_bytes``; never where the resident build aborts the compiler) and splits its dots'
+      K across warps (8 warps, :data:`RESIDENT_SPLIT_K` chunks); otherwise (and in tier 3) the
+      slice is streamed from L2 in ``BLOCK_K`` chunks at 4 warps (16-bit backwards: 256-wide
+      chunks split across 8 warps, :data:`STREAMED_SPLIT_BLOCK_K`);
+    * ``maxnreg = 255`` (left alone, ptxas parks a few bytes in local memory inside the loop in
+      about one config in ten); 2 pipeline stages, 3 for fp32/fp64 streamed builds, 1 for the
+      fp64 streamed backward."""
+    size = element_size(dtype)
+    k_pad = pow2(hidden_size)
+    slice_bytes = slice_weight_bytes(mode, hidden_size, dtype)
+    smem_needed = slice_bytes + BLOCK_B * k_pad * element_size(torch.float64 if size == 8 else torch.float32)
+    limits = RESIDENT_MAX_WEIGHT_BYTES_BWD if kernel == "bwd" else RESIDENT_MAX_WEIGHT_BYTES
+    resident = (
+        tier == 2
+        and slice_bytes <= limits[size]
+        and smem_needed <= (smem_bytes or DEFAULT_SMEM_BYTES)
+        and releases.compiler_abort(mode, dtype, 2) is None
+    )
+    if not resident:
+        if kernel == "bwd" and size == 2 and k_pad >= STREAMED_SPLIT_BLOCK_K:
+            return MultiConfig(False, STREAMED_SPLIT_BLOCK_K, 8, 2, 255, RESIDENT_SPLIT_K)
+        # pipeline stages: 2 for 16-bit, 3 for fp32/fp64 -- but 1 for the fp64 backward (the LSTM
+        # one spills in the loop at 2 and 3 stages with triton 3.6)
+        stages = 2 if size == 2 else 1 if (size == 8 and kernel == "bwd") else 3
+        return MultiConfig(False, min(BLOCK_K_STREAMED[size], k_pad), 4, stages, 255, 1)
+    split = 1 if size == 8 else RESIDENT_SPLIT_K
+    return MultiConfig(True, k_pad, 8, 2, 255, max(1, min(split, k_pad // 16)))
+
+
+def multi_unsupported(tier: int, mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
+                      interpreted: bool = False) -> str | None:  # fmt: skip
+    """Why tier 2/3 cannot run this layer (``None`` when it can).  Tier 2's co-residency is
+    checked at launch (it needs the compiled kernel); a tier-2 launch that does not fit runs as
+    tier 3."""
+    if dtype not in DTYPES:
+        return f"dtype {dtype} is not supported (float16, bfloat16, float32, float64 are)"
+    if proj_size:
+        return f"tier {tier} does not run a projected LSTM (proj_size={proj_size}): only tier 1 does"
+    cell = cells.get(mode)
+    if cell.extended:
+        return (f"tier {tier} does not run {mode}: its per-step row reductions (layer norm) need every hidden "
+                f"unit of a row in one program, which only tier 1 has")  # fmt: skip
+    nbytes = cells.get(mode).G * hidden_size * hidden_size * element_size(dtype)
+    if interpreted and nbytes > INTERPRETER_MAX_WEIGHT_BYTES:
+        return (
+            f"tier {tier} in the interpreter runs at most {INTERPRETER_MAX_WEIGHT_BYTES // 2**20} MiB of recurrent "
+            f"weights (CPU runs stay tractable); {mode} with hidden_size={hidden_size} in {dtype} has {nbytes // 1024} KiB"
+        )
+    return None
+
+
+
+def describe(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> str:
+    """What :func:`~.tiers.choose_tier` says when it picks tier 2."""
+    fwd, bwd = (multi_config(mode, hidden_size, dtype, 2, k).resident for k in ("fwd", "bwd"))
+    if fwd and bwd:
+        how = "resident W_hh slices"
+    elif fwd:
+        how = "W_hh slices resident in the forward, streamed from L2 in the backward"
+    else:  # the backward's limits are never above the forward's
+        how = "W_hh slices streamed from L2"
+    return f"tier 2 ({how}, {BLOCK_HS} units each)"
+
+
+# ---------------------------------------------------------------------------------------------
+# launches
 
 
 def _consts(cell: cells.Cell, dtype: torch.dtype, cfg: MultiConfig, allow_tf32: bool) -> dict[str, Any]:
@@ -696,7 +831,7 @@ def _register(number: int, name: str, rank: float, automatic: bool, compiled) ->
             config_type=MultiConfig,
             unsupported=functools.partial(multi_unsupported, number),
             config=config,
-            describe=tiers.describe_multi,
+            describe=describe,
             forward=functools.partial(multi_fwd, tier=number),
             backward=functools.partial(multi_bwd, tier=number),
             forward_launch=forward_launch,

@@ -31,13 +31,14 @@ passed as ``None`` (a compile-time constant in Triton) with their ``HAS_*`` flag
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-from . import _runtime, cells, tiers
+from . import _runtime, cells, releases, tiers
 from .call import Gradients, RecurrenceCall, allocate, backward_shapes, forward_shapes
 from .common import (
     BackwardResult,
@@ -45,6 +46,7 @@ from .common import (
     Launch,
     backward_step_inputs,
     check_params,
+    element_size,
     final_gradients,
     flags,
     initial_states,
@@ -52,6 +54,7 @@ from .common import (
     load_split,
     mm,
     mm_split,
+    pow2,
     precision,
     row_major,
     store_saved,
@@ -61,7 +64,7 @@ from .common import (
     upcast_dot,
     zoneout_args,
 )
-from .tiers import Tier1Config, tier1_config, tier1_unsupported
+from .tiers import INTERPRETER_MAX_WEIGHT_BYTES
 
 
 def _jit_shape_generic(fn):
@@ -402,6 +405,143 @@ def _recurrent_bwd_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
+# What tier 1 runs, and how it is launched
+
+#: The limits of the installed Triton release (``kernels/releases.json``, read by
+#: :mod:`.releases`; the measurements behind them: kernels/NOTES.md "Tier 1", "Tiers 2 and 3",
+#: "Layer-norm cells").  Largest on-chip weight footprint (:func:`weight_bytes`) a compiled tier-1
+#: program holds, per storage dtype, when ``H`` (and ``proj_size``) are multiples of 16: the
+#: largest that compiles for sm_90 and sm_80 without local memory in the time loop and within both
+#: GPUs' shared memory.
+TIER1_MAX_WEIGHT_BYTES: dict[torch.dtype, int] = releases.limits().tier1
+
+#: The same for other sizes (strides that are not multiples of 16: no vector loads, more
+#: registers) and for every projected LSTM (one more dot, its tiles in another layout).
+TIER1_MAX_WEIGHT_BYTES_UNALIGNED: dict[torch.dtype, int] = releases.limits().tier1_unaligned
+
+#: Lower tier-1 limits of cells whose maths hold more per step than torch.nn's (the layer-norm
+#: cells save 12 / 8 tensors per step and reduce rows twice / once): ``mode -> dtype ->
+#: (H multiple of 16, other H)`` bytes, heaviest variant with states, at :func:`tier1_config`'s
+#: warps (``tests/test_kernel_report.py`` compiles every limit).  0: no compiled tier 1 (the torch
+#: step loop runs it).
+TIER1_MAX_WEIGHT_BYTES_CELL: dict[str, dict[torch.dtype, tuple[int, int]]] = releases.limits().tier1_cell
+
+@dataclass(frozen=True)
+class Tier1Config:
+    """Compile-time tile sizes of one tier-1 launch (never depends on T or B)."""
+
+    block_b: int  # sequences per program
+    block_h: int  # next power of two >= H (>= 16 for tl.dot)
+    block_p: int  # next power of two >= P (>= 16; >= 32 for 16-bit projections from H = 32)
+    num_warps: int
+    split_k: int = 1  # the recurrent dots' K split into this many chunks across warps (common.mm_split)
+
+
+def tiles(hidden_size: int, proj_size: int, dtype: torch.dtype) -> tuple[int, int]:
+    """``(BLOCK_H, BLOCK_P)`` of tier 1.  A 16-wide 16-bit projection dot makes Triton put every
+    warp on the same batch rows of all gates (it spilled at any warp count): 32, masked, does not."""
+    block_h, block_p = pow2(hidden_size), pow2(proj_size or hidden_size)
+    if proj_size and block_h >= 32 and dtype in (torch.float16, torch.bfloat16):
+        block_p = max(block_p, 32)
+    return block_h, block_p
+
+
+def aligned(hidden_size: int, proj_size: int) -> bool:
+    """Whether every stride the kernels get is a multiple of 16 (whatever T and B are)."""
+    return hidden_size % 16 == 0 and (proj_size or hidden_size) % 16 == 0
+
+
+def weight_bytes(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> int:
+    """On-chip bytes of the recurrent weight tiles one tier-1 program holds: ``G`` tiles of
+    ``W_hh`` and, projected, one of ``W_hr``, each ``BLOCK_H x BLOCK_P`` as launched."""
+    block_h, block_p = tiles(hidden_size, proj_size, dtype)
+    n_tiles = cells.get(mode).G + (1 if proj_size else 0)
+    return n_tiles * block_h * block_p * element_size(dtype)
+
+
+def tier1_unsupported(
+    mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, interpreted: bool = False
+) -> str | None:
+    """Why tier 1 cannot run this layer (``None`` when it can); ``interpreted``: in Triton's
+    interpreter (CPU tensors), where the register limit of a compiled kernel does not apply.
+
+    Example::
+
+        tier1_unsupported("GRU", 64, 0, torch.bfloat16)  # None: 24 KiB of weights on chip
+        tier1_unsupported("GRU", 256, 0, torch.bfloat16)  # '... needs 384 KiB ... at most 64 KiB'
+    """
+    if dtype not in TIER1_MAX_WEIGHT_BYTES:
+        return f"dtype {dtype} is not supported (float16, bfloat16, float32, float64 are)"
+    nbytes = weight_bytes(mode, hidden_size, proj_size, dtype)
+    if interpreted:
+        limit, where = INTERPRETER_MAX_WEIGHT_BYTES, " in the interpreter"
+    elif proj_size:
+        limit, where = TIER1_MAX_WEIGHT_BYTES_UNALIGNED[dtype], " for a projected LSTM"
+    elif aligned(hidden_size, proj_size):
+        limit, where = TIER1_MAX_WEIGHT_BYTES[dtype], ""
+    else:
+        limit = TIER1_MAX_WEIGHT_BYTES_UNALIGNED[dtype]
+        where = f" when hidden_size is not a multiple of 16 ({TIER1_MAX_WEIGHT_BYTES[dtype] // 1024} KiB when it is)"
+    cell_limits = TIER1_MAX_WEIGHT_BYTES_CELL.get(mode, {}).get(dtype)
+    if cell_limits is not None and not interpreted:
+        cell_limit = cell_limits[0 if aligned(hidden_size, proj_size) else 1]
+        if cell_limit < limit:
+            limit, where = cell_limit, f" for {mode} (more per-step state than torch.nn's cells; kernels/NOTES.md)"
+    if nbytes > limit:
+        return (
+            f"{mode} with hidden_size={hidden_size}"
+            + (f", proj_size={proj_size}" if proj_size else "")
+            + f" in {dtype} needs {nbytes // 1024} KiB of recurrent weights on chip; the tier-1 "
+            f"kernel holds at most {limit // 1024} KiB{where}"
+        )
+    abort = None if interpreted else releases.compiler_abort(mode, dtype, 1)
+    if abort is not None:
+        fixed = f"fixed in {abort['fixed']}" if abort["fixed"] else "not fixed in a release known here"
+        return (
+            f"{mode} in {dtype} is not compiled with triton {releases.current()}: {abort['what']} "
+            f"(from triton {abort['first']}, {fixed}; {', '.join(abort['upstream'])})"
+        )
+    return None
+
+
+def tier1_config(
+    mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, allow_tf32: bool = False
+) -> Tier1Config:
+    """Tile sizes, warps and K split of tier 1 (kernels/NOTES.md, "Tier 1"): 16 sequences per
+    program (the smallest dot tile: no spills up to the limit, and the most programs); warps by
+    on-chip weight bytes -- aligned sizes 4 below 16 KiB, 8 up to 64 KiB, 16 above (half the
+    dependent mma per warp per step: the step's serial chain); other sizes 8 from 8 KiB, fp32 16
+    from 16 KiB.  fp32 above 48 KiB: RNN (H = 128) 16 warps with its FMA dots' K split in two
+    (K-long rows per thread spill otherwise; with ``allow_tf32`` the dots run on tensor cores and
+    are not split: split in two, triton 3.6 spills them), LSTM (H = 64) 8 warps.  Extended cells
+    (layer norm) take at least 8 warps."""
+    block_h, block_p = tiles(hidden_size, proj_size, dtype)
+    nbytes = weight_bytes(mode, hidden_size, proj_size, dtype)
+    split_k = 1
+    if aligned(hidden_size, proj_size):
+        num_warps = 4 if nbytes < 16 * 1024 else 8 if nbytes <= 64 * 1024 else 16
+        if dtype == torch.float32 and nbytes > 48 * 1024:
+            # RNN H = 128 spills at 8 warps; LSTM H = 64 (triton 3.6 only) spills at 16 warps,
+            # split or not, and is clean at 8 (forward 244 registers, backward 128)
+            num_warps, split_k = (16, 1 if allow_tf32 else 2) if cells.get(mode).G == 1 else (8, 1)
+    elif dtype == torch.float32 and nbytes >= 16 * 1024:
+        num_warps = 16
+    else:
+        num_warps = 8 if nbytes >= 8 * 1024 else 4
+    if cells.get(mode).extended:  # more per-step state (layer-norm cells: 4 warps spill at H = 15)
+        num_warps = max(num_warps, 8)
+        if dtype == torch.float32 and cells.get(mode).has_cell_state and nbytes >= 16 * 1024:
+            num_warps = 16  # LN_LSTM H = 32: triton 3.9's LLVM aborts building its backward at 8 warps
+    return Tier1Config(16, block_h, block_p, num_warps, split_k)
+
+
+
+def describe(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> str:
+    """What :func:`~.tiers.choose_tier` says when it picks tier 1."""
+    return "tier 1: all of W_hh fits one program"
+
+
+# ---------------------------------------------------------------------------------------------
 # launches
 
 
@@ -564,7 +704,7 @@ tiers.register(
         config_type=Tier1Config,
         unsupported=_unsupported,
         config=_config,
-        describe=tiers.describe_tier1,
+        describe=describe,
         forward=recurrent_fwd,
         backward=recurrent_bwd,
         forward_launch=forward_launch,

@@ -15,14 +15,20 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-#: The files (relative to this package) whose contents decide what a kernel launch compiles to.
+#: The kernel files that register a tier (:func:`fastrnn.kernels.tiers.register`): the registry
+#: imports them on first use.  A new tier is one kernel file, its registration, and its name here.
+TIER_MODULES: tuple[str, ...] = ("recurrent", "multi")
+
+#: The files (relative to this package) whose contents decide what a kernel launch compiles to:
+#: the cells' maths, the shared jit helpers, the call record, the tier choice, the release data,
+#: every tier's kernel file, the multi-program runtime and the fused embedding's GEMM.
 KERNEL_SOURCES: tuple[str, ...] = (
     "cells.py",
     "common.py",
+    "call.py",
     "tiers.py",
     "releases.json",
-    "recurrent.py",
-    "multi.py",
+    *(f"{name}.py" for name in TIER_MODULES),
     "grid.py",
     "embedding.py",
 )

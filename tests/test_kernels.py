@@ -173,13 +173,13 @@ def test_offsets_past_2_to_the_31_elements_in_the_interpreter():
 def test_split_k_dots_equal_the_plain_ones(mode, split_k):
     """Tier 1 with its recurrent dots split along K across warps (common.mm_split) computes what the
     plain dots do, forward and backward, in float64 (H = 40: the last K chunk is partly padding)."""
-    from fastrnn.kernels import recurrent, tiers
+    from fastrnn.kernels import recurrent
     from fastrnn.kernels.call import Gradients, RecurrenceCall
 
     T, B, H = 4, 3, 40
     args = _layer_inputs(mode, T, B, H)
     cell = cells.get(mode)
-    base = tiers.tier1_config(mode, H, 0, torch.float64)
+    base = recurrent.tier1_config(mode, H, 0, torch.float64)
     d_out = torch.randn(T, B, H, dtype=torch.float64, device=device())
     d_hn = torch.randn(B, H, dtype=torch.float64, device=device())
     d_cn = torch.randn(B, H, dtype=torch.float64, device=device()) if cell.has_cell_state else None

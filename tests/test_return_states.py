@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 import fastrnn
 from fastrnn import ops, reference
 from fastrnn.functional import recurrent_stack
-from fastrnn.kernels import _runtime, recurrent, tiers
+from fastrnn.kernels import _runtime, recurrent
 from fastrnn.kernels.call import Gradients, RecurrenceCall
 from helpers import assert_within_oracle, device
 
@@ -177,7 +177,7 @@ def test_off_by_default_and_free_when_off():
     x = torch.randn(3, 2, 3, device=device())
     res = m(x)
     assert len(res) == 2 and len(res[1]) == 2
-    cfg = tiers.tier1_config("LSTM", 4, 0, torch.float32)
+    cfg = recurrent.tier1_config("LSTM", 4, 0, torch.float32)
     gx, w = torch.randn(3, 2, 16), torch.randn(16, 4)
     call = RecurrenceCall("LSTM", 3, 2, w)
     launch, fwd = recurrent.forward_launch(call, gx, cfg)
