@@ -19,7 +19,7 @@ TORCH_MODES = [mode for mode, cell in cells.CELLS.items() if cell.twin is not No
 # backend vs itself): fp32 with TF32 off, fp64.  fastrnn against torch.nn uses the oracle rule below.
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 
-#: The one rule for fastrnn against torch.nn, on every device (DESIGN.md section 7): against a
+#: The one rule for fastrnn against torch.nn, on every device (docs/numerics.md): against a
 #: float64 oracle, fastrnn's largest error is at most twice torch.nn's own largest error in the same
 #: dtype, plus this floor times the oracle's magnitude (at least 1).  A fixed 1e-5 against torch.nn
 #: held on CPU and failed on an H200, where after long sequences both sides sit 1-4e-5 from float64.
