@@ -1,20 +1,91 @@
-"""Every ```python block of README.md runs as written (docs move with the code)."""
+"""The documentation moves with the code: every ```python block of README.md and docs/*.md runs as
+written, the README's speed-up table is the one generated from the committed results, and the
+README stays short."""
 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the repository, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import readme_table  # noqa: E402
+
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+#: Pages without examples of their own: notes for contributors.
+NO_EXAMPLES = {"design.md"}
 
 
-def test_readme_has_examples():
-    assert len(BLOCKS) >= 3
+def _blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_example_runs(index):
-    exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), {})
+def _needs_interpreter(code: str) -> bool:
+    """Blocks that put CPU tensors through the kernels (Triton's interpreter on every machine; a
+    block that moves its tensors to CUDA when it can runs compiled there)."""
+    return ('backend="triton"' in code or "fastrnn.functional." in code) and '"cuda"' not in code
+
+
+EXAMPLES = [
+    pytest.param(
+        path,
+        i,
+        id=f"{path.relative_to(ROOT).as_posix()}-{i}",
+        marks=[pytest.mark.interpreter] if _needs_interpreter(code) else [],
+    )
+    for path in PAGES
+    for i, code in enumerate(_blocks(path))
+]
+
+
+@pytest.mark.parametrize("path", [p for p in PAGES[1:] if p.name not in NO_EXAMPLES], ids=lambda p: p.name)
+def test_every_docs_page_has_examples(path):
+    assert _blocks(path), f"{path.relative_to(ROOT)} has no ```python example"
+
+
+@pytest.mark.parametrize(("path", "index"), EXAMPLES)
+def test_example_runs(path, index, monkeypatch):
+    monkeypatch.delenv("FASTRNN_TIER", raising=False)
+    code = _blocks(path)[index]
+    exec(compile(code, f"{path.relative_to(ROOT)} block {index}", "exec"), {"__name__": "__doc_example__"})
+
+
+def test_readme_speedup_table_is_generated():
+    """The table between the markers is exactly what ``python -m benchmarks.readme_table`` writes."""
+    text = README.read_text()
+    assert readme_table.current_block(text) == readme_table.render(), (
+        "README.md's speed-up table differs from the committed results: run python -m benchmarks.readme_table"
+    )
+
+
+def test_readme_table_generator_round_trip(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{readme_table.BEGIN}\nstale\n{readme_table.END}\n\nafter\n")
+    assert readme_table.main(["--readme", str(readme), "--check"]) == 1
+    assert readme_table.main(["--readme", str(readme)]) == 0
+    assert readme_table.main(["--readme", str(readme), "--check"]) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n") and text.endswith("\nafter\n")
+    assert "| LSTM | fp16 |" in text and "Headline" in text
+
+
+def test_readme_is_short():
+    assert len(README.read_text().splitlines()) <= 170
+
+
+def test_docs_speak_to_users():
+    """No page speaks of how the project is developed."""
+    pattern = re.compile(r"\blent\b|\bsessions?\b|\bissues? \d+|#\d{2}", re.I)
+    for path in PAGES:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            assert not pattern.search(line), f"{path.relative_to(ROOT)}:{n}: {line}"
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
