@@ -18,8 +18,8 @@ setup(
     long_description=Path("README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["fastrnn", "fastrnn.kernels"],
-    package_dir={"fastrnn": "fastrnn", "fastrnn.kernels": "kernels"},
+    packages=["fastrnn", "fastrnn.kernels", "fastrnn.kernels.report"],
+    package_dir={"fastrnn": "fastrnn", "fastrnn.kernels": "kernels", "fastrnn.kernels.report": "kernels/report"},
     package_data={"fastrnn": ["auto_table.json"], "fastrnn.kernels": ["step_estimates.json"]},
     install_requires=[
         "torch>=2.11",

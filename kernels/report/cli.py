@@ -1,0 +1,143 @@
+"""The command line: ``python -m fastrnn.kernels.report --help``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import triton
+
+from .. import cells, recurrent
+from .configs import CELLS, DTYPES, EXTRA_CELLS, KERNELS, SHARED_LIMIT, multi_configs, tier1_configs
+from .pool import _serve, cache_dir, compile_report
+from .sass import missing_tools
+from .tables import compare, format_table, write_estimates
+
+DESCRIPTION = (
+    "Kernel report: compile the recurrence kernels (tier 1, and tiers 2/3 of multi.py) for sm_90 / sm_80 on a "
+    "machine without a GPU, and read registers, spills, shared memory, tensor-core instructions and a per-step "
+    "estimate from the cubin."
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; 1 when a config spills in its time loop, overflows shared memory or fails."""
+    p = argparse.ArgumentParser(prog="python -m fastrnn.kernels.report", description=DESCRIPTION)
+    p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS) + list(EXTRA_CELLS))
+    p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    p.add_argument("--hidden", nargs="+", type=int, default=[32, 64, 128, 256])
+    p.add_argument("--proj", nargs="+", type=int, default=[0], help="LSTMP proj_size (0: hidden // 2)")
+    p.add_argument("--arch", nargs="+", type=int, default=[90, 80], choices=sorted(SHARED_LIMIT))
+    p.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=list(KERNELS))
+    p.add_argument("--variants", default="heaviest", choices=["heaviest", "default", "all"])
+    p.add_argument("--num-warps", nargs="+", type=int, default=None, help="override the configuration's warps")
+    p.add_argument("--block-b", nargs="+", type=int, default=None, help="override tier1_config's BLOCK_B")
+    p.add_argument("--split-k", nargs="+", type=int, default=None, help="override the configuration's SPLIT_K")
+    p.add_argument("--resident", nargs="+", choices=("yes", "no"), default=None,
+                   help="tiers 2/3: override the resident/streamed choice")  # fmt: skip
+    p.add_argument("--beyond-limit", action="store_true", help="also sizes tier 1 refuses")
+    p.add_argument("--tiers", nargs="+", type=int, default=[1], choices=[1, 2, 3],
+                   help="kernel tiers to compile (2, 3: multi.py; projected LSTMs have none)")  # fmt: skip
+    p.add_argument("--batch", type=int, default=64, help="batch size of the launch (with T = 8)")
+    p.add_argument("--tf32", action="store_true", help="also fp32 with allow_tf32=True (tensor cores)")
+    p.add_argument(
+        "--states",
+        action="store_true",
+        help="also every config of a cell with a cell state with return_states (c_t stored, dc_t read)",
+    )
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--baseline", help="compare registers, spills and shared memory with an earlier --json file")
+    p.add_argument("--estimates", help="write the per-step estimates (est_us by config) to this JSON file")
+    p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per compile (default: no limit)")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help=f"compile every config again and keep nothing (cache: $FASTRNN_REPORT_CACHE, here {cache_dir()})",
+    )
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # a compile_report worker
+    a = p.parse_args(argv)
+
+    if a.serve:
+        _serve()
+        return 0
+    missing = missing_tools()
+    if missing:
+        print(f"cannot compile: {', '.join(missing)} not found in triton/backends/nvidia/bin", file=sys.stderr)
+        return 2
+    configs = []
+    if 1 in a.tiers:
+        configs += tier1_configs(
+            a.cells,
+            a.dtypes,
+            a.hidden,
+            a.arch,
+            a.kernels,
+            a.variants,
+            a.num_warps or [None],
+            a.block_b or [None],
+            a.beyond_limit,
+            a.batch,
+            a.proj,
+            a.tf32,
+            a.split_k or [None],
+        )
+    if multi_tiers := [t for t in a.tiers if t != 1]:
+        configs += multi_configs(
+            a.cells,
+            a.dtypes,
+            a.hidden,
+            a.arch,
+            a.kernels,
+            multi_tiers,
+            a.num_warps or [None],
+            a.batch,
+            a.split_k or [None],
+            [{"yes": True, "no": False}[r] for r in a.resident] if a.resident else [None],
+        )
+    if a.states:
+        configs += [dataclasses.replace(c, states=True) for c in configs if cells.get(c.mode).has_cell_state]
+    start = time.perf_counter()
+    rows = compile_report(configs, jobs=a.jobs, timeout=a.timeout, cache=not a.no_cache)
+    limits = ", ".join(
+        f"{name} {recurrent.TIER1_MAX_WEIGHT_BYTES[dt] // 1024}/{recurrent.TIER1_MAX_WEIGHT_BYTES_UNALIGNED[dt] // 1024}"
+        for name, dt in DTYPES.items()
+    )
+    print(
+        f"# fastrnn kernel report (tiers {' '.join(map(str, a.tiers))}): triton {triton.__version__}, tier-1 limits in KiB (H, P multiples "
+        f"of 16 / other sizes): {limits}; {len(rows)} configs ({sum(1 for r in rows if r.get('cached'))} from the "
+        f"cache) in {time.perf_counter() - start:.0f} s with {a.jobs} jobs"
+    )
+    print(format_table(rows, markdown=a.markdown))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    if a.estimates:
+        write_estimates(a.estimates, rows)
+    if a.baseline:
+        with open(a.baseline) as f:
+            worse, better, missing = compare(json.load(f), rows)
+        fmt = lambda k: "/".join(map(str, k))
+        print(f"against {a.baseline}: {len(worse)} worse, {len(better)} better, {len(missing)} missing")
+        for key, metric, before, after in worse:
+            print(f"  WORSE  {fmt(key)}: {metric} {before} -> {after}")
+        for key, metric, before, after in better:
+            print(f"  better {fmt(key)}: {metric} {before} -> {after}")
+        for key, why in missing:
+            print(f"  MISSING {fmt(key)}: {why}")
+    bad = [r for r in rows if r["error"] or r["loop_spills"] or not r["shared_ok"] or not r.get("regs_ok", True)]
+    outside = [r for r in rows if not r["error"] and r["spills"] and not r["loop_spills"]]
+    if outside:
+        print(f"{len(outside)} of {len(rows)} configs keep a few bytes on the stack outside the time loop")
+    if bad:
+        print(
+            f"{len(bad)} of {len(rows)} configs fail (spills in the time loop, shared memory over the limit, "
+            "more registers than one SM holds for the program, or error)"
+        )
+    return 1 if bad else 0
