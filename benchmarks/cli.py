@@ -36,8 +36,8 @@ from .results import (
 )
 from .timing import TimingConfig, paired_ratio, peak_memory_mib, time_cpu_interleaved, time_cuda
 
-#: Default cap of a GPU run: well inside a 10-minute command limit, leaving time for start-up,
-#: the row in flight and the reports.  ``--resume`` continues where a capped run stopped.
+#: Default time cap of a GPU run (``--max-minutes``): no new row starts after it, so a run stays
+#: short and every prefix of the grid is useful.  ``--resume`` continues where a capped run stopped.
 DEFAULT_GPU_MAX_MINUTES = 7.0
 
 #: Timing settings by ``torch.device.type`` (the first GPU run found this keyed "gpu", looked up

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.gpu_check``: everything a lent GPU should run, in one command (~8 minutes).
+"""``python -m benchmarks.gpu_check``: everything a GPU should check, in one command (~8 minutes).
 
 1. ``tests`` -- the test suite with the kernels compiled for the GPU (``pytest -n N`` when
    pytest-xdist is installed).  ``tests/test_kernel_report.py`` is left out: it compiles for

@@ -30,8 +30,8 @@ def tanh(x):
     in fp64 too: no overflow; NaN passes through).  ``|x| < 0.625``: an odd polynomial fit for
     fp32 (at most 0.8 ulp; no cancellation near 0).  The former ``(1 - e)/(1 + e)``,
     ``e = exp(-2|x|)``, was up to 2.5 ulp off beyond 0.6 and 8 ulp below (relative error
-    unbounded near 0); the backward's ``1 - tanh^2`` and every later step inherit such errors
-    (issue 21).  fp64 keeps that form: its error there is ~1e-16.
+    unbounded near 0); the backward's ``1 - tanh^2`` and every later step inherit such errors.
+    fp64 keeps that form: its error there is ~1e-16.
     """
     a = tl.abs(x)
     if x.dtype == tl.float64:

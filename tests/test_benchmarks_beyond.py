@@ -1,4 +1,4 @@
-"""The benchmark kinds of issue 20 (``benchmarks/beyond.py``): ``lnrnn`` (LayerNormLSTM/GRU) and
+"""The benchmark kinds beyond torch.nn (``benchmarks/beyond.py``): ``lnrnn`` (LayerNormLSTM/GRU) and
 ``states`` (``return_states=True``), their providers on tiny CPU rows (the GPU suite's code with
 the kernels in Triton's interpreter), their grids and costs."""
 

@@ -35,7 +35,7 @@ from helpers import _tensors, assert_same_structure, device
 def _expecttest_or_shim() -> None:
     """torch's test helpers import ``expecttest`` (the ``test`` extra installs it) only to derive
     their ``TestCase`` from ``expecttest.TestCase``; ``module_db`` uses none of its features.  A
-    machine that cannot install it (the lent GPU machine has no network) gets a stand-in whose
+    machine that cannot install it (a GPU machine without network) gets a stand-in whose
     ``TestCase`` is ``unittest.TestCase``, so the cases still run there on the compiled kernels."""
     try:
         import expecttest  # noqa: F401
@@ -53,7 +53,7 @@ def _import_module_db():
     _expecttest_or_shim()
     # Importing torch's test helpers calls torch.backends.disable_global_flags(), after which
     # plain assignments such as `torch.backends.cudnn.allow_tf32 = False` (conftest.py) raise for
-    # the rest of the session; the flag is restored on leaving this context.
+    # the rest of the process; the flag is restored on leaving this context.
     with torch.backends.__allow_nonbracketed_mutation():
         from torch.testing._internal.common_modules import module_db
     assert not torch.backends.flags_frozen(), "torch's test helpers froze torch.backends flags"
