@@ -9,8 +9,13 @@ Input: every GPU-suite results document under ``benchmarks/results/``, at any de
 ``cudnn`` measured becomes one shape class (cell, dtype, layers, direction, packed, fused
 embedding, H, size buckets, training) with both times and peak memories.  Per GPU, the most recent
 run's kernel sources count: runs that measured other kernel sources are left out.  The hash of the
-kernel sources is the one the run recorded (``env.kernel_hash``), else the one of the run's commit
-(``git show``).
+kernel sources (:func:`fastrnn.kernels.sources.kernel_hash`, over the files that build kernels) is
+the one the run recorded (``env.kernel_hash``), else the one of the run's commit (``git show``).
+
+A GPU whose latest run measured other kernels than this checkout's gets ``"stale"`` (why) in its
+entry: ``fastrnn.auto`` then ignores the entry and says so.  Regenerating after a GPU run of the
+current kernels drops the mark; ``tests/test_auto_table.py`` fails when an entry measured other
+kernels without the mark.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fastrnn.auto import TABLE_PATH, ShapeClass, bucket
+from fastrnn.kernels import sources
 from fastrnn.modules import resolve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +38,7 @@ DTYPES = {"fp16": "torch.float16", "bf16": "torch.bfloat16", "fp32": "torch.floa
 
 
 def kernel_hash_at(commit: str, root: Path = REPO_ROOT) -> str:
-    """:func:`fastrnn.auto.kernel_hash` of the kernel sources at ``commit`` (from git)."""
+    """:func:`fastrnn.kernels.sources.kernel_hash` of the kernel sources at ``commit`` (from git)."""
 
     def git(*args: str) -> bytes:
         try:
@@ -42,10 +48,11 @@ def kernel_hash_at(commit: str, root: Path = REPO_ROOT) -> str:
                 f"cannot read the kernel sources of commit {commit[:12]} from git ({e}); a full clone is needed"
             ) from None
 
-    names = sorted(n for n in git("ls-tree", "--name-only", commit, "kernels/").decode().split() if n.endswith(".py"))
+    present = set(git("ls-tree", "--name-only", commit, "kernels/").decode().split())
     h = hashlib.sha256()
-    for name in names:
-        h.update(Path(name).name.encode() + b"\0" + git("show", f"{commit}:{name}"))
+    for name in sorted(sources.KERNEL_SOURCES):  # the same files and bytes as sources.kernel_hash()
+        if f"kernels/{name}" in present:
+            h.update(name.encode() + b"\0" + git("show", f"{commit}:kernels/{name}"))
     return h.hexdigest()[:16]
 
 
@@ -75,21 +82,23 @@ def row_class(row: dict[str, Any]) -> ShapeClass | None:
 
 
 def generate(docs: list[tuple[Path, dict[str, Any]]], root: Path = REPO_ROOT) -> dict[str, Any]:
-    """The table document for ``docs`` (see the module doc)."""
+    """The table document for ``docs``: per GPU its latest kernel sources' classes, marked
+    ``"stale"`` when those are not this checkout's kernels (see the module doc)."""
     by_gpu: dict[str, list[tuple[Path, dict]]] = {}
     for path, doc in docs:
         by_gpu.setdefault(doc["env"]["gpu"], []).append((path, doc))
     devices = {}
+    current = sources.kernel_hash()
     for gpu, runs in sorted(by_gpu.items()):
         runs.sort(key=lambda pd: pd[1]["env"].get("date", ""))
         hashes = [d["env"].get("kernel_hash") or kernel_hash_at(d["env"]["commit"], root) for _, d in runs]
         latest = hashes[-1]
         classes: dict[str, dict] = {}
-        sources = []
+        run_files = []
         for (path, doc), h in zip(runs, hashes, strict=True):
             if h != latest:
                 continue
-            sources.append(str(path.relative_to(root)))
+            run_files.append(str(path.relative_to(root)))
             for row in doc["rows"]:
                 cls = row_class(row)
                 res = row.get("results", {})
@@ -107,11 +116,12 @@ def generate(docs: list[tuple[Path, dict[str, Any]]], root: Path = REPO_ROOT) ->
         env = runs[-1][1]["env"]
         devices[gpu] = {
             "kernel_hash": latest,
+            **({"stale": f"measured on kernels {latest}; the kernels changed since"} if latest != current else {}),
             "commit": env.get("commit"),
             "date": env.get("date"),
             "versions": {k: env.get(k) for k in ("torch", "triton", "cuda", "cudnn", "driver")},
             "sms": env.get("gpu_sms"),
-            "sources": sources,
+            "sources": run_files,
             "classes": dict(sorted(classes.items())),
         }
     return {

@@ -129,7 +129,24 @@ def test_shipped_table_hit_and_stale_table(fake):
     )
     assert fake.calls == []  # the table answered: nothing measured
     fake.table["devices"]["Fake GPU"]["kernel_hash"] = "old"  # measured with other kernels: not trusted
-    assert auto.choose(cls, CUDA0, RUNNERS, 256)[0] == "triton" and fake.calls == ["torch", "triton"]
+    backend, why = auto.choose(cls, CUDA0, RUNNERS, 256)
+    assert backend == "triton" and fake.calls == ["torch", "triton"]
+    assert why.startswith("measured") and "the shipped table does not apply (it measured kernels old" in why
+
+
+def test_a_stale_table_is_not_used_and_explain_says_why(fake, monkeypatch):
+    """An entry marked stale (benchmarks/auto_table.py: its run measured other kernels) never
+    answers, even with a matching kernel hash, and the reason reaches the explanation."""
+    cls = _cls()
+    entry = {"triton_ms": 5.0, "torch_ms": 2.0, "tokens": 1024}
+    stale = "measured on kernels 0123; the kernels changed since"
+    fake.table = {"devices": {"Fake GPU": {"kernel_hash": "k1", "stale": stale, "classes": {cls.key(): entry}}}}
+    monkeypatch.setenv("FASTRNN_AUTO_MEASURE", "0")
+    backend, why = auto.choose(cls, CUDA0, RUNNERS, 256)
+    assert backend == "torch" and "rule" in why and f"the shipped table does not apply ({stale})" in why
+    assert fake.calls == []
+    fake.table = {"devices": {}}
+    assert "the shipped table has no Fake GPU" in auto.choose(cls, CUDA0, RUNNERS, 256)[1]
 
 
 def test_measurement_off_uses_the_table_else_the_rule(fake, monkeypatch):
