@@ -121,7 +121,7 @@ class EmbeddingRNN(nn.Module):
         if ids.is_cuda or torch.compiler.is_compiling():
             # No host sync: an assertion op that fires on the device, as nn.Embedding's own index
             # check does on CUDA.  A host sync here stalled every call until the GPU drained, which
-            # exposed the CPU's launch overhead (~1.2 ms per call measured on an H200),
+            # exposed the CPU's launch overhead (about a millisecond per call, see kernels/NOTES.md),
             # and cannot run inside torch.compile's graph or a CUDA graph being captured.
             ok = (ids >= 0).all() & (ids < emb.num_embeddings).all()
             torch._assert_async(ok, "EmbeddingRNN: token ids out of range of the embedding")

@@ -128,11 +128,6 @@ def greedy_decode(
     return Hypotheses(torch.stack(tokens, 1)[:, :width], lengths, scores)
 
 
-def normalized_score(score: float, length: int, length_penalty: float) -> float:
-    """Length normalisation: ``score / length ** length_penalty`` (0: raw sum, 1: per-token mean)."""
-    return score / (max(length, 1) ** length_penalty)
-
-
 @torch.no_grad()
 def beam_search(
     model: DecoderModel,
