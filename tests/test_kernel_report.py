@@ -245,7 +245,7 @@ def test_layer_norm_limits_are_searched() -> None:
 # ---------------------------------------------------------------------------------------------
 # Tiers 2 and 3 (kernels/multi.py): every cell and dtype, resident (H=128) and streamed (H=1024)
 # weight slices, the persistent kernel with its grid barrier (tier 2) and the per-step one
-# (tier 3), heaviest variant, sm_90 (the lent GPUs' arch; sm_80 is reported in NOTES.md).
+# (tier 3), heaviest variant, sm_90 (the H100/H200 arch; sm_80 is reported in NOTES.md).
 
 MULTI_CONFIGS = report.multi_configs(hidden_sizes=(128, 1024), archs=(90,))
 
