@@ -70,7 +70,7 @@ class Model(nn.Module):
 
 def _mkldnn_off_for_cpu_lstm(cls, backend):
     # PyTorch 2.13 cannot lower its own oneDNN CPU LSTM under torch.compile (aten.mkldnn_rnn_layer
-    # fails in AOT autograd); with oneDNN off it uses the native path.  Documented in README.
+    # fails in AOT autograd); with oneDNN off it uses the native path.  Documented in docs/dispatch.md.
     if cls is fastrnn.LSTM and backend == "torch" and device().type == "cpu":
         return torch.backends.mkldnn.flags(enabled=False)
     return contextlib.nullcontext()

@@ -14,7 +14,7 @@ within them of it (``_assert_close_to_torch``).
 
 On CPU the kernels run in Triton's interpreter; on a GPU they are the compiled kernels.  Seeds are
 fixed; ``FASTRNN_MODULE_DB_SEED=<n>`` draws another set of inputs, weights and output gradients
-(README, precision notes: a loop over 20 seeds).
+(`docs/numerics.md`: a loop over 20 seeds).
 """
 
 from __future__ import annotations
