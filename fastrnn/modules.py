@@ -569,10 +569,13 @@ def rebuild_sharing_parameters(module: nn.RNNBase, cls: type, **extra) -> nn.RNN
         dropout=module.dropout, bidirectional=module.bidirectional, device="meta", **extra,
     )  # fmt: skip
     cell = cells.get(module.mode)
-    kw.update(cell.twin_kwargs)  # RNN: its nonlinearity
+    generic = issubclass(cls, Recurrent)  # named by its mode, not by torch.nn's arguments
+    if not generic:
+        kw.update(cell.twin_kwargs)  # RNN: its nonlinearity
     if cell.projection:
         kw["proj_size"] = module.proj_size
-    twin = cls(module.input_size, module.hidden_size, **kw)  # meta: no memory, no init work
+    args = (module.mode,) if generic else ()
+    twin = cls(*args, module.input_size, module.hidden_size, **kw)  # meta: no memory, no init work
     for name in module._flat_weights_names:
         setattr(twin, name, getattr(module, name))
     twin._init_flat_weights()

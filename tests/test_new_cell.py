@@ -31,7 +31,7 @@ from new_cell_def import MODE, _gru_nr_backward, _gru_nr_forward
 from fastrnn import reference
 from fastrnn.functional import recurrent_stack
 from fastrnn.kernels import _runtime, cells
-from fastrnn.modules import Recurrent, build
+from fastrnn.modules import Recurrent, build, fast_twin
 from helpers import device
 
 
@@ -142,6 +142,10 @@ def test_a_registered_cell_gets_a_module(new_cell):
     names = ["x", "h0"] + [n for n, _ in module.named_parameters()]
     for name, a, b in zip(names, got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=lambda m, n=name: f"{n}: {m}")
+
+    twin = fast_twin(module, backend="torch")  # the reference step loop, on the very same parameters
+    assert type(twin) is Recurrent and twin.mode == MODE and twin.weight_hh_l0 is module.weight_hh_l0
+    torch.testing.assert_close(twin(x, h0)[0], out, rtol=1e-10, atol=1e-10)
 
 
 def test_a_registered_cell_compiles_without_spills(new_cell, monkeypatch):
