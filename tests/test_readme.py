@@ -29,7 +29,8 @@ def _blocks(path: Path) -> list[str]:
 def _needs_interpreter(code: str) -> bool:
     """Blocks that put CPU tensors through the kernels (Triton's interpreter on every machine; a
     block that moves its tensors to CUDA when it can runs compiled there)."""
-    return ('backend="triton"' in code or "fastrnn.functional." in code) and '"cuda"' not in code
+    kernels = re.search(r'backend="triton"|, "triton"\)|fastrnn\.functional\.', code)
+    return bool(kernels) and '"cuda"' not in code
 
 
 EXAMPLES = [
