@@ -158,7 +158,7 @@ def test_a_registered_cell_compiles_without_spills(new_cell, monkeypatch):
         pytest.skip(
             "the kernel report cannot compile a cell registered outside fastrnn yet: "
             "fastrnn.kernels.report.compile_report(..., imports=[module names]) must have each compile worker "
-            "import those modules before it compiles, and KernelConfig take any registered mode"
+            "import those modules before it compiles"
         )
     if report.missing_tools():
         pytest.skip(
