@@ -1,9 +1,16 @@
-"""The tier-1 kernels compile for sm_90 and sm_80 on CPU without spills and within shared memory.
+"""The kernels compile for sm_90 and sm_80 on CPU without spills and within shared memory.
 
 Compiles (Triton's own toolchain, no GPU) every cell and dtype at the largest hidden size tier 1
 accepts, forward and backward, in the heaviest variant (varlen, reverse, with h0), plus a few
-smaller sizes; see ``kernels/report.py`` and the measured table in ``kernels/NOTES.md``.  The
-compiles run in worker subprocesses with ``TRITON_INTERPRET=0`` (this process interprets).
+smaller sizes, the layer-norm cells at their own limits, and tiers 2/3; see ``kernels/report/``
+and the measured table in ``kernels/NOTES.md``.  The compiles run in worker subprocesses with
+``TRITON_INTERPRET=0`` (this process interprets).
+
+The default run compiles one forward/backward pair per tier for sm_90 (:data:`DEFAULT_ROWS`); every
+other configuration is marked ``slow`` (``python -m pytest -m slow``).  A test compiles only the
+configurations the run selected, once, when the first of them is needed; compiled rows are kept in
+the report's disk cache (``$FASTRNN_REPORT_CACHE``), so a second run with unchanged kernels
+compiles nothing.
 """
 
 from __future__ import annotations
@@ -11,13 +18,15 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("triton", reason="triton is not installed: nothing to compile")
 
-from fastrnn.kernels import multi, report, tiers  # noqa: E402
+from fastrnn.kernels import multi, recurrent, report, tiers  # noqa: E402
+from fastrnn.kernels.report import pool  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     bool(report.missing_tools()),
@@ -73,23 +82,63 @@ def _configs() -> list[report.KernelConfig]:
 
 CONFIGS = _configs()
 
+#: The rows the default run compiles: ``(tier, cell, dtype, hidden_size)``, heaviest variant,
+#: sm_90, forward and backward -- one pair per tier (tier 1 also a layer-norm cell's); the
+#: sweeps above and below are ``slow``.
+DEFAULT_ROWS = {(1, "LSTM", "bf16", 128), (1, "LN_GRU", "bf16", 64), (2, "GRU", "bf16", 128), (3, "LSTM", "fp32", 1024)}
+
+
+def _in_default_run(cfg: report.KernelConfig) -> bool:
+    return (
+        (cfg.tier, cfg.cell, cfg.dtype, cfg.hidden_size) in DEFAULT_ROWS
+        and cfg.arch == 90
+        and not cfg.allow_tf32
+        and not cfg.states
+        and cfg.varlen
+        and cfg.reverse
+        and cfg.has_h0
+    )
+
 
 def _id(cfg: report.KernelConfig) -> str:
     proj = f"P{cfg.proj}-" if cfg.proj else ""
     return f"{cfg.kernel}-{cfg.cell}-{cfg.dtype}-H{cfg.hidden_size}-{proj}sm{cfg.arch}-{cfg.variant}"
 
 
+def _params(configs: list[report.KernelConfig], ids: Callable[[report.KernelConfig], str] = _id) -> list:
+    """``configs`` as parameters: those of :data:`DEFAULT_ROWS` in the default run, the rest slow."""
+    return [pytest.param(c, id=ids(c), marks=() if _in_default_run(c) else pytest.mark.slow) for c in configs]
+
+
+def _selected(session: pytest.Session) -> list[report.KernelConfig]:
+    """The configurations of the tests this run selected (after ``-m``/``-k``), in order."""
+    cfgs = (getattr(item, "callspec", None) for item in session.items)
+    return list(
+        dict.fromkeys(c.params["cfg"] for c in cfgs if isinstance(c and c.params.get("cfg"), report.KernelConfig))
+    )
+
+
 @pytest.fixture(scope="module")
-def rows() -> dict[report.KernelConfig, dict]:
-    """Compile every config once (two worker processes: the CI runners have two cores)."""
-    results = report.compile_report(CONFIGS, jobs=2, timeout=COMPILE_TIMEOUT)
-    print("\n" + report.format_table(results))
-    return dict(zip(CONFIGS, results, strict=True))
+def compiled(request) -> Callable[[report.KernelConfig], dict]:
+    """``compiled(cfg)``: the report's row of ``cfg``.  The first call compiles every config the
+    run selected and has not compiled yet (two worker processes: the CI runners have two cores),
+    through the report's disk cache; nothing else is compiled."""
+    rows: dict[report.KernelConfig, dict] = {}
+
+    def row(cfg: report.KernelConfig) -> dict:
+        if cfg not in rows:
+            todo = list(dict.fromkeys([cfg] + [c for c in _selected(request.session) if c not in rows]))
+            results = report.compile_report(todo, jobs=2, timeout=COMPILE_TIMEOUT)
+            print("\n" + report.format_table(results))
+            rows.update(zip(todo, results, strict=True))
+        return rows[cfg]
+
+    return row
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=_id)
-def test_compiles_without_spills_within_shared_memory(cfg: report.KernelConfig, rows) -> None:
-    _assert_compiled_clean(rows[cfg], cfg, cfg.dtype in ("bf16", "fp16") or cfg.allow_tf32)
+@pytest.mark.parametrize("cfg", _params(CONFIGS))
+def test_compiles_without_spills_within_shared_memory(cfg: report.KernelConfig, compiled) -> None:
+    _assert_compiled_clean(compiled(cfg), cfg, cfg.dtype in ("bf16", "fp16") or cfg.allow_tf32)
 
 
 def _assert_compiled_clean(row: dict, cfg: report.KernelConfig, tensor_cores: bool) -> None:
@@ -125,7 +174,7 @@ def test_launch_arguments_are_the_launchers() -> None:
         fn, args, kwargs = report.launch_arguments(cfg)
         names = list(fn.arg_names)
         assert set(kwargs) - {"num_warps"} == set(names[len(args) :])  # positional, then constexprs
-        lc = tiers.tier1_config("LSTM", 64, 32, cfg.torch_dtype)
+        lc = recurrent.tier1_config("LSTM", 64, 32, cfg.torch_dtype)
         assert (kwargs["BLOCK_B"], kwargs["BLOCK_H"], kwargs["BLOCK_P"], kwargs["num_warps"]) == (
             lc.block_b,
             lc.block_h,
@@ -147,6 +196,46 @@ def test_compile_errors_are_reported_not_raised() -> None:
     assert all(r["error"] for r in rows), rows
     assert "proj_size" in rows[1]["error"]
     assert "ERROR" in report.format_table(rows)
+
+
+def test_compiled_rows_are_cached_by_kernel_source_triton_and_config(tmp_path, monkeypatch) -> None:
+    """A row comes back from the disk cache without compiling (no worker is started) until the
+    kernel sources, the Triton version or the config change; failed rows are never kept;
+    ``cache=False`` neither reads nor writes it."""
+    monkeypatch.setenv("FASTRNN_REPORT_CACHE", str(tmp_path / "cache"))
+    assert report.cache_dir() == tmp_path / "cache"
+    cfg = report.KernelConfig("fwd", "GRU", "bf16", 64, arch=90)
+    other = dataclasses.replace(cfg, arch=80)
+    row = dict(pool._error_row(cfg, None), registers=99)
+    pool._store(cfg, row)
+    pool._store(other, dict(pool._error_row(other, None), error="RuntimeError: boom"))
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"{report.cache_key(cfg)}.json"]
+
+    def no_worker():
+        raise AssertionError("a cached row was compiled again")
+
+    monkeypatch.setattr(pool, "_Worker", no_worker)
+    (got,) = report.compile_report([cfg])
+    assert got == dict(row, cached=True)
+    with pytest.raises(AssertionError, match="compiled again"):
+        report.compile_report([cfg], cache=False)
+    with pytest.raises(AssertionError, match="compiled again"):
+        report.compile_report([other])  # its failed row was not kept
+
+    key = report.cache_key(cfg)
+    assert report.cache_key(dataclasses.replace(cfg, has_h0=True)) != key
+    monkeypatch.setattr(pool, "kernel_hash", lambda: "0" * 16)
+    assert report.cache_key(cfg) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(pool.triton, "__version__", "0.0.0")
+    assert report.cache_key(cfg) != key
+
+
+def test_command_line_has_no_cache(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--no-cache" in capsys.readouterr().out
 
 
 SEQ_LENS, BATCHES = (1, 2, 7, 100), (1, 2, 3, 4, 16, 33, 64)
@@ -222,16 +311,9 @@ def _ext_id(cfg: report.KernelConfig) -> str:
     return _id(cfg) + ("-states" if cfg.states else "")
 
 
-@pytest.fixture(scope="module")
-def extended_rows() -> dict[report.KernelConfig, dict]:
-    results = report.compile_report(EXTENDED_CONFIGS, jobs=2, timeout=COMPILE_TIMEOUT)
-    print("\n" + report.format_table(results))
-    return dict(zip(EXTENDED_CONFIGS, results, strict=True))
-
-
-@pytest.mark.parametrize("cfg", EXTENDED_CONFIGS, ids=_ext_id)
-def test_layer_norm_cells_compile_without_spills(cfg: report.KernelConfig, extended_rows) -> None:
-    _assert_compiled_clean(extended_rows[cfg], cfg, cfg.dtype in ("bf16", "fp16"))
+@pytest.mark.parametrize("cfg", _params(EXTENDED_CONFIGS, _ext_id))
+def test_layer_norm_cells_compile_without_spills(cfg: report.KernelConfig, compiled) -> None:
+    _assert_compiled_clean(compiled(cfg), cfg, cfg.dtype in ("bf16", "fp16"))
 
 
 def test_layer_norm_limits_are_searched() -> None:
@@ -256,7 +338,7 @@ MULTI_CONFIGS = report.multi_configs(hidden_sizes=(128, 1024), archs=(90,))
 #: Keyed by triton release (the SASS differs between them): this release's figures are held to
 #: 5%; a release with none committed is held to 25% over the largest committed one.
 STEP_ESTIMATES: dict[str, dict[str, float]] = json.loads(
-    (Path(report.__file__).with_name("step_estimates.json")).read_text()
+    (Path(report.__file__).parent.with_name("step_estimates.json")).read_text()
 )
 
 
@@ -277,16 +359,19 @@ def _key(cfg: report.KernelConfig) -> str:
     return "/".join(map(str, report.row_key(dict(dataclasses.asdict(cfg), variant=cfg.variant, P=cfg.proj))))
 
 
-@pytest.fixture(scope="module")
-def multi_rows() -> dict[report.KernelConfig, dict]:
-    results = report.compile_report(MULTI_CONFIGS, jobs=2, timeout=COMPILE_TIMEOUT)
-    print("\n" + report.format_table(results))
-    return dict(zip(MULTI_CONFIGS, results, strict=True))
+@pytest.mark.parametrize("cfg", _params(MULTI_CONFIGS))
+def test_tier2_and_tier3_compile_without_spills(cfg: report.KernelConfig, compiled) -> None:
+    _assert_compiled_clean(compiled(cfg), cfg, cfg.dtype in ("bf16", "fp16", "fp64"))
 
 
-@pytest.mark.parametrize("cfg", MULTI_CONFIGS, ids=_id)
-def test_tier2_and_tier3_compile_without_spills(cfg: report.KernelConfig, multi_rows) -> None:
-    _assert_compiled_clean(multi_rows[cfg], cfg, cfg.dtype in ("bf16", "fp16", "fp64"))
+def test_default_run_compiles_every_tier() -> None:
+    """The default run's rows exist in the sweeps: a forward and a backward of every registered
+    tier (and of a layer-norm cell), sm_90."""
+    default = [c for c in CONFIGS + EXTENDED_CONFIGS + MULTI_CONFIGS if _in_default_run(c)]
+    got = {(c.tier, c.cell, c.dtype, c.hidden_size, c.kernel) for c in default}
+    assert got == {(*row, kernel) for row in DEFAULT_ROWS for kernel in report.KERNELS}, got
+    assert {c.tier for c in default} == set(tiers.registered())
+    assert len(default) == 2 * len(DEFAULT_ROWS)
 
 
 def test_multi_launch_arguments_are_the_launchers() -> None:

@@ -259,10 +259,12 @@ def compile_report(
     if missing_tools():
         raise RuntimeError(f"CUDA tools missing from triton/backends/nvidia/bin: {', '.join(missing_tools())}")
 
+    failures: list[BaseException] = []
+
     def drain() -> None:
         worker = None
         try:
-            while True:
+            while not failures:
                 try:
                     i, cfg = todo.get_nowait()
                 except queue.Empty:
@@ -274,6 +276,8 @@ def compile_report(
                 if worker.proc.poll() is not None:  # died: the next config gets a fresh one
                     worker.close()
                     worker = None
+        except BaseException as exc:  # e.g. no worker could be started: raised in the caller
+            failures.append(exc)
         finally:
             if worker is not None:
                 worker.close()
@@ -283,4 +287,6 @@ def compile_report(
         t.start()
     for t in threads:
         t.join()
+    if failures:
+        raise failures[0]
     return rows
