@@ -98,8 +98,34 @@ def _case_id(cls, dtype_name: str, i: int, case) -> str:
     return "-".join(parts)
 
 
+def _features(case) -> set[str]:
+    kw = case.constructor_input.kwargs
+    x, *hx = case.forward_input.args
+    out = {name for name in ("bidirectional", "batch_first", "proj_size") if kw.get(name)}
+    out |= {"bias" if kw.get("bias", True) else "nobias"} | ({kw["nonlinearity"]} if "nonlinearity" in kw else set())
+    return out | {"packed" if isinstance(x, PackedSequence) else "hx" if hx else "unbatched"}
+
+
+def _default_cases(cls, dtype_name: str) -> set[int]:
+    """The cases of the default run (the whole matrix is marked ``slow``): fp32, in order, each
+    case that adds a constructor option or input kind (bidirectional, batch_first, bias or not,
+    proj_size, tanh/relu, packed, initial states, unbatched) not yet covered; fp64, the first case with
+    initial states."""
+    cases = _cases(cls, dtype_name)
+    if dtype_name != "fp32":
+        return {next(i for i, c in enumerate(cases) if "hx" in _features(c))}
+    chosen, covered = set(), set()
+    for i, case in enumerate(cases):
+        if not _features(case) <= covered:
+            chosen.add(i)
+            covered |= _features(case)
+    return chosen
+
+
 PARAMS = [
-    pytest.param(cls, name, i, id=_case_id(cls, name, i, case))
+    pytest.param(
+        cls, name, i, id=_case_id(cls, name, i, case), marks=() if i in _default_cases(cls, name) else pytest.mark.slow
+    )
     for cls in FASTRNN
     for name in DTYPES
     for i, case in enumerate(_cases(cls, name))
