@@ -200,7 +200,7 @@ def test_compile_errors_are_reported_not_raised() -> None:
 
 def test_compiled_rows_are_cached_by_kernel_source_triton_and_config(tmp_path, monkeypatch) -> None:
     """A row comes back from the disk cache without compiling (no worker is started) until the
-    kernel sources, the Triton version or the config change; failed rows are never kept;
+    kernel sources, the Triton version, the config or the modules the workers import change; failed rows are never kept;
     ``cache=False`` neither reads nor writes it."""
     monkeypatch.setenv("FASTRNN_REPORT_CACHE", str(tmp_path / "cache"))
     assert report.cache_dir() == tmp_path / "cache"
@@ -211,7 +211,7 @@ def test_compiled_rows_are_cached_by_kernel_source_triton_and_config(tmp_path, m
     pool._store(other, dict(pool._error_row(other, None), error="RuntimeError: boom"))
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"{report.cache_key(cfg)}.json"]
 
-    def no_worker():
+    def no_worker(*imports):
         raise AssertionError("a cached row was compiled again")
 
     monkeypatch.setattr(pool, "_Worker", no_worker)
@@ -224,6 +224,7 @@ def test_compiled_rows_are_cached_by_kernel_source_triton_and_config(tmp_path, m
 
     key = report.cache_key(cfg)
     assert report.cache_key(dataclasses.replace(cfg, has_h0=True)) != key
+    assert report.cache_key(cfg, imports=["new_cell_def"]) != key  # a module a worker imports first
     monkeypatch.setattr(pool, "kernel_hash", lambda: "0" * 16)
     assert report.cache_key(cfg) != key
     monkeypatch.undo()

@@ -62,10 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"compile every config again and keep nothing (cache: $FASTRNN_REPORT_CACHE, here {cache_dir()})",
     )
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # a compile_report worker
+    p.add_argument("--import", dest="imports", action="append", default=[], help=argparse.SUPPRESS)  # its imports
     a = p.parse_args(argv)
 
     if a.serve:
-        _serve()
+        _serve(a.imports)
         return 0
     missing = missing_tools()
     if missing:

@@ -15,6 +15,8 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import importlib
+import importlib.util
 import io
 import json
 import os
@@ -111,8 +113,9 @@ def _compile_one(cfg: KernelConfig) -> dict:
     return row
 
 
-def _serve() -> None:
+def _serve(imports: Sequence[str] = ()) -> None:
     """Worker loop: one JSON config per stdin line -> one JSON row per line on the original stdout.
+    ``imports``: modules imported first (e.g. one that registers a cell outside fastrnn).
 
     Everything else written to stdout (by Triton, LLVM or ptxas) goes to stderr, so the result
     stream stays clean; a compile that kills the process (an LLVM assertion, say) is noticed by
@@ -123,6 +126,8 @@ def _serve() -> None:
     sys.stdout = sys.stderr
     os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"  # ptxas -v output: spill store/load bytes
     os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # honest compile times, a ptxas log every time
+    for name in imports:
+        importlib.import_module(name)
     for line in sys.stdin:
         if line.strip():
             row = _compile_one(KernelConfig(**json.loads(line)))
@@ -133,11 +138,11 @@ def _serve() -> None:
 class _Worker:
     """A ``python -m fastrnn.kernels.report --serve`` subprocess with ``TRITON_INTERPRET=0``."""
 
-    def __init__(self) -> None:
+    def __init__(self, imports: Sequence[str] = ()) -> None:
         env = dict(os.environ, TRITON_INTERPRET="0")
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastrnn.kernels.report", "--serve"],
+            [sys.executable, "-m", "fastrnn.kernels.report", "--serve", *(f"--import={name}" for name in imports)],
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -190,22 +195,30 @@ def _report_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(cfg: KernelConfig) -> str:
+def _module_source(name: str) -> bytes:
+    spec = importlib.util.find_spec(name)
+    origin = spec.origin if spec is not None else None
+    return Path(origin).read_bytes() if origin and os.path.isfile(origin) else b""
+
+
+def cache_key(cfg: KernelConfig, imports: Sequence[str] = ()) -> str:
     """The name ``cfg``'s row is cached under: a hash of the kernel sources, the report's code,
-    the Triton version and ``repr(cfg)``."""
-    text = "\n".join((kernel_hash(), _report_hash(), triton.__version__, repr(cfg)))
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    the Triton version, ``repr(cfg)`` and the name and source of each module in ``imports``."""
+    h = hashlib.sha256("\n".join((kernel_hash(), _report_hash(), triton.__version__, repr(cfg))).encode())
+    for name in imports:
+        h.update(b"\0" + name.encode() + b"\0" + _module_source(name))
+    return h.hexdigest()[:32]
 
 
-def _cached(cfg: KernelConfig) -> dict | None:
+def _cached(cfg: KernelConfig, imports: Sequence[str] = ()) -> dict | None:
     try:
-        row = json.loads((cache_dir() / f"{cache_key(cfg)}.json").read_text())
+        row = json.loads((cache_dir() / f"{cache_key(cfg, imports)}.json").read_text())
     except (OSError, ValueError):
         return None
     return dict(row, cached=True)
 
 
-def _store(cfg: KernelConfig, row: dict) -> None:
+def _store(cfg: KernelConfig, row: dict, imports: Sequence[str] = ()) -> None:
     """Keep a compiled row (written whole, then renamed: readers never see half a file)."""
     if row["error"]:
         return
@@ -214,7 +227,7 @@ def _store(cfg: KernelConfig, row: dict) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
             json.dump(row, f)
-        os.replace(f.name, directory / f"{cache_key(cfg)}.json")
+        os.replace(f.name, directory / f"{cache_key(cfg, imports)}.json")
     except OSError as exc:  # a read-only or full disk costs the cache, not the report
         warnings.warn(f"kernel report: cannot write the cache in {directory}: {exc}", stacklevel=2)
 
@@ -224,7 +237,11 @@ def _store(cfg: KernelConfig, row: dict) -> None:
 
 
 def compile_report(
-    configs: Sequence[KernelConfig], jobs: int = 1, timeout: float | None = None, cache: bool = True
+    configs: Sequence[KernelConfig],
+    jobs: int = 1,
+    timeout: float | None = None,
+    cache: bool = True,
+    imports: Sequence[str] = (),
 ) -> list[dict]:
     """Compile every config and return one row (a dict) per config, in order.
 
@@ -241,7 +258,9 @@ def compile_report(
 
     The compiles run in ``jobs`` worker subprocesses started with ``TRITON_INTERPRET=0`` (so
     this works from a process whose kernels are interpreted, and a compiler crash only costs
-    its own config).  ``cache``: read and keep rows in :func:`cache_dir`.
+    its own config).  ``imports``: modules each worker imports before compiling (a cell
+    registered outside fastrnn: its module registers it).  ``cache``: read and keep rows in
+    :func:`cache_dir` (:func:`cache_key`).
 
     Example::
 
@@ -249,7 +268,8 @@ def compile_report(
         assert not any(r["loop_spills"] for r in rows)
     """
     configs = list(configs)
-    rows: list[dict | None] = [_cached(cfg) if cache else None for cfg in configs]
+    imports = list(imports)
+    rows: list[dict | None] = [_cached(cfg, imports) if cache else None for cfg in configs]
     todo = queue.SimpleQueue()
     for i, cfg in enumerate(configs):
         if rows[i] is None:
@@ -269,10 +289,10 @@ def compile_report(
                     i, cfg = todo.get_nowait()
                 except queue.Empty:
                     return
-                worker = worker or _Worker()
+                worker = worker or _Worker(imports)
                 rows[i] = dict(worker.compile(cfg, timeout), cached=False)
                 if cache:
-                    _store(cfg, rows[i])
+                    _store(cfg, rows[i], imports)
                 if worker.proc.poll() is not None:  # died: the next config gets a fresh one
                     worker.close()
                     worker = None
