@@ -52,7 +52,7 @@ def kernel_hash_at(commit: str, root: Path = REPO_ROOT) -> str:
     h = hashlib.sha256()
     for name in sorted(sources.KERNEL_SOURCES):  # the same files and bytes as sources.kernel_hash()
         if f"kernels/{name}" in present:
-            h.update(name.encode() + b"\0" + git("show", f"{commit}:kernels/{name}"))
+            h.update(name.encode() + b"\0" + sources.source_bytes(name, git("show", f"{commit}:kernels/{name}")))
     return h.hexdigest()[:16]
 
 

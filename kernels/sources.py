@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -27,6 +28,7 @@ KERNEL_SOURCES: tuple[str, ...] = (
     "common.py",
     "call.py",
     "tiers.py",
+    "releases.py",
     "releases.json",
     *(f"{name}.py" for name in TIER_MODULES),
     "grid.py",
@@ -34,12 +36,25 @@ KERNEL_SOURCES: tuple[str, ...] = (
 )
 
 
+def source_bytes(name: str, data: bytes) -> bytes:
+    """What of a source file the hash covers: all of it, except the release data's per-step
+    estimates (the kernel report's predictions, rewritten by ``--estimates``: they describe the
+    kernels, they do not build them)."""
+    if name != "releases.json":
+        return data
+    content = json.loads(data)
+    for release in content.get("releases", {}).values():
+        release.pop("step_estimates", None)
+    return json.dumps(content, sort_keys=True).encode()
+
+
 @functools.cache
 def kernel_hash() -> str:
-    """16 hex digits of SHA-256 over :data:`KERNEL_SOURCES` (name and bytes of each file present)."""
+    """16 hex digits of SHA-256 over :data:`KERNEL_SOURCES` (name and :func:`source_bytes` of each
+    file present)."""
     h = hashlib.sha256()
     for name in sorted(KERNEL_SOURCES):
         path = HERE / name
         if path.exists():
-            h.update(name.encode() + b"\0" + path.read_bytes())
+            h.update(name.encode() + b"\0" + source_bytes(name, path.read_bytes()))
     return h.hexdigest()[:16]
