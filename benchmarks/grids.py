@@ -7,7 +7,7 @@ the registry (:mod:`benchmarks.cases`) never imports the kinds that import it.
 
 from __future__ import annotations
 
-from . import beyond, embedding, rnn  # noqa: F401  (each registers its kind)
+from . import beyond, embedding, rnn, seq2seq  # noqa: F401  (each registers its kind)
 from .cases import KINDS, Case
 
 
