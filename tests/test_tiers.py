@@ -33,16 +33,21 @@ CONFIGS = [
     ("two_batch_tiles_H40", dict(bias=True), 3, 17, "dense", True, 40),
     ("unbatched_batch_first", dict(batch_first=True), 3, None, "unbatched", True, 20),
 ]
+# The whole product is slow; the default run keeps, per tier, two fp32 cases (configuration k with
+# cell k: tier 2 the even k, tier 3 the odd ones, so both tiers together cover every configuration
+# and every cell) and one fp64 case (tier 2 the last cell, tier 3 the one before).
 CASES = [
-    pytest.param(tier, cell, ckw, *cfg, torch.float32, id=f"tier{tier}-{cfg[0]}-{cid}-fp32")
+    pytest.param(tier, cell, ckw, *cfg, torch.float32, id=f"tier{tier}-{cfg[0]}-{cid}-fp32",
+                 marks=() if i % len(CELLS) == j and i % 2 == tier % 2 else pytest.mark.slow)
     for tier in (2, 3)
-    for cfg in CONFIGS
-    for (cell, ckw), cid in zip(CELLS, CELL_IDS)
+    for i, cfg in enumerate(CONFIGS)
+    for j, ((cell, ckw), cid) in enumerate(zip(CELLS, CELL_IDS))
 ] + [
-    pytest.param(tier, cell, ckw, *CONFIGS[1], torch.float64, id=f"tier{tier}-{CONFIGS[1][0]}-{cid}-fp64")
+    pytest.param(tier, cell, ckw, *CONFIGS[1], torch.float64, id=f"tier{tier}-{CONFIGS[1][0]}-{cid}-fp64",
+                 marks=() if j == len(CELLS) + 1 - tier else pytest.mark.slow)
     for tier in (2, 3)
-    for (cell, ckw), cid in zip(CELLS, CELL_IDS)
-]
+    for j, ((cell, ckw), cid) in enumerate(zip(CELLS, CELL_IDS))
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("tier,cell,cell_kwargs,name,kwargs,T,B,kind,with_h0,H,dtype", CASES)
@@ -335,8 +340,11 @@ def test_programs_per_sm_occupancy_arithmetic():
     assert grid.programs_per_sm(255, 240 * 1024, 8) == 0
 
 
-@pytest.mark.parametrize("tier", [2, 3])
-@pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU"])
+@pytest.mark.parametrize(
+    "tier,mode",
+    [pytest.param(t, m, marks=() if (t, m) in {(2, "LSTM"), (3, "GRU")} else pytest.mark.slow)
+     for t in (2, 3) for m in ("RNN_TANH", "LSTM", "GRU")],
+)  # fmt: skip
 def test_bf16_in_interpreter(tier, mode):
     """bf16 tiers 2/3 (the interpreter multiplies bf16 in fp32: the GPU tests cover the real
     tensor-core dot) against an fp32 run on the same bf16-valued inputs: within twice tier 1's
@@ -378,7 +386,9 @@ def _output_state_grads(fast, x) -> list[torch.Tensor]:
     return [out.detach().clone(), h.detach().clone()] + [p.grad.clone() for p in fast.parameters()]
 
 
-@pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU"])
+@pytest.mark.parametrize(
+    "mode", [pytest.param("RNN_TANH", marks=pytest.mark.slow), pytest.param("LSTM", marks=pytest.mark.slow), "GRU"]
+)
 def test_programs_looping_over_batch_tiles(monkeypatch, mode):
     """The tier-2 build for more batch tiles than co-resident groups (a program loops over
     tiles, its state in buffers, not registers; on a GPU only at large batch) equals the build
@@ -395,7 +405,7 @@ def test_programs_looping_over_batch_tiles(monkeypatch, mode):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode", ["LSTM", pytest.param("GRU", marks=pytest.mark.slow)])
 def test_streamed_backward_with_split_k_chunks(monkeypatch, mode):
     """The streamed backward with each K chunk split across warps (16-bit backwards too large to
     keep resident on a GPU) equals the unsplit build: tier 3, H = 40 in chunks of 32 (the second
