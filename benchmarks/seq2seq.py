@@ -162,7 +162,10 @@ def recurrent_share(events: Iterable[Any], device_time: bool) -> float:
         if is_recurrent_op(ev.name):
             mark(ev)
     for ev in events:
-        if ev.name.startswith("autograd::engine::evaluate_function") and (ev.sequence_nr, ev.fwd_thread) in forward_keys:
+        if (
+            ev.name.startswith("autograd::engine::evaluate_function")
+            and (ev.sequence_nr, ev.fwd_thread) in forward_keys
+        ):
             mark(ev)
 
     def self_time(e: Any) -> float:
@@ -305,7 +308,12 @@ def _build(case: Case, wl: Seq2SeqWorkload, device: torch.device, provider: str)
     if provider == "torch_nn":
         what = "nn.Embedding + cuDNN" if device.type == "cuda" else "nn.Embedding + torch.nn (aten)"
     else:
-        what = f"backend={provider!r}"
+        import fastrnn
+
+        try:  # the encoder's route (the decoder's is the same: same cell, sizes and device)
+            what = "encoder: " + fastrnn.explain(model.encoder.rnn.rnn, wl.src)
+        except Exception as e:  # informative only
+            what = f"backend={provider!r} (explain() failed: {type(e).__name__}: {e})"
     step()  # warm-up (kernel compilation, lazy init) before the profiled call
     share = profile_share(step, device)
     basis = "device" if device.type == "cuda" else "CPU"

@@ -32,8 +32,8 @@ from benchmarks.timing import TimingConfig  # noqa: E402
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
-#: Rows of the CPU grid: rnn 30, lnrnn 4 and states 2 (benchmarks/beyond.py).
-CPU_ROWS = 36
+#: Rows of the CPU grid: rnn 30, lnrnn 4 and states 2 (benchmarks/beyond.py), seq2seq 4.
+CPU_ROWS = 40
 
 FAKE_MACHINE = {
     "bandwidth_gbs": 10.0,
@@ -147,7 +147,8 @@ def test_plot_entry_point(cpu_run, tmp_path):
     out, _ = cpu_run
     assert plot_main([str(out / "results.json"), "--out", str(tmp_path)]) == 0
     # one per mode, and per mode of every other case kind (benchmarks/plot.py)
-    expected = [f"speedup_{kind}{mode}.png" for kind in ("", "lnrnn_", "states_") for mode in ("fwd", "fwdbwd")]
+    kinds = ("", "lnrnn_", "states_", "seq2seq_")
+    expected = [f"speedup_{kind}{mode}.png" for kind in kinds for mode in ("fwd", "fwdbwd")]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(expected)
 
 

@@ -1,0 +1,145 @@
+"""The ``seq2seq`` benchmark kind (``benchmarks/seq2seq.py``): its CPU rows, the three providers
+training the same model, the recurrent layers' profiled share, and its grids."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `benchmarks` is a folder of the repository, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import cases, grids  # noqa: E402
+from benchmarks import seq2seq as s2s  # noqa: E402
+from benchmarks.cases import CPU_SUITE, Case  # noqa: E402
+from benchmarks.cli import measure_row  # noqa: E402
+from benchmarks.timing import TimingConfig  # noqa: E402
+from helpers import assert_within_oracle, device  # noqa: E402
+
+MACHINE = {
+    "bandwidth_gbs": 10.0,
+    "matmul_tflops": {"fp32": 0.1, "fp64": 0.05},
+    "step_us": 2.0,
+    "step_source": "cpu_op_us",
+}
+CFG = TimingConfig(rep_ms=1.0, warmup_ms=0.0, min_reps=3, max_reps=3, flush_l2=False)
+
+
+def _case(cell: str, att: str, B: int, H: int, T: int, V: int, mode: str = "fwdbwd") -> Case:
+    return Case("seq2seq", cell, "fp32", B, H, T, mode=mode, extra=(("S", T), ("V", V), ("att", att)))
+
+
+@pytest.mark.parametrize("mode", ["fwdbwd", "fwd"])
+def test_cpu_rows_run_auto_against_torch_nn(mode):
+    case = cases.select(grids.grid("cpu"), ["kind=seq2seq", "cell=GRU", f"mode={mode}"])[0]
+    row, fatal = measure_row(case, suite=CPU_SUITE, providers=["fastrnn_auto", "torch_nn"], device=torch.device("cpu"),
+                             machine=MACHINE, cfg=CFG, base_seed=0, run_slow=False)  # fmt: skip
+    assert fatal is None
+    for p in ("fastrnn_auto", "torch_nn"):
+        res = row["results"][p]
+        assert res["status"] == "ok" and res["median_ms"] > 0, res
+        share = float(s2s._SHARE.search(res["note"]).group(1))
+        assert 0 < share < 100
+    assert "-> torch" in row["results"]["fastrnn_auto"]["note"]  # auto runs torch.nn's code on the CPU
+    assert row["paired_ratio"] > 0
+    if mode == "fwd":  # the same greedy decoding, token for token
+        assert row["max_abs_diff"] == 0.0
+    lines = s2s.summary_lines({"rows": [row]})
+    assert len(lines) == 2 and all(("tok/s" if mode == "fwdbwd" else "sent/s") in ln for ln in lines)
+
+
+def _params_after_one_step(case: Case, provider: str, dev: torch.device, dtype: torch.dtype):
+    wl = s2s.setup(case, dev, seed=7)  # same weights and batch for every provider
+    model = s2s.build_model(case, wl, dev, provider).to(dtype)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss = s2s.train_step(case, model, wl, dev)()
+    assert torch.isfinite(loss)
+    after = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return before, after
+
+
+def _assert_same_training(case: Case, provider: str, dev: torch.device):
+    before, got = _params_after_one_step(case, provider, dev, torch.float32)
+    _, base = _params_after_one_step(case, "torch_nn", dev, torch.float32)
+    _, want = _params_after_one_step(case, "torch_nn", dev, torch.float64)  # the oracle
+    assert got.keys() == base.keys() == want.keys()
+    moved = 0
+    for name in got:
+        assert_within_oracle(got[name], base[name], want[name], torch.float32, f"{provider}: {name} after one step")
+        moved += int((got[name] != before[name]).sum())
+    assert moved > 0.5 * sum(p.numel() for p in got.values())  # the step did update the model
+
+
+@pytest.mark.parametrize("cell,att", [("GRU", "general"), ("LSTM", "none")])
+def test_auto_and_torch_nn_train_the_same_model(cell, att):
+    _assert_same_training(_case(cell, att, B=4, H=16, T=6, V=30), "auto", torch.device("cpu"))
+
+
+@pytest.mark.interpreter
+def test_triton_trains_the_same_model():
+    _assert_same_training(_case("LSTM", "general", B=2, H=8, T=3, V=12), "triton", device())
+
+
+def test_torch_nn_model_is_plain_torch_nn_with_the_same_parameters():
+    cfg = s2s.config_of(_case("LSTM", "general", B=2, H=8, T=3, V=12), "auto")
+    ref = s2s.torch_nn_seq2seq(cfg)
+    for owner in (ref.encoder, ref.decoder):
+        assert type(owner.rnn.rnn) is nn.LSTM and type(owner.rnn.embedding) is nn.Embedding
+    fast = s2s.Seq2Seq(cfg)
+    assert fast.state_dict().keys() == ref.state_dict().keys()
+    fast.load_state_dict(ref.state_dict())  # and back: the same model
+
+
+def test_recurrent_share_from_the_profiler():
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    rnn, head = nn.GRU(16, 16), nn.Linear(16, 4)
+    x = torch.randn(20, 4, 16)
+
+    def share(fn) -> float:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        return s2s.recurrent_share(prof.events(), device_time=False)
+
+    # a recurrent layer's forward and backward (generic autograd nodes on the CPU) count ...
+    assert share(lambda: rnn(x)[0].sum().backward()) > 0.7
+    # ... a linear layer does not ...
+    assert share(lambda: head(x).sum().backward()) == 0.0
+    # ... and a big output layer after it lowers the share
+    big = nn.Linear(16, 4096)
+    assert share(lambda: big(rnn(x)[0]).sum().backward()) < share(lambda: rnn(x)[0].sum().backward())
+    assert s2s.is_recurrent_op("fastrnn::recurrence_bwd") and s2s.is_recurrent_op("aten::_cudnn_rnn_backward")
+    assert not s2s.is_recurrent_op("aten::linear")
+
+
+def test_grids_and_cost():
+    full = cases.select(grids.grid("full"), ["kind=seq2seq"])
+    assert len(full) == 2 * 2 * 2 * 2 * 2 * 3 * 2
+    axes = {f: {c.fields()[f] for c in full} for f in ("cell", "att", "H", "B", "T", "S", "dtype", "mode")}
+    assert axes == {
+        "cell": {"GRU", "LSTM"},
+        "att": {"none", "general"},
+        "H": {256, 512},
+        "B": {64, 256},
+        "T": {30, 100},
+        "S": {30, 100},
+        "dtype": {"fp32", "bf16", "fp16"},
+        "mode": {"fwd", "fwdbwd"},
+    }
+    quick = cases.select(grids.grid("quick"), ["kind=seq2seq"])
+    assert 0 < len(quick) <= 12 and {c.key for c in quick} <= {c.key for c in full}
+    assert {c.cell for c in quick} == {"GRU", "LSTM"} and {c.mode for c in quick} == {"fwd", "fwdbwd"}
+    assert all(grids.tier(c) <= 1 for c in quick)
+    assert len(cases.select(grids.grid("cpu"), ["kind=seq2seq"])) == 4
+    case = quick[0]
+    assert Case.from_fields(case.fields()) == case
+    c = cases.KINDS["seq2seq"].cost(case, 0)
+    wl_tokens = int((s2s.make_batch(case.B, case.T, case.T, 8000, 0)[2] != 0).sum())
+    assert c.tokens == wl_tokens and case.B * case.T // 2 <= c.tokens <= case.B * case.T
+    assert c.flops > 0 and c.bytes > 0 and c.steps == 4 * case.T
