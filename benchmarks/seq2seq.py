@@ -140,10 +140,14 @@ def recurrent_share(events: Iterable[Any], device_time: bool) -> float:
     layers' when :func:`is_recurrent_op` names it or an ancestor, or when it is (or runs under)
     the autograd node of a forward operator that counts (linked by sequence number and forward
     thread: on the CPU, torch.nn's RNN backward is made of such generic nodes).  Returns the
-    counted events' self time over every event's self time: self device time (the kernels each
-    operator launched) with ``device_time``, else self CPU time.
+    counted operators' self time over every operator's self time: self device time (the kernels
+    each operator launched) with ``device_time``, else self CPU time.
     """
-    events = list(events)
+    from torch.autograd import DeviceType
+
+    # Operators only: a CPU operator's self device time covers the kernels it launched, and the
+    # kernels' own events would count them twice.
+    events = [e for e in events if e.device_type == DeviceType.CPU]
     counted: set[int] = set()
     forward_keys: set[tuple[int, int]] = set()
 
