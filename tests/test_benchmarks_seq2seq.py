@@ -16,7 +16,7 @@ if str(REPO) not in sys.path:  # `benchmarks` is a folder of the repository, not
 
 from benchmarks import cases, grids  # noqa: E402
 from benchmarks import seq2seq as s2s  # noqa: E402
-from benchmarks.cases import CPU_SUITE, Case  # noqa: E402
+from benchmarks.cases import CPU_SUITE, GPU_SUITE, Case  # noqa: E402
 from benchmarks.cli import measure_row  # noqa: E402
 from benchmarks.timing import TimingConfig  # noqa: E402
 from helpers import assert_within_oracle, device  # noqa: E402
@@ -51,6 +51,19 @@ def test_cpu_rows_run_auto_against_torch_nn(mode):
         assert row["max_abs_diff"] == 0.0
     lines = s2s.summary_lines({"rows": [row]})
     assert len(lines) == 2 and all(("tok/s" if mode == "fwdbwd" else "sent/s") in ln for ln in lines)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", ["fwdbwd", "fwd"])
+def test_gpu_suite_providers_run(mode):
+    case = cases.select(grids.grid("smoke"), ["kind=seq2seq", "att=none", f"mode={mode}"])[0]
+    providers = ["fastrnn", "fastrnn_auto", "cudnn"]
+    row, fatal = measure_row(case, suite=GPU_SUITE, providers=providers, device=device(), machine=MACHINE, cfg=CFG,
+                             base_seed=0, run_slow=False)  # fmt: skip
+    assert fatal is None
+    assert all(row["results"][p]["status"] == "ok" for p in providers), row["results"]
+    assert "requested 'triton' -> triton" in row["results"]["fastrnn"]["note"]
+    assert all("recurrent layers" in row["results"][p]["note"] for p in providers)
 
 
 def _params_after_one_step(case: Case, provider: str, dev: torch.device, dtype: torch.dtype):
