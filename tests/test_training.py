@@ -36,13 +36,13 @@ def _train(model, steps: int, seed: int = 0) -> list[float]:
 
 
 @pytest.mark.parametrize("cell", ["LSTM"])  # the issue asks for LSTM; GRU/RNN gradients are covered in test_modules
-def test_loss_curves_agree(cell):
+@pytest.mark.parametrize("steps", [100, pytest.param(200, marks=pytest.mark.slow)])  # 100: the loss has halved
+def test_loss_curves_agree(cell, steps):
     fast_cls, torch_cls = TWINS[cell]
     torch.manual_seed(0)
     ref = Model(torch_cls).to(device())
     fast = Model(fast_cls, backend="triton").to(device())
     fast.load_state_dict(ref.state_dict())
-    steps = 200
     a, b = _train(fast, steps), _train(ref, steps)
     assert b[-1] < 0.5 * b[0], "the task must actually be learned for the comparison to mean anything"
     # float32 noise: differences come from summation order only and stay tiny along the curve
