@@ -13,12 +13,17 @@ the whole cluster; a tensor's ``cga_layout`` says how it is spread over the CTAs
   the slice to ``out`` (global), then the exchange of ``h_t`` into every CTA's next buffer:
 
   ``async``   (3.9) ``hopper.async_store`` (PTX ``st.async.shared::cluster.mbarrier::complete_tx``)
-              of the CTA's slice into the replicated buffer of every CTA; each CTA waits on its own
-              mbarrier (``mbarrier.expect`` of the whole h's bytes).  No cluster barrier per step.
+              of the CTA's slice, broadcast to C x H x B, into a C x H x B gather buffer whose
+              block d lives in CTA d (and is CTA d's h^T, via ``reinterpret``); each CTA waits on
+              its own mbarrier (``mbarrier.expect`` of the whole h's bytes).  No cluster barrier
+              per step.
+  ``async_local`` the same ``hopper.async_store`` with the split ``h`` straight into the replicated
+              buffer: compiles, but each CTA writes only its own copy (``mapa`` to its own rank) --
+              no exchange; kept to show that the exchange has to be written in the layouts.
   ``convert`` ``ttgl.convert_layout`` of the split h to the replicated layout (the compiler moves
               it through distributed shared memory), a local store into the next buffer.
-  ``store``   ``smem.store`` of the split h straight into the replicated buffer (the compiler's
-              lowering of a store whose CTA layouts differ), then ``cluster.barrier()``.
+  ``store``   ``smem.store`` of the split h straight into the replicated buffer, then
+              ``cluster.barrier()``: compiles, but like ``async_local`` stays local (no exchange).
   ``global``  the slice to a global scratch, ``cluster.barrier()``, the whole h loaded back (the
               fallback without distributed shared memory; same scheme as tier 2, without atomics).
 
@@ -55,43 +60,69 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier  # noqa: E
 from cluster_num_ctas import analyse, show  # noqa: E402  (same directory)
 
 HAS_CLUSTER_API = hasattr(hopper, "cluster")  # triton >= 3.7-ish: hopper.cluster.barrier, async_store
-MODES = ("async", "convert", "store", "global")
-CLUSTER_API = ttgl.constexpr(HAS_CLUSTER_API)
+MODES = ("async", "async_local", "convert", "store", "global")
 
 
-@gluon.constexpr_function
-def split_rows(num_ctas, rank):
-    """CGA bases putting CTA bit i on dim 0 (each CTA a contiguous block of rows)."""
-    num_ctas = getattr(num_ctas, "value", num_ctas)
-    return [[1 << i] + [0] * (rank - 1) for i in range((num_ctas).bit_length() - 1)]
+def cga_bases(num_ctas: int, rank: int, dim: int | None = None) -> list[list[int]]:
+    """CGA bases: CTA bit i on dimension ``dim`` (each CTA one contiguous block along it), or all
+    zeros for ``dim=None`` (every CTA holds the whole tensor: the replicated/"multicast" layout)."""
+    return [[(1 << i) if d == dim else 0 for d in range(rank)] for i in range(num_ctas.bit_length() - 1)]
 
 
-@gluon.constexpr_function
-def replicated(num_ctas, rank):
-    """CGA bases of zeros: every CTA holds the whole tensor (multicast)."""
-    num_ctas = getattr(num_ctas, "value", num_ctas)
-    return [[0] * rank for _ in range((num_ctas).bit_length() - 1)]
+def layouts(hidden: int, bb: int, num_ctas: int) -> dict:
+    """Every layout of the kernel, built in Python and passed as constexpr arguments (the same code
+    then compiles with triton 3.6, whose constexpr functions differ, and 3.9)."""
+    C = num_ctas
+    h_sl = ttgl.NVMMASharedLayout.get_default_for([hidden, bb], ttgl.float16, cga_layout=cga_bases(C, 2))
+    return dict(
+        # wgmma accumulator (H x BB) of one warpgroup, rows split over the CTAs
+        ACC_L=ttgl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, bb, 16],
+                                          cga_layout=cga_bases(C, 2, 0)),
+        REP_L=ttgl.BlockedLayout([1, 1], [32, 1], [4, 1], [0, 1], cga_layout=cga_bases(C, 2)),  # replicated
+        V_L=ttgl.BlockedLayout([1, 1, 1], [1, 32, 1], [1, 4, 1], [2, 1, 0], cga_layout=cga_bases(C, 3, 1)),
+        W_L=ttgl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0], cga_layout=cga_bases(C, 2, 0)),
+        W_SL=ttgl.NVMMASharedLayout.get_default_for([hidden, hidden], ttgl.float16, cga_layout=cga_bases(C, 2, 0)),
+        H_SL=h_sl,
+        # (C x H x BB) gather target: CTA d holds block d, an H x BB tile swizzled like H_SL
+        G_SL=ttgl.NVMMASharedLayout(swizzle_byte_width=h_sl.swizzle_byte_width, element_bitwidth=16, rank=3,
+                                    cga_layout=cga_bases(C, 3, 0)),
+        BAR_L=mbarrier.MBarrierLayout(cga_layout=cga_bases(C, 1, 0)),  # one mbarrier in every CTA
+    )
 
 
-@gluon.jit
-def _cluster_barrier():
-    if ttgl.num_ctas() > 1:
-        if CLUSTER_API:
+LAYOUT_ARGS = ("ACC_L", "REP_L", "V_L", "W_L", "W_SL", "H_SL", "G_SL", "BAR_L")
+
+
+if HAS_CLUSTER_API:
+
+    @gluon.jit
+    def _cluster_barrier():
+        if ttgl.num_ctas() > 1:
             hopper.cluster.barrier()
-        else:  # triton 3.6: no cluster barrier in Gluon; the PTX by hand
+
+else:  # triton 3.6: no cluster barrier in Gluon; the PTX by hand
+
+    @gluon.jit
+    def _cluster_barrier():
+        if ttgl.num_ctas() > 1:
             ttgl.inline_asm_elementwise("barrier.cluster.arrive.aligned; barrier.cluster.wait.aligned; mov.u32 $0, 0;",
                                         "=r", [], dtype=ttgl.int32, is_pure=False, pack=1)
 
 
+#: CTA-wide barrier: ``ttgl.barrier()`` in 3.9, ``ttgl.thread_barrier()`` in 3.6.
+_cta_barrier = getattr(ttgl, "barrier", None) or getattr(ttgl, "thread_barrier")
+
+#: ``hopper.async_store`` (st.async into a CTA's shared memory); ``None`` in triton 3.6, which has no such op.
+_async_store = getattr(hopper, "async_store", None)
+
+
 @gluon.jit
-def _step(t, W_s, h_cur, h_nxt, bar_nxt, phase, gx_ptr, out_ptr, scr_ptr, B, H: ttgl.constexpr,
-          BB: ttgl.constexpr, MODE: ttgl.constexpr):
+def _step(t, W_s, h_cur, h_nxt, g_nxt, bar_nxt, phase, gx_ptr, out_ptr, scr_ptr, B, H: ttgl.constexpr,
+          BB: ttgl.constexpr, MODE: ttgl.constexpr, ACC_L: ttgl.constexpr, REP_L: ttgl.constexpr,
+          V_L: ttgl.constexpr):
     C: ttgl.constexpr = ttgl.num_ctas()
-    acc_l: ttgl.constexpr = ttgl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BB, 16],
-                                                        cga_layout=split_rows(C, 2))
-    rep_l: ttgl.constexpr = ttgl.BlockedLayout([1, 1], [32, 1], [4, 1], [0, 1], cga_layout=replicated(C, 2))
-    j = ttgl.arange(0, H, layout=ttgl.SliceLayout(1, acc_l))[:, None]  # hidden unit (row of acc^T)
-    b = ttgl.arange(0, BB, layout=ttgl.SliceLayout(0, acc_l))[None, :]  # sequence (column)
+    j = ttgl.arange(0, H, layout=ttgl.SliceLayout(1, ACC_L))[:, None]  # hidden unit (row of acc^T)
+    b = ttgl.arange(0, BB, layout=ttgl.SliceLayout(0, ACC_L))[None, :]  # sequence (column)
     gx = ttgl.load(gx_ptr + t * B * H + b * H + j)  # gx_t^T, this CTA's rows only (fp32)
     acc = hopper.warpgroup_mma(W_s, h_cur, gx)  # (H x B) split by rows: W_slice @ h^T
     e = ttgl.exp(-2.0 * ttgl.abs(acc))
@@ -99,13 +130,23 @@ def _step(t, W_s, h_cur, h_nxt, bar_nxt, phase, gx_ptr, out_ptr, scr_ptr, B, H: 
     hn = ttgl.where(acc < 0, -th, th).to(ttgl.float16)
     ttgl.store(out_ptr + t * B * H + b * H + j, hn)
     if MODE == "async":
-        mbarrier.expect(bar_nxt, H * BB * 2)  # the whole h^T arrives in every CTA
-        hopper.async_store(h_nxt, hn, bar_nxt)  # st.async to every CTA's replicated buffer
+        # all-gather written as one store whose layouts differ only in the CTA bases: the value
+        # V[d, j, b] = h[j, b] (C x H x B) lives in the CTA that owns row j (CGA bases on dim 1,
+        # replicated along d in registers); its destination G[d, j, b] lives in CTA d (bases on
+        # dim 0).  G's per-CTA block (1 x H x B) is that CTA's h^T, the next step's wgmma B operand.
+        h2 = ttgl.convert_layout(hn, ttgl.SliceLayout(0, V_L))  # same CTA owns the same rows: local
+        v = ttgl.broadcast(ttgl.expand_dims(h2, 0), ttgl.full([C, H, BB], 0.0, ttgl.float16, V_L))[0]
+        mbarrier.expect(bar_nxt, H * BB * 2)  # the whole h^T (every CTA's slice) arrives here
+        _async_store(g_nxt, v, bar_nxt)  # st.async.shared::cluster, complete_tx on CTA d's barrier
+        mbarrier.wait(bar_nxt, phase, deps=[g_nxt])
+    elif MODE == "async_local":  # the same buffer written with the split h: each CTA's slice stays local
+        mbarrier.expect(bar_nxt, H // C * BB * 2)
+        _async_store(h_nxt, hn, bar_nxt)
         mbarrier.wait(bar_nxt, phase, deps=[h_nxt])
     elif MODE == "convert":
-        h_nxt.store(ttgl.convert_layout(hn, rep_l))
+        h_nxt.store(ttgl.convert_layout(hn, REP_L))
         hopper.fence_async_shared()
-        ttgl.barrier()
+        _cta_barrier()
     elif MODE == "store":
         h_nxt.store(hn)
         hopper.fence_async_shared()
@@ -113,57 +154,74 @@ def _step(t, W_s, h_cur, h_nxt, bar_nxt, phase, gx_ptr, out_ptr, scr_ptr, B, H: 
     else:  # global
         ttgl.store(scr_ptr + (t % 2) * H * BB + j * BB + b, hn)
         _cluster_barrier()
-        jr = ttgl.arange(0, H, layout=ttgl.SliceLayout(1, rep_l))[:, None]
-        br = ttgl.arange(0, BB, layout=ttgl.SliceLayout(0, rep_l))[None, :]
+        jr = ttgl.arange(0, H, layout=ttgl.SliceLayout(1, REP_L))[:, None]
+        br = ttgl.arange(0, BB, layout=ttgl.SliceLayout(0, REP_L))[None, :]
         h_nxt.store(ttgl.load(scr_ptr + (t % 2) * H * BB + jr * BB + br))
         hopper.fence_async_shared()
-        ttgl.barrier()
+        _cta_barrier()
 
 
 @gluon.jit
 def cluster_rnn_fwd(w_ptr, gx_ptr, out_ptr, scr_ptr, T, B, H: ttgl.constexpr, BB: ttgl.constexpr,
-                    MODE: ttgl.constexpr):
+                    MODE: ttgl.constexpr, ACC_L: ttgl.constexpr, REP_L: ttgl.constexpr, V_L: ttgl.constexpr,
+                    W_L: ttgl.constexpr, W_SL: ttgl.constexpr, H_SL: ttgl.constexpr, G_SL: ttgl.constexpr,
+                    BAR_L: ttgl.constexpr):
     """out[t] = tanh(gx[t] + out[t-1] @ W^T), h_{-1} = 0; one cluster per BB sequences, T even."""
     C: ttgl.constexpr = ttgl.num_ctas()
     pid = ttgl.program_id(0)
     gx_ptr += pid * BB * H
     out_ptr += pid * BB * H
     scr_ptr += pid * 2 * H * BB
-    w_l: ttgl.constexpr = ttgl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0], cga_layout=split_rows(C, 2))
-    w_sl: ttgl.constexpr = ttgl.NVMMASharedLayout.get_default_for([H, H], ttgl.float16, cga_layout=split_rows(C, 2))
-    h_sl: ttgl.constexpr = ttgl.NVMMASharedLayout.get_default_for([H, BB], ttgl.float16,
-                                                                   cga_layout=replicated(C, 2))
-    rep_l: ttgl.constexpr = ttgl.BlockedLayout([1, 1], [32, 1], [4, 1], [0, 1], cga_layout=replicated(C, 2))
     # W_hh: loaded once, each CTA its own rows -> its own shared memory (resident for the whole loop)
-    r = ttgl.arange(0, H, layout=ttgl.SliceLayout(1, w_l))[:, None]
-    k = ttgl.arange(0, H, layout=ttgl.SliceLayout(0, w_l))[None, :]
-    W_s = ttgl.allocate_shared_memory(ttgl.float16, [H, H], w_sl, ttgl.load(w_ptr + r * H + k))
-    zero = ttgl.full([H, BB], 0.0, ttgl.float16, rep_l)
-    h_a = ttgl.allocate_shared_memory(ttgl.float16, [H, BB], h_sl, zero)
-    h_b = ttgl.allocate_shared_memory(ttgl.float16, [H, BB], h_sl, zero)
-    bars = mbarrier.allocate_mbarrier(batch=2)
-    mbarrier.init(bars.index(0), count=1)
-    mbarrier.init(bars.index(1), count=1)
+    r = ttgl.arange(0, H, layout=ttgl.SliceLayout(1, W_L))[:, None]
+    k = ttgl.arange(0, H, layout=ttgl.SliceLayout(0, W_L))[None, :]
+    W_s = ttgl.allocate_shared_memory(ttgl.float16, [H, H], W_SL, ttgl.load(w_ptr + r * H + k))
+    zero = ttgl.full([H, BB], 0.0, ttgl.float16, REP_L)
+    if MODE == "async":  # h^T buffers as (C x H x B) gather targets, CTA d holds block d (its h^T)
+        g_a = ttgl.allocate_shared_memory(ttgl.float16, [C, H, BB], G_SL)
+        g_b = ttgl.allocate_shared_memory(ttgl.float16, [C, H, BB], G_SL)
+        h_a = g_a.reinterpret(ttgl.float16, [H, BB], H_SL)
+        h_b = g_b.reinterpret(ttgl.float16, [H, BB], H_SL)
+        h_a.store(zero)
+    else:
+        h_a = ttgl.allocate_shared_memory(ttgl.float16, [H, BB], H_SL, zero)
+        h_b = ttgl.allocate_shared_memory(ttgl.float16, [H, BB], H_SL, zero)
+        g_a = h_a
+        g_b = h_b
+    # one mbarrier per h buffer in every CTA (what 3.9's mbarrier.allocate_mbarrier() builds; 3.6 has no helper)
+    # (triton 3.6 refuses an mbarrier other than 1 x i64: "barrier allocation must be a descriptor of 1xi64 type")
+    if MODE == "async" or MODE == "async_local":
+        bar0 = ttgl.allocate_shared_memory(ttgl.int64, [C], BAR_L)
+        bar1 = ttgl.allocate_shared_memory(ttgl.int64, [C], BAR_L)
+        mbarrier.init(bar0, count=1)
+        mbarrier.init(bar1, count=1)
+    else:  # unused
+        bar0 = W_s
+        bar1 = W_s
     hopper.fence_async_shared()
     _cluster_barrier()  # every CTA's buffers and barriers exist before anyone writes into them
     for t in range(0, T, 2):
         ph = (t // 2) % 2
-        _step(t, W_s, h_a, h_b, bars.index(1), ph, gx_ptr, out_ptr, scr_ptr, B, H, BB, MODE)
-        _step(t + 1, W_s, h_b, h_a, bars.index(0), ph, gx_ptr, out_ptr, scr_ptr, B, H, BB, MODE)
+        _step(t, W_s, h_a, h_b, g_b, bar1, ph, gx_ptr, out_ptr, scr_ptr, B, H, BB, MODE, ACC_L, REP_L, V_L)
+        _step(t + 1, W_s, h_b, h_a, g_a, bar0, ph, gx_ptr, out_ptr, scr_ptr, B, H, BB, MODE, ACC_L, REP_L, V_L)
     _cluster_barrier()  # no CTA exits while others may still write into its shared memory
 
 
 def compile_gluon(mode: str, hidden: int, num_ctas: int, bb: int = 16):
-    src = gluon._runtime.GluonASTSource(
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    lay = layouts(hidden, bb, num_ctas)
+    src = GluonASTSource(
         cluster_rnn_fwd,
         signature={"w_ptr": "*fp16", "gx_ptr": "*fp32", "out_ptr": "*fp16", "scr_ptr": "*fp16", "T": "i32",
-                   "B": "i32", "H": "constexpr", "BB": "constexpr", "MODE": "constexpr"},
-        constexprs={"H": hidden, "BB": bb, "MODE": mode},
+                   "B": "i32", "H": "constexpr", "BB": "constexpr", "MODE": "constexpr",
+                   **{k: "constexpr" for k in LAYOUT_ARGS}},
+        constexprs={"H": hidden, "BB": bb, "MODE": mode, **lay},
     )
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_ctas": num_ctas})
 
 
-GLUON_WATCH = ("LDG", "STG", "LDS", "STS", "LD", "ST", "STAS", "MAPA", "UCGABAR_ARV", "UCGABAR_WAIT", "BAR", "SYNCS",
+GLUON_WATCH = ("LDG", "STG", "LDS", "STS", "LD", "ST", "LDL", "STL", "STAS", "MAPA", "UCGABAR_ARV", "UCGABAR_WAIT", "BAR", "SYNCS",
                "ATOM", "ATOMG", "RED", "REDG", "MEMBAR", "FENCE", "HGMMA", "WARPGROUP", "CCTL", "CGAERRBAR")
 
 
@@ -172,15 +230,17 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--hidden", type=int, nargs="+", default=[256])
     ap.add_argument("--ctas", type=int, nargs="+", default=[4])
+    ap.add_argument("--pairs", nargs="+", metavar="HxC", help="(hidden, num_ctas) pairs instead of the product, e.g. 256x4 1024x16")
     ap.add_argument("--dump", help="directory for ttgir/ptx/sass of every build")
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if not a.one:
         print(f"triton {triton.__version__}, target sm_90, hopper.cluster API: {HAS_CLUSTER_API}")
+        pairs = [tuple(map(int, p.split("x"))) for p in a.pairs] if a.pairs else [(h, n) for h in a.hidden for n in a.ctas]
         for mode in a.modes:
-            for hidden in a.hidden:
-                for n in a.ctas:
+            for hidden, n in pairs:
+                if True:
                     cmd = [sys.executable, __file__, "--one", mode, str(hidden), str(n)]
                     cmd += ["--dump", a.dump] if a.dump else []
                     try:

@@ -44,7 +44,7 @@ _SASS_LINE = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s*(?:@!?U?P[T0-9]+\s+)?([A-Z]
 _LABEL = re.compile(r"^(\.L_x_\d+):")
 _TARGET = re.compile(r"`\((\.L_x_\d+)\)")
 #: SASS opcodes (with modifiers) that tell where data moves; counted per loop body.
-WATCH = ("LDG", "STG", "LDS", "STS", "LDSM", "LD", "ST", "MAPA", "UCGABAR_ARV", "UCGABAR_WAIT", "BAR", "SYNCS",
+WATCH = ("LDG", "STG", "LDS", "STS", "LDSM", "LD", "ST", "LDL", "STL", "MAPA", "UCGABAR_ARV", "UCGABAR_WAIT", "BAR", "SYNCS",
          "ATOM", "ATOMG", "RED", "REDG", "MEMBAR", "FENCE", "HGMMA", "HMMA", "WARPGROUP", "CCTL", "ERRBAR")
 PTX_WATCH = ("barrier.cluster.arrive", "barrier.cluster.wait", "mapa", "shared::cluster", "%cluster_ctarank",
              "%cluster_nctarank", "st.async", "multicast", "mbarrier", "ld.shared", "st.shared", "ld.global",
