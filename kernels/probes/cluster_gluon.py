@@ -51,13 +51,12 @@ os.environ["TRITON_INTERPRET"] = "0"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import triton  # noqa: E402
+from cluster_num_ctas import analyse, show  # noqa: E402  (same directory)
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.experimental import gluon  # noqa: E402
 from triton.experimental.gluon import language as ttgl  # noqa: E402
-from triton.experimental.gluon.language.nvidia import hopper  # noqa: E402
+from triton.experimental.gluon.language.nvidia import ampere, hopper  # noqa: E402
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier  # noqa: E402
-
-from cluster_num_ctas import analyse, show  # noqa: E402  (same directory)
 
 HAS_CLUSTER_API = hasattr(hopper, "cluster")  # triton >= 3.7-ish: hopper.cluster.barrier, async_store
 MODES = ("async", "async_local", "convert", "store", "global")
@@ -76,16 +75,18 @@ def layouts(hidden: int, bb: int, num_ctas: int) -> dict:
     h_sl = ttgl.NVMMASharedLayout.get_default_for([hidden, bb], ttgl.float16, cga_layout=cga_bases(C, 2))
     return dict(
         # wgmma accumulator (H x BB) of one warpgroup, rows split over the CTAs
-        ACC_L=ttgl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, bb, 16],
-                                          cga_layout=cga_bases(C, 2, 0)),
+        ACC_L=ttgl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, bb, 16], cga_layout=cga_bases(C, 2, 0)
+        ),
         REP_L=ttgl.BlockedLayout([1, 1], [32, 1], [4, 1], [0, 1], cga_layout=cga_bases(C, 2)),  # replicated
         V_L=ttgl.BlockedLayout([1, 1, 1], [1, 32, 1], [1, 4, 1], [2, 1, 0], cga_layout=cga_bases(C, 3, 1)),
         W_L=ttgl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0], cga_layout=cga_bases(C, 2, 0)),
         W_SL=ttgl.NVMMASharedLayout.get_default_for([hidden, hidden], ttgl.float16, cga_layout=cga_bases(C, 2, 0)),
         H_SL=h_sl,
         # (C x H x BB) gather target: CTA d holds block d, an H x BB tile swizzled like H_SL
-        G_SL=ttgl.NVMMASharedLayout(swizzle_byte_width=h_sl.swizzle_byte_width, element_bitwidth=16, rank=3,
-                                    cga_layout=cga_bases(C, 3, 0)),
+        G_SL=ttgl.NVMMASharedLayout(
+            swizzle_byte_width=h_sl.swizzle_byte_width, element_bitwidth=16, rank=3, cga_layout=cga_bases(C, 3, 0)
+        ),
         BAR_L=mbarrier.MBarrierLayout(cga_layout=cga_bases(C, 1, 0)),  # one mbarrier in every CTA
     )
 
@@ -105,21 +106,43 @@ else:  # triton 3.6: no cluster barrier in Gluon; the PTX by hand
     @gluon.jit
     def _cluster_barrier():
         if ttgl.num_ctas() > 1:
-            ttgl.inline_asm_elementwise("barrier.cluster.arrive.aligned; barrier.cluster.wait.aligned; mov.u32 $0, 0;",
-                                        "=r", [], dtype=ttgl.int32, is_pure=False, pack=1)
+            ttgl.inline_asm_elementwise(
+                "barrier.cluster.arrive.aligned; barrier.cluster.wait.aligned; mov.u32 $0, 0;",
+                "=r",
+                [],
+                dtype=ttgl.int32,
+                is_pure=False,
+                pack=1,
+            )
 
 
 #: CTA-wide barrier: ``ttgl.barrier()`` in 3.9, ``ttgl.thread_barrier()`` in 3.6.
-_cta_barrier = getattr(ttgl, "barrier", None) or getattr(ttgl, "thread_barrier")
+_cta_barrier = getattr(ttgl, "barrier", None) or ttgl.thread_barrier
 
 #: ``hopper.async_store`` (st.async into a CTA's shared memory); ``None`` in triton 3.6, which has no such op.
 _async_store = getattr(hopper, "async_store", None)
 
 
 @gluon.jit
-def _step(t, W_s, h_cur, h_nxt, g_nxt, bar_nxt, phase, gx_ptr, out_ptr, scr_ptr, B, H: ttgl.constexpr,
-          BB: ttgl.constexpr, MODE: ttgl.constexpr, ACC_L: ttgl.constexpr, REP_L: ttgl.constexpr,
-          V_L: ttgl.constexpr):
+def _step(
+    t,
+    W_s,
+    h_cur,
+    h_nxt,
+    g_nxt,
+    bar_nxt,
+    phase,
+    gx_ptr,
+    out_ptr,
+    scr_ptr,
+    B,
+    H: ttgl.constexpr,
+    BB: ttgl.constexpr,
+    MODE: ttgl.constexpr,
+    ACC_L: ttgl.constexpr,
+    REP_L: ttgl.constexpr,
+    V_L: ttgl.constexpr,
+):
     C: ttgl.constexpr = ttgl.num_ctas()
     j = ttgl.arange(0, H, layout=ttgl.SliceLayout(1, ACC_L))[:, None]  # hidden unit (row of acc^T)
     b = ttgl.arange(0, BB, layout=ttgl.SliceLayout(0, ACC_L))[None, :]  # sequence (column)
@@ -162,10 +185,25 @@ def _step(t, W_s, h_cur, h_nxt, g_nxt, bar_nxt, phase, gx_ptr, out_ptr, scr_ptr,
 
 
 @gluon.jit
-def cluster_rnn_fwd(w_ptr, gx_ptr, out_ptr, scr_ptr, T, B, H: ttgl.constexpr, BB: ttgl.constexpr,
-                    MODE: ttgl.constexpr, ACC_L: ttgl.constexpr, REP_L: ttgl.constexpr, V_L: ttgl.constexpr,
-                    W_L: ttgl.constexpr, W_SL: ttgl.constexpr, H_SL: ttgl.constexpr, G_SL: ttgl.constexpr,
-                    BAR_L: ttgl.constexpr):
+def cluster_rnn_fwd(
+    w_ptr,
+    gx_ptr,
+    out_ptr,
+    scr_ptr,
+    T,
+    B,
+    H: ttgl.constexpr,
+    BB: ttgl.constexpr,
+    MODE: ttgl.constexpr,
+    ACC_L: ttgl.constexpr,
+    REP_L: ttgl.constexpr,
+    V_L: ttgl.constexpr,
+    W_L: ttgl.constexpr,
+    W_SL: ttgl.constexpr,
+    H_SL: ttgl.constexpr,
+    G_SL: ttgl.constexpr,
+    BAR_L: ttgl.constexpr,
+):
     """out[t] = tanh(gx[t] + out[t-1] @ W^T), h_{-1} = 0; one cluster per BB sequences, T even."""
     C: ttgl.constexpr = ttgl.num_ctas()
     pid = ttgl.program_id(0)
@@ -213,16 +251,190 @@ def compile_gluon(mode: str, hidden: int, num_ctas: int, bb: int = 16):
     lay = layouts(hidden, bb, num_ctas)
     src = GluonASTSource(
         cluster_rnn_fwd,
-        signature={"w_ptr": "*fp16", "gx_ptr": "*fp32", "out_ptr": "*fp16", "scr_ptr": "*fp16", "T": "i32",
-                   "B": "i32", "H": "constexpr", "BB": "constexpr", "MODE": "constexpr",
-                   **{k: "constexpr" for k in LAYOUT_ARGS}},
+        signature={
+            "w_ptr": "*fp16",
+            "gx_ptr": "*fp32",
+            "out_ptr": "*fp16",
+            "scr_ptr": "*fp16",
+            "T": "i32",
+            "B": "i32",
+            "H": "constexpr",
+            "BB": "constexpr",
+            "MODE": "constexpr",
+            **{k: "constexpr" for k in LAYOUT_ARGS},
+        },
         constexprs={"H": hidden, "BB": bb, "MODE": mode, **lay},
     )
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_ctas": num_ctas})
 
 
-GLUON_WATCH = ("LDG", "STG", "LDS", "STS", "LD", "ST", "LDL", "STL", "STAS", "MAPA", "UCGABAR_ARV", "UCGABAR_WAIT", "BAR", "SYNCS",
-               "ATOM", "ATOMG", "RED", "REDG", "MEMBAR", "FENCE", "HGMMA", "WARPGROUP", "CCTL", "CGAERRBAR")
+# ---------------------------------------------------------------------------------------------
+# --parts: which piece of the kernel a release can build under num_ctas > 1 (small kernels)
+
+
+@gluon.jit
+def _part_blocked(x, y, H: ttgl.constexpr, BB: ttgl.constexpr, L: ttgl.constexpr):
+    i = ttgl.arange(0, H, layout=ttgl.SliceLayout(1, L))[:, None]
+    j = ttgl.arange(0, BB, layout=ttgl.SliceLayout(0, L))[None, :]
+    ttgl.store(y + i * BB + j, ttgl.load(x + i * BB + j))
+
+
+@gluon.jit
+def _part_smem(x, y, H: ttgl.constexpr, L: ttgl.constexpr, S: ttgl.constexpr):
+    i = ttgl.arange(0, H, layout=ttgl.SliceLayout(1, L))[:, None]
+    j = ttgl.arange(0, H, layout=ttgl.SliceLayout(0, L))[None, :]
+    s = ttgl.allocate_shared_memory(ttgl.float16, [H, H], S, ttgl.load(x + i * H + j))
+    ttgl.store(y + i * H + j, s.load(L))
+
+
+@gluon.jit
+def _part_wgmma(
+    x,
+    y,
+    M: ttgl.constexpr,
+    H: ttgl.constexpr,
+    BB: ttgl.constexpr,
+    PER_CTA: ttgl.constexpr,
+    ACC: ttgl.constexpr,
+    W_L: ttgl.constexpr,
+    W_SL: ttgl.constexpr,
+    H_SL: ttgl.constexpr,
+    REP: ttgl.constexpr,
+):
+    """wgmma (M x BB) = W (M x H) @ h^T (H x BB); PER_CTA: M rows per CTA, picked by the cluster rank."""
+    row0 = 0
+    if PER_CTA:
+        row0 = (
+            ttgl.inline_asm_elementwise(
+                "mov.u32 $0, %cluster_ctarank;", "=r", [], dtype=ttgl.int32, is_pure=True, pack=1
+            )
+            * M
+        )
+    i = ttgl.arange(0, M, layout=ttgl.SliceLayout(1, W_L))[:, None]
+    j = ttgl.arange(0, H, layout=ttgl.SliceLayout(0, W_L))[None, :]
+    w = ttgl.allocate_shared_memory(ttgl.float16, [M, H], W_SL, ttgl.load(x + (row0 + i) * H + j))
+    h = ttgl.allocate_shared_memory(ttgl.float16, [H, BB], H_SL, ttgl.full([H, BB], 0.0, ttgl.float16, REP))
+    hopper.fence_async_shared()
+    acc = hopper.warpgroup_mma(w, h, ttgl.full([M, BB], 0.0, ttgl.float32, ACC))
+    a = ttgl.arange(0, M, layout=ttgl.SliceLayout(1, ACC))[:, None]
+    b = ttgl.arange(0, BB, layout=ttgl.SliceLayout(0, ACC))[None, :]
+    ttgl.store(y + (row0 + a) * BB + b, acc.to(ttgl.float16))
+
+
+@gluon.jit
+def _part_mma_v2(
+    x, y, M: ttgl.constexpr, H: ttgl.constexpr, BB: ttgl.constexpr, MMA: ttgl.constexpr, L: ttgl.constexpr
+):
+    """Per-CTA HMMA (all layouts replicated, rows by cluster rank) and an inline-PTX cluster barrier."""
+    rank = ttgl.inline_asm_elementwise(
+        "mov.u32 $0, %cluster_ctarank;", "=r", [], dtype=ttgl.int32, is_pure=True, pack=1
+    )
+    i = ttgl.arange(0, M, layout=ttgl.SliceLayout(1, L))[:, None]
+    j = ttgl.arange(0, H, layout=ttgl.SliceLayout(0, L))[None, :]
+    a = ttgl.convert_layout(ttgl.load(x + (rank * M + i) * H + j), ttgl.DotOperandLayout(0, MMA, 2))
+    b = ttgl.full([H, BB], 0.0, ttgl.float16, ttgl.DotOperandLayout(1, MMA, 2))
+    acc = ampere.mma_v2(a, b, ttgl.full([M, BB], 0.0, ttgl.float32, MMA))
+    ttgl.inline_asm_elementwise(
+        "barrier.cluster.arrive.aligned; barrier.cluster.wait.aligned; mov.u32 $0, 0;",
+        "=r",
+        [],
+        dtype=ttgl.int32,
+        is_pure=False,
+        pack=1,
+    )
+    ra = ttgl.arange(0, M, layout=ttgl.SliceLayout(1, MMA))[:, None]
+    rb = ttgl.arange(0, BB, layout=ttgl.SliceLayout(0, MMA))[None, :]
+    ttgl.store(y + (rank * M + ra) * BB + rb, acc.to(ttgl.float16))
+
+
+def _part_cases(num_ctas: int, hidden: int, bb: int) -> dict:
+    """name -> (kernel, constexprs) of the pieces :func:`run_parts` compiles."""
+    C, H, M = num_ctas, hidden, hidden // num_ctas
+    lay = layouts(H, bb, C)
+    z = cga_bases(C, 2)  # replicated layouts: per-CTA programming
+    per_cta = dict(
+        ACC=ttgl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, bb, 16], cga_layout=z),
+        W_L=ttgl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0], cga_layout=z),
+        W_SL=ttgl.NVMMASharedLayout.get_default_for([M, H], ttgl.float16, cga_layout=z),
+        H_SL=lay["H_SL"],
+        REP=lay["REP_L"],
+    )
+    mma2 = ttgl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[4, 1], instr_shape=[16, 8], cga_layout=z)
+    return {
+        "blocked load/store, rows split": (_part_blocked, {"H": H, "BB": bb, "L": lay["W_L"]}),
+        "blocked load/store, replicated": (_part_blocked, {"H": H, "BB": bb, "L": lay["REP_L"]}),
+        "NVMMA shared buffer, rows split": (_part_smem, {"H": H, "L": lay["W_L"], "S": lay["W_SL"]}),
+        "wgmma, W rows split x h replicated": (
+            _part_wgmma,
+            {
+                "M": H,
+                "H": H,
+                "BB": bb,
+                "PER_CTA": False,
+                "ACC": lay["ACC_L"],
+                "W_L": lay["W_L"],
+                "W_SL": lay["W_SL"],
+                "H_SL": lay["H_SL"],
+                "REP": lay["REP_L"],
+            },
+        ),
+        "wgmma, per-CTA (replicated layouts)": (_part_wgmma, {"M": M, "H": H, "BB": bb, "PER_CTA": True, **per_cta}),
+        "mma_v2 per-CTA + inline-PTX cluster barrier": (
+            _part_mma_v2,
+            {"M": M, "H": H, "BB": bb, "MMA": mma2, "L": per_cta["W_L"]},
+        ),
+    }
+
+
+def run_parts(num_ctas: int, hidden: int = 256, bb: int = 16) -> None:
+    """Compile the kernel's pieces one by one, each in its own process (an LLVM error aborts it)."""
+    for name in _part_cases(num_ctas, hidden, bb):
+        here = str(Path(__file__).resolve().parent)
+        code = f"import sys; sys.path.insert(0, {here!r}); import cluster_gluon as g; g._one_part({num_ctas}, {hidden}, {bb}, {name!r})"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+        err = [ln for ln in out.stderr.splitlines() if "LLVM ERROR" in ln or "error:" in ln or "Assertion" in ln]
+        print(f"  C={num_ctas} {name}: {out.stdout.strip() or 'FAILED'}" + (f"  [{err[0][:200]}]" if err else ""))
+
+
+def _one_part(num_ctas: int, hidden: int, bb: int, name: str) -> None:
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    fn, ce = _part_cases(num_ctas, hidden, bb)[name]
+    sig = {"x": "*fp16", "y": "*fp16", **{k: "constexpr" for k in ce}}
+    c = triton.compile(
+        GluonASTSource(fn, sig, ce), target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_ctas": num_ctas}
+    )
+    ptx = c.asm["ptx"]
+    keys = ("wgmma.mma_async", "mma.sync", "barrier.cluster.arrive", "shared::cluster", "reqnctapercluster")
+    print(f"OK, shared {c.metadata.shared} B, ptx { ({k: ptx.count(k) for k in keys if ptx.count(k)}) }")
+
+
+GLUON_WATCH = (
+    "LDG",
+    "STG",
+    "LDS",
+    "STS",
+    "LD",
+    "ST",
+    "LDL",
+    "STL",
+    "STAS",
+    "MAPA",
+    "UCGABAR_ARV",
+    "UCGABAR_WAIT",
+    "BAR",
+    "SYNCS",
+    "ATOM",
+    "ATOMG",
+    "RED",
+    "REDG",
+    "MEMBAR",
+    "FENCE",
+    "HGMMA",
+    "WARPGROUP",
+    "CCTL",
+    "CGAERRBAR",
+)
 
 
 def main() -> None:
@@ -230,14 +442,24 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--hidden", type=int, nargs="+", default=[256])
     ap.add_argument("--ctas", type=int, nargs="+", default=[4])
-    ap.add_argument("--pairs", nargs="+", metavar="HxC", help="(hidden, num_ctas) pairs instead of the product, e.g. 256x4 1024x16")
+    ap.add_argument(
+        "--pairs", nargs="+", metavar="HxC", help="(hidden, num_ctas) pairs instead of the product, e.g. 256x4 1024x16"
+    )
     ap.add_argument("--dump", help="directory for ttgir/ptx/sass of every build")
     ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--parts", action="store_true", help="compile the kernel's pieces one by one (which op fails)")
     ap.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.parts:
+        print(f"triton {triton.__version__}, target sm_90: the pieces, H={a.hidden[0]}")
+        for n in a.ctas:
+            run_parts(n, a.hidden[0])
+        return
     if not a.one:
         print(f"triton {triton.__version__}, target sm_90, hopper.cluster API: {HAS_CLUSTER_API}")
-        pairs = [tuple(map(int, p.split("x"))) for p in a.pairs] if a.pairs else [(h, n) for h in a.hidden for n in a.ctas]
+        pairs = (
+            [tuple(map(int, p.split("x"))) for p in a.pairs] if a.pairs else [(h, n) for h in a.hidden for n in a.ctas]
+        )
         for mode in a.modes:
             for hidden, n in pairs:
                 if True:
@@ -250,8 +472,11 @@ def main() -> None:
                         continue
                     print(out.stdout.rstrip())
                     if out.returncode:
-                        err = [ln for ln in out.stderr.splitlines()
-                               if "Assertion" in ln or "error" in ln.lower() or "Error" in ln]
+                        err = [
+                            ln
+                            for ln in out.stderr.splitlines()
+                            if "Assertion" in ln or "error" in ln.lower() or "Error" in ln
+                        ]
                         print(f"  {mode} H={hidden} C={n}: process exit {out.returncode}: {' | '.join(err[-3:])[:800]}")
         return
     mode, hidden, n = a.one[0], int(a.one[1]), int(a.one[2])

@@ -44,11 +44,53 @@ _SASS_LINE = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s*(?:@!?U?P[T0-9]+\s+)?([A-Z]
 _LABEL = re.compile(r"^(\.L_x_\d+):")
 _TARGET = re.compile(r"`\((\.L_x_\d+)\)")
 #: SASS opcodes (with modifiers) that tell where data moves; counted per loop body.
-WATCH = ("LDG", "STG", "LDS", "STS", "LDSM", "LD", "ST", "LDL", "STL", "MAPA", "UCGABAR_ARV", "UCGABAR_WAIT", "BAR", "SYNCS",
-         "ATOM", "ATOMG", "RED", "REDG", "MEMBAR", "FENCE", "HGMMA", "HMMA", "WARPGROUP", "CCTL", "ERRBAR")
-PTX_WATCH = ("barrier.cluster.arrive", "barrier.cluster.wait", "mapa", "shared::cluster", "%cluster_ctarank",
-             "%cluster_nctarank", "st.async", "multicast", "mbarrier", "ld.shared", "st.shared", "ld.global",
-             "st.global", "atom.", "red.global", "red.shared", "wgmma.mma_async", "fence.proxy.async")
+WATCH = (
+    "LDG",
+    "STG",
+    "LDS",
+    "STS",
+    "LDSM",
+    "LD",
+    "ST",
+    "LDL",
+    "STL",
+    "MAPA",
+    "UCGABAR_ARV",
+    "UCGABAR_WAIT",
+    "BAR",
+    "SYNCS",
+    "ATOM",
+    "ATOMG",
+    "RED",
+    "REDG",
+    "MEMBAR",
+    "FENCE",
+    "HGMMA",
+    "HMMA",
+    "WARPGROUP",
+    "CCTL",
+    "ERRBAR",
+)
+PTX_WATCH = (
+    "barrier.cluster.arrive",
+    "barrier.cluster.wait",
+    "mapa",
+    "shared::cluster",
+    "%cluster_ctarank",
+    "%cluster_nctarank",
+    "st.async",
+    "multicast",
+    "mbarrier",
+    "ld.shared",
+    "st.shared",
+    "ld.global",
+    "st.global",
+    "atom.",
+    "red.global",
+    "red.shared",
+    "wgmma.mma_async",
+    "fence.proxy.async",
+)
 
 
 def tool(name: str, *args: str) -> str:
@@ -68,8 +110,13 @@ def sass_loops(sass: str) -> list[dict]:
                 labels[lab] = addr
             pending.clear()
             insts.append((addr, m.group(2), m.group(3) or "", m.group(4)))
-    loops = sorted({(labels[t.group(1)], a) for a, op, _, rest in insts
-                    if op == "BRA" and (t := _TARGET.search(rest)) and labels.get(t.group(1), a + 1) <= a})
+    loops = sorted(
+        {
+            (labels[t.group(1)], a)
+            for a, op, _, rest in insts
+            if op == "BRA" and (t := _TARGET.search(rest)) and labels.get(t.group(1), a + 1) <= a
+        }
+    )
     out = []
     for a, b in loops:
         inner = [(c, d) for c, d in loops if a <= c and d <= b and (c, d) != (a, b)]
@@ -103,18 +150,29 @@ def analyse(compiled, kernel_name: str | None = None) -> dict:
     usage = re.search(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)", res)
     ptx = compiled.asm["ptx"]
     ttgir = compiled.asm["ttgir"]
-    cluster = {k: getattr(md, k) for k in ("num_ctas", "cluster_dims", "ctas_per_cga", "cluster_dims_x")
-               if hasattr(md, k)}
+    cluster = {
+        k: getattr(md, k) for k in ("num_ctas", "cluster_dims", "ctas_per_cga", "cluster_dims_x") if hasattr(md, k)
+    }
     ptx_cluster = {k: ptx.count(k) for k in PTX_WATCH if ptx.count(k)}
     reqnctapercluster = re.findall(r"\.(reqnctapercluster|explicitcluster|maxclusterrank)\s*([0-9, ]*)", ptx)
     elf_cluster = sorted(set(re.findall(r"(EIATTR_\w*CLUSTER\w*|EIATTR_\w*CTA\w*)", elf)))
-    layouts = sorted(set(re.findall(r"CTAsPerCGA = \[[^\]]*\], CTASplitNum = \[[^\]]*\], CTAOrder = \[[^\]]*\]",
-                                    ttgir)))
+    layouts = sorted(
+        set(re.findall(r"CTAsPerCGA = \[[^\]]*\], CTASplitNum = \[[^\]]*\], CTAOrder = \[[^\]]*\]", ttgir))
+    )
     return dict(
-        regs=int(usage.group(1)) if usage else None, stack=int(usage.group(2)) if usage else None,
-        shared=md.shared, cluster=cluster, ptx_cluster=ptx_cluster, ptx_cluster_directives=reqnctapercluster,
-        elf_cluster=elf_cluster, cta_layouts=layouts, loops=sass_loops(sass), ops=whole_ops(sass),
-        ttgir=ttgir, ptx=ptx, sass=sass,
+        regs=int(usage.group(1)) if usage else None,
+        stack=int(usage.group(2)) if usage else None,
+        shared=md.shared,
+        cluster=cluster,
+        ptx_cluster=ptx_cluster,
+        ptx_cluster_directives=reqnctapercluster,
+        elf_cluster=elf_cluster,
+        cta_layouts=layouts,
+        loops=sass_loops(sass),
+        ops=whole_ops(sass),
+        ttgir=ttgir,
+        ptx=ptx,
+        sass=sass,
     )
 
 
@@ -148,10 +206,19 @@ def toy_kernel(W, GX, H, T, K: tl.constexpr, N: tl.constexpr, BB: tl.constexpr):
 
 
 def compile_toy(num_ctas: int, K: int = 256, BB: int = 64, warps: int = 4):
-    src = ASTSource(fn=toy_kernel,
-                    signature={"W": "*fp16", "GX": "*fp32", "H": "*fp16", "T": "i32",
-                               "K": "constexpr", "N": "constexpr", "BB": "constexpr"},
-                    constexprs={"K": K, "N": K, "BB": BB})
+    src = ASTSource(
+        fn=toy_kernel,
+        signature={
+            "W": "*fp16",
+            "GX": "*fp32",
+            "H": "*fp16",
+            "T": "i32",
+            "K": "constexpr",
+            "N": "constexpr",
+            "BB": "constexpr",
+        },
+        constexprs={"K": K, "N": K, "BB": BB},
+    )
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_ctas": num_ctas})
 
 
@@ -202,10 +269,14 @@ def main() -> None:
                 print(f"  {what} num_ctas={n}: process exit {out.returncode}: {' | '.join(err[-3:])[:700]}")
         return
     for what, n in builds:
-        label = (f"toy K=N={a.toy_k} BB={a.toy_bb}" if what == "toy" else f"tier1 {what} {a.cell} {a.dtype} H={a.hidden}")
+        label = f"toy K=N={a.toy_k} BB={a.toy_bb}" if what == "toy" else f"tier1 {what} {a.cell} {a.dtype} H={a.hidden}"
         label += f" num_ctas={n}"
         try:
-            c = compile_toy(n, a.toy_k, a.toy_bb) if what == "toy" else compile_tier1(what, a.cell, a.dtype, a.hidden, n)[0]
+            c = (
+                compile_toy(n, a.toy_k, a.toy_bb)
+                if what == "toy"
+                else compile_tier1(what, a.cell, a.dtype, a.hidden, n)[0]
+            )
         except Exception as e:  # noqa: BLE001 -- a failing build is a finding
             msg = str(e).strip().splitlines()
             err = [ln for ln in msg if "error" in ln.lower() or "Assertion" in ln or "failed" in ln] or msg[:3]
