@@ -347,6 +347,19 @@ def _part_mma_v2(
     ttgl.store(y + (rank * M + ra) * BB + rb, acc.to(ttgl.float16))
 
 
+if HAS_CLUSTER_API:
+
+    @gluon.jit
+    def _part_barrier(x, y, T, L: ttgl.constexpr, RELAXED: ttgl.constexpr):
+        """A global exchange per step with ``hopper.cluster.barrier(relaxed=RELAXED)`` between store and load."""
+        i = ttgl.arange(0, 128, layout=L)
+        v = ttgl.load(x + i)
+        for t in range(T):
+            ttgl.store(y + t * 128 + i, v)
+            hopper.cluster.barrier(relaxed=RELAXED)
+            v = ttgl.load(y + t * 128 + (127 - i))
+
+
 def _part_cases(num_ctas: int, hidden: int, bb: int) -> dict:
     """name -> (kernel, constexprs) of the pieces :func:`run_parts` compiles."""
     C, H, M = num_ctas, hidden, hidden // num_ctas
@@ -360,7 +373,13 @@ def _part_cases(num_ctas: int, hidden: int, bb: int) -> dict:
         REP=lay["REP_L"],
     )
     mma2 = ttgl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[4, 1], instr_shape=[16, 8], cga_layout=z)
-    return {
+    barrier = {}
+    if HAS_CLUSTER_API:
+        L = ttgl.BlockedLayout([1], [32], [4], [0], cga_layout=cga_bases(C, 1))
+        barrier = {
+            f"cluster.barrier(relaxed={r}) in a loop": (_part_barrier, {"L": L, "RELAXED": r}) for r in (False, True)
+        }
+    return barrier | {
         "blocked load/store, rows split": (_part_blocked, {"H": H, "BB": bb, "L": lay["W_L"]}),
         "blocked load/store, replicated": (_part_blocked, {"H": H, "BB": bb, "L": lay["REP_L"]}),
         "NVMMA shared buffer, rows split": (_part_smem, {"H": H, "L": lay["W_L"], "S": lay["W_SL"]}),
@@ -400,13 +419,15 @@ def _one_part(num_ctas: int, hidden: int, bb: int, name: str) -> None:
     from triton.experimental.gluon._runtime import GluonASTSource
 
     fn, ce = _part_cases(num_ctas, hidden, bb)[name]
-    sig = {"x": "*fp16", "y": "*fp16", **{k: "constexpr" for k in ce}}
+    sig = {"x": "*fp16", "y": "*fp16", **({"T": "i32"} if "RELAXED" in ce else {}), **{k: "constexpr" for k in ce}}
     c = triton.compile(
         GluonASTSource(fn, sig, ce), target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_ctas": num_ctas}
     )
     ptx = c.asm["ptx"]
     keys = ("wgmma.mma_async", "mma.sync", "barrier.cluster.arrive", "shared::cluster", "reqnctapercluster")
-    print(f"OK, shared {c.metadata.shared} B, ptx { ({k: ptx.count(k) for k in keys if ptx.count(k)}) }")
+    r = analyse(c)
+    sass = {k: r["ops"].get(k, 0) for k in ("MEMBAR.ALL.GPU", "UCGABAR_ARV") if r["ops"].get(k)}
+    print(f"OK, shared {c.metadata.shared} B, ptx { ({k: ptx.count(k) for k in keys if ptx.count(k)}) }, sass {sass}")
 
 
 GLUON_WATCH = (
