@@ -628,6 +628,21 @@ class MultiConfig:
             return dataclasses.replace(self, resident=True, block_k=pow2(hidden_size))
         return dataclasses.replace(self, resident=False, block_k=BLOCK_K_STREAMED[element_size(dtype)], split_k=1)
 
+    #: The kernels' constexprs of the batch tile, the unit tile and the reduction (K) tile.
+    TILE_CONSTEXPRS = ("BLOCK_B", "BLOCK_HS", "BLOCK_K")
+
+    def tiles(self) -> dict[str, Any]:
+        """The tiles as the kernel report's rows name them (units and batch rows are fixed)."""
+        return dict(block_b=BLOCK_B, block_h=BLOCK_HS, block_p=self.block_k, resident=self.resident)
+
+    def k_trips(self, hidden_size: int) -> int:
+        """Passes over the program's ``W_hh`` slice per step: 1 resident, else one per K chunk."""
+        return 1 if self.resident else -(-hidden_size // self.block_k)
+
+    def on_chip_bytes(self, mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> int:
+        """Bytes of recurrent weights one program holds on chip (streamed slices: none)."""
+        return slice_weight_bytes(mode, hidden_size, dtype) if self.resident else 0
+
 
 def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int, kernel: str = "fwd",
                  smem_bytes: int | None = None) -> MultiConfig:  # fmt: skip
@@ -819,7 +834,7 @@ def multi_bwd(call: RecurrenceCall, grads: Gradients, cfg: MultiConfig, *, tier:
     return res
 
 
-def _register(number: int, name: str, rank: float, automatic: bool, compiled) -> None:
+def _register(number: int, name: str, rank: float, automatic: bool, compiled, barriers_per_step: int) -> None:
     def config(mode, hidden_size, proj_size, dtype, kernel, smem_bytes, allow_tf32):
         return multi_config(mode, hidden_size, dtype, number, kernel, smem_bytes)
 
@@ -838,6 +853,7 @@ def _register(number: int, name: str, rank: float, automatic: bool, compiled) ->
             backward_launch=backward_launch,
             compiled=compiled,
             automatic=automatic,
+            barriers_per_step=barriers_per_step,
         )
     )
 
@@ -850,5 +866,5 @@ def _sync_meta(launch: MultiLaunch) -> torch.Tensor:
 # tier 2: the whole loop in one cooperative launch (a grid barrier per step); falls back to tier 3
 # at launch when the GPU cannot hold the grid.  Tier 3: the same body, one launch per step.
 _register(2, "multi-program persistent", 2, True,
-          lambda launch: (launch.kernel, *launch.persistent(_sync_meta(launch), launch.n_tiles)))  # fmt: skip
-_register(3, "per step", 3, False, lambda launch: (launch.kernel, *launch.step(_sync_meta(launch), 0)))
+          lambda launch: (launch.kernel, *launch.persistent(_sync_meta(launch), launch.n_tiles)), 1)  # fmt: skip
+_register(3, "per step", 3, False, lambda launch: (launch.kernel, *launch.step(_sync_meta(launch), 0)), 0)

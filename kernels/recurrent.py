@@ -436,6 +436,21 @@ class Tier1Config:
     num_warps: int
     split_k: int = 1  # the recurrent dots' K split into this many chunks across warps (common.mm_split)
 
+    #: The kernels' constexprs of the batch tile, the unit tile and the reduction (K) tile.
+    TILE_CONSTEXPRS = ("BLOCK_B", "BLOCK_H", "BLOCK_P")
+
+    def tiles(self) -> dict[str, Any]:
+        """The tiles as the kernel report's rows name them."""
+        return dict(block_b=self.block_b, block_h=self.block_h, block_p=self.block_p)
+
+    def k_trips(self, hidden_size: int) -> int:
+        """Passes over ``W_hh`` per step (1: all of it on chip)."""
+        return 1
+
+    def on_chip_bytes(self, mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> int:
+        """Bytes of recurrent weights one program holds on chip."""
+        return weight_bytes(mode, hidden_size, proj_size, dtype)
+
 
 def tiles(hidden_size: int, proj_size: int, dtype: torch.dtype) -> tuple[int, int]:
     """``(BLOCK_H, BLOCK_P)`` of tier 1.  A 16-wide 16-bit projection dot makes Triton put every

@@ -56,7 +56,11 @@ class Tier:
       without running it, and ``compiled(launch)`` gives the ``(kernel, args, kwargs)`` a real launch
       compiles (the kernel report's view);
     * ``rank``: the order :func:`choose_tier` tries tiers in (lowest first); ``automatic=False``:
-      only forced (``FASTRNN_TIER``) or as another tier's fallback.
+      only forced (``FASTRNN_TIER``) or as another tier's fallback;
+    * ``barriers_per_step``: grid-wide barriers on each step's chain (the kernel report's estimate).
+
+    Its configuration type names its tiles for the report: ``TILE_CONSTEXPRS``, ``tiles()``,
+    ``k_trips(hidden_size)`` and ``on_chip_bytes(mode, hidden_size, proj_size, dtype)``.
     """
 
     number: int
@@ -72,6 +76,7 @@ class Tier:
     backward_launch: Callable[..., Any]
     compiled: Callable[..., tuple]
     automatic: bool = True
+    barriers_per_step: int = 0
 
 
 _TIERS: dict[int, Tier] = {}

@@ -34,11 +34,20 @@ from pathlib import Path
 
 import triton
 
-from .. import multi, tiers
+from .. import tiers
 from ..sources import kernel_hash
 from .configs import SHARED_LIMIT, KernelConfig, compile_source
 from .cost import step_profile
 from .sass import TENSOR_CORE_OPS, analyse_cubin, missing_tools, ptxas_spills, registers_fit
+
+
+def _launch_config(cfg: KernelConfig):
+    """The tier's launch configuration of ``cfg`` (``tiers.plan``), its resident override applied."""
+    config = tiers.plan(cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype, cfg.tier, cfg.kernel,
+                        SHARED_LIMIT.get(cfg.arch), cfg.allow_tf32).config  # fmt: skip
+    if cfg.resident is not None:
+        config = config.with_resident(cfg.resident, cfg.hidden_size, cfg.torch_dtype)
+    return config
 
 
 def _error_row(cfg: KernelConfig, error: str | None) -> dict:
@@ -57,18 +66,13 @@ def _error_row(cfg: KernelConfig, error: str | None) -> dict:
         num_warps=cfg.num_warps,
     )
     try:
-        config = tiers.plan(cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype, cfg.tier, cfg.kernel,
-                            SHARED_LIMIT.get(cfg.arch), cfg.allow_tf32).config  # fmt: skip
-        if cfg.resident is not None:
-            config = config.with_resident(cfg.resident, cfg.hidden_size, cfg.torch_dtype)
+        config = _launch_config(cfg)
     except Exception as exc:  # an invalid config: say so in the row
         row["error"] = row["error"] or f"{type(exc).__name__}: {exc}"
         return row
-    row["num_warps"] = cfg.num_warps or config.num_warps
-    if cfg.tier == 1:
-        row.update(P=cfg.proj, block_b=cfg.block_b or config.block_b, block_h=config.block_h, block_p=config.block_p)
-    else:  # tiers 2/3: fixed unit and batch tiles; the K chunk and the resident choice are the config's
-        row.update(block_b=multi.BLOCK_B, block_h=multi.BLOCK_HS, block_p=config.block_k, resident=config.resident)
+    row.update(config.tiles(), P=cfg.proj, num_warps=cfg.num_warps or config.num_warps)
+    row["block_b"] = cfg.block_b or row["block_b"]
+    row["weight_bytes"] = config.on_chip_bytes(cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype)
     return row
 
 
@@ -80,10 +84,11 @@ def _compile_one(cfg: KernelConfig) -> dict:
     try:
         src, target, options = compile_source(cfg)
         names = src.fn.arg_names
-        h_name, p_name = ("BLOCK_H", "BLOCK_P") if cfg.tier == 1 else ("BLOCK_HS", "BLOCK_K")
+        config = _launch_config(cfg)
+        b_name, h_name, p_name = config.TILE_CONSTEXPRS
         row.update(
             num_warps=options["num_warps"],
-            block_b=src.constants[(names.index("BLOCK_B"),)],
+            block_b=src.constants[(names.index(b_name),)],
             block_h=src.constants[(names.index(h_name),)],
             block_p=src.constants[(names.index(p_name),)],
         )
@@ -98,8 +103,8 @@ def _compile_one(cfg: KernelConfig) -> dict:
         ops = info.pop("sass_ops")
         loops = info.pop("loops")
         row.update(info)
-        k_trips = 1 if cfg.tier == 1 or row.get("resident") else -(-cfg.hidden_size // row["block_p"])
-        row.update(step_profile(row, compiled.asm["ttir"], loops, k_trips, 1 if cfg.tier == 2 else 0))
+        k_trips = config.k_trips(cfg.hidden_size)
+        row.update(step_profile(row, compiled.asm["ttir"], loops, k_trips, tiers.get_tier(cfg.tier).barriers_per_step))
         row["shared_bytes"] = compiled.metadata.shared
         row["local_insts"] = sum(n for op, n in ops.items() if op in ("LDL", "STL"))
         row["tensor_core_ops"] = {op: ops[op] for op in TENSOR_CORE_OPS if op in ops}

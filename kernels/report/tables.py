@@ -8,9 +8,6 @@ from collections.abc import Sequence
 
 import triton
 
-from .. import multi, recurrent
-from .configs import DTYPES
-
 
 def _kib(n: int | None) -> str:
     return "-" if n is None else f"{n / 1024:.1f}"
@@ -43,10 +40,7 @@ def format_table(rows: Sequence[dict], markdown: bool = False) -> str:
     ]
     lines = []
     for r in rows:
-        if r.get("tier", 1) == 1:
-            wbytes = recurrent.weight_bytes(r["mode"], r["hidden_size"], r["P"], DTYPES[r["dtype"]])
-        else:  # a program's resident W_hh slice; streamed weights are not held
-            wbytes = multi.slice_weight_bytes(r["mode"], r["hidden_size"], DTYPES[r["dtype"]]) if r["resident"] else 0
+        wbytes = r.get("weight_bytes") or 0  # on chip per program (streamed tier-2/3 slices: none)
         base = [r["kernel"], r["cell"], r["dtype"], r["hidden_size"], r["P"] or "-", r["arch"], r["variant"]]
         if r["error"]:
             lines.append(
