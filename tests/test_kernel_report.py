@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("triton", reason="triton is not installed: nothing to compile")
 
-from fastrnn.kernels import multi, recurrent, report, tiers  # noqa: E402
+from fastrnn.kernels import multi, recurrent, releases, report, tiers  # noqa: E402
 from fastrnn.kernels.report import pool  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -145,7 +143,7 @@ def _assert_compiled_clean(row: dict, cfg: report.KernelConfig, tensor_cores: bo
     """Compiled, no local memory inside a loop, shared memory within the arch's limit, one
     program's registers within one SM's register file (else it cannot launch), tensor-core instructions where ``tensor_cores``; tier 1: every load inside the time loop
     issued a step ahead of its use (the step never waits for an L2 round trip); tiers 2/3: the
-    per-step estimate no higher than the committed one (``kernels/step_estimates.json``)."""
+    per-step estimate no higher than the committed one (``kernels/releases.json``)."""
     table = report.format_table([row])
     assert row["error"] is None, f"compile failed:\n{table}\n{row['error']}"
     # ptxas may park a few bytes on the stack outside the time loop at register-occupancy cliffs
@@ -335,12 +333,10 @@ MULTI_CONFIGS = report.multi_configs(hidden_sizes=(128, 1024), archs=(90,))
 #: Per-step estimates of the tier-2/3 configs above (``report.step_profile``), committed: a
 #: kernel change that lengthens a step's serial chain fails here.  Regenerate after an intended
 #: change with ``python -m fastrnn.kernels.report --tiers 2 3 --hidden 128 1024 --arch 90
-#: --estimates kernels/step_estimates.json`` and say why in kernels/NOTES.md.
+#: --estimates`` (into ``kernels/releases.json``) and say why in kernels/NOTES.md.
 #: Keyed by triton release (the SASS differs between them): this release's figures are held to
 #: 5%; a release with none committed is held to 25% over the largest committed one.
-STEP_ESTIMATES: dict[str, dict[str, float]] = json.loads(
-    (Path(report.__file__).parent.with_name("step_estimates.json")).read_text()
-)
+STEP_ESTIMATES: dict[str, dict[str, float]] = {r: releases.step_estimates(r) for r in releases.load()["releases"]}
 
 
 def _step_budget(cfg: report.KernelConfig) -> tuple[float, float, str]:
@@ -348,10 +344,12 @@ def _step_budget(cfg: report.KernelConfig) -> tuple[float, float, str]:
     key, minor = _key(cfg), report.triton_minor()
     if minor in STEP_ESTIMATES:
         budget = STEP_ESTIMATES[minor].get(key)
-        assert budget is not None, f"no committed step estimate for {key}: regenerate kernels/step_estimates.json"
+        assert budget is not None, (
+            f"no committed step estimate for {key}: regenerate the estimates in kernels/releases.json"
+        )
         return budget, 1.05, f"triton {minor}"
     known = {v: est[key] for v, est in STEP_ESTIMATES.items() if key in est}
-    assert known, f"no committed step estimate for {key}: regenerate kernels/step_estimates.json"
+    assert known, f"no committed step estimate for {key}: regenerate the estimates in kernels/releases.json"
     version = max(known, key=known.get)
     return known[version], 1.25, f"triton {version}; none committed for {minor}"
 

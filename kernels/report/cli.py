@@ -53,7 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--baseline", help="compare registers, spills and shared memory with an earlier --json file")
-    p.add_argument("--estimates", help="write the per-step estimates (est_us by config) to this JSON file")
+    p.add_argument(
+        "--estimates",
+        action="store_true",
+        help="merge the per-step estimates (est_us by config) into kernels/releases.json under this triton release",
+    )
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument("--timeout", type=float, default=None, help="seconds per compile (default: no limit)")
     p.add_argument(
@@ -120,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
     if a.estimates:
-        write_estimates(a.estimates, rows)
+        write_estimates(rows)
     if a.baseline:
         with open(a.baseline) as f:
             worse, better, missing = compare(json.load(f), rows)

@@ -1,12 +1,11 @@
 """The report's output: the table of rows, comparing a run with a baseline (an earlier
-``--json``), and the per-step estimates file."""
+``--json``), and the per-step estimates (``kernels/releases.json``)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
-import triton
+from .. import releases
 
 
 def _kib(n: int | None) -> str:
@@ -126,20 +125,12 @@ def compare(baseline: list[dict], rows: list[dict]) -> tuple[list[tuple], list[t
 
 
 def triton_minor() -> str:
-    """``"3.9"``: the triton release the estimates of ``write_estimates`` are keyed by."""
-    return ".".join(triton.__version__.split(".")[:2])
+    """``"3.9"``: the triton release the estimates are keyed by (:func:`fastrnn.kernels.releases.current`)."""
+    return releases.current()
 
 
-def write_estimates(path: str, rows: list[dict]) -> None:
-    """Merge this run's per-step estimates (``est_us`` by config) into ``path`` under this triton
-    release (``{"3.9": {key: us}}``): the SASS, hence the estimate, differs between releases."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        data = {}
+def write_estimates(rows: list[dict]) -> None:
+    """Merge this run's per-step estimates (``est_us`` by config) into ``kernels/releases.json``
+    under this triton release: the SASS, hence the estimate, differs between releases."""
     est = {"/".join(map(str, row_key(r))): r["est_us"] for r in rows if not r["error"]}
-    data[triton_minor()] = dict(sorted({**data.get(triton_minor(), {}), **est}.items()))
-    with open(path, "w") as f:
-        json.dump(dict(sorted(data.items())), f, indent=1)
-        f.write("\n")
+    releases.write_step_estimates(est)
