@@ -475,29 +475,32 @@ def weight_bytes(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype
 
 
 def tier1_unsupported(
-    mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, interpreted: bool = False
-) -> str | None:
+    mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, interpreted: bool = False,
+    release: str | None = None,
+) -> str | None:  # fmt: skip
     """Why tier 1 cannot run this layer (``None`` when it can); ``interpreted``: in Triton's
-    interpreter (CPU tensors), where the register limit of a compiled kernel does not apply.
+    interpreter (CPU tensors), where the register limit of a compiled kernel does not apply;
+    ``release``: the Triton release whose limits apply (:mod:`.releases`; default: the installed).
 
     Example::
 
         tier1_unsupported("GRU", 64, 0, torch.bfloat16)  # None: 24 KiB of weights on chip
-        tier1_unsupported("GRU", 256, 0, torch.bfloat16)  # '... needs 384 KiB ... at most 64 KiB'
+        tier1_unsupported("GRU", 256, 0, torch.bfloat16)  # '... needs 384 KiB ... at most 128 KiB'
     """
-    if dtype not in TIER1_MAX_WEIGHT_BYTES:
+    lim = releases.limits(release)
+    if dtype not in lim.tier1:
         return f"dtype {dtype} is not supported (float16, bfloat16, float32, float64 are)"
     nbytes = weight_bytes(mode, hidden_size, proj_size, dtype)
     if interpreted:
         limit, where = INTERPRETER_MAX_WEIGHT_BYTES, " in the interpreter"
     elif proj_size:
-        limit, where = TIER1_MAX_WEIGHT_BYTES_UNALIGNED[dtype], " for a projected LSTM"
+        limit, where = lim.tier1_unaligned[dtype], " for a projected LSTM"
     elif aligned(hidden_size, proj_size):
-        limit, where = TIER1_MAX_WEIGHT_BYTES[dtype], ""
+        limit, where = lim.tier1[dtype], ""
     else:
-        limit = TIER1_MAX_WEIGHT_BYTES_UNALIGNED[dtype]
-        where = f" when hidden_size is not a multiple of 16 ({TIER1_MAX_WEIGHT_BYTES[dtype] // 1024} KiB when it is)"
-    cell_limits = TIER1_MAX_WEIGHT_BYTES_CELL.get(mode, {}).get(dtype)
+        limit = lim.tier1_unaligned[dtype]
+        where = f" when hidden_size is not a multiple of 16 ({lim.tier1[dtype] // 1024} KiB when it is)"
+    cell_limits = lim.tier1_cell.get(mode, {}).get(dtype)
     if cell_limits is not None and not interpreted:
         cell_limit = cell_limits[0 if aligned(hidden_size, proj_size) else 1]
         if cell_limit < limit:
@@ -509,11 +512,11 @@ def tier1_unsupported(
             + f" in {dtype} needs {nbytes // 1024} KiB of recurrent weights on chip; the tier-1 "
             f"kernel holds at most {limit // 1024} KiB{where}"
         )
-    abort = None if interpreted else releases.compiler_abort(mode, dtype, 1)
+    abort = None if interpreted else releases.compiler_abort(mode, dtype, 1, release)
     if abort is not None:
         fixed = f"fixed in {abort['fixed']}" if abort["fixed"] else "not fixed in a release known here"
         return (
-            f"{mode} in {dtype} is not compiled with triton {releases.current()}: {abort['what']} "
+            f"{mode} in {dtype} is not compiled with triton {release or releases.current()}: {abort['what']} "
             f"(from triton {abort['first']}, {fixed}; {', '.join(abort['upstream'])})"
         )
     return None

@@ -90,3 +90,14 @@ def test_docs_speak_to_users():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_tier_limits_table_is_generated():
+    """docs/tiers.md's tier-1 size table is what the release data gives (never typed)."""
+    from fastrnn.kernels.report import limits
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "tiers.md").read_text()
+    assert limits.current_block(page) == limits.table(), (
+        "docs/tiers.md's tier-1 limits differ from kernels/releases.json: "
+        "paste the output of python -m fastrnn.kernels.report --limits-table"
+    )

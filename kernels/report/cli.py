@@ -59,6 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="merge the per-step estimates (est_us by config) into kernels/releases.json under this triton release",
     )
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    p.add_argument(
+        "--limits-table",
+        action="store_true",
+        help="print the tier-1 size limits per cell, dtype and release (docs/tiers.md) and exit; compiles nothing",
+    )
     p.add_argument("--timeout", type=float, default=None, help="seconds per compile (default: no limit)")
     p.add_argument(
         "--no-cache",
@@ -71,6 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if a.serve:
         _serve(a.imports)
+        return 0
+    if a.limits_table:
+        from .limits import table
+
+        print(table())
         return 0
     missing = missing_tools()
     if missing:
