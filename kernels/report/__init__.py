@@ -27,7 +27,8 @@ One module per job:
 * :mod:`.sass` -- reading the cubin and its SASS (registers, spills, loops, tensor-core ops);
 * :mod:`.cost` -- the per-step model from the TTIR and the SASS loops;
 * :mod:`.pool` -- compiling in worker subprocesses, several at a time, through a disk cache;
-* :mod:`.tables` -- the table, the comparison with a baseline, the estimates file;
+* :mod:`.tables` -- the table, the comparison with a baseline, the step estimates;
+* :mod:`.limits` -- the tier-1 size limits as a table (``docs/tiers.md``);
 * :mod:`.cli` -- the command line.
 
 Command line (``python -m fastrnn.kernels.report --help``)::
