@@ -42,7 +42,9 @@ def test_repr_like_torch_nn(cell, kwargs):
     assert "backend='triton'" in repr(fast_cls(3, 4, **kwargs, backend="triton"))
 
 
-@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize(
+    "cell", [pytest.param("RNN", marks=pytest.mark.slow), "LSTM", pytest.param("GRU", marks=pytest.mark.slow)]
+)
 def test_dropout_between_layers_only_in_training(cell):
     fast, ref = twins(cell, 3, 4, num_layers=3, dropout=0.5)
     x = torch.randn(4, 2, 3, device=device())

@@ -54,7 +54,7 @@ def test_cpu_rows_run_auto_against_torch_nn(mode):
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("mode", ["fwdbwd", "fwd"])
+@pytest.mark.parametrize("mode", ["fwdbwd", pytest.param("fwd", marks=pytest.mark.slow)])  # fwdbwd runs the forward too
 def test_gpu_suite_providers_run(mode):
     case = cases.select(grids.grid("smoke"), ["kind=seq2seq", "att=none", f"mode={mode}"])[0]
     providers = ["fastrnn", "fastrnn_auto", "cudnn"]
