@@ -1,10 +1,10 @@
 """``python -m benchmarks.gpu_check``: everything a GPU should check, in one command (~8 minutes).
 
-1. ``tests`` -- the test suite with the kernels compiled for the GPU (``pytest -n N`` when
-   pytest-xdist is installed).  ``tests/test_kernel_report.py`` is left out: it compiles for
+1. ``tests`` -- the test suite with the kernels compiled for the GPU, the sweeps marked ``slow``
+   included (``pytest -n N`` when pytest-xdist is installed).  ``tests/test_kernel_report.py`` is left out: it compiles for
    sm_90/sm_80 on the CPU and is the same on any machine (CI runs it).
-2. ``interpreter`` -- the tests marked ``interpreter`` (CPU tensors through Triton's interpreter)
-   in their own process with ``TRITON_INTERPRET=1``: a process either compiles the kernels or
+2. ``interpreter`` -- the default run's tests marked ``interpreter`` (CPU tensors through Triton's
+   interpreter; the slow sweeps are CI's) in their own process with ``TRITON_INTERPRET=1``: a process either compiles the kernels or
    interprets them (``kernels/_runtime.py``).
 3. ``bench`` -- the quick benchmark grid (``python -m benchmarks --quick``) capped in time.
 4. ``table`` -- ``fastrnn/auto_table.json`` regenerated from the results (``python -m
@@ -74,6 +74,8 @@ def plan(
             [
                 *pytest,
                 *_pytest_workers(cpus),
+                "-m",
+                "slow or not slow",  # the exhaustive sweeps too: compiled, they are the bf16/fp16 check
                 "--ignore",
                 "tests/test_kernel_report.py",
                 "--junitxml",
@@ -84,7 +86,7 @@ def plan(
         ),  # fmt: skip
         Step(
             "interpreter",
-            [*pytest, "-m", "interpreter", "--junitxml", str(out / "interpreter.xml")],
+            [*pytest, "-m", "interpreter and not slow", "--junitxml", str(out / "interpreter.xml")],
             interp_s,
             env={"TRITON_INTERPRET": "1"},
             what="the interpreter tests (CPU tensors through Triton's interpreter) in their own process",

@@ -359,7 +359,11 @@ def test_gpu_check_plan_and_summary(tmp_path):
     assert [s.name for s in steps] == ["tests", "interpreter", "bench", "table"]
     tests, interp, bench, _ = steps
     assert "--ignore" in tests.argv and "tests/test_kernel_report.py" in tests.argv
-    assert interp.env == {"TRITON_INTERPRET": "1"} and interp.argv[interp.argv.index("-m", 2) + 1] == "interpreter"
+    assert tests.argv[tests.argv.index("-m") + 1] == "slow or not slow"  # compiled, the sweeps run too
+    assert (
+        interp.env == {"TRITON_INTERPRET": "1"}
+        and interp.argv[interp.argv.index("-m", 2) + 1] == "interpreter and not slow"
+    )
     assert "--quick" in bench.argv and "--max-minutes" in bench.argv
     assert sum(s.timeout_s for s in steps) <= 8.0 * 60 + 120
     ok = gpu_check.Step("ok", [sys.executable, "-c", "print('1 passed, 2 skipped in 0.1s')"], 60)
