@@ -359,7 +359,7 @@ def test_gpu_check_plan_and_summary(tmp_path):
     assert [s.name for s in steps] == ["tests", "interpreter", "bench", "table"]
     tests, interp, bench, _ = steps
     assert "--ignore" in tests.argv and "tests/test_kernel_report.py" in tests.argv
-    assert tests.argv[tests.argv.index("-m") + 1] == "slow or not slow"  # compiled, the sweeps run too
+    assert tests.argv[tests.argv.index("-m", 2) + 1] == "slow or not slow"  # compiled, the sweeps run too
     assert (
         interp.env == {"TRITON_INTERPRET": "1"}
         and interp.argv[interp.argv.index("-m", 2) + 1] == "interpreter and not slow"
