@@ -456,8 +456,13 @@ def _fits(v: Verdict, chosen: str, tokens: int, device: torch.device) -> str:
     return other if need > free >= need_other else chosen
 
 
-def choose(cls: ShapeClass, device: torch.device, runners: Runners | None, tokens: int) -> tuple[str, str]:
-    """``(backend, why)`` for a call of class ``cls`` on CUDA ``device`` whose kernels can run."""
+def choose(
+    cls: ShapeClass, device: torch.device, runners: Runners | Callable[[], Runners] | None, tokens: int
+) -> tuple[str, str]:
+    """``(backend, why)`` for a call of class ``cls`` on CUDA ``device`` whose kernels can run.
+
+    ``runners`` (or a function that builds them, called only when the call is measured) run the
+    call with each backend."""
     info = device_info(device.index if device.index is not None else torch.cuda.current_device())
     ddp = _distributed()
     verdict, why = lookup(info, cls, use_disk=not ddp)
@@ -467,7 +472,7 @@ def choose(cls: ShapeClass, device: torch.device, runners: Runners | None, token
             and not capturing() and cls.b_bucket >= 0
         )  # fmt: skip
         if runners is not None and (can_measure or _CALIBRATING):
-            verdict = measure(runners, cls.training, device, tokens)
+            verdict = measure(runners if isinstance(runners, Runners) else runners(), cls.training, device, tokens)
             _memory(info, use_disk=not ddp)[cls.key()] = verdict
             if not ddp and not _CALIBRATING:
                 _write_disk(info.key(), {cls.key(): verdict})

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-from .kernels import cells
+from .kernels import _runtime, cells
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -61,25 +61,63 @@ class Environment:
     cudnn_allow_tf32: bool  # cuDNN's RNNs may multiply fp32 in TF32 (torch.backends.cudnn.allow_tf32)
 
 
+#: ``(raw values, snapshot)`` of the last :func:`_environment` call.
+_SNAPSHOT: tuple[tuple, Environment] | None = None
+
+
 def _environment() -> Environment:
     """The one place that inspects the process for dispatch.  Only ever called from functions
-    that Dynamo runs eagerly (``assume_constant_result``), never from traced code."""
+    that Dynamo runs eagerly (``assume_constant_result``), never from traced code.
+
+    Every call reads what a program may change while it runs (``FASTRNN_BACKEND``, cuDNN's
+    ``enabled`` and ``allow_tf32`` flags, the interpreter flags) and builds a new snapshot only
+    when one of them changed: a call costs a few attribute reads."""
+    global _SNAPSHOT
+    cudnn = torch.backends.cudnn
+    raw = (_backend_variable_raw(), cudnn.enabled, cudnn.allow_tf32, *_interpret_flags())
+    last = _SNAPSHOT
+    if last is not None and last[0] == raw:
+        return last[1]
+    env = _snapshot(*raw[1:])
+    _SNAPSHOT = (raw, env)
+    return env
+
+
+_ENVIRON = os.environ
+#: The mapping behind ``os.environ`` and ``FASTRNN_BACKEND`` as it is stored there (bytes on POSIX).
+_ENVIRON_DATA = getattr(_ENVIRON, "_data", None) if hasattr(_ENVIRON, "encodekey") else None
+_BACKEND_KEY = _ENVIRON.encodekey("FASTRNN_BACKEND") if _ENVIRON_DATA is not None else None
+
+
+def _backend_variable_raw():
+    """``FASTRNN_BACKEND``'s value as stored (``None`` when unset), to see whether it changed.
+    ``os.environ.get`` of an unset variable raises and catches a ``KeyError`` inside, which cost
+    several microseconds per call in a model's forward; the mapping behind ``os.environ``
+    (CPython's ``_data``, which every change made through ``os.environ`` updates) answers without
+    one."""
+    if os.environ is _ENVIRON and _ENVIRON_DATA is not None:
+        return _ENVIRON_DATA.get(_BACKEND_KEY)
+    return os.environ.get("FASTRNN_BACKEND")
+
+
+def _interpret_flags() -> tuple[bool, bool]:
+    """``(interpret, late_interpret)`` of :mod:`fastrnn.kernels._runtime` (both false without Triton)."""
+    if not _TRITON_INSTALLED:
+        return False, False
+    return _runtime.INTERPRET, _runtime.LATE_INTERPRET
+
+
+def _snapshot(cudnn_enabled: bool, allow_tf32: bool, interpret: bool, late: bool) -> Environment:
     env = os.environ.get("FASTRNN_BACKEND", "auto") or "auto"
     check_backend_name(env)
-    interpret = late = False
-    if _TRITON_INSTALLED:
-        from .kernels import _runtime
-
-        interpret, late = _runtime.INTERPRET, _runtime.LATE_INTERPRET
-    cudnn = torch.backends.cudnn
     return Environment(
         backend_override=env,
         triton_installed=_TRITON_INSTALLED,
         interpret=interpret,
         late_interpret=late,
         hip=torch.version.hip is not None,
-        cudnn_enabled=bool(cudnn.enabled and cudnn.is_available()),
-        cudnn_allow_tf32=bool(cudnn.allow_tf32),
+        cudnn_enabled=bool(cudnn_enabled and torch.backends.cudnn.is_available()),
+        cudnn_allow_tf32=bool(allow_tf32),
     )
 
 
@@ -191,12 +229,26 @@ def _call_facts(module, input) -> tuple:
     # The parameters' dtype decides: an input of another dtype is rejected by the argument checks
     # (the same ValueError as torch.nn), not by the backend choice.
     dtype = params[0].dtype if params else data.dtype
-    dev = data.device
-    param_device = str(params[0].device) if params else ""
+    device_type, input_device = _device_names(data.device)
+    param_device = _device_names(params[0].device)[1] if params else ""
     return (
-        module.backend, module.mode, module.hidden_size, module.proj_size, str(dtype), dev.type, str(dev),
+        module.backend, module.mode, module.hidden_size, module.proj_size, str(dtype), device_type, input_device,
         param_device,
     )  # fmt: skip
+
+
+#: ``torch.device`` -> ``(device.type, str(device))``: both build a new string per call.
+_DEVICE_NAMES: dict[torch.device, tuple[str, str]] = {}
+
+
+def _device_names(device: torch.device) -> tuple[str, str]:
+    """``(device.type, str(device))``, remembered per device outside torch.compile's trace."""
+    if torch.compiler.is_compiling():
+        return device.type, str(device)
+    names = _DEVICE_NAMES.get(device)
+    if names is None:
+        names = _DEVICE_NAMES[device] = (device.type, str(device))
+    return names
 
 
 def _sizes(input, batch_first: bool, ids: bool) -> tuple[int, int, bool]:
@@ -254,9 +306,10 @@ def route(module, input, *, runners=None, embedded: bool = False, packed: bool =
     """The :class:`Route` of this call (see module doc); raises :class:`BackendUnavailable` when
     ``backend='triton'`` cannot serve it.
 
-    ``runners`` (:class:`fastrnn.auto.Runners`) run the call with each backend, for ``auto``'s
-    first-use measurement on CUDA; ``embedded``: the caller is an ``EmbeddingRNN`` (``input``
-    holds ids), ``packed``: variable lengths given apart from ``input``."""
+    ``runners`` (:class:`fastrnn.auto.Runners`, or a function that builds them: called only when
+    the call is measured) run the call with each backend, for ``auto``'s first-use measurement on
+    CUDA; ``embedded``: the caller is an ``EmbeddingRNN`` (``input`` holds ids), ``packed``:
+    variable lengths given apart from ``input``."""
     choice, why, tier = _select(module, input, runners, embedded, packed)
     return Route(choice, tier if choice == "triton" else 0, why)
 
@@ -319,7 +372,7 @@ def explain(module, input) -> str:
         fastrnn.explain(fastrnn.GRU(8, 16), torch.randn(5, 3, 8))
         # "requested 'auto' -> torch: cpu tensors: torch (aten) is the fastest there; ..."
     """
-    runners = module._runners(input, None) if hasattr(module, "_runners") else None
+    runners = (lambda: module._runners(input, None)) if hasattr(module, "_runners") else None
     choice, why, _ = _select(module, input, runners, False, False)
     return f"requested {requested_backend(module)!r} -> {choice}: {why}"
 

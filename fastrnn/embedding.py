@@ -22,9 +22,12 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import dispatch, ops
 from .auto import Runners
 from .functional import first_layer_projection
-from .modules import _RecurrentBase, build, fast_twin, layout, run_triton
+from .modules import _RecurrentBase, build, fast_twin, layout, run_torch, run_triton
 
 STRATEGIES = ("auto", "table", "gather_gemm")
+
+#: The id dtypes ``nn.Embedding`` takes (it rejects others with a dtype error, whatever their values).
+_EMBEDDING_INDEX_DTYPES = (torch.int64, torch.int32)
 
 
 def choose_strategy(num_embeddings: int, num_tokens: int) -> str:
@@ -107,6 +110,7 @@ class EmbeddingRNN(nn.Module):
     # ------------------------------------------------------------------------------------------
 
     def _check_ids(self, ids: torch.Tensor) -> None:
+        """The ids' dtype and the embedding's options (the range of the ids: :meth:`_check_range`)."""
         if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
             raise TypeError(f"EmbeddingRNN: token ids must be an integer tensor, got {ids.dtype}")
         emb = self.embedding
@@ -116,6 +120,9 @@ class EmbeddingRNN(nn.Module):
             raise ValueError("EmbeddingRNN: embedding.sparse=True is not supported (dense gradients only)")
         if emb.scale_grad_by_freq:
             raise ValueError("EmbeddingRNN: embedding.scale_grad_by_freq is not supported")
+
+    def _check_range(self, ids: torch.Tensor) -> None:
+        """Raise ``IndexError`` naming a bad id unless every id indexes the embedding."""
         if not ids.numel():
             return
         if ids.is_cuda or torch.compiler.is_compiling():
@@ -123,26 +130,62 @@ class EmbeddingRNN(nn.Module):
             # check does on CUDA.  A host sync here stalled every call until the GPU drained, which
             # exposed the CPU's launch overhead (about a millisecond per call, see kernels/NOTES.md),
             # and cannot run inside torch.compile's graph or a CUDA graph being captured.
-            ok = (ids >= 0).all() & (ids < emb.num_embeddings).all()
+            ok = (ids >= 0).all() & (ids < self.embedding.num_embeddings).all()
             torch._assert_async(ok, "EmbeddingRNN: token ids out of range of the embedding")
             return
+        error = self._range_error(ids)
+        if error is not None:
+            raise error
+
+    def _range_error(self, ids: torch.Tensor) -> IndexError | None:
+        """The ``IndexError`` naming a bad id of host tensor ``ids``, or ``None`` when all are good."""
+        if not ids.numel():
+            return None
+        V = self.embedding.num_embeddings
         lo, hi = (int(v) for v in torch.aminmax(ids))  # CPU tensors: no device to wait for
-        if lo < 0 or hi >= emb.num_embeddings:
-            bad = lo if lo < 0 else hi
-            raise IndexError(f"EmbeddingRNN: token id {bad} is out of range [0, {emb.num_embeddings}) of the embedding")
+        if lo < 0 or hi >= V:
+            return IndexError(
+                f"EmbeddingRNN: token id {lo if lo < 0 else hi} is out of range [0, {V}) of the embedding"
+            )
+        return None
+
+    def _range_checked_later(self, ids: torch.Tensor) -> bool:
+        """Whether the range of ``ids`` is checked only where it matters, not before every call:
+        int64/int32 ids on the CPU, outside torch.compile.  The torch backend's ``nn.Embedding``
+        checks the range itself, on the host, before anything else runs, and its error becomes
+        :meth:`_range_error`'s (:meth:`_embed`); the kernels' path and every error raised before
+        the lookup check it first (:meth:`forward`), so a bad id is always what is reported."""
+        if torch.compiler.is_compiling():
+            return False
+        return ids.is_cpu and ids.dtype in _EMBEDDING_INDEX_DTYPES
 
     def forward(self, input, hx=None, lengths: torch.Tensor | None = None):
         packed = isinstance(input, PackedSequence)
         ids = input.data if packed else input
         self._check_ids(ids)
-        if packed and lengths is not None:
-            raise ValueError("EmbeddingRNN: pass lengths with a padded batch, not with a PackedSequence")
-        if lengths is not None:
-            lengths = self._check_lengths(ids, lengths)
-        route = dispatch.route(self.rnn, input, runners=self._runners(input, hx, lengths), embedded=True,
-                               packed=lengths is not None)  # fmt: skip
+        # Bad ids are reported before any other error (lengths, backend), as they always were; on
+        # the CPU's torch path nn.Embedding's own range check stands in for the separate one.
+        deferred = self._range_checked_later(ids)
+        if not deferred:
+            self._check_range(ids)
+        try:
+            if packed and lengths is not None:
+                raise ValueError("EmbeddingRNN: pass lengths with a padded batch, not with a PackedSequence")
+            if lengths is not None:
+                lengths = self._check_lengths(ids, lengths)
+            # One decision per call: the torch path runs the recurrent module's torch.nn code
+            # directly (run_torch), which does not decide again.
+            route = dispatch.route(self.rnn, input, runners=lambda: self._runners(input, hx, lengths), embedded=True,
+                                   packed=lengths is not None)  # fmt: skip
+        except Exception:
+            error = self._range_error(ids) if deferred else None
+            if error is not None:
+                raise error from None
+            raise
         if route.backend == "torch":
             return self._unfused(input, hx, lengths)
+        if deferred:
+            self._check_range(ids)
         return self._fused(input, hx, lengths, route.tier)
 
     def _runners(self, input, hx, lengths) -> Runners:
@@ -158,20 +201,35 @@ class EmbeddingRNN(nn.Module):
         lengths = torch.as_tensor(lengths)
         if lengths.shape != (B,):
             raise ValueError(f"EmbeddingRNN: lengths must have shape ({B},), got {tuple(lengths.shape)}")
-        if B and (int(lengths.min()) < 1 or int(lengths.max()) > T):
-            raise ValueError(f"EmbeddingRNN: lengths must lie in [1, {T}] (the padded length)")
+        if B:
+            lo, hi = (int(v) for v in torch.aminmax(lengths))
+            if lo < 1 or hi > T:
+                raise ValueError(f"EmbeddingRNN: lengths must lie in [1, {T}] (the padded length)")
         return lengths.to(device=ids.device, dtype=torch.int64)
 
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """``nn.Embedding`` of ``ids``; its ``IndexError`` for an id out of range (``index out of
+        range in self``) becomes :meth:`_range_error`'s, which names the id and the range (and so
+        does any error of a lookup with a bad id, e.g. an embedding on another device)."""
+        try:
+            return self.embedding(ids)
+        except Exception:  # index out of range, or another error that a bad id was always reported before
+            error = self._range_error(ids) if ids.is_cpu else None
+            if error is not None:
+                raise error from None
+            raise
+
     def _unfused(self, input, hx, lengths):
-        """torch backend: nn.Embedding, then the recurrent module (packing when lengths are given)."""
+        """torch backend: nn.Embedding, then the recurrent module's torch.nn code (packing when
+        lengths are given)."""
         if isinstance(input, PackedSequence):
-            return self.rnn(input._replace(data=self.embedding(input.data)), hx)
-        x = self.embedding(input)
+            return run_torch(self.rnn, input._replace(data=self._embed(input.data)), hx)
+        x = self._embed(input)
         if lengths is None:
-            return self.rnn(x, hx)
+            return run_torch(self.rnn, x, hx)
         bf = self.rnn.batch_first
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=bf, enforce_sorted=False)
-        out, hidden = self.rnn(packed, hx)
+        out, hidden = run_torch(self.rnn, packed, hx)
         out, _ = pad_packed_sequence(out, batch_first=bf, total_length=x.shape[1] if bf else x.shape[0])
         return out, hidden
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module_hooks
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import dispatch
@@ -279,7 +280,7 @@ class _RecurrentBase(nn.RNNBase):
                        list(self.parameters()))  # fmt: skip
 
     def forward(self, input, hx=None):
-        route = dispatch.route(self, input, runners=self._runners(input, hx))
+        route = dispatch.route(self, input, runners=lambda: self._runners(input, hx))  # built only to measure
         if route.backend == "torch":
             return self._twin.forward(self, input, hx)
         return self._run_triton(input, hx, route.tier)
@@ -510,6 +511,30 @@ class Recurrent(_RecurrentBase):
         if route.backend == "torch":
             return run_loop(self, lay, hx, return_states=return_states)
         return run_triton(self, lay, hx, route.tier, return_states=return_states)
+
+
+def run_torch(module: nn.RNNBase, input, hx=None):
+    """``module(input, hx)`` on the torch backend, chosen by the caller (``EmbeddingRNN``): the
+    ``torch.nn`` twin's forward, without a second backend decision.  A module whose call does more
+    than its plain forward -- hooks (its own or global ones), ``torch.jit.trace``, a forward of its
+    own (a subclass, a cell without a ``torch.nn`` twin) -- is called as a module and decides for
+    itself, as any module call does."""
+    forward = type(module).forward
+    plain = forward is _RecurrentBase.forward or forward is LSTM.forward
+    if plain and module._twin is not None and not _call_does_more(module):
+        return module._twin.forward(module, input, hx)
+    return module(input, hx)
+
+
+def _call_does_more(module: nn.Module) -> bool:
+    """Whether ``module(...)`` would do more than ``module.forward(...)``: the condition of
+    ``nn.Module.__call__``'s own shortcut (hooks) and ``torch.jit.trace`` (which records scopes)."""
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+        or _module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks
+        or _module_hooks._global_backward_hooks or _module_hooks._global_backward_pre_hooks
+        or torch._C._get_tracing_state()
+    )  # fmt: skip
 
 
 #: Cell family -> its fastrnn module (the one place that names them).
