@@ -90,16 +90,10 @@ def _zoneout(mask: torch.Tensor | None, keep: float) -> torch.Tensor | float | N
     return keep if keep >= 0 else None
 
 
-def _empty_if_none(
-    results: dict[str, torch.Tensor | None], shapes: dict, like: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
-    """The op's outputs in ``shapes``' order; absent ones as distinct empty tensors (a custom op
-    cannot return ``None``, and its outputs may not alias)."""
-    outs = []
-    for name, spec in shapes.items():
-        t = results[name]
-        outs.append(t if t is not None else like.new_empty((0,), dtype=spec[1] if spec else like.dtype))
-    return tuple(outs)
+def _op_outputs(results: dict[str, torch.Tensor | None], shapes: dict, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The op's outputs in ``shapes``' order; an absent one as a distinct empty tensor of ``like``'s
+    dtype (a custom op cannot return ``None``, and its outputs may not alias), as :func:`_fake`."""
+    return tuple(results[name] if results[name] is not None else like.new_empty((0,)) for name in shapes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +131,7 @@ def _recurrence_fwd(
     ``zoneout_keep`` probability in [0, 1] (evaluation; negative: no zoneout)."""
     call = _forward_call(_FWD.bind(**locals()))
     res = _tier(tier).forward(call, gx, _plan(call, tier, "fwd").config)
-    return _empty_if_none(vars(res), forward_shapes(call), gx)
+    return _op_outputs(vars(res), forward_shapes(call), gx)
 
 
 _FWD = inspect.signature(_recurrence_fwd)
@@ -159,15 +153,14 @@ recurrence_fwd = torch.library.custom_op("fastrnn::recurrence_fwd", _recurrence_
 
 @recurrence_fwd.register_fake
 def _(*args, **kwargs):
-    call = _forward_call(_FWD.bind(*args, **kwargs))
-    gx = _FWD.bind(*args, **kwargs).arguments["gx"]
-    return _fake(forward_shapes(call), gx)
+    bound = _FWD.bind(*args, **kwargs)
+    return _fake(forward_shapes(_forward_call(bound)), bound.arguments["gx"])
 
 
 def _fake(shapes: dict, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return tuple(
-        like.new_empty(spec[0] if spec else (0,), dtype=spec[1] if spec else like.dtype) for spec in shapes.values()
-    )
+    """What the op returns, as empty tensors: each output's shape and dtype, an absent one empty in
+    ``like``'s dtype (as :func:`_op_outputs`)."""
+    return tuple(like.new_empty(spec[0], dtype=spec[1]) if spec else like.new_empty((0,)) for spec in shapes.values())
 
 
 def _recurrence_bwd(
@@ -197,7 +190,7 @@ def _recurrence_bwd(
     share of the parameters' gradient)."""
     call, grads = _backward_call(_BWD.bind(**locals()))
     res = _tier(tier).backward(call, grads, _plan(call, tier, "bwd").config)
-    return _empty_if_none(vars(res), backward_shapes(call), out)
+    return _op_outputs(vars(res), backward_shapes(call), out)
 
 
 _BWD = inspect.signature(_recurrence_bwd)
