@@ -9,6 +9,8 @@
 3. ``bench`` -- the quick benchmark grid (``python -m benchmarks --quick``) capped in time.
 4. ``table`` -- ``fastrnn/auto_table.json`` regenerated from the results (``python -m
    benchmarks.auto_table``), so that ``backend="auto"`` answers from this run once it is committed.
+5. ``readme`` -- README.md's speed-up table regenerated from this run's quick grid (``python -m
+   benchmarks.readme_table``): commit it with the results.
 
 Each step runs as a subprocess under its own time limit, so a hang costs one step, never the run.
 The folder (default ``benchmarks/results/<gpu>-check-<date>/``) gets every log, the benchmark
@@ -115,6 +117,12 @@ def plan(
             60,
             what="fastrnn/auto_table.json regenerated from the committed and new results",
         ),  # fmt: skip
+        Step(
+            "readme",
+            [python, "-m", "benchmarks.readme_table"],
+            30,
+            what="README.md's speed-up table regenerated from the newest quick-grid results (this run's)",
+        ),
     ]
 
 

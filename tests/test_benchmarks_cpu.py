@@ -356,8 +356,8 @@ def test_gpu_check_plan_and_summary(tmp_path):
     from benchmarks import gpu_check
 
     steps = gpu_check.plan(tmp_path, minutes=8.0, cpus=16, python="python")
-    assert [s.name for s in steps] == ["tests", "interpreter", "bench", "table"]
-    tests, interp, bench, _ = steps
+    assert [s.name for s in steps] == ["tests", "interpreter", "bench", "table", "readme"]
+    tests, interp, bench, _, _ = steps
     assert "--ignore" in tests.argv and "tests/test_kernel_report.py" in tests.argv
     assert tests.argv[tests.argv.index("-m", 2) + 1] == "slow or not slow"  # compiled, the sweeps run too
     assert (
