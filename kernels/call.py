@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from . import cells
-from .common import acc_dtype, row_major
+from .common import acc_dtype
 
 #: A tensor's shape and dtype, or ``None`` for an output the call does not produce.
 Spec = tuple[tuple[int, ...], torch.dtype] | None
@@ -86,12 +86,6 @@ class RecurrenceCall:
     def empty(self) -> bool:
         """Nothing to compute: the final states are the initial ones."""
         return self.T == 0 or self.B == 0
-
-    def row_major(self) -> RecurrenceCall:
-        """The same call with the state tensors row-major (what the kernels' strides assume)."""
-        from dataclasses import replace
-
-        return replace(self, h0=row_major(self.h0), c0=row_major(self.c0))
 
 
 @dataclass(frozen=True)

@@ -843,7 +843,6 @@ def _register(number: int, name: str, rank: float, automatic: bool, compiled, ba
             number=number,
             name=name,
             rank=rank,
-            config_type=MultiConfig,
             unsupported=functools.partial(multi_unsupported, number),
             config=config,
             describe=describe,

@@ -710,17 +710,12 @@ def _config(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, ker
     return tier1_config(mode, hidden_size, proj_size, dtype, allow_tf32)
 
 
-def _unsupported(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, interpreted: bool) -> str | None:
-    return tier1_unsupported(mode, hidden_size, proj_size, dtype, interpreted)
-
-
 tiers.register(
     tiers.Tier(
         number=1,
         name="single program",
         rank=1,
-        config_type=Tier1Config,
-        unsupported=_unsupported,
+        unsupported=tier1_unsupported,
         config=_config,
         describe=describe,
         forward=recurrent_fwd,

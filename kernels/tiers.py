@@ -47,7 +47,7 @@ class Tier:
     * ``unsupported(mode, hidden_size, proj_size, dtype, interpreted) -> str | None``: why it
       cannot run a layer (``None``: it can);
     * ``config(mode, hidden_size, proj_size, dtype, kernel, smem_bytes, allow_tf32)``: its launch
-      configuration for ``kernel`` (``"fwd"``/``"bwd"``), a frozen dataclass of ``config_type``;
+      configuration for ``kernel`` (``"fwd"``/``"bwd"``), a frozen dataclass;
     * ``describe(mode, hidden_size, proj_size, dtype) -> str``: what :func:`choose_tier` says when
       it picks this tier;
     * ``forward(call, gx, cfg) -> ForwardResult`` and ``backward(call, grads, cfg) ->
@@ -66,7 +66,6 @@ class Tier:
     number: int
     name: str
     rank: float
-    config_type: type
     unsupported: Callable[..., str | None]
     config: Callable[..., Any]
     describe: Callable[..., str]
