@@ -1,8 +1,8 @@
 """Autograd wiring of the recurrence kernels: one layer and one direction.
 
 :func:`recurrence` is differentiable in ``gx``, ``w_hh``, ``h0``, ``c0``, ``b_hh`` and ``w_hr``.
-Its forward is one kernel launch (tier 1, :mod:`fastrnn.kernels.recurrent`) or one persistent
-launch (tier 2, :mod:`fastrnn.kernels.multi`); its backward is one reverse-time launch that
+Its forward is one kernel launch (tier 1, :mod:`fastrnn.kernels.tier1`) or one persistent
+launch (tier 2, :mod:`fastrnn.kernels.persistent`); its backward is one reverse-time launch that
 writes the gate gradients of every step, followed by whole-sequence GEMMs for the weights:
 
     dW_hh = sum_t dG_h[t]^T h_{t-1}      dW_hr = sum_t dh[t]^T m_t      db_hh[inner] = sum_t dG_h,inner[t]

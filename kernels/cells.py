@@ -7,7 +7,7 @@ A cell is registered once (:func:`register`) with
   whether it carries a cell state ``c``, which gates keep their recurrent bias inside the maths
   (GRU's ``b_hn``), what its backward reads, its ``torch.nn`` twin;
 * its **maths** as two ``@triton.jit`` functions that every kernel tier calls (tier 1 in
-  ``recurrent.py``, tiers 2/3 in ``multi.py``); the kernels only do the matrix products, the
+  ``tier1.py``, tiers 2/3 in ``persistent.py``); the kernels only do the matrix products, the
   loads and stores and the time loop.
 
 The plain-PyTorch reference step of a cell lives in ``fastrnn/reference.py`` (the layer above).

@@ -3,11 +3,11 @@
 A tier is a kernel file that registers itself (:func:`register`, a :class:`Tier`): what it
 cannot run, its launch configuration, its launchers.  Registered now:
 
-* **tier 1** (``recurrent.py``): one program holds all of ``W_hh`` (and ``W_hr``) on chip for a
+* **tier 1** (``tier1.py``): one program holds all of ``W_hh`` (and ``W_hr``) on chip for a
   tile of sequences; no synchronisation between programs.  Limited by what a program can hold.
-* **tier 2** (``multi.py``, persistent): the hidden units are split across programs that exchange
+* **tier 2** (``persistent.py``, persistent): the hidden units are split across programs that exchange
   ``h_t`` through L2 with a grid barrier per step, in one cooperative launch.
-* **tier 3** (``multi.py``, per step): the same body launched once per step (tier 2's fallback).
+* **tier 3** (``persistent.py``, per step): the same body launched once per step (tier 2's fallback).
 
 :func:`choose_tier` picks the tier (``FASTRNN_TIER`` forces one); :func:`plan` returns it with its
 launch configuration, which the launchers take as given.  Each tier's limits come from the

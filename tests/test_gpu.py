@@ -12,7 +12,7 @@ import torch
 import triton
 
 import fastrnn
-from fastrnn.kernels import _runtime, multi, recurrent
+from fastrnn.kernels import _runtime, persistent, tier1
 from fastrnn.kernels.call import RecurrenceCall
 from fastrnn.modules import resolve
 from helpers import compare_twins, module_inputs, twins
@@ -44,7 +44,7 @@ def _compiled_variants(kernel) -> int:
 
 def _variants() -> tuple[int, int]:
 
-    return _compiled_variants(recurrent._recurrent_fwd_kernel), _compiled_variants(recurrent._recurrent_bwd_kernel)
+    return _compiled_variants(tier1._recurrent_fwd_kernel), _compiled_variants(tier1._recurrent_bwd_kernel)
 
 
 @pytest.mark.parametrize(
@@ -110,7 +110,7 @@ def test_offsets_past_2_to_the_31_elements():
 
 def _tier1_limit(mode: str, dtype: torch.dtype) -> int | None:
     """The largest multiple of 16 that tier 1 runs for ``mode`` in ``dtype`` (its limit)."""
-    sizes = [h for h in range(16, 513, 16) if recurrent.tier1_unsupported(mode, h, 0, dtype) is None]
+    sizes = [h for h in range(16, 513, 16) if tier1.tier1_unsupported(mode, h, 0, dtype) is None]
     return max(sizes) if sizes else None
 
 
@@ -189,12 +189,12 @@ def test_tier2_forward_captured_in_a_cuda_graph(monkeypatch):
     gx = torch.randn(T, B, G * H, device="cuda")
     w = torch.randn(G * H, H, device="cuda") / H**0.5
     with torch.no_grad():
-        cfg = lambda tier: multi.multi_config("LSTM", H, torch.float32, tier)
+        cfg = lambda tier: persistent.multi_config("LSTM", H, torch.float32, tier)
         call = RecurrenceCall("LSTM", T, B, w, save=False)
-        graph, res = _capture(lambda: multi.multi_fwd(call, gx, cfg(2), tier=2))
+        graph, res = _capture(lambda: persistent.multi_fwd(call, gx, cfg(2), tier=2))
         gx.copy_(torch.randn_like(gx))
         graph.replay()
-        want = multi.multi_fwd(call, gx, cfg(3), tier=3)
+        want = persistent.multi_fwd(call, gx, cfg(3), tier=3)
     torch.testing.assert_close(res.out, want.out)
     torch.testing.assert_close(res.h_n, want.h_n)
 

@@ -23,7 +23,7 @@ import pytest
 
 pytest.importorskip("triton", reason="triton is not installed: nothing to compile")
 
-from fastrnn.kernels import multi, recurrent, releases, report, tiers  # noqa: E402
+from fastrnn.kernels import persistent, releases, report, tier1, tiers  # noqa: E402
 from fastrnn.kernels.report import pool  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -172,7 +172,7 @@ def test_launch_arguments_are_the_launchers() -> None:
         fn, args, kwargs = report.launch_arguments(cfg)
         names = list(fn.arg_names)
         assert set(kwargs) - {"num_warps"} == set(names[len(args) :])  # positional, then constexprs
-        lc = recurrent.tier1_config("LSTM", 64, 32, cfg.torch_dtype)
+        lc = tier1.tier1_config("LSTM", 64, 32, cfg.torch_dtype)
         assert (kwargs["BLOCK_B"], kwargs["BLOCK_H"], kwargs["BLOCK_P"], kwargs["num_warps"]) == (
             lc.block_b,
             lc.block_h,
@@ -324,7 +324,7 @@ def test_layer_norm_limits_are_searched() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tiers 2 and 3 (kernels/multi.py): every cell and dtype, resident (H=128) and streamed (H=1024)
+# Tiers 2 and 3 (kernels/persistent.py): every cell and dtype, resident (H=128) and streamed (H=1024)
 # weight slices, the persistent kernel with its grid barrier (tier 2) and the per-step one
 # (tier 3), heaviest variant, sm_90 (the H100/H200 arch; sm_80 is reported in NOTES.md).
 
@@ -379,7 +379,7 @@ def test_multi_launch_arguments_are_the_launchers() -> None:
         cfg = report.KernelConfig("bwd", "GRU", "bf16", 128, varlen=True, reverse=True, has_h0=True, tier=tier)
         fn, args, kwargs = report.launch_arguments(cfg)
         names = list(fn.arg_names)
-        assert fn is multi._multi_bwd_kernel
+        assert fn is persistent._multi_bwd_kernel
         options = {"num_warps", "num_stages", "maxnreg", "launch_cooperative_grid"}  # launch options, not arguments
         assert set(kwargs) - options == set(names[len(args) :])
         assert kwargs["USE_BARRIER"] == (tier == 2) and kwargs.get("launch_cooperative_grid", False) == (tier == 2)

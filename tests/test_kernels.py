@@ -177,13 +177,13 @@ def test_offsets_past_2_to_the_31_elements_in_the_interpreter():
 def test_split_k_dots_equal_the_plain_ones(mode, split_k):
     """Tier 1 with its recurrent dots split along K across warps (common.mm_split) computes what the
     plain dots do, forward and backward, in float64 (H = 40: the last K chunk is partly padding)."""
-    from fastrnn.kernels import recurrent
+    from fastrnn.kernels import tier1
     from fastrnn.kernels.call import Gradients, RecurrenceCall
 
     T, B, H = 4, 3, 40
     args = _layer_inputs(mode, T, B, H)
     cell = cells.get(mode)
-    base = recurrent.tier1_config(mode, H, 0, torch.float64)
+    base = tier1.tier1_config(mode, H, 0, torch.float64)
     d_out = torch.randn(T, B, H, dtype=torch.float64, device=device())
     d_hn = torch.randn(B, H, dtype=torch.float64, device=device())
     d_cn = torch.randn(B, H, dtype=torch.float64, device=device()) if cell.has_cell_state else None
@@ -192,8 +192,8 @@ def test_split_k_dots_equal_the_plain_ones(mode, split_k):
     for cfg in (base, dataclasses.replace(base, split_k=split_k)):
         a = {k: v.detach() for k, v in args.items()}
         call = RecurrenceCall(mode, T, B, a["w_hh"], a["h0"], a.get("c0"), lengths, a.get("b_hh"), reverse=True)
-        fwd = recurrent.recurrent_fwd(call, a["gx"], cfg)
-        bwd = recurrent.recurrent_bwd(call, Gradients(d_out, d_hn, d_cn, None, fwd.out, fwd.saved), cfg)
+        fwd = tier1.recurrent_fwd(call, a["gx"], cfg)
+        bwd = tier1.recurrent_bwd(call, Gradients(d_out, d_hn, d_cn, None, fwd.out, fwd.saved), cfg)
         results.append([fwd.out, fwd.h_n, bwd.d_gx, bwd.d_h0])
     for x, y in zip(*results, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)

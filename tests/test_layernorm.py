@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import fastrnn
 from fastrnn import reference
 from fastrnn.dispatch import BackendUnavailable
-from fastrnn.kernels import _runtime, cells, multi, tiers
+from fastrnn.kernels import _runtime, cells, persistent, tiers
 from fastrnn.layernorm import layer_norm_stack
 from helpers import assert_within_oracle, device
 
@@ -329,7 +329,7 @@ def test_errors():
         fastrnn.LayerNormGRU(3, 4, recurrent_dropout=-0.1)
     with pytest.raises(TypeError):
         fastrnn.LayerNormGRU(3, 4)(torch.randn(2, 1, 3), return_states=True)
-    why = multi.multi_unsupported(2, "LN_LSTM", 1024, 0, torch.bfloat16)
+    why = persistent.multi_unsupported(2, "LN_LSTM", 1024, 0, torch.bfloat16)
     assert "only tier 1" in why
     assert tiers.choose_tier("LN_GRU", 4096, 0, torch.bfloat16)[0] is None
 

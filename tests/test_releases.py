@@ -9,12 +9,12 @@ import json
 import pytest
 import torch
 
-from fastrnn.kernels import multi, recurrent, releases, tiers
+from fastrnn.kernels import persistent, releases, tier1, tiers
 
 
 def test_tiers_read_the_installed_release():
-    assert recurrent.TIER1_MAX_WEIGHT_BYTES == releases.limits().tier1
-    assert multi.RESIDENT_MAX_WEIGHT_BYTES_BWD == releases.limits().resident_bwd
+    assert tier1.TIER1_MAX_WEIGHT_BYTES == releases.limits().tier1
+    assert persistent.RESIDENT_MAX_WEIGHT_BYTES_BWD == releases.limits().resident_bwd
     assert set(releases.load()["releases"]) >= {"3.6", "3.9"}  # the releases the limits were measured with
 
 

@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 import fastrnn
 from fastrnn import ops, reference
 from fastrnn.functional import recurrent_stack
-from fastrnn.kernels import _runtime, recurrent
+from fastrnn.kernels import _runtime, tier1
 from fastrnn.kernels.call import Gradients, RecurrenceCall
 from helpers import assert_within_oracle, device
 
@@ -177,15 +177,15 @@ def test_off_by_default_and_free_when_off():
     x = torch.randn(3, 2, 3, device=device())
     res = m(x)
     assert len(res) == 2 and len(res[1]) == 2
-    cfg = recurrent.tier1_config("LSTM", 4, 0, torch.float32)
+    cfg = tier1.tier1_config("LSTM", 4, 0, torch.float32)
     gx, w = torch.randn(3, 2, 16), torch.randn(16, 4)
     call = RecurrenceCall("LSTM", 3, 2, w)
-    launch, fwd = recurrent.forward_launch(call, gx, cfg)
+    launch, fwd = tier1.forward_launch(call, gx, cfg)
     assert launch.kwargs["STORE_C"] is False and fwd.cs is None
     grads = Gradients(torch.randn(3, 2, 4), torch.randn(2, 4), torch.randn(2, 4), None, fwd.out, fwd.saved)
-    bwd, _ = recurrent.backward_launch(call, grads, cfg)
+    bwd, _ = tier1.backward_launch(call, grads, cfg)
     assert bwd.kwargs["HAS_DCS"] is False
-    launch, fwd = recurrent.forward_launch(dataclasses.replace(call, states=True), gx, cfg)
+    launch, fwd = tier1.forward_launch(dataclasses.replace(call, states=True), gx, cfg)
     assert launch.kwargs["STORE_C"] is True and fwd.cs.shape == (3, 2, 4)
 
 

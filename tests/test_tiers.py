@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import fastrnn
-from fastrnn.kernels import _runtime, cells, grid, multi, recurrent, tiers
+from fastrnn.kernels import _runtime, cells, grid, persistent, tier1, tiers
 from fastrnn.kernels.call import RecurrenceCall
 from fastrnn.modules import resolve
 from helpers import TOL, compare_twins, device, module_inputs, twins
@@ -94,9 +94,9 @@ def test_fused_embedding_runs_in_tier(monkeypatch, tier):
 def test_streamed_and_resident_weights_are_both_covered():
     """The tests above run tier 2 with resident weight slices and tier 3 with streamed ones, in
     more than one K chunk for H = 40."""
-    assert multi.multi_config("LSTM", 20, torch.float32, 2).resident is False  # fp32 LSTM: never
-    assert multi.multi_config("GRU", 40, torch.float32, 2).resident
-    streamed = multi.multi_config("GRU", 40, torch.float32, 3)
+    assert persistent.multi_config("LSTM", 20, torch.float32, 2).resident is False  # fp32 LSTM: never
+    assert persistent.multi_config("GRU", 40, torch.float32, 2).resident
+    streamed = persistent.multi_config("GRU", 40, torch.float32, 3)
     assert not streamed.resident and streamed.block_k < 40
 
 
@@ -105,20 +105,22 @@ def test_resident_slices_follow_the_measured_limits():
     (LSTM H = 1024), 16-bit backwards up to 32 KiB (LSTM H = 256; larger ones spill at 8 warps
     and cannot launch at 16), within the device's shared memory; every resident build at 8 warps."""
     bf16 = torch.bfloat16
-    assert multi.multi_config("LSTM", 1024, bf16, 2, "fwd").resident
-    assert not multi.multi_config("LSTM", 1024, bf16, 2, "bwd").resident
-    assert multi.multi_config("LSTM", 256, bf16, 2, "bwd").resident
-    assert not multi.multi_config("LSTM", 512, bf16, 2, "bwd").resident  # 64 KiB
+    assert persistent.multi_config("LSTM", 1024, bf16, 2, "fwd").resident
+    assert not persistent.multi_config("LSTM", 1024, bf16, 2, "bwd").resident
+    assert persistent.multi_config("LSTM", 256, bf16, 2, "bwd").resident
+    assert not persistent.multi_config("LSTM", 512, bf16, 2, "bwd").resident  # 64 KiB
     # an A100 (163 KB per block) cannot hold the 128 KiB slice and its h row; an H100 can
-    assert not multi.multi_config("LSTM", 1024, bf16, 2, "fwd", smem_bytes=163 * 1024).resident
-    assert multi.multi_config("LSTM", 1024, bf16, 2, "fwd", smem_bytes=227 * 1024).resident
+    assert not persistent.multi_config("LSTM", 1024, bf16, 2, "fwd", smem_bytes=163 * 1024).resident
+    assert persistent.multi_config("LSTM", 1024, bf16, 2, "fwd", smem_bytes=227 * 1024).resident
     for mode, H, dtype, kernel in itertools.product(
         ("RNN_TANH", "GRU", "LSTM"), (128, 256, 512, 1024), tiers.DTYPES, ("fwd", "bwd")
     ):
-        cfg = multi.multi_config(mode, H, dtype, 2, kernel)
+        cfg = persistent.multi_config(mode, H, dtype, 2, kernel)
         if cfg.resident:
-            limit = multi.RESIDENT_MAX_WEIGHT_BYTES_BWD if kernel == "bwd" else multi.RESIDENT_MAX_WEIGHT_BYTES
-            assert multi.slice_weight_bytes(mode, H, dtype) <= limit[torch.empty(0, dtype=dtype).element_size()]
+            limit = (
+                persistent.RESIDENT_MAX_WEIGHT_BYTES_BWD if kernel == "bwd" else persistent.RESIDENT_MAX_WEIGHT_BYTES
+            )
+            assert persistent.slice_weight_bytes(mode, H, dtype) <= limit[torch.empty(0, dtype=dtype).element_size()]
             assert cfg.num_warps == 8, (mode, H, dtype, kernel, cfg)
 
 
@@ -127,10 +129,10 @@ def test_tier1_fp32_split_k_only_for_fma_dots():
     not on tensor cores (TF32: split in two, triton 3.6 spills in the loop; unsplit is clean);
     what ops launches is what the plan says."""
     f32 = torch.float32
-    fma, tf32 = (recurrent.tier1_config("RNN_TANH", 128, 0, f32, allow_tf32=a) for a in (False, True))
+    fma, tf32 = (tier1.tier1_config("RNN_TANH", 128, 0, f32, allow_tf32=a) for a in (False, True))
     assert (fma.num_warps, fma.split_k) == (16, 2) and (tf32.num_warps, tf32.split_k) == (16, 1)
     assert tiers.plan("RNN_TANH", 128, 0, f32, 1, allow_tf32=True).config == tf32
-    assert recurrent.tier1_config("RNN_TANH", 128, 0, torch.bfloat16, allow_tf32=True).split_k == 1
+    assert tier1.tier1_config("RNN_TANH", 128, 0, torch.bfloat16, allow_tf32=True).split_k == 1
 
 
 def test_tier3_launches_once_per_step(monkeypatch):
@@ -282,20 +284,20 @@ def test_barrier_that_never_completes_fails_loudly(monkeypatch, check):
     T, B, H = 5, 40, 256
     gx = torch.randn(T, B, H, device="cuda")
     w = torch.randn(H, H, device="cuda") / H**0.5
-    cfg = lambda tier: multi.multi_config("RNN_TANH", H, torch.float32, tier)
+    cfg = lambda tier: persistent.multi_config("RNN_TANH", H, torch.float32, tier)
     call = RecurrenceCall("RNN_TANH", T, B, w)
     monkeypatch.setattr(grid, "_BARRIER_START", -(2**30))
     monkeypatch.setenv("FASTRNN_BARRIER_CHECK", "1" if check else "0")
     if check:
         with pytest.raises(grid.BarrierTimeout, match="not all resident"):
-            multi.multi_fwd(call, gx, cfg(2), tier=2, max_spin=2000)
+            persistent.multi_fwd(call, gx, cfg(2), tier=2, max_spin=2000)
     else:
-        res = multi.multi_fwd(call, gx, cfg(2), tier=2, max_spin=2000)
+        res = persistent.multi_fwd(call, gx, cfg(2), tier=2, max_spin=2000)
         assert torch.isnan(res.out[1:]).all() and torch.isnan(res.h_n).all()
         assert not torch.isnan(res.out[0]).any()  # step 0 needs no barrier
     monkeypatch.setattr(grid, "_BARRIER_START", 0)
     torch.testing.assert_close(
-        multi.multi_fwd(call, gx, cfg(2), tier=2).out, multi.multi_fwd(call, gx, cfg(3), tier=3).out
+        persistent.multi_fwd(call, gx, cfg(2), tier=2).out, persistent.multi_fwd(call, gx, cfg(3), tier=3).out
     )
 
 
@@ -349,7 +351,7 @@ def test_bf16_in_interpreter(tier, mode):
     """bf16 tiers 2/3 (the interpreter multiplies bf16 in fp32: the GPU tests cover the real
     tensor-core dot) against an fp32 run on the same bf16-valued inputs: within twice tier 1's
     bf16 error plus a small atol."""
-    from fastrnn.kernels import recurrent
+    from fastrnn.kernels import tier1
 
     g = torch.Generator().manual_seed(0)
     T, B, H = 4, 18, 40
@@ -364,13 +366,13 @@ def test_bf16_in_interpreter(tier, mode):
     b_hh = rnd(G * H) if cell.inner_bias else None
     lengths = torch.randint(1, T + 1, (B,), generator=g).to(device())
     f32 = lambda t: None if t is None else t.float()
-    cfg1 = recurrent.tier1_config(mode, H, 0, torch.bfloat16)
+    cfg1 = tier1.tier1_config(mode, H, 0, torch.bfloat16)
 
     call = RecurrenceCall(mode, T, B, w, h0, c0, lengths, b_hh, reverse=True)
     call32 = RecurrenceCall(mode, T, B, f32(w), f32(h0), f32(c0), lengths, f32(b_hh), reverse=True)
-    want = recurrent.recurrent_fwd(call32, f32(gx), recurrent.tier1_config(mode, H, 0, torch.float32))
-    base = recurrent.recurrent_fwd(call, gx, cfg1)
-    got = multi.multi_fwd(call, gx, multi.multi_config(mode, H, torch.bfloat16, tier), tier=tier)
+    want = tier1.recurrent_fwd(call32, f32(gx), tier1.tier1_config(mode, H, 0, torch.float32))
+    base = tier1.recurrent_fwd(call, gx, cfg1)
+    got = persistent.multi_fwd(call, gx, persistent.multi_config(mode, H, torch.bfloat16, tier), tier=tier)
     for name in ("out", "h_n"):
         err_base = (getattr(base, name).float() - getattr(want, name)).abs().max().item()
         err = (getattr(got, name).float() - getattr(want, name)).abs().max().item()
@@ -416,7 +418,7 @@ def test_streamed_backward_with_split_k_chunks(monkeypatch, mode):
     fast, _ = twins(resolve(mode).family, 3, 40, **resolve(mode).twin_kwargs)
     fast = fast.double()
     x = torch.randn(4, 3, 3, dtype=torch.float64, device=device())
-    plain = multi.multi_config
+    plain = persistent.multi_config
     runs = []
     for split in (1, 2):
 
@@ -424,7 +426,7 @@ def test_streamed_backward_with_split_k_chunks(monkeypatch, mode):
             cfg = plain(*args, **kwargs)
             return dataclasses.replace(cfg, block_k=32, split_k=split) if not cfg.resident else cfg
 
-        monkeypatch.setattr(multi, "multi_config", config)
+        monkeypatch.setattr(persistent, "multi_config", config)
         runs.append(_output_state_grads(fast, x))
     for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -1,4 +1,4 @@
-"""Kernel report: compile the recurrence kernels (tier 1, and tiers 2/3 of ``multi.py``) for
+"""Kernel report: compile the recurrence kernels (tier 1, and tiers 2/3 of ``persistent.py``) for
 sm_90 / sm_80 on a machine without a GPU.
 
 Each configuration is compiled with Triton's own toolchain (``triton.compile`` of an

@@ -12,14 +12,14 @@ from collections.abc import Sequence
 
 import triton
 
-from .. import cells, recurrent
+from .. import cells, tier1
 from .configs import CELLS, DTYPES, EXTRA_CELLS, KERNELS, SHARED_LIMIT, multi_configs, tier1_configs
 from .pool import _serve, cache_dir, compile_report
 from .sass import missing_tools
 from .tables import compare, format_table, write_estimates
 
 DESCRIPTION = (
-    "Kernel report: compile the recurrence kernels (tier 1, and tiers 2/3 of multi.py) for sm_90 / sm_80 on a "
+    "Kernel report: compile the recurrence kernels (tier 1, and tiers 2/3 of persistent.py) for sm_90 / sm_80 on a "
     "machine without a GPU, and read registers, spills, shared memory, tensor-core instructions and a per-step "
     "estimate from the cubin."
 )
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="tiers 2/3: override the resident/streamed choice")  # fmt: skip
     p.add_argument("--beyond-limit", action="store_true", help="also sizes tier 1 refuses")
     p.add_argument("--tiers", nargs="+", type=int, default=[1], choices=[1, 2, 3],
-                   help="kernel tiers to compile (2, 3: multi.py; projected LSTMs have none)")  # fmt: skip
+                   help="kernel tiers to compile (2, 3: persistent.py; projected LSTMs have none)")  # fmt: skip
     p.add_argument("--batch", type=int, default=64, help="batch size of the launch (with T = 8)")
     p.add_argument("--tf32", action="store_true", help="also fp32 with allow_tf32=True (tensor cores)")
     p.add_argument(
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     rows = compile_report(configs, jobs=a.jobs, timeout=a.timeout, cache=not a.no_cache)
     limits = ", ".join(
-        f"{name} {recurrent.TIER1_MAX_WEIGHT_BYTES[dt] // 1024}/{recurrent.TIER1_MAX_WEIGHT_BYTES_UNALIGNED[dt] // 1024}"
+        f"{name} {tier1.TIER1_MAX_WEIGHT_BYTES[dt] // 1024}/{tier1.TIER1_MAX_WEIGHT_BYTES_UNALIGNED[dt] // 1024}"
         for name, dt in DTYPES.items()
     )
     print(

@@ -58,7 +58,7 @@ KERNELS = ("fwd", "bwd")
 class KernelConfig:
     """One tier-1 kernel compile: which kernel, cell, dtype, size, variant and target.
 
-    ``num_warps``/``block_b`` of ``None`` mean "what ``recurrent.tier1_config`` picks" (the default); an
+    ``num_warps``/``block_b`` of ``None`` mean "what ``tier1.tier1_config`` picks" (the default); an
     integer overrides it, for exploring (the launcher itself is still what builds the call).
     ``proj_size`` is LSTMP's projection size (0: ``hidden_size // 2``); other cells ignore it.
     """
@@ -77,7 +77,7 @@ class KernelConfig:
     block_b: int | None = None
     allow_tf32: bool = False
     proj_size: int = 0
-    tier: int = 1  # 1: recurrent.py; 2 (persistent, grid barrier) or 3 (per step): multi.py
+    tier: int = 1  # 1: tier1.py; 2 (persistent, grid barrier) or 3 (per step): persistent.py
     split_k: int | None = None  # override the configuration's SPLIT_K
     resident: bool | None = None  # tiers 2/3: override the configuration's resident/streamed choice
     states: bool = False  # return_states: the forward stores every step's c_t, the backward reads its gradient
@@ -149,7 +149,7 @@ def tier1_configs(
         variants: ``"heaviest"`` (varlen, reverse, with h0 and, forward, saving: the most live
             values), ``"default"`` (dense, forward, no h0), or ``"all"`` (every combination of
             dense/varlen, forward/reverse, with/without h0, plus inference forwards).
-        num_warps, block_b: ``None`` is ``recurrent.tier1_config``'s choice; integers override it.
+        num_warps, block_b: ``None`` is ``tier1.tier1_config``'s choice; integers override it.
         beyond_limit: also sizes that ``tier1_unsupported`` refuses (to find the spill frontier).
         proj_sizes: LSTMP projection sizes (0: ``hidden_size // 2``); sizes not below the hidden
             size are left out.
@@ -198,7 +198,7 @@ def multi_configs(
     split_k: Sequence[int | None] = (None,),
     resident: Sequence[bool | None] = (None,),
 ) -> list[KernelConfig]:
-    """Tier-2/3 configurations (``multi.py``), heaviest variant; projected LSTMs have no tier 2/3.
+    """Tier-2/3 configurations (``persistent.py``), heaviest variant; projected LSTMs have no tier 2/3.
 
     Example::
 

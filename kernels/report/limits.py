@@ -2,7 +2,7 @@
 
 ``docs/tiers.md`` carries this table between ``<!-- tier1-limits:begin -->`` and
 ``<!-- tier1-limits:end -->``; it is generated from the release data (``kernels/releases.json``,
-through :func:`fastrnn.kernels.recurrent.tier1_unsupported`), never typed:
+through :func:`fastrnn.kernels.tier1.tier1_unsupported`), never typed:
 ``python -m fastrnn.kernels.report --limits-table`` prints it and ``tests/test_readme.py`` fails
 when the page differs.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import cells, recurrent, releases
+from .. import cells, releases, tier1
 
 BEGIN = "<!-- tier1-limits:begin -->"
 END = "<!-- tier1-limits:end -->"
@@ -26,7 +26,7 @@ def largest(mode: str, dtype: torch.dtype, release: str, multiple_of_16: bool) -
     """The largest hidden size (a multiple of 16, or not) tier 1 runs for ``mode`` in ``dtype``
     under ``release``; ``None``: none."""
     sizes = range(16, MAX_SEARCHED + 1, 16) if multiple_of_16 else (h for h in range(1, MAX_SEARCHED) if h % 16)
-    ok = [h for h in sizes if recurrent.tier1_unsupported(mode, h, 0, dtype, release=release) is None]
+    ok = [h for h in sizes if tier1.tier1_unsupported(mode, h, 0, dtype, release=release) is None]
     return max(ok) if ok else None
 
 

@@ -766,7 +766,7 @@ def forward_launch(call: RecurrenceCall, gx: torch.Tensor, cfg: MultiConfig) -> 
 def multi_fwd(call: RecurrenceCall, gx: torch.Tensor, cfg: MultiConfig, *, tier: int = 2,
               cooperative: bool | None = None, max_spin: int = MAX_SPIN) -> ForwardResult:  # fmt: skip
     """Tier 2/3 forward of one layer/direction; arguments and result as
-    :func:`fastrnn.kernels.recurrent.recurrent_fwd` (no projection: ``P == H``), ``cfg`` from
+    :func:`fastrnn.kernels.tier1.recurrent_fwd` (no projection: ``P == H``), ``cfg`` from
     :func:`fastrnn.kernels.tiers.plan`.
 
     ``tier=2``: one persistent launch, cooperative unless ``cooperative=False`` (a plain launch:
@@ -826,7 +826,7 @@ def backward_launch(call: RecurrenceCall, grads: Gradients, cfg: MultiConfig) ->
 
 def multi_bwd(call: RecurrenceCall, grads: Gradients, cfg: MultiConfig, *, tier: int = 2,
               cooperative: bool | None = None, max_spin: int = MAX_SPIN) -> BackwardResult:  # fmt: skip
-    """Tier 2/3 backward; arguments and result as :func:`fastrnn.kernels.recurrent.recurrent_bwd`
+    """Tier 2/3 backward; arguments and result as :func:`fastrnn.kernels.tier1.recurrent_bwd`
     (no projection), ``tier``/``cooperative``/``max_spin`` as :func:`multi_fwd`."""
     launch, res = backward_launch(call, grads, cfg)
     if launch is not None:

@@ -4,7 +4,7 @@ Compiles a toy persistent step (h @ W + gx -> sigmoid -> store, T steps) for sm_
 machine and prints, from the compiled code: registers, spills, shared memory, tensor-core
 instructions, and which ops sit inside the loop (TTGIR). Usage (no GPU needed):
 
-    python kernels/probes/resident_weights.py K N BB TRANS WARPS      e.g.  1024 64 16 0 8
+    python benchmarks/probes/resident_weights.py K N BB TRANS WARPS      e.g.  1024 64 16 0 8
 
 TRANS=0: W (K, N) is the B operand of tl.dot(h, W); TRANS=1: W^T (N, K) is the A operand of
 tl.dot(W^T, h^T) (wgmma on sm_90). K, N, BB are powers of two (mask the rest in real code).

@@ -34,9 +34,9 @@ registers/spills, shared memory, cluster dims -- or the exact error.
 
 Usage::
 
-    python kernels/probes/cluster_gluon.py                         # triton 3.9 (installed here)
-    /opt/venv36/bin/python kernels/probes/cluster_gluon.py         # triton 3.6 (its own venv)
-    python kernels/probes/cluster_gluon.py --modes async --hidden 256 --ctas 4 --dump /tmp/g
+    python benchmarks/probes/cluster_gluon.py                         # triton 3.9 (installed here)
+    /opt/venv36/bin/python benchmarks/probes/cluster_gluon.py         # triton 3.6 (its own venv)
+    python benchmarks/probes/cluster_gluon.py --modes async --hidden 256 --ctas 4 --dump /tmp/g
 """
 
 from __future__ import annotations

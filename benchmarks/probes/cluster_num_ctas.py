@@ -2,7 +2,7 @@
 
 Compiles, for ``GPUTarget("cuda", 90, 32)`` on a machine without a GPU:
 
-* the tier-1 forward (``recurrent._recurrent_fwd_kernel``, the launch the report builds for
+* the tier-1 forward (``tier1._recurrent_fwd_kernel``, the launch the report builds for
   ``KernelConfig("fwd", CELL, DTYPE, H)``) and optionally its backward, with ``num_ctas`` 1, 2,
   4, 8, 16;
 * a toy persistent loop: ``W`` (K x N, fp16) loaded once before the loop, ``h @ W`` (``tl.dot``)
@@ -16,9 +16,9 @@ and the PTX's cluster instructions (``barrier.cluster``, ``mapa``, ``shared::clu
 
 Usage::
 
-    python kernels/probes/cluster_num_ctas.py                      # triton installed here (3.9)
-    /opt/venv36/bin/python kernels/probes/cluster_num_ctas.py      # triton 3.6 (its own venv)
-    python kernels/probes/cluster_num_ctas.py --cell LSTM --dtype fp16 --hidden 64 --bwd --ctas 1 2 4 8 16
+    python benchmarks/probes/cluster_num_ctas.py                      # triton installed here (3.9)
+    /opt/venv36/bin/python benchmarks/probes/cluster_num_ctas.py      # triton 3.6 (its own venv)
+    python benchmarks/probes/cluster_num_ctas.py --cell LSTM --dtype fp16 --hidden 64 --bwd --ctas 1 2 4 8 16
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ benchmarks/results/nvidia-h200-2026-11-30/toy-persistent-step.txt)
 Toy forward only: grid of H/16 programs (16 hidden units x 4 gates each), cooperative launch,
 one grid barrier per step, h exchanged through a ping-pong buffer in global memory. Checked
 against a torch reference (fp32 math on the same fp16 inputs), then timed with CUDA events.
-  python kernels/probes/persistent_lstm_step.py            (GPU)
-  python kernels/probes/persistent_lstm_step.py compile    (CPU: compile for sm_90 only, print resources)
+  python benchmarks/probes/persistent_lstm_step.py            (GPU)
+  python benchmarks/probes/persistent_lstm_step.py compile    (CPU: compile for sm_90 only, print resources)
 """
 
 import sys
