@@ -1,0 +1,679 @@
+"""Tier 4: the recurrence on a Hopper thread-block cluster, in CUDA C++.
+
+One cluster of ``C`` CTAs (1-16; 16 is a non-portable size that H100/H200 allow) runs a tile of
+``BT`` sequences (8 or 16).  CTA ``rank`` owns hidden units ``[rank*U, (rank+1)*U)``, ``U = H/C``,
+and every gate row of them: its slice of ``W_hh`` is loaded once and stays on chip for the whole
+sequence, in the warps' registers (as ``mma.sync`` A fragments) and, past the register budget, in
+shared memory in the same fragment order.  Each step every CTA computes its slice of the gates
+(``mma.sync`` m16n8k16, fp32 accumulation), runs the cell on its (unit, sequence) pairs, writes
+``out`` and the saved tensors, and pushes its slice of ``h_t`` into the other of two buffers in
+every CTA's shared memory (``st.async`` with completion on that CTA's mbarrier, expect-tx): one
+mbarrier wait per step, no cluster barrier and no global memory for ``h`` inside the loop.  The
+backward is the same kernel shape with ``W_hh``'s columns of the CTA's units (``K = G*H``): each
+step's gate gradients (``dpre``, 16-bit like the Triton tiers' dots) are all-gathered instead of
+``h``.  ``kernels/NOTES.md`` section 8 has the design, the resources per configuration and the
+predicted step times; ``kernels/cuda/`` the sources.
+
+**How it is built and launched.**  ``nvcc -cubin -arch=sm_90a`` compiles ``cuda/cluster_entry.cu``
+for one configuration (``-D`` macros: cell, dtype, direction, sizes, warps) at first use; the cubin
+is cached on disk by the hash of the sources, the configuration and the nvcc version
+(``$FASTRNN_CUDA_CACHE``, default ``~/.cache/fastrnn/cuda``), loaded with the CUDA driver API
+(``cuModuleLoadData``) and launched with ``cuLaunchKernelEx`` and the cluster-dimension attribute
+(``CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED`` for 16) on torch's current stream, through
+ctypes.  Why not ``torch.utils.cpp_extension``: the kernel includes no header at all (neither
+torch's nor the CUDA runtime's), so the cubin the CPU checks compile and read is byte for byte the
+one a GPU runs; nothing is linked against a torch build (a CPU-only torch cannot build CUDA
+extensions, and torch 2.11 and 2.13 need no ABI match); a configuration compiles in about a second
+instead of a C++ extension's minute.  nvcc (CUDA >= 12.8, the one that ships sm_90a with st.async)
+is needed at first use of a configuration; NVRTC is not used.  Without a CUDA device of compute
+capability 9.0 or without nvcc the tier is unavailable and says why in one line.
+
+**When it runs.**  Only when forced (``FASTRNN_TIER=4``) until a GPU has verified it: the GPU check
+(``python -m benchmarks.cluster_check``) writes ``kernels/verified.json`` (:func:`record_verification`)
+when the tier's correctness tests pass there, and :func:`verification` reads it for a device.
+
+**The host simulator.**  ``cuda/cluster_sim.hpp`` runs the kernel body itself on the host (every
+thread of every CTA of a cluster as a user-level context, in lockstep, with a model of ldmatrix,
+mma.sync, st.async and the mbarriers written from the PTX ISA): :func:`simulator` builds it with
+the host compiler for a list of configurations; ``tests/test_cuda_tier.py`` checks it against
+``fastrnn.reference`` in float64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import datetime
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import _runtime, cells, tiers
+from .call import Gradients, RecurrenceCall, allocate, backward_shapes, forward_shapes
+from .common import BackwardResult, ForwardResult, Launch, final_gradients, initial_states, row_major
+
+#: This tier's number (``FASTRNN_TIER=4``).
+NUMBER = 4
+
+HERE = Path(__file__).resolve().parent
+CUDA_DIR = HERE / "cuda"
+#: The CUDA sources, in the order their hash takes them.
+CUDA_SOURCES = ("cluster_common.cuh", "cluster_kernel.cuh", "cluster_device.cuh", "cluster_entry.cu", "cluster_sim.hpp")
+
+#: Cells of the tier (``Cell<...>`` in cluster_common.cuh) and storage dtypes.
+CELL_IDS = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
+DTYPE_IDS = {torch.float16: 0, torch.bfloat16: 1}
+DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+ARCH = "sm_90a"
+#: Shared memory one block may use on sm_90 (opt-in maximum).
+SMEM_LIMIT = 227 * 1024
+#: Registers of one SM; a thread may use at most 255.
+SM_REGISTERS = 65536
+CLUSTER_SIZES = (16, 8, 4, 2, 1)
+WARP_COUNTS = (1, 2, 4, 8, 12, 16)
+#: Registers a thread needs besides its A fragments, by direction and pairs per thread (measured
+#: with ptxas on the configurations of section 8 of kernels/NOTES.md: the fitted base plus slope,
+#: rounded up).
+WORK_REGISTERS = {"fwd": (64, 10), "bwd": (64, 16)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The launch configuration
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _align(x: int, a: int) -> int:
+    return (x + a - 1) // a * a
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """One compiled kernel of the tier: the ``Cfg<...>`` template of ``cluster_common.cuh``.
+
+    The properties below mirror that struct (sizes, shared-memory layout); the simulator checks that
+    they agree (``tests/test_cuda_tier.py``).
+    """
+
+    mode: str
+    dtype: torch.dtype
+    kernel: str  # "fwd" or "bwd"
+    hidden_size: int
+    cluster: int  # CTAs per cluster
+    batch_tile: int  # sequences per cluster: 8 or 16
+    num_warps: int
+    warps_m: int  # warps across the rows' m-tiles (the rest split K)
+    kreg: int  # k-steps of A in registers per warp (the rest in shared memory)
+    acc_sets: int  # independent accumulator sets over k-steps
+
+    TILE_CONSTEXPRS = ("FR_BT", "FR_C", "FR_NW")
+
+    # -- the Cfg mirror
+    @property
+    def G(self) -> int:
+        return cells.get(self.mode).G
+
+    @property
+    def S(self) -> int:
+        return cells.get(self.mode).S
+
+    @property
+    def U(self) -> int:
+        return self.hidden_size // self.cluster
+
+    @property
+    def fwd(self) -> bool:
+        return self.kernel == "fwd"
+
+    @property
+    def M(self) -> int:
+        return self.G * self.U if self.fwd else self.U
+
+    @property
+    def K(self) -> int:
+        return self.hidden_size if self.fwd else self.G * self.hidden_size
+
+    @property
+    def GP(self) -> int:
+        return 1 if self.fwd else self.G
+
+    @property
+    def MT(self) -> int:
+        return self.M // 16
+
+    @property
+    def KS(self) -> int:
+        return self.K // 16
+
+    @property
+    def NT(self) -> int:
+        return self.batch_tile // 8
+
+    @property
+    def WK(self) -> int:
+        return self.num_warps // self.warps_m
+
+    @property
+    def MTW(self) -> int:
+        return self.MT // self.warps_m
+
+    @property
+    def KSW(self) -> int:
+        return self.KS // self.WK
+
+    @property
+    def KSM(self) -> int:
+        return self.KSW - self.kreg
+
+    @property
+    def threads(self) -> int:
+        return self.num_warps * 32
+
+    @property
+    def pairs(self) -> int:
+        return self.U * self.batch_tile
+
+    @property
+    def pairs_per_thread(self) -> int:
+        return -(-self.pairs // self.threads)
+
+    @property
+    def exchange_bytes(self) -> int:
+        """Bytes every CTA receives per step (the whole gathered vector of the tile)."""
+        return self.batch_tile * self.K * 2
+
+    def layout(self) -> dict[str, int]:
+        """Shared-memory offsets and sizes in bytes (``Cfg::OFF_*``)."""
+        ldv, ldm = self.K + 8, self.M + 4
+        v_bytes = self.batch_tile * ldv * 2
+        off_red = _align(128 + 2 * v_bytes, 128)
+        red_bytes = self.WK * self.batch_tile * ldm * 4
+        off_stage = _align(off_red + red_bytes, 128)
+        stage_bytes = self.batch_tile * self.GP * self.U * 2
+        off_w = _align(off_stage + stage_bytes, 128)
+        w_bytes = self.num_warps * self.MTW * self.KSM * 32 * 16
+        return dict(off_bar=0, off_v=128, v_bytes=v_bytes, off_red=off_red, red_bytes=red_bytes, off_stage=off_stage,
+                    stage_bytes=stage_bytes, off_w=off_w, w_bytes=w_bytes, smem=_align(off_w + w_bytes, 128))  # fmt: skip
+
+    @property
+    def smem_bytes(self) -> int:
+        """Dynamic shared memory of a CTA."""
+        return self.layout()["smem"]
+
+    @property
+    def register_fragment_bytes(self) -> int:
+        """Bytes of ``W_hh`` a CTA keeps in registers."""
+        return self.num_warps * self.MTW * self.kreg * 32 * 16
+
+    def defines(self) -> list[str]:
+        """The ``-D`` macros of ``cluster_entry.cu``."""
+        values = dict(FR_CELL=CELL_IDS[self.mode], FR_DT=DTYPE_IDS[self.dtype], FR_DIR=0 if self.fwd else 1,
+                      FR_H=self.hidden_size, FR_C=self.cluster, FR_BT=self.batch_tile, FR_NW=self.num_warps,
+                      FR_WM=self.warps_m, FR_KREG=self.kreg, FR_AS=self.acc_sets)  # fmt: skip
+        return [f"-D{k}={v}" for k, v in values.items()]
+
+    def template_args(self) -> str:
+        """``Cfg<...>``'s arguments (the simulator's instantiation)."""
+        return ", ".join(d.split("=", 1)[1] for d in self.defines())
+
+    def name(self) -> str:
+        return (f"{self.mode}-{DTYPE_NAMES[self.dtype]}-{self.kernel}-H{self.hidden_size}-C{self.cluster}"
+                f"-BT{self.batch_tile}-W{self.num_warps}x{self.warps_m}-R{self.kreg}-A{self.acc_sets}")  # fmt: skip
+
+    def with_batch_tile(self, batch_tile: int) -> ClusterConfig:
+        """The same layer with another batch tile (its warps and register split chosen again)."""
+        if batch_tile == self.batch_tile:
+            return self
+        return choose_config(self.mode, self.hidden_size, self.dtype, self.kernel, batch_tile)
+
+    # -- the kernel report's view of a configuration
+    def tiles(self) -> dict[str, Any]:
+        return dict(block_b=self.batch_tile, cluster=self.cluster, num_warps=self.num_warps)
+
+    def k_trips(self, hidden_size: int) -> int:
+        return 1
+
+    def on_chip_bytes(self, mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> int:
+        """Bytes of recurrent weights one CTA holds (registers and shared memory)."""
+        return self.M * self.K * 2
+
+    def check(self) -> None:
+        """Raise if this configuration breaks a rule of ``Cfg`` (the static_asserts)."""
+        rules = [
+            (self.mode in CELL_IDS, f"cell {self.mode} is not in the cluster tier"),
+            (self.dtype in DTYPE_IDS, f"dtype {self.dtype} is not in the cluster tier"),
+            (self.hidden_size % self.cluster == 0 and self.U % 16 == 0, "units per CTA must be a multiple of 16"),
+            (self.batch_tile in (8, 16), "batch tile of 8 or 16"),
+            (self.num_warps % self.warps_m == 0 and self.MT % self.warps_m == 0 and self.KS % self.WK == 0,
+             "warps must split the tiles evenly"),
+            (0 <= self.kreg <= self.KSW, "register k-steps within the warp's k-steps"),
+            (1 <= self.acc_sets <= 4, "1 to 4 accumulator sets"),
+            (self.cluster in CLUSTER_SIZES, "cluster of 1, 2, 4, 8 or 16 CTAs"),
+        ]  # fmt: skip
+        for ok, why in rules:
+            if not ok:
+                raise ValueError(f"{self.name()}: {why}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing a configuration: the cluster size from the weights, the warps from a step model
+
+#: The step model (cycles of one SM at the H200's clock); every figure is an assumption to be
+#: calibrated on a GPU.  ``kernels/NOTES.md`` section 8 explains each.
+STEP_MODEL = dict(
+    clock_ghz=1.98,
+    hmma_issue=6.4,  # cycles per mma.sync m16n8k16 per SM sub-partition (~63% of the dense fp16 peak)
+    hmma_latency=33,  # cycles from an mma to a dependent one
+    smem_bytes_per_cycle=128,
+    dsmem_bytes_per_cycle=64,  # assumed st.async bandwidth out of one SM
+    exchange_latency=450,  # st.async + complete_tx + the waiting warps' wake-up (assumed)
+    cta_barrier=40,  # __syncthreads with its shared-memory round trip
+    mufu_per_cycle=16,
+    alu_per_cycle=128,
+    calibration=1.3,  # earlier SASS-based estimates ran ~30% under measurement
+)
+
+#: MUFU operations and other arithmetic per (unit, sequence) pair of a step, per cell and direction.
+_PAIR_OPS = {
+    ("RNN_TANH", "fwd"): (2, 24), ("RNN_RELU", "fwd"): (0, 12), ("LSTM", "fwd"): (10, 90), ("GRU", "fwd"): (6, 60),
+    ("RNN_TANH", "bwd"): (0, 20), ("RNN_RELU", "bwd"): (0, 16), ("LSTM", "bwd"): (2, 70), ("GRU", "bwd"): (0, 50),
+}  # fmt: skip
+#: The dependent chain of a pair's cell maths (cycles).
+_PAIR_LATENCY = {"RNN_TANH": 90, "RNN_RELU": 30, "LSTM": 260, "GRU": 220}
+
+
+def predict_step(cfg: ClusterConfig) -> dict[str, float]:
+    """The step model's parts (cycles) and its prediction (``us``, calibrated) for ``cfg``."""
+    m = STEP_MODEL
+    per_warp = cfg.MTW * cfg.KSW * cfg.NT
+    warps_per_smsp = -(-cfg.num_warps // 4)
+    issue = per_warp * warps_per_smsp * m["hmma_issue"]
+    chain = -(-cfg.KSW // cfg.acc_sets) * m["hmma_latency"] + m["hmma_latency"]
+    smem = cfg.num_warps * (cfg.MTW * cfg.KSM * 512 + cfg.KSW * cfg.NT * 256) / m["smem_bytes_per_cycle"]
+    mma = max(issue, chain, smem)
+    mufu, alu = _PAIR_OPS[(cfg.mode, cfg.kernel)]
+    reads = cfg.pairs * cfg.G * cfg.WK * 4 / m["smem_bytes_per_cycle"]
+    cell = max(_PAIR_LATENCY[cfg.mode] * cfg.pairs_per_thread, cfg.pairs * mufu / m["mufu_per_cycle"],
+               cfg.pairs * alu / m["alu_per_cycle"]) + reads  # fmt: skip
+    push = cfg.exchange_bytes / m["dsmem_bytes_per_cycle"]
+    cycles = mma + cell + push + m["exchange_latency"] + 2 * m["cta_barrier"]
+    us = cycles * m["calibration"] / (m["clock_ghz"] * 1000)
+    return dict(mma=mma, issue=issue, chain=chain, smem=smem, cell=cell, push=push, cycles=cycles, us=round(us, 3))
+
+
+def cluster_size(hidden_size: int) -> int | None:
+    """CTAs per cluster: the largest of 16, 8, 4, 2, 1 that leaves each CTA a multiple of 16 units
+    (the most SMs per sequence tile; ``None``: ``hidden_size`` is not a multiple of 16)."""
+    for c in CLUSTER_SIZES:
+        if hidden_size % (16 * c) == 0:
+            return c
+    return None
+
+
+def _work_registers(kernel: str, pairs_per_thread: int) -> int:
+    base, per_pair = WORK_REGISTERS[kernel]
+    return base + per_pair * pairs_per_thread
+
+
+def layouts(mode: str, hidden_size: int, dtype: torch.dtype, kernel: str, batch_tile: int = 16,
+            smem_limit: int = SMEM_LIMIT) -> list[ClusterConfig]:  # fmt: skip
+    """Every warp layout of this layer that fits one SM (registers by :data:`WORK_REGISTERS`, shared
+    memory within ``smem_limit``), as many k-steps in registers as the budget allows."""
+    c = cluster_size(hidden_size)
+    if c is None or mode not in CELL_IDS or dtype not in DTYPE_IDS:
+        return []
+    out = []
+    for nw in WARP_COUNTS:
+        G, U = cells.get(mode).G, hidden_size // c
+        M, K = (G * U, hidden_size) if kernel == "fwd" else (U, G * hidden_size)
+        for wm in _divisors(M // 16):
+            if nw % wm or (K // 16) % (nw // wm):
+                continue
+            mtw, ksw = (M // 16) // wm, (K // 16) // (nw // wm)
+            pp = -(-U * batch_tile // (nw * 32))
+            budget = min(255, SM_REGISTERS // (nw * 32)) // 8 * 8 - _work_registers(kernel, pp)
+            kreg = max(0, min(ksw, budget // (4 * mtw)))
+            acc = 2 if ksw >= 4 and mtw * batch_tile // 8 < 4 else 1
+            cfg = ClusterConfig(mode, dtype, kernel, hidden_size, c, batch_tile, nw, wm, kreg, acc)
+            if cfg.smem_bytes <= smem_limit:
+                out.append(cfg)
+    return out
+
+
+@functools.cache
+def choose_config(mode: str, hidden_size: int, dtype: torch.dtype, kernel: str, batch_tile: int = 16,
+                  smem_limit: int = SMEM_LIMIT) -> ClusterConfig:  # fmt: skip
+    """The layout of :func:`layouts` with the shortest predicted step."""
+    options = layouts(mode, hidden_size, dtype, kernel, batch_tile, smem_limit)
+    if not options:
+        raise ValueError(f"no cluster-tier layout of {mode} H={hidden_size} {dtype} {kernel} fits one SM")
+    return min(options, key=lambda cfg: (predict_step(cfg)["cycles"], cfg.num_warps))
+
+
+# ---------------------------------------------------------------------------------------------
+# What the tier runs
+
+
+def _static_reason(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> str | None:
+    if mode not in CELL_IDS:
+        return f"the cluster tier runs {', '.join(CELL_IDS)}, not {mode}"
+    if proj_size:
+        return "the cluster tier does not run projected LSTMs (proj_size)"
+    if dtype not in DTYPE_IDS:
+        return f"the cluster tier runs float16 and bfloat16, not {dtype}"
+    if cluster_size(hidden_size) is None:
+        return f"the cluster tier needs hidden_size a multiple of 16, got {hidden_size}"
+    for kernel in ("fwd", "bwd"):
+        if not layouts(mode, hidden_size, dtype, kernel):
+            c = cluster_size(hidden_size)
+            G = cells.get(mode).G
+            kib = G * hidden_size * hidden_size * 2 // c // 1024
+            return (f"{mode} with hidden_size={hidden_size} needs {kib} KiB of W_hh per CTA at {c} CTAs, more than "
+                    f"the registers and {SMEM_LIMIT // 1024} KiB of shared memory of one SM hold")  # fmt: skip
+    return None
+
+
+def nvcc_path() -> str | None:
+    """The nvcc that builds the kernels: ``$FASTRNN_NVCC``, else ``nvcc`` on ``PATH``, else
+    ``$CUDA_HOME/bin/nvcc``; ``None`` when there is none."""
+    return _nvcc_path(os.environ.get("FASTRNN_NVCC", ""), os.environ.get("PATH", ""), os.environ.get("CUDA_HOME", ""))
+
+
+@functools.cache
+def _nvcc_path(explicit: str, path: str, cuda_home: str) -> str | None:
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    found = shutil.which("nvcc", path=path)
+    if found:
+        return found
+    candidate = Path(cuda_home) / "bin" / "nvcc" if cuda_home else None
+    return str(candidate) if candidate is not None and os.access(candidate, os.X_OK) else None
+
+
+def _device_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "the cluster tier needs a CUDA GPU of compute capability 9.0 (H100/H200); there is no CUDA device"
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) != (9, 0):
+        return (f"the cluster tier needs compute capability 9.0 (sm_90a: H100/H200); "
+                f"{torch.cuda.get_device_name()} is {major}.{minor}")  # fmt: skip
+    return None
+
+
+def unsupported(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, interpreted: bool = False) -> str | None:
+    """Why the cluster tier cannot run this layer (``None``: it can), in one line.
+
+    Example::
+
+        unsupported("LSTM", 256, 0, torch.float16)  # None on an H100 with nvcc; else the reason
+        unsupported("LSTM", 100, 0, torch.float16)  # 'the cluster tier needs hidden_size a multiple of 16, got 100'
+    """
+    why = _static_reason(mode, hidden_size, proj_size, dtype)
+    if why:
+        return why
+    if interpreted:
+        return "the cluster tier runs compiled CUDA kernels only, not Triton's interpreter (CPU tensors)"
+    if nvcc_path() is None:
+        return ("the cluster tier compiles its CUDA kernels at first use and found no nvcc "
+                "(PATH, $FASTRNN_NVCC or $CUDA_HOME/bin)")  # fmt: skip
+    return _device_reason()
+
+
+def describe(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> str:
+    c = cluster_size(hidden_size)
+    return f"tier 4: W_hh split over a cluster of {c} CTAs ({hidden_size // c} hidden units each), h through DSMEM"
+
+
+def config(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, kernel: str = "fwd",
+           smem_bytes: int | None = None, allow_tf32: bool = False) -> ClusterConfig:  # fmt: skip
+    """The launch configuration (batch tile 16; a launch with 8 or fewer sequences per free cluster
+    takes 8: :func:`batch_tile_for`)."""
+    why = _static_reason(mode, hidden_size, proj_size, dtype)
+    if why:
+        raise ValueError(why)
+    limit = SMEM_LIMIT if smem_bytes is None else min(SMEM_LIMIT, smem_bytes)
+    return choose_config(mode, hidden_size, dtype, kernel, 16, limit)
+
+
+# ---------------------------------------------------------------------------------------------
+# The build: nvcc to a cubin, cached on disk
+
+
+def cache_dir() -> Path:
+    """Where compiled cubins (and simulators) are kept: ``$FASTRNN_CUDA_CACHE`` or
+    ``~/.cache/fastrnn/cuda``."""
+    return Path(os.environ.get("FASTRNN_CUDA_CACHE") or Path.home() / ".cache" / "fastrnn" / "cuda")
+
+
+@functools.cache
+def _tool_version(path: str) -> str:
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def sources_hash() -> str:
+    """16 hex digits of SHA-256 over the CUDA sources and this file (what the verification record
+    and every cache key name)."""
+    h = hashlib.sha256()
+    for name in CUDA_SOURCES:
+        h.update(name.encode() + b"\0" + (CUDA_DIR / name).read_bytes())
+    h.update(b"cluster.py\0" + Path(__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _cuda_sources_digest() -> bytes:
+    h = hashlib.sha256()
+    for name in CUDA_SOURCES:
+        h.update(name.encode() + b"\0" + (CUDA_DIR / name).read_bytes())
+    return h.digest()
+
+
+NVCC_FLAGS = ("-cubin", f"-arch={ARCH}", "-O3", "-std=c++17", "-Xptxas", "-v")
+
+
+@dataclass(frozen=True)
+class Build:
+    """A compiled configuration: its cubin and what ptxas said."""
+
+    cubin: bytes
+    ptxas_log: str
+    path: Path
+    seconds: float
+    cached: bool
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def compile_cubin(cfg: ClusterConfig, nvcc: str | None = None) -> Build:
+    """The cubin of ``cfg`` (compiled now, or from the disk cache)."""
+    cfg.check()
+    nvcc = nvcc or nvcc_path()
+    if nvcc is None:
+        raise RuntimeError("fastrnn cluster tier: no nvcc found (PATH, $FASTRNN_NVCC or $CUDA_HOME/bin)")
+    key = hashlib.sha256(
+        _cuda_sources_digest() + "\0".join([*cfg.defines(), *NVCC_FLAGS, _tool_version(nvcc)]).encode()
+    ).hexdigest()[:24]
+    path = cache_dir() / f"{cfg.name()}-{key}.cubin"
+    log_path = path.with_suffix(".log")
+    if path.exists() and log_path.exists():
+        return Build(path.read_bytes(), log_path.read_text(), path, 0.0, True)
+    import time
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "kernel.cubin"
+        argv = [nvcc, *NVCC_FLAGS, f"-I{CUDA_DIR}", *cfg.defines(), str(CUDA_DIR / "cluster_entry.cu"), "-o", str(out)]
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nvcc failed for {cfg.name()}:\n{proc.stderr[-4000:]}")
+        cubin = out.read_bytes()
+    seconds = time.perf_counter() - start
+    _atomic_write(path, cubin)
+    _atomic_write(log_path, proc.stderr.encode())
+    return Build(cubin, proc.stderr, path, seconds, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The host simulator
+
+
+class Params(ctypes.Structure):
+    """``fr::Params`` of ``cluster_common.cuh`` (checked against the C++ layout by the tests)."""
+
+    _fields_ = [
+        ("x", ctypes.c_void_p), ("s_x_t", ctypes.c_int64), ("s_x_b", ctypes.c_int64),
+        ("w", ctypes.c_void_p), ("bias", ctypes.c_void_p),
+        ("h0", ctypes.c_void_p), ("s_h0_b", ctypes.c_int64),
+        ("c0", ctypes.c_void_p), ("s_c0_b", ctypes.c_int64),
+        ("lengths", ctypes.c_void_p),
+        ("d_hn", ctypes.c_void_p), ("s_dhn_b", ctypes.c_int64),
+        ("d_cn", ctypes.c_void_p), ("s_dcn_b", ctypes.c_int64),
+        ("d_cs", ctypes.c_void_p), ("s_dcs_t", ctypes.c_int64), ("s_dcs_b", ctypes.c_int64),
+        ("out_in", ctypes.c_void_p), ("s_oi_t", ctypes.c_int64), ("s_oi_b", ctypes.c_int64),
+        ("saved_in", ctypes.c_void_p),
+        ("out", ctypes.c_void_p), ("h_n", ctypes.c_void_p), ("c_n", ctypes.c_void_p), ("saved", ctypes.c_void_p),
+        ("cs", ctypes.c_void_p),
+        ("d_gx", ctypes.c_void_p), ("d_ghi", ctypes.c_void_p), ("d_h0", ctypes.c_void_p), ("d_c0", ctypes.c_void_p),
+        ("status", ctypes.c_void_p),
+        ("T", ctypes.c_int32), ("B", ctypes.c_int32), ("reverse", ctypes.c_int32), ("pad_", ctypes.c_int32),
+    ]  # fmt: skip
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _stride(t: torch.Tensor | None, dim: int) -> int:
+    return 0 if t is None else t.stride(dim)
+
+
+def _bits(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A 16-bit tensor as its raw bits (what the kernel reads), on the same storage."""
+    return None if t is None else t.view(torch.int16)
+
+
+def forward_params(call: RecurrenceCall, gx: torch.Tensor, res: ForwardResult, lengths: torch.Tensor | None,
+                   status: torch.Tensor | None = None) -> Params:  # fmt: skip
+    """The kernel arguments of a forward launch (tensors as prepared by :func:`forward_launch`)."""
+    bias = call.b_hh if cells.get(call.mode).inner_bias else None
+    return Params(
+        x=_ptr(gx), s_x_t=gx.stride(0), s_x_b=gx.stride(1), w=_ptr(call.w_hh), bias=_ptr(bias),
+        h0=_ptr(call.h0), s_h0_b=_stride(call.h0, 0), c0=_ptr(call.c0), s_c0_b=_stride(call.c0, 0),
+        lengths=_ptr(lengths), out=_ptr(res.out), h_n=_ptr(res.h_n), c_n=_ptr(res.c_n), saved=_ptr(res.saved),
+        cs=_ptr(res.cs), status=_ptr(status), T=call.T, B=call.B, reverse=int(call.reverse),
+    )  # fmt: skip
+
+
+def backward_params(call: RecurrenceCall, grads: Gradients, res: BackwardResult, lengths: torch.Tensor | None,
+                    status: torch.Tensor | None = None) -> Params:  # fmt: skip
+    """The kernel arguments of a backward launch."""
+    return Params(
+        x=_ptr(grads.d_out), s_x_t=grads.d_out.stride(0), s_x_b=grads.d_out.stride(1), w=_ptr(call.w_hh),
+        h0=_ptr(call.h0), s_h0_b=_stride(call.h0, 0), c0=_ptr(call.c0), s_c0_b=_stride(call.c0, 0),
+        lengths=_ptr(lengths), d_hn=_ptr(grads.d_hn), s_dhn_b=grads.d_hn.stride(0), d_cn=_ptr(grads.d_cn),
+        s_dcn_b=_stride(grads.d_cn, 0), d_cs=_ptr(grads.d_cs), s_dcs_t=_stride(grads.d_cs, 0),
+        s_dcs_b=_stride(grads.d_cs, 1), out_in=_ptr(grads.out), s_oi_t=grads.out.stride(0),
+        s_oi_b=grads.out.stride(1), saved_in=_ptr(grads.saved), d_gx=_ptr(res.d_gx), d_ghi=_ptr(res.d_gh_inner),
+        d_h0=_ptr(res.d_h0), d_c0=_ptr(res.d_c0), status=_ptr(status), T=call.T, B=call.B,
+        reverse=int(call.reverse),
+    )  # fmt: skip
+
+
+def host_compiler() -> str | None:
+    """The C++ compiler that builds the simulator (``$CXX``, else g++ or c++ on ``PATH``)."""
+    for name in (os.environ.get("CXX"), "g++", "c++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+class Simulator:
+    """The host simulator built for a list of configurations (:func:`simulator`)."""
+
+    def __init__(self, lib: ctypes.CDLL, configs: Sequence[ClusterConfig], path: Path):
+        self.lib, self.configs, self.path = lib, list(configs), path
+        lib.frsim_params_layout.argtypes = [ctypes.POINTER(ctypes.c_long)]
+        for i in range(len(self.configs)):
+            fn = getattr(lib, f"frsim_run_{i}")
+            fn.argtypes = [ctypes.POINTER(Params), ctypes.c_int, ctypes.c_uint, ctypes.c_char_p, ctypes.c_int,
+                           ctypes.POINTER(ctypes.c_long)]  # fmt: skip
+            fn.restype = ctypes.c_int
+            getattr(lib, f"frsim_smem_{i}").restype = ctypes.c_int
+
+    def params_layout(self) -> list[int]:
+        """``[sizeof(Params), offsetof(field) ...]`` of the C++ struct."""
+        out = (ctypes.c_long * 64)()
+        n = self.lib.frsim_params_layout(out)
+        return list(out[:n])
+
+    def smem_bytes(self, cfg: ClusterConfig) -> int:
+        return getattr(self.lib, f"frsim_smem_{self.configs.index(cfg)}")()
+
+    def run(self, cfg: ClusterConfig, params: Params, clusters: int, seed: int = 0) -> int:
+        """Run the kernel of ``cfg`` on host tensors; returns the number of context switches.  Raises
+        ``RuntimeError`` with the simulator's finding (deadlock, race, out-of-range access)."""
+        err = ctypes.create_string_buffer(512)
+        switches = ctypes.c_long(0)
+        rc = getattr(self.lib, f"frsim_run_{self.configs.index(cfg)}")(
+            ctypes.byref(params), clusters, seed, err, len(err), ctypes.byref(switches)
+        )
+        if rc != 0:
+            raise RuntimeError(f"cluster simulator ({cfg.name()}): {err.value.decode()}")
+        return switches.value
+
+
+_SIM_LOCK = threading.Lock()
+
+
+def simulator(configs: Iterable[ClusterConfig], header_dir: Path | None = None, cxx: str | None = None) -> Simulator:
+    """Build (or load from the cache) the host simulator of ``configs``.  ``header_dir``: take the
+    CUDA headers from there instead of ``kernels/cuda`` (the tests compile mutated copies)."""
+    configs = list(dict.fromkeys(configs))
+    cxx = cxx or host_compiler()
+    if cxx is None:
+        raise RuntimeError("fastrnn cluster simulator: no C++ compiler (g++) found")
+    src_dir = Path(header_dir) if header_dir is not None else CUDA_DIR
+    lines = ['#include "cluster_sim.hpp"', "FR_SIM_LAYOUT()"]
+    for i, cfg in enumerate(configs):
+        cfg.check()
+        lines.append(f"FR_SIM_CONFIG({i}, {cfg.template_args()})")
+    text = "\n".join(lines) + "\n"
+    flags = ["-std=c++17", "-O1", "-fPIC", "-shared", "-w"]
+    h = hashlib.sha256(text.encode() + "\0".join([*flags, _tool_version(cxx)]).encode())
+    for name in CUDA_SOURCES:
+        h.update((src_dir / name).read_bytes())
+    path = cache_dir() / f"sim-{h.hexdigest()[:24]}.so"
+    with _SIM_LOCK:
+        if not path.exists():
+            with tempfile.TemporaryDirectory() as tmp:
+                src = Path(tmp) / "sim.cpp"
+                src.write_text(text)
+                out = Path(tmp) / "sim.so"
+                proc = subprocess.run([cxx, *flags, f"-I{src_dir}", str(src), "-o", str(out)], capture_output=True,
+                                      text=True)  # fmt: skip
+                if proc.returncode != 0:
+                    raise RuntimeError(f"building the cluster simulator failed:\n{proc.stderr[-4000:]}")
+                _atomic_write(path, out.read_bytes())
+        return Simulator(ctypes.CDLL(str(path)), configs, path)
