@@ -75,20 +75,24 @@ CUDA_SOURCES = ("cluster_common.cuh", "cluster_kernel.cuh", "cluster_device.cuh"
 
 #: Cells of the tier (``Cell<...>`` in cluster_common.cuh) and storage dtypes.
 CELL_IDS = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
-DTYPE_IDS = {torch.float16: 0, torch.bfloat16: 1}
+DTYPE_IDS = {"fp16": 0, "bf16": 1}
 DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 
 ARCH = "sm_90a"
-#: Shared memory one block may use on sm_90 (opt-in maximum).
+#: Shared memory one block may use on sm_90 (opt-in maximum), and what every cluster kernel has
+#: reserved besides (``.nv.shared.<kernel>``: 1 KiB; counted against the limit to be safe).
 SMEM_LIMIT = 227 * 1024
+RESERVED_SMEM = 1024
 #: Registers of one SM; a thread may use at most 255.
 SM_REGISTERS = 65536
 CLUSTER_SIZES = (16, 8, 4, 2, 1)
 WARP_COUNTS = (1, 2, 4, 8, 12, 16)
-#: Registers a thread needs besides its A fragments, by direction and pairs per thread (measured
-#: with ptxas on the configurations of section 8 of kernels/NOTES.md: the fitted base plus slope,
-#: rounded up).
-WORK_REGISTERS = {"fwd": (64, 10), "bwd": (64, 16)}
+#: Registers a thread keeps for everything but its A fragments, by direction: a base plus a share
+#: per (unit, sequence) pair it owns.  ptxas takes whatever the launch bounds allow, so this is a
+#: headroom rule, not a count: with it every configuration section 8 of kernels/NOTES.md lists
+#: compiles without spills (the kernel report checks each).
+WORK_REGISTERS = {"fwd": (72, 20), "bwd": (80, 20)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +116,7 @@ class ClusterConfig:
     """
 
     mode: str
-    dtype: torch.dtype
+    dtype: str  # "fp16" or "bf16" (a string: a configuration is ints, bools and strings)
     kernel: str  # "fwd" or "bwd"
     hidden_size: int
     cluster: int  # CTAs per cluster
@@ -123,6 +127,10 @@ class ClusterConfig:
     acc_sets: int  # independent accumulator sets over k-steps
 
     TILE_CONSTEXPRS = ("FR_BT", "FR_C", "FR_NW")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return TORCH_DTYPES[self.dtype]
 
     # -- the Cfg mirror
     @property
@@ -233,14 +241,29 @@ class ClusterConfig:
         return ", ".join(d.split("=", 1)[1] for d in self.defines())
 
     def name(self) -> str:
-        return (f"{self.mode}-{DTYPE_NAMES[self.dtype]}-{self.kernel}-H{self.hidden_size}-C{self.cluster}"
+        return (f"{self.mode}-{self.dtype}-{self.kernel}-H{self.hidden_size}-C{self.cluster}"
                 f"-BT{self.batch_tile}-W{self.num_warps}x{self.warps_m}-R{self.kreg}-A{self.acc_sets}")  # fmt: skip
 
     def with_batch_tile(self, batch_tile: int) -> ClusterConfig:
         """The same layer with another batch tile (its warps and register split chosen again)."""
         if batch_tile == self.batch_tile:
             return self
-        return choose_config(self.mode, self.hidden_size, self.dtype, self.kernel, batch_tile)
+        return choose_config(self.mode, self.hidden_size, self.torch_dtype, self.kernel, batch_tile)
+
+    def override(self, hidden_size: int, dtype: torch.dtype, **changes: Any) -> ClusterConfig:
+        """This configuration with the kernel report's knobs applied: ``block_b`` (the batch tile,
+        8 or 16) and ``num_warps`` (the layout with that many warps); other knobs raise."""
+        unknown = set(changes) - {"block_b", "num_warps"}
+        if unknown:
+            raise ValueError(f"the cluster tier has no {', '.join(sorted(unknown))} (it takes block_b, num_warps)")
+        bt = changes.get("block_b") or self.batch_tile
+        nw = changes.get("num_warps")
+        options = layouts(self.mode, hidden_size, dtype, self.kernel, bt)
+        if nw is not None:
+            options = [cfg for cfg in options if cfg.num_warps == nw]
+        if not options:
+            raise ValueError(f"no cluster-tier layout of {self.mode} H={hidden_size} with {changes}")
+        return min(options, key=lambda cfg: (predict_step(cfg)["cycles"], cfg.num_warps))
 
     # -- the kernel report's view of a configuration
     def tiles(self) -> dict[str, Any]:
@@ -336,7 +359,7 @@ def layouts(mode: str, hidden_size: int, dtype: torch.dtype, kernel: str, batch_
     """Every warp layout of this layer that fits one SM (registers by :data:`WORK_REGISTERS`, shared
     memory within ``smem_limit``), as many k-steps in registers as the budget allows."""
     c = cluster_size(hidden_size)
-    if c is None or mode not in CELL_IDS or dtype not in DTYPE_IDS:
+    if c is None or mode not in CELL_IDS or dtype not in DTYPE_NAMES:
         return []
     out = []
     for nw in WARP_COUNTS:
@@ -350,8 +373,8 @@ def layouts(mode: str, hidden_size: int, dtype: torch.dtype, kernel: str, batch_
             budget = min(255, SM_REGISTERS // (nw * 32)) // 8 * 8 - _work_registers(kernel, pp)
             kreg = max(0, min(ksw, budget // (4 * mtw)))
             acc = 2 if ksw >= 4 and mtw * batch_tile // 8 < 4 else 1
-            cfg = ClusterConfig(mode, dtype, kernel, hidden_size, c, batch_tile, nw, wm, kreg, acc)
-            if cfg.smem_bytes <= smem_limit:
+            cfg = ClusterConfig(mode, DTYPE_NAMES[dtype], kernel, hidden_size, c, batch_tile, nw, wm, kreg, acc)
+            if cfg.smem_bytes + RESERVED_SMEM <= smem_limit:
                 out.append(cfg)
     return out
 
@@ -375,7 +398,7 @@ def _static_reason(mode: str, hidden_size: int, proj_size: int, dtype: torch.dty
         return f"the cluster tier runs {', '.join(CELL_IDS)}, not {mode}"
     if proj_size:
         return "the cluster tier does not run projected LSTMs (proj_size)"
-    if dtype not in DTYPE_IDS:
+    if dtype not in DTYPE_NAMES:
         return f"the cluster tier runs float16 and bfloat16, not {dtype}"
     if cluster_size(hidden_size) is None:
         return f"the cluster tier needs hidden_size a multiple of 16, got {hidden_size}"
@@ -416,7 +439,9 @@ def _device_reason() -> str | None:
     return None
 
 
-def unsupported(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, interpreted: bool = False) -> str | None:
+def unsupported(
+    mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, interpreted: bool = False
+) -> str | None:
     """Why the cluster tier cannot run this layer (``None``: it can), in one line.
 
     Example::
@@ -441,9 +466,9 @@ def describe(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) ->
 
 
 def config(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, kernel: str = "fwd",
-           smem_bytes: int | None = None, allow_tf32: bool = False) -> ClusterConfig:  # fmt: skip
+           smem_bytes: int | None = None, precision: Any = None) -> ClusterConfig:  # fmt: skip
     """The launch configuration (batch tile 16; a launch with 8 or fewer sequences per free cluster
-    takes 8: :func:`batch_tile_for`)."""
+    takes 8: :func:`batch_tile_for`).  ``precision`` (of fp32 dots) does not apply: 16-bit only."""
     why = _static_reason(mode, hidden_size, proj_size, dtype)
     if why:
         raise ValueError(why)
@@ -467,21 +492,31 @@ def _tool_version(path: str) -> str:
     return out.strip().splitlines()[-1]
 
 
-def sources_hash() -> str:
-    """16 hex digits of SHA-256 over the CUDA sources and this file (what the verification record
-    and every cache key name)."""
+#: :func:`cuda_sources_hash` of the CUDA sources this file was written for.  The kernel hash
+#: (``fastrnn.kernels.sources``) covers this file but only the top level of ``kernels/``: pinning the
+#: CUDA sources' hash here carries every change to them into it (``tests/test_cuda_tier.py`` fails
+#: until this constant is updated after such a change).
+CUDA_SOURCES_HASH = "15ba2c1cce0a7236"
+
+
+def cuda_sources_hash(directory: Path | None = None) -> str:
+    """16 hex digits of SHA-256 over the CUDA sources (names and bytes)."""
+    return _cuda_sources_digest(directory).hex()[:16]
+
+
+def _cuda_sources_digest(directory: Path | None = None) -> bytes:
     h = hashlib.sha256()
     for name in CUDA_SOURCES:
-        h.update(name.encode() + b"\0" + (CUDA_DIR / name).read_bytes())
+        h.update(name.encode() + b"\0" + (Path(directory or CUDA_DIR) / name).read_bytes())
+    return h.digest()
+
+
+def sources_hash() -> str:
+    """16 hex digits of SHA-256 over the CUDA sources and this file: the tier's sources, which the
+    verification record names."""
+    h = hashlib.sha256(_cuda_sources_digest())
     h.update(b"cluster.py\0" + Path(__file__).read_bytes())
     return h.hexdigest()[:16]
-
-
-def _cuda_sources_digest() -> bytes:
-    h = hashlib.sha256()
-    for name in CUDA_SOURCES:
-        h.update(name.encode() + b"\0" + (CUDA_DIR / name).read_bytes())
-    return h.digest()
 
 
 NVCC_FLAGS = ("-cubin", f"-arch={ARCH}", "-O3", "-std=c++17", "-Xptxas", "-v")
@@ -677,3 +712,524 @@ def simulator(configs: Iterable[ClusterConfig], header_dir: Path | None = None, 
                     raise RuntimeError(f"building the cluster simulator failed:\n{proc.stderr[-4000:]}")
                 _atomic_write(path, out.read_bytes())
         return Simulator(ctypes.CDLL(str(path)), configs, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CUDA driver, through ctypes
+
+
+class CudaError(RuntimeError):
+    """A CUDA driver call failed."""
+
+
+class ExchangeTimeout(RuntimeError):
+    """A cluster's exchange did not complete in time (the outputs are NaN); raised only when
+    ``FASTRNN_CLUSTER_CHECK=1`` asks the launcher to read the kernel's status (one host sync)."""
+
+
+class _LaunchAttribute(ctypes.Structure):  # CUlaunchAttribute: id, 4 bytes of padding, a 64-byte union
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_uint * 16)]
+
+
+class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig
+    _fields_ = [
+        ("gridDimX", ctypes.c_uint), ("gridDimY", ctypes.c_uint), ("gridDimZ", ctypes.c_uint),
+        ("blockDimX", ctypes.c_uint), ("blockDimY", ctypes.c_uint), ("blockDimZ", ctypes.c_uint),
+        ("sharedMemBytes", ctypes.c_uint), ("hStream", ctypes.c_void_p),
+        ("attrs", ctypes.POINTER(_LaunchAttribute)), ("numAttrs", ctypes.c_uint),
+    ]  # fmt: skip
+
+
+CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
+CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14
+CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4
+KERNEL_NAME = b"fastrnn_cluster"
+
+
+class _Driver:
+    """The few driver API calls the tier makes (``libcuda.so.1``)."""
+
+    def __init__(self) -> None:
+        try:
+            self.lib = ctypes.CDLL("libcuda.so.1")
+        except OSError as exc:
+            raise CudaError(f"the CUDA driver library libcuda.so.1 could not be loaded: {exc}") from None
+        self.call("cuInit", ctypes.c_uint(0))
+        self._contexts: dict[int, ctypes.c_void_p] = {}
+
+    def call(self, name: str, *args) -> None:
+        fn = getattr(self.lib, name)
+        fn.restype = ctypes.c_int
+        rc = fn(*args)
+        if rc != 0:
+            text = ctypes.c_char_p()
+            self.lib.cuGetErrorString(rc, ctypes.byref(text))
+            raise CudaError(f"{name} failed: {text.value.decode() if text.value else 'error'} ({rc})")
+
+    def context(self, device_index: int) -> ctypes.c_void_p:
+        """The device's primary context (the one torch's runtime uses)."""
+        if device_index not in self._contexts:
+            dev = ctypes.c_int()
+            self.call("cuDeviceGet", ctypes.byref(dev), ctypes.c_int(device_index))
+            ctx = ctypes.c_void_p()
+            self.call("cuDevicePrimaryCtxRetain", ctypes.byref(ctx), dev)
+            self._contexts[device_index] = ctx
+        return self._contexts[device_index]
+
+    @contextlib.contextmanager
+    def current(self, device_index: int):
+        self.call("cuCtxPushCurrent_v2", self.context(device_index))
+        try:
+            yield
+        finally:
+            self.call("cuCtxPopCurrent_v2", ctypes.byref(ctypes.c_void_p()))
+
+
+@functools.cache
+def _driver() -> _Driver:
+    return _Driver()
+
+
+def _launch_config(cfg: ClusterConfig, grid: int, stream: int) -> tuple[_LaunchConfig, _LaunchAttribute]:
+    attr = _LaunchAttribute()
+    attr.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+    attr.value[0], attr.value[1], attr.value[2] = cfg.cluster, 1, 1
+    lc = _LaunchConfig(grid, 1, 1, cfg.threads, 1, 1, cfg.smem_bytes, ctypes.c_void_p(stream), ctypes.pointer(attr), 1)
+    return lc, attr
+
+
+class ClusterKernel:
+    """A configuration's kernel on one device.  ``kernel[grid](params, keep)`` launches it on torch's
+    current stream (the shape :class:`~.common.Launch` runs); ``keep`` holds the tensors behind the
+    params until the launch is queued."""
+
+    def __init__(self, cfg: ClusterConfig, device_index: int):
+        self.cfg, self.device_index = cfg, device_index
+        self._function: ctypes.c_void_p | None = None
+        self._lock = threading.Lock()
+
+    def function(self) -> ctypes.c_void_p:
+        with self._lock:
+            if self._function is None:
+                build = compile_cubin(self.cfg)
+                drv = _driver()
+                with drv.current(self.device_index):
+                    module, fn = ctypes.c_void_p(), ctypes.c_void_p()
+                    self._image = ctypes.create_string_buffer(build.cubin, len(build.cubin))
+                    drv.call("cuModuleLoadData", ctypes.byref(module), self._image)
+                    drv.call("cuModuleGetFunction", ctypes.byref(fn), module, KERNEL_NAME)
+                    drv.call("cuFuncSetAttribute", fn, ctypes.c_int(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES),
+                             ctypes.c_int(self.cfg.smem_bytes))  # fmt: skip
+                    if self.cfg.cluster > 8:
+                        drv.call("cuFuncSetAttribute", fn,
+                                 ctypes.c_int(CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED), ctypes.c_int(1))  # fmt: skip
+                self._module, self._function = module, fn
+            return self._function
+
+    def max_active_clusters(self) -> int:
+        """How many clusters of this kernel the device runs at once (``cuOccupancyMaxActiveClusters``)."""
+        fn = self.function()
+        lc, attr = _launch_config(self.cfg, self.cfg.cluster, 0)
+        n = ctypes.c_int()
+        with _driver().current(self.device_index):
+            _driver().call("cuOccupancyMaxActiveClusters", ctypes.byref(n), fn, ctypes.byref(lc))
+        return n.value
+
+    def __getitem__(self, grid: tuple[int, ...]):
+        return functools.partial(self.launch, grid)
+
+    def launch(
+        self, grid: tuple[int, ...], params: Params, keep: Any = None, status: torch.Tensor | None = None
+    ) -> None:
+        fn = self.function()
+        stream = torch.cuda.current_stream(self.device_index).cuda_stream
+        lc, attr = _launch_config(self.cfg, grid[0], stream)
+        args = (ctypes.c_void_p * 1)(ctypes.cast(ctypes.pointer(params), ctypes.c_void_p))
+        with _driver().current(self.device_index):
+            _driver().call("cuLaunchKernelEx", ctypes.byref(lc), fn, args, None)
+        if status is not None:
+            torch.cuda.synchronize(self.device_index)
+            if int(status.item()) != 0:
+                raise ExchangeTimeout(f"{self.cfg.name()}: a cluster exchange timed out; the outputs are NaN")
+
+
+_KERNELS: dict[tuple[ClusterConfig, int], ClusterKernel] = {}
+_ACTIVE_CLUSTERS: dict[tuple[ClusterConfig, int], int] = {}
+
+
+def kernel(cfg: ClusterConfig, device_index: int) -> ClusterKernel:
+    """The (lazily compiled and loaded) kernel of ``cfg`` on a device."""
+    key = (cfg, device_index)
+    if key not in _KERNELS:
+        _KERNELS[key] = ClusterKernel(cfg, device_index)
+    return _KERNELS[key]
+
+
+def batch_tile_for(cfg: ClusterConfig, batch: int, device_index: int) -> ClusterConfig:
+    """Tiles of 8 sequences (half the work per CTA) when the device runs all of the batch's clusters
+    at once, else the configuration's own 16."""
+    small = cfg.with_batch_tile(8)
+    if batch <= 8:
+        return small
+    key = (small, device_index)
+    if key not in _ACTIVE_CLUSTERS:
+        _ACTIVE_CLUSTERS[key] = kernel(small, device_index).max_active_clusters()
+    return small if -(-batch // 8) <= _ACTIVE_CLUSTERS[key] else cfg
+
+
+def _checking() -> bool:
+    return os.environ.get("FASTRNN_CLUSTER_CHECK", "0") not in ("", "0")
+
+
+def _check_call(call: RecurrenceCall) -> None:
+    if call.mode not in CELL_IDS or call.w_hr is not None or call.params is not None or call.zoneout is not None:
+        raise ValueError(f"the cluster tier runs {', '.join(CELL_IDS)} without projection, parameters or zoneout")
+    if call.device.type != "cuda":
+        raise RuntimeError("the cluster tier runs on CUDA tensors only")
+
+
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def forward_launch(call: RecurrenceCall, gx: torch.Tensor, cfg: ClusterConfig) -> tuple[Launch | None, ForwardResult]:
+    """The launch of one layer/direction's forward and its (allocated, unwritten) outputs; no launch
+    when there is nothing to compute."""
+    res = ForwardResult(**allocate(forward_shapes(call), lambda shape, dt: _runtime.empty(shape, dt, gx.device)))
+    if call.empty:
+        return None, res
+    _check_call(call)
+    dev = _device_index(gx.device)
+    cfg = batch_tile_for(cfg, call.B, dev)
+    gx = row_major(gx)
+    bias = call.b_hh.contiguous() if call.b_hh is not None and call.cell.inner_bias else None
+    lengths = call.lengths.to(device=gx.device, dtype=torch.int64).contiguous() if call.lengths is not None else None
+    call = dataclasses.replace(call, w_hh=call.w_hh.contiguous(), h0=row_major(call.h0), c0=row_major(call.c0),
+                               b_hh=bias)  # fmt: skip
+    status = torch.zeros(1, dtype=torch.int32, device=gx.device) if _checking() else None
+    params = forward_params(call, gx, res, lengths, status)
+    keep = (gx, call, lengths, res)
+    grid = (cfg.cluster * -(-call.B // cfg.batch_tile),)
+    return Launch(kernel(cfg, dev), grid, (params, keep, status), {}, "cluster_fwd"), res
+
+
+def forward(call: RecurrenceCall, gx: torch.Tensor, cfg: ClusterConfig) -> ForwardResult:
+    """Run one layer/direction's forward: ``out`` (T, B, H), ``h_n``, ``c_n`` and what the call asks
+    for (the saved tensors, every step's ``c_t``), as :func:`~.call.forward_shapes` states them."""
+    launch, res = forward_launch(call, gx, cfg)
+    if launch is None:
+        return initial_states(res, call.h0, call.c0)
+    launch.run()
+    return res
+
+
+def backward_launch(call: RecurrenceCall, grads: Gradients, cfg: ClusterConfig) -> tuple[Launch | None, BackwardResult]:
+    """The launch of the reverse-time pass and its (allocated, unwritten) outputs."""
+    dev_t = grads.out.device
+    res = BackwardResult(**allocate(backward_shapes(call), lambda shape, dt: _runtime.empty(shape, dt, dev_t)))
+    if call.empty:
+        return None, res
+    _check_call(call)
+    dev = _device_index(dev_t)
+    cfg = batch_tile_for(cfg, call.B, dev)
+    lengths = call.lengths.to(device=dev_t, dtype=torch.int64).contiguous() if call.lengths is not None else None
+    d_cs = row_major(grads.d_cs) if call.cell.has_cell_state else None
+    grads = dataclasses.replace(grads, d_out=row_major(grads.d_out), d_hn=row_major(grads.d_hn),
+                                d_cn=row_major(grads.d_cn), d_cs=d_cs, out=row_major(grads.out),
+                                saved=grads.saved.contiguous() if grads.saved is not None else None)  # fmt: skip
+    call = dataclasses.replace(call, w_hh=call.w_hh.contiguous(), h0=row_major(call.h0), c0=row_major(call.c0))
+    status = torch.zeros(1, dtype=torch.int32, device=dev_t) if _checking() else None
+    params = backward_params(call, grads, res, lengths, status)
+    keep = (grads, call, lengths, res)
+    grid = (cfg.cluster * -(-call.B // cfg.batch_tile),)
+    return Launch(kernel(cfg, dev), grid, (params, keep, status), {}, "cluster_bwd"), res
+
+
+def backward(call: RecurrenceCall, grads: Gradients, cfg: ClusterConfig) -> BackwardResult:
+    """The reverse-time pass: ``d_gx`` (T, B, G*H), GRU's ``d_gh_inner``, ``d_h0``, ``d_c0`` in fp32,
+    zero at padding (:func:`~.call.backward_shapes`); weight gradients stay GEMMs in ``fastrnn.ops``."""
+    launch, res = backward_launch(call, grads, cfg)
+    if launch is None:
+        return final_gradients(res, grads)
+    launch.run()
+    return res
+
+
+def _not_a_triton_launch(launch: Launch) -> tuple:
+    raise NotImplementedError(
+        "the cluster tier's kernels are CUDA C++, not Triton: the kernel report reads them with "
+        "fastrnn.kernels.cluster.report_rows(), not through Tier.compiled"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel report's rows: resources and SASS facts of each configuration
+
+_SASS_LINE = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s*(@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)([^;]*);")
+_SASS_LABEL = re.compile(r"^(\.L_x_\d+):")
+_SASS_TARGET = re.compile(r"`\((\.L_x_\d+)\)")
+_RES_USAGE = re.compile(r"Function\s+(\S+):\s*\n\s*REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+_PTXAS_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def cuda_tool(name: str) -> str | None:
+    """A CUDA binary tool (``cuobjdump``, ``nvdisasm``): beside nvcc, else the copy Triton ships."""
+    nvcc = nvcc_path()
+    if nvcc is not None and os.access(Path(nvcc).parent / name, os.X_OK):
+        return str(Path(nvcc).parent / name)
+    try:
+        import triton
+    except ImportError:
+        return None
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    return str(path) if os.access(path, os.X_OK) else None
+
+
+def sass_loops(sass: str) -> tuple[list[tuple[int, str, str]], list[tuple[int, int]]]:
+    """``nvdisasm -c`` output as ``[(address, opcode, operands)]`` and its loops: ``(start, end)``
+    address ranges from each backward branch to its target."""
+    insts, labels, pending, loops = [], {}, [], []
+    for line in sass.splitlines():
+        if m := _SASS_LABEL.match(line):
+            pending.append(m.group(1))
+        elif m := _SASS_LINE.match(line):
+            addr = int(m.group(1), 16)
+            for label in pending:
+                labels[label] = addr
+            pending = []
+            insts.append((addr, m.group(3), m.group(4)))
+    for addr, op, operands in insts:
+        if op == "BRA" and (t := _SASS_TARGET.search(operands)) and labels.get(t.group(1), addr + 1) <= addr:
+            loops.append((labels[t.group(1)], addr))
+    return insts, loops
+
+
+def step_facts(sass: str) -> dict[str, Any]:
+    """What one step of the time loop (the outermost loop with tensor-core instructions) executes,
+    read from the SASS: instruction counts, local-memory traffic, and the mbarrier waits (try-wait
+    instructions grouped by the barrier address they poll: one wait, however the compiler splits its
+    spin loop)."""
+    insts, loops = sass_loops(sass)
+    with_mma = [(s, e) for s, e in loops if any(s <= a <= e and op == "HMMA" for a, op, _ in insts)]
+    if not with_mma:
+        return dict(time_loop=None)
+    start, end = max(with_mma, key=lambda se: se[1] - se[0])
+    body = [(op, operands) for a, op, operands in insts if start <= a <= end]
+    count = lambda *ops: sum(1 for op, _ in body if op in ops)
+    # SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [R54+URZ], R52: opcode SYNCS, the rest in the operands
+    try_waits = [operands for op, operands in body if op == "SYNCS" and "PHASECHK" in operands]
+    polled = {operands.split("[", 1)[1].split("]", 1)[0] for operands in try_waits}
+    return dict(
+        time_loop=(start, end),
+        hmma=count("HMMA"),
+        ldsm=count("LDSM"),
+        mbarrier_waits=len(polled),
+        try_wait_insts=len(try_waits),
+        expect_tx=sum(1 for op, operands in body if op == "SYNCS" and "ARRIVE" in operands),
+        cta_barriers=count("BAR"),
+        cluster_barriers=count("UCGABAR_ARV", "UCGABAR_WAIT"),
+        st_async=count("STAS"),
+        mufu=count("MUFU"),
+        global_loads=count("LDG"),
+        global_stores=count("STG"),
+        loop_local_insts=count("LDL", "STL"),
+    )
+
+
+def analyse(cfg: ClusterConfig, build: Build) -> dict[str, Any]:
+    """Registers, stack, spills, shared memory and the time loop's SASS facts of one build."""
+    cuobjdump, nvdisasm = cuda_tool("cuobjdump"), cuda_tool("nvdisasm")
+    if cuobjdump is None or nvdisasm is None:
+        raise RuntimeError("the cluster tier's report needs cuobjdump and nvdisasm (beside nvcc, or Triton's copies)")
+    res = subprocess.run([cuobjdump, "-res-usage", str(build.path)], capture_output=True, text=True, check=True).stdout
+    sass = subprocess.run([nvdisasm, "-c", str(build.path)], capture_output=True, text=True, check=True).stdout
+    usage = {m.group(1): tuple(map(int, m.groups()[1:])) for m in _RES_USAGE.finditer(res)}
+    if KERNEL_NAME.decode() not in usage:
+        raise RuntimeError(f"cuobjdump -res-usage shows no {KERNEL_NAME.decode()} in {build.path}")
+    regs, stack, static_shared, local = usage[KERNEL_NAME.decode()]
+    spills = _PTXAS_SPILLS.search(build.ptxas_log)
+    spill_stores, spill_loads = (int(spills.group(2)), int(spills.group(3))) if spills else (None, None)
+    ops = [op for _, op, _ in sass_loops(sass)[0]]
+    return dict(
+        registers=regs,
+        stack_bytes=stack,
+        local_bytes=local,
+        static_shared=static_shared,
+        spill_stores=spill_stores,
+        spill_loads=spill_loads,
+        local_insts=sum(op in ("LDL", "STL") for op in ops),
+        cluster_dims=".reqnctapercluster" in sass or None,
+        **step_facts(sass),
+    )
+
+
+def report_configs(full: bool = False) -> list[ClusterConfig]:
+    """The configurations the report compiles: fp16 LSTM, GRU and tanh RNN at H 128-768, both
+    directions, both batch tiles (``full``: every cell and both dtypes); every layer the tier runs."""
+    modes = tuple(CELL_IDS) if full else ("RNN_TANH", "GRU", "LSTM")
+    dtypes = tuple(DTYPE_NAMES) if full else (torch.float16,)
+    out = []
+    for mode in modes:
+        for dtype in dtypes:
+            for hidden in (128, 256, 512, 768):
+                if _static_reason(mode, hidden, 0, dtype):
+                    continue
+                for kernel_ in ("fwd", "bwd"):
+                    for bt in (8, 16):
+                        out.append(choose_config(mode, hidden, dtype, kernel_, bt))
+    return out
+
+
+def report_row(cfg: ClusterConfig) -> dict[str, Any]:
+    """One configuration as a kernel-report row (the keys of ``fastrnn.kernels.report``'s rows, plus the
+    cluster's own: ``cluster``, ``waits_per_step``, ``cluster_barriers_per_step``, ...)."""
+    import time
+
+    row: dict[str, Any] = dict(
+        tier=NUMBER, kernel=cfg.kernel, cell=cfg.mode, dtype=cfg.dtype, hidden_size=cfg.hidden_size, P=0,
+        arch=90, variant=f"tier4,bt{cfg.batch_tile},c{cfg.cluster}", block_b=cfg.batch_tile, num_warps=cfg.num_warps,
+        cluster=cfg.cluster, config=cfg.name(), weight_bytes=cfg.M * cfg.K * 2,
+        register_weight_bytes=cfg.register_fragment_bytes, smem_weight_bytes=cfg.layout()["w_bytes"],
+        shared_limit=SMEM_LIMIT, exchange_bytes=cfg.exchange_bytes, error=None,
+    )  # fmt: skip
+    start = time.perf_counter()
+    try:
+        build = compile_cubin(cfg)
+        facts = analyse(cfg, build)
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        return row
+    row.update(facts)
+    row["compile_s"] = round(build.seconds if not build.cached else time.perf_counter() - start, 2)
+    row["shared_bytes"] = facts["static_shared"] + cfg.smem_bytes
+    row["shared_ok"] = row["shared_bytes"] <= SMEM_LIMIT
+    row["regs_ok"] = -(-facts["registers"] // 8) * 8 * cfg.threads <= SM_REGISTERS
+    row["spills"] = bool(facts["stack_bytes"] or facts["local_insts"] or facts["spill_stores"])
+    row["loop_spills"] = facts.get("loop_local_insts", 0) > 0
+    row["tensor_core_ops"] = {"HMMA": facts.get("hmma", 0)}
+    row["tensor_cores"] = facts.get("hmma", 0) > 0
+    row["step_mma"] = cfg.MTW * cfg.KSW * cfg.NT  # mma.sync per warp per step
+    row["step_bars"] = facts.get("cta_barriers")
+    row["waits_per_step"] = facts.get("mbarrier_waits")
+    row["cluster_barriers_per_step"] = facts.get("cluster_barriers")
+    row["loop_loads"] = facts.get("global_loads")
+    row["loads_ahead"] = "-"
+    row["est_us"] = predict_step(cfg)["us"]
+    return row
+
+
+def report_rows(configs: Iterable[ClusterConfig] | None = None, jobs: int = 2) -> list[dict[str, Any]]:
+    """Rows of the kernel report for ``configs`` (default :func:`report_configs`), compiled with
+    ``jobs`` nvcc processes at once (cached on disk: a second run reads the cubins)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    configs = list(configs) if configs is not None else report_configs()
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        return list(pool.map(report_row, configs))
+
+
+def format_rows(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a markdown table (kernels/NOTES.md section 8)."""
+    head = ["cell", "dtype", "H", "kernel", "BT", "C", "warps", "W KiB/CTA (regs+smem)", "regs", "stack/spill B",
+            "smem KiB", "LDL/STL in loop", "waits/step", "cluster bar/step", "bar.sync/step", "HMMA/step/warp",
+            "st.async/step", "pred us/step"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"| {r['cell']} | {r['dtype']} | {r['hidden_size']} | {r['kernel']} | {r['block_b']} | "
+                         f"{r['cluster']} | {r['num_warps']} | | ERROR {r['error'][:60]} |" + " |" * 9)  # fmt: skip
+            continue
+        w = f"{r['weight_bytes'] / 1024:.0f} ({r['register_weight_bytes'] / 1024:.0f}+{r['smem_weight_bytes'] / 1024:.0f})"
+        cells_ = [r["cell"], r["dtype"], r["hidden_size"], r["kernel"], r["block_b"], r["cluster"], r["num_warps"], w,
+                  r["registers"], f"{r['stack_bytes']}/{r['spill_stores']}", f"{r['shared_bytes'] / 1024:.1f}",
+                  r["loop_local_insts"], r["waits_per_step"], r["cluster_barriers_per_step"], r["step_bars"],
+                  r["step_mma"], r["st_async"], r["est_us"]]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells_) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The verification record: the tier turns automatic on a GPU architecture only after its
+# correctness tests passed there on these very sources
+
+VERIFIED_PATH = HERE / "verified.json"
+
+
+def _capability(device: torch.device | int | None) -> tuple[str, str]:
+    """``(name, "major.minor")`` of a CUDA device."""
+    index = device if isinstance(device, int) else _device_index(torch.device(device or "cuda"))
+    major, minor = torch.cuda.get_device_capability(index)
+    return torch.cuda.get_device_name(index), f"{major}.{minor}"
+
+
+def load_verified(path: Path | None = None) -> list[dict[str, Any]]:
+    """The records of the verification file (none when it does not exist)."""
+    path = Path(path) if path is not None else VERIFIED_PATH
+    if not path.exists():
+        return []
+    return list(json.loads(path.read_text()).get("records", []))
+
+
+def verification(device: torch.device | int | None = None, path: Path | None = None,
+                 capability: str | None = None) -> tuple[bool, str]:  # fmt: skip
+    """``(verified, why)``: whether a GPU of ``device``'s compute capability passed the tier's
+    correctness tests with these sources (:func:`sources_hash`).  ``capability`` (``"9.0"``) instead
+    of a device: ask without one."""
+    if capability is None:
+        if not torch.cuda.is_available():
+            return False, "no CUDA device"
+        _, capability = _capability(device)
+    current = sources_hash()
+    records = [r for r in load_verified(path) if r.get("tier") == NUMBER]
+    same = [r for r in records if r.get("capability") == capability]
+    for r in same:
+        if r.get("kernel_hash") == current:
+            return True, (f"tier {NUMBER} verified on {r.get('gpu')} (compute capability {capability}) on "
+                          f"{r.get('date')}, sources {current}")  # fmt: skip
+    if same:
+        return False, (f"tier {NUMBER} was verified on compute capability {capability} with other sources "
+                       f"({', '.join(sorted({str(r.get('kernel_hash')) for r in same}))}; now {current})")  # fmt: skip
+    return False, f"tier {NUMBER} has not been verified on compute capability {capability}"
+
+
+def record_verification(device: torch.device | int | None = None, path: Path | None = None,
+                        gpu: str | None = None, capability: str | None = None, **extra: Any) -> dict[str, Any]:  # fmt: skip
+    """Add (or replace) the record of this tier, these sources and ``device``'s compute capability
+    to the verification file; returns the record.  Called by the GPU check after the tier's
+    correctness tests passed."""
+    if gpu is None or capability is None:
+        gpu, capability = _capability(device)
+    path = Path(path) if path is not None else VERIFIED_PATH
+    record = dict(tier=NUMBER, name=TIER_NAME, kernel_hash=sources_hash(), gpu=gpu, capability=capability,
+                  date=datetime.date.today().isoformat(), **extra)  # fmt: skip
+    records = [r for r in load_verified(path)
+               if not (r.get("tier") == NUMBER and r.get("capability") == capability)]  # fmt: skip
+    records.append(record)
+    path.write_text(json.dumps(dict(records=records), indent=2, sort_keys=True) + "\n")
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration: forced only (FASTRNN_TIER=4) until the verification record is wired into the
+# automatic choice
+
+TIER_NAME = "thread-block cluster (CUDA)"
+
+_RECORD = dict(
+    number=NUMBER,
+    name=TIER_NAME,
+    rank=1.5,
+    unsupported=unsupported,
+    config=config,
+    describe=describe,
+    forward=forward,
+    backward=backward,
+    forward_launch=forward_launch,
+    backward_launch=backward_launch,
+    compiled=_not_a_triton_launch,
+    automatic=False,
+    barriers_per_step=0,
+)
+if "config_type" in {f.name for f in dataclasses.fields(tiers.Tier)}:  # the registry's record names the type
+    _RECORD["config_type"] = ClusterConfig
+tiers.register(tiers.Tier(**_RECORD))

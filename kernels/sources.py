@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 
 #: The kernel files that register a tier (:func:`fastrnn.kernels.tiers.register`): the registry
 #: imports them on first use.  A new tier is one kernel file, its registration, and its name here.
-TIER_MODULES: tuple[str, ...] = ("tier1", "persistent")
+TIER_MODULES: tuple[str, ...] = ("tier1", "persistent", "cluster")
 
 #: The files (relative to this package) whose contents decide what a kernel launch compiles to:
 #: the cells' maths, the shared jit helpers, the call record, the tier choice, the release data,
