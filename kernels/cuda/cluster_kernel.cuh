@@ -19,7 +19,7 @@
 // of the PTX ISA run on the host, every thread of every CTA of a cluster in lockstep.
 //
 // Per step: one mbarrier wait (the gathered vector of the previous step arrived in this CTA's
-// buffer), the warps' mma over their tiles into fp32 partial sums, __syncthreads, each thread's
+// buffer; a cluster of one CTA has no wait and a third __syncthreads instead), the warps' mma over their tiles into fp32 partial sums, __syncthreads, each thread's
 // (unit, sequence) pairs: sum of the partials, the cell, the global stores, the new values into
 // the stage buffer, __syncthreads, then every thread pushes 16-byte pieces of the stage buffer into
 // the other buffer of every CTA of the cluster (st.async; completion on that CTA's mbarrier with
@@ -122,7 +122,7 @@ FR_FN float product(const Smem<CF>& sm, int m, int b) {
   return s;
 }
 
-// Push this CTA's slice (the stage buffer) into gathered buffer `nxt` of every CTA.
+// Push the CTA's slice (the stage buffer) into gathered buffer `nxt` of every CTA of the cluster.
 template <class CF, class HW>
 FR_FN void push_phase(HW& hw, const Smem<CF>& sm, int nxt, int rank, int tid) {
   const u16* stage = sm.stage();
@@ -133,6 +133,38 @@ FR_FN void push_phase(HW& hw, const Smem<CF>& sm, int nxt, int rank, int tid) {
     if (!push_item<CF>(it, rank, dst_rank, src, dst)) break;
     const V4 v = hw.lds128(reinterpret_cast<const V4*>(stage + src));
     hw.st_async(dst_rank, dst_base + dst, v, bar);
+  }
+}
+
+// Exchange the CTA's slice (the stage buffer, complete) into gathered buffer `nxt` of every CTA:
+// st.async, completing on the receiver's mbarrier, which tid 0 armed for this exchange.  A cluster
+// of one CTA (st.async is undefined there) copies locally and ends with __syncthreads instead, and
+// its next step does not wait on the mbarrier.
+template <class CF, class HW>
+FR_FN void exchange(HW& hw, const Smem<CF>& sm, int i, int rank, int tid) {
+  const int nxt = exchange_buffer(i);
+  if constexpr (CF::C > 1) {
+    if (tid == 0) hw.mbar_expect(sm.bar(nxt), CF::BYTES);
+    hw.sync();
+    push_phase<CF>(hw, sm, nxt, rank, tid);
+  } else {
+    hw.sync();
+    for (int it = tid;; it += CF::NTHREADS) {
+      int dst_rank, src, dst;
+      if (!push_item<CF>(it, rank, dst_rank, src, dst)) break;
+      *reinterpret_cast<V4*>(sm.vec(nxt) + dst) = hw.lds128(reinterpret_cast<const V4*>(sm.stage() + src));
+    }
+    hw.sync();
+  }
+}
+
+// The wait of step i (> 0) for the vector exchanged after step i - 1 (none in a cluster of one).
+template <class CF, class HW>
+FR_FN bool await(HW& hw, const Smem<CF>& sm, int i) {
+  if constexpr (CF::C > 1) {
+    return hw.mbar_wait(sm.bar(exchange_buffer(i - 1)), exchange_parity(i - 1));
+  } else {
+    return true;
   }
 }
 
@@ -185,7 +217,7 @@ FR_FN void forward_body(const Params& p, HW& hw) {
   bool failed = false;
   for (int s = 0; s < T; ++s) {
     const int cur = s & 1;
-    if (s > 0 && !hw.mbar_wait(sm.bar(cur), exchange_parity(s - 1))) failed = true;
+    if (s > 0 && !await<CF>(hw, sm, s)) failed = true;
     mma_phase<CF>(hw, sm, cur, tid, a);
     hw.sync();
 #pragma unroll
@@ -225,11 +257,7 @@ FR_FN void forward_body(const Params& p, HW& hw) {
       for (int g = 0; g < G; ++g)
         px_next[j][g] = act_n ? p.x[t_n * p.s_x_t + (i64)row * p.s_x_b + g * H + unit] : (u16)0;
     }
-    if (s + 1 < T) {
-      if (tid == 0) hw.mbar_expect(sm.bar(exchange_buffer(s)), CF::BYTES);
-      hw.sync();
-      push_phase<CF>(hw, sm, exchange_buffer(s), rank, tid);
-    }
+    if (s + 1 < T) exchange<CF>(hw, sm, s, rank, tid);
   }
 #pragma unroll
   for (int j = 0; j < PP; ++j) {
@@ -316,7 +344,7 @@ FR_FN void backward_body(const Params& p, HW& hw) {
   for (int i = 0; i <= T; ++i) {
     const int cur = i & 1;
     if (i > 0) {
-      if (!hw.mbar_wait(sm.bar(cur), exchange_parity(i - 1))) failed = true;
+      if (!await<CF>(hw, sm, i)) failed = true;
       mma_phase<CF>(hw, sm, cur, tid, a);
       hw.sync();
     }
@@ -354,11 +382,7 @@ FR_FN void backward_body(const Params& p, HW& hw) {
       dcp1[j] = dc_prev;
       load_step(j, s - 1);
     }
-    if (i < T) {
-      if (tid == 0) hw.mbar_expect(sm.bar(exchange_buffer(i)), CF::BYTES);
-      hw.sync();
-      push_phase<CF>(hw, sm, exchange_buffer(i), rank, tid);
-    }
+    if (i < T) exchange<CF>(hw, sm, i, rank, tid);
   }
 #pragma unroll
   for (int j = 0; j < PP; ++j) {

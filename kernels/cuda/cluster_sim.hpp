@@ -288,6 +288,7 @@ struct SimHW {
   void st_async(int dst_rank, const void* local, const V4& v, const u64* local_bar) const {
     const long off = S.offset_of(local, 16);
     const int k = S.bar_index(local_bar);
+    if (S.C < 2) S.fail("st.async in a cluster of one CTA (undefined in the PTX ISA: %cluster_nctarank must be > 1)");
     if (dst_rank < 0 || dst_rank >= S.C) S.fail("st.async to a CTA outside the cluster");
     const long lo = S.off_v + (long)k * S.v_bytes;
     if (off < lo || off + 16 > lo + S.v_bytes) {
