@@ -292,12 +292,13 @@ class BeamSearch:
         """Whether every source is done (a host sync)."""
         return bool(self.done.all())
 
-    def finish(self, steps: int, max_len: int, length_penalty: float) -> Hypotheses:
-        """The best hypothesis per source after ``steps`` steps of an output budget of ``max_len``."""
+    def finish(self, steps: int, max_len: int, length_penalty: float, trace=None) -> Hypotheses:
+        """The best hypothesis per source after ``steps`` steps of an output budget of ``max_len``
+        (``trace(steps)``: another implementation of :func:`backtrace`)."""
         if steps == max_len:  # live rows compete as they are, with length max_len
             rank, row = (self.score / max_len**length_penalty).max(1)
             self._offer(rank, self.score.gather(1, row[:, None])[:, 0], row, max_len - 1, max_len, False)
-        return backtrace(self, steps)
+        return backtrace(self, steps) if trace is None else trace(steps)
 
 
 def penalties(capacity: int, max_len: int, length_penalty: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -209,6 +209,7 @@ class Session:
 
     # -- filling the buffers for one call ----------------------------------------------------
 
+    @torch.no_grad()
     def prepare(self, model: Any, src: torch.Tensor, src_lengths: torch.Tensor) -> None:
         """Encode ``src`` and load the decoder's initial state and the encoder's outputs."""
         state = model.init_state(src, src_lengths)
@@ -241,6 +242,7 @@ class Session:
 
     # -- the step ------------------------------------------------------------------------------
 
+    @torch.no_grad()
     def step(self) -> None:
         """One token for every row: reads ``search.y`` and the state, writes them back."""
         w, search = self.w, self.search
@@ -271,6 +273,7 @@ class Session:
             return torch.autocast(self.device.type, enabled=False)
         return contextlib.nullcontext()
 
+    @torch.no_grad()
     def attend(self, out: torch.Tensor) -> torch.Tensor:
         """The context ``(B * R, K)`` of the top layer's output ``out (B * R, H)``."""
         if self.fused is not None:
@@ -286,7 +289,8 @@ class Session:
         else:  # additive scores: Luong's concat, Bahdanau
             hidden = torch.tanh(F.linear(q, w.add_q)[:, :, None, :] + self.pk[:, None, :, :])
             scores = F.linear(hidden, w.add_v).squeeze(-1)
-            weights = scores.float().masked_fill(~self.mask[:, None, :], float("-inf")).softmax(-1)
+            wide = scores.to(torch.promote_types(scores.dtype, torch.float32))  # fp32 softmax in 16-bit steps
+            weights = wide.masked_fill(~self.mask[:, None, :], float("-inf")).softmax(-1)
             ctx = weights.to(w.dtype) @ self.memory
         return ctx[:, 0]
 
@@ -295,7 +299,8 @@ class Session:
         w = self.w
         h = out
         if ctx is not None:
-            h = torch.tanh(F.linear(torch.cat([ctx, out], -1), w.comb_w, w.comb_b))
+            both = self.fused.readout_input(out) if self.fused is not None else torch.cat([ctx, out], -1)
+            h = torch.tanh(F.linear(both, w.comb_w, w.comb_b))
         return F.linear(h, w.out_w, w.out_b)
 
     def store(self, new: list) -> None:
@@ -342,14 +347,17 @@ class Session:
 class StaticDecoder:
     """Greedy and beam decoding of one :class:`~fastrnn.seq2seq.Seq2Seq` on static buffers.
 
-    ``kernels``: ``"auto"`` (the fused Triton kernels on CUDA, torch ops elsewhere), ``"torch"``
-    or ``"triton"`` (on the CPU: Triton's interpreter, for tests).  ``capture``: ``"auto"`` (CUDA
-    graphs on CUDA), or ``False``.
+    Settings (attributes): ``kernels``: ``"auto"`` (the fused Triton kernels on CUDA, torch ops
+    elsewhere), ``"torch"`` or ``"triton"`` (on the CPU: Triton's interpreter);  ``capture``:
+    CUDA graphs on CUDA (default ``True``);  ``buckets``: round source lengths and output budgets
+    up to :data:`SOURCE_BUCKET`/:data:`LENGTH_BUCKET` (default ``None``: on CUDA only, where
+    each shape is a captured graph).
     """
 
     def __init__(self) -> None:
         self.kernels = "auto"
-        self.capture: str | bool = "auto"
+        self.capture = True
+        self.buckets: bool | None = None
         self.sessions: collections.OrderedDict = collections.OrderedDict()
         self.weights: dict[torch.dtype, Weights] = {}
         self.pool = None
@@ -379,8 +387,9 @@ class StaticDecoder:
         """The session of this shape (made, and on CUDA captured, on first use)."""
         w = self._weights(model, device)
         cuda = device.type == "cuda"
-        S_b = _round_up(S, SOURCE_BUCKET) if cuda else S
-        cap = _round_up(max_len, LENGTH_BUCKET) if cuda else max_len
+        buckets = cuda if self.buckets is None else self.buckets
+        S_b = _round_up(S, SOURCE_BUCKET) if buckets else S
+        cap = _round_up(max_len, LENGTH_BUCKET) if buckets else max_len
         kernels = self._kernels(device)
         key = (B, K, S_b, cap, w.dtype, device, kernels)
         sess = self.sessions.get(key)
@@ -411,4 +420,5 @@ class StaticDecoder:
         sess.prepare(model, src, src_lengths)
         sess.search.reset(max_len, lp)
         steps = sess.run(max_len, every)
-        return sess.search.finish(steps, max_len, lp)
+        trace = sess.fused.backtrace if sess.fused is not None else None
+        return sess.search.finish(steps, max_len, lp, trace)
