@@ -143,6 +143,7 @@ def _checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-out", type=int, default=None, help="longest output (default: 2 x longest source + 10)")
     p.add_argument("--batch-size", type=int, default=256, help="sources decoded together")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    p.add_argument("--eager", action="store_true", help="decode step by step with the model's own step, not on static buffers (a CUDA graph on a GPU)")  # fmt: skip
 
 
 def _guard(fn):
@@ -210,11 +211,13 @@ def _warn_unknown(command: str, vocab: Vocab, texts: list[str], what: str) -> No
 def _decode(model, src, src_len, args: argparse.Namespace):
     from .decoding import beam_search, greedy_decode
 
+    static = False if args.eager else None
     if args.beam > 1:
         return beam_search(
-            model, src, src_len, beam_size=args.beam, max_len=args.max_out, length_penalty=args.length_penalty
-        )
-    return greedy_decode(model, src, src_len, max_len=args.max_out)
+            model, src, src_len, beam_size=args.beam, max_len=args.max_out, length_penalty=args.length_penalty,
+            static=static,
+        )  # fmt: skip
+    return greedy_decode(model, src, src_len, max_len=args.max_out, static=static)
 
 
 def run_translate(args: argparse.Namespace) -> int:
@@ -261,7 +264,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     _warn_unknown("evaluate", tgt_vocab, [t for _, t in pairs], "references")
     res = evaluate(
         model, pairs, src_vocab, tgt_vocab, batch_size=args.batch_size, beam_size=args.beam, max_len=args.max_out,
-        length_penalty=args.length_penalty,
+        length_penalty=args.length_penalty, static=False if args.eager else None,
     )  # fmt: skip
     how = f"beam {args.beam}, length penalty {args.length_penalty:g}" if args.beam > 1 else "greedy"
     print(f"{name}: {res.summary()}, {how}")

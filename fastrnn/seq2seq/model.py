@@ -32,6 +32,7 @@ from ..embedding import EmbeddingRNN
 from ..modules import FAMILIES, build, resolve
 from .attention import LUONG_SCORES, BahdanauAttention, LuongAttention
 from .data import PAD, SOS
+from .decoding import LENGTH_PENALTY, Hypotheses, beam_search, greedy_decode
 
 ATTENTIONS = (None, *LUONG_SCORES, "bahdanau")
 MODES = tuple(FAMILIES)  # the recurrent cell families: "RNN", "LSTM", "GRU"
@@ -286,6 +287,7 @@ class Seq2Seq(nn.Module):
         model = Seq2Seq(cfg)
         logits = model(src, src_lengths, tgt)          # (B, T, 30), teacher-forced
         hyp = greedy_decode(model, src, src_lengths)   # see fastrnn.seq2seq.decoding
+        hyp = model.eval().translate(src, src_lengths, beam_size=5)
     """
 
     def __init__(self, config: Seq2SeqConfig) -> None:
@@ -340,6 +342,35 @@ class Seq2Seq(nn.Module):
     def reorder_state(state: DecoderState, index: torch.Tensor) -> DecoderState:
         """The states of batch entries ``index (N,)``: beam search expands and reorders with it."""
         return state.index_select(index)
+
+    def translate(
+        self,
+        src: torch.Tensor,
+        src_lengths: torch.Tensor | None = None,
+        *,
+        beam_size: int = 1,
+        max_len: int | None = None,
+        length_penalty: float = LENGTH_PENALTY,
+        static: bool | None = None,
+        sync_every: int | None = None,
+    ) -> Hypotheses:
+        """Decode ``src (B, S)`` ids: greedy (``beam_size=1``) or beam search (see
+        :mod:`fastrnn.seq2seq.decoding`).  ``src_lengths`` defaults to each row's count of
+        non-``<pad>`` ids.  ``src`` is moved to the model's device; ``static=False`` decodes step by
+        step instead of on static buffers (a CUDA graph on CUDA).  Call :meth:`eval` first.
+
+        Example::
+
+            hyp = model.eval().translate(src, src_lengths, beam_size=5)
+            texts = [tgt_vocab.decode(ids) for ids in hyp.to_lists()]
+        """
+        if src_lengths is None:
+            src_lengths = (src != PAD).sum(1)
+        if beam_size == 1:
+            return greedy_decode(self, src, src_lengths, max_len, sync_every=sync_every, static=static)
+        return beam_search(
+            self, src, src_lengths, beam_size, max_len, length_penalty, sync_every=sync_every, static=static
+        )
 
 
 def sequence_loss(logits: torch.Tensor, tgt: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

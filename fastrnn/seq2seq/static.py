@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import warnings
 import weakref
 from typing import Any
 
@@ -318,29 +319,32 @@ class Session:
     # -- running -------------------------------------------------------------------------------
 
     def capture(self, pool: Any) -> None:
-        """Capture :meth:`step` in a CUDA graph (after two warm-up steps on a side stream)."""
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # cuBLAS workspaces, Triton compilation: never inside the capture
+        """Capture :meth:`step` in a CUDA graph (after two warm-up steps on a side stream, which
+        write step 0 and 1 of the buffers: :meth:`prepare` and the search's reset start over)."""
+        with torch.cuda.device(self.device):
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # cuBLAS workspaces, Triton compilation: never inside the capture
+                    self.step()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
                 self.step()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
-            self.step()
         self.graph = graph
 
     def run(self, max_len: int, every: int) -> int:
         """Up to ``max_len`` steps, asking "all done?" every ``every`` steps; returns the steps run."""
         steps = 0
-        for t in range(max_len):
-            if self.graph is not None:
-                self.graph.replay()
-            else:
-                self.step()
-            steps = t + 1
-            if steps % every == 0 and self.search.all_done():  # the loop's only host sync
-                break
+        with torch.cuda.device(self.device) if self.graph is not None else contextlib.nullcontext():
+            for t in range(max_len):
+                if self.graph is not None:
+                    self.graph.replay()
+                else:
+                    self.step()
+                steps = t + 1
+                if steps % every == 0 and self.search.all_done():  # the loop's only host sync
+                    break
         return steps
 
 
@@ -390,20 +394,38 @@ class StaticDecoder:
         buckets = cuda if self.buckets is None else self.buckets
         S_b = _round_up(S, SOURCE_BUCKET) if buckets else S
         cap = _round_up(max_len, LENGTH_BUCKET) if buckets else max_len
+        cap = max(cap, 2) if cuda and self.capture else cap  # the capture's two warm-up steps
         kernels = self._kernels(device)
         key = (B, K, S_b, cap, w.dtype, device, kernels)
         sess = self.sessions.get(key)
         if sess is not None:
             self.sessions.move_to_end(key)
             return sess
-        sess = Session(w, B, K, S_b, cap, device, kernels)
-        if cuda and self.capture:
-            if self.pool is None:
-                self.pool = torch.cuda.graph_pool_handle()
-            sess.capture(self.pool)
+        try:
+            sess = self._new_session(w, B, K, S_b, cap, device, kernels)
+        except Exception as e:
+            if kernels != "triton" or self.kernels != "auto":
+                raise
+            # the fused kernels failed to build here (an unsupported GPU or Triton release): torch's ops
+            warnings.warn(
+                f"fastrnn.seq2seq: the fused decoding kernels failed ({type(e).__name__}: {e}); decoding on "
+                "torch operations instead",
+                stacklevel=3,
+            )
+            self.kernels = kernels = "torch"
+            key = (B, K, S_b, cap, w.dtype, device, kernels)
+            sess = self._new_session(w, B, K, S_b, cap, device, kernels)
         self.sessions[key] = sess
         while len(self.sessions) > MAX_SESSIONS:
             self.sessions.popitem(last=False)
+        return sess
+
+    def _new_session(self, w: Weights, B: int, K: int, S: int, cap: int, device: torch.device, kernels: str) -> Session:
+        sess = Session(w, B, K, S, cap, device, kernels)
+        if device.type == "cuda" and self.capture:
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            sess.capture(self.pool)
         return sess
 
     def greedy(self, model: Any, src: torch.Tensor, src_lengths: torch.Tensor, max_len: int, every: int) -> Hypotheses:

@@ -369,10 +369,12 @@ def evaluate(
     max_len: int | None = None,
     with_bleu: bool | None = None,
     length_penalty: float = LENGTH_PENALTY,
+    static: bool | None = None,
 ) -> EvalResult:
     """Decode every source (greedy, or beam search when ``beam_size > 1``) and score it.
 
-    ``length_penalty``: the ranking of :func:`~fastrnn.seq2seq.decoding.beam_search`.
+    ``length_penalty``: the ranking of :func:`~fastrnn.seq2seq.decoding.beam_search`;
+    ``static=False``: decode step by step, not on static buffers (see :mod:`fastrnn.seq2seq.decoding`).
 
     Exact match compares the decoded text with the reference; token accuracy is the teacher-forced
     argmax accuracy over real target tokens (``<eos>`` included).  BLEU (``sacrebleu``) is computed
@@ -392,10 +394,10 @@ def evaluate(
         total += int(real.sum())
         if beam_size > 1:
             hyp: Hypotheses = beam_search(
-                model, src, src_len, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty
+                model, src, src_len, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty, static=static
             )
         else:
-            hyp = greedy_decode(model, src, src_len, max_len=max_len)
+            hyp = greedy_decode(model, src, src_len, max_len=max_len, static=static)
         for j, ids in enumerate(hyp.to_lists()):
             text = tgt_vocab.decode(ids)
             seen = tgt_vocab.decode(tgts[i + j])  # the reference as the vocabulary sees it (<unk>s)
