@@ -39,7 +39,7 @@ from fastrnn.kernels import cells
 from fastrnn.modules import build
 
 from .cases import Case, CaseKind, Cost, register_kind
-from .rnn import build_note_cudnn, make_step, packed_lengths, tokens
+from .rnn import build_note_cudnn, explained, make_step, packed_lengths, tokens
 from .rnn import cost as rnn_cost
 
 
@@ -158,25 +158,15 @@ def _states_step(case: Case, module: nn.Module, wl: Workload):
 
 
 def _fastrnn_step(case: Case, wl: Workload, device: torch.device, backend: str):
-    import fastrnn
 
     module = _copy(wl, backend)
     if case.kind == "states":
         step = _states_step(case, module, wl)
     else:
         step = make_step(case, lambda: _data(case, module(wl.input)[0]), [module], wl.grad_out, wl.leaf)
-    try:
-        step.note = fastrnn.explain(module, wl.input) if case.kind == "states" else _ln_note(module, wl)
-    except Exception as e:  # informative only
-        step.note = f"explain() failed: {type(e).__name__}: {e}"
+    states = dict(return_states=True) if case.kind == "states" else {}
+    step.note = explained(case, module, wl.input, **states)
     return step
-
-
-def _ln_note(module, wl: Workload) -> str:
-    from fastrnn import dispatch
-
-    route = dispatch.route_beyond_torch_nn(module, wl.input)
-    return f"requested {module.backend!r} -> {route.backend}: {route.why}"
 
 
 def build_fastrnn(case: Case, wl: Workload, device: torch.device):

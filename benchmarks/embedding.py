@@ -24,7 +24,7 @@ from fastrnn.modules import build, resolve
 
 from .cases import Case, CaseKind, Cost, register_kind
 from .loop import compiled_step, loop_stack
-from .rnn import CELLS, GPU_DTYPES, build_note_cudnn, make_step, packed_lengths, tokens
+from .rnn import CELLS, GPU_DTYPES, build_note_cudnn, explained, make_step, packed_lengths, tokens
 
 
 class EmbeddingThenRNN(nn.Module):
@@ -103,10 +103,7 @@ def _build_fastrnn(case: Case, wl: EmbedWorkload, device: torch.device, backend:
     )
     module.load_state_dict(wl.ref.state_dict())
     step = make_step(case, lambda: _output(case, module(wl.input)), [module], wl.grad_out)
-    try:
-        step.note = fastrnn.explain(module.rnn, wl.input)
-    except Exception as e:  # informative only
-        step.note = f"explain() failed: {type(e).__name__}: {e}"
+    step.note = explained(case, module, wl.input)
     return step
 
 

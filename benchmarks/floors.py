@@ -10,7 +10,7 @@ Measured (:func:`measure_machine`):
   ``launch_us``: a 1-element kernel launched back to back from Python (the eager per-step floor);
   ``graph_launch_us``: the same kernels replayed from one CUDA graph (launch gaps only, no Python);
   ``grid_sync_us``: a persistent Triton kernel, one program per SM, looping over tier 2's grid
-  barrier (``fastrnn.kernels.persistent._grid_barrier``: atomic counter, release/acquire) per step:
+  barrier (``fastrnn.kernels.persistent.grid_barrier``: atomic counter, release/acquire) per step:
   the per-step floor of any kernel that spreads a step over the whole GPU.  It runs in a subprocess with a timeout, so a barrier that cannot
   complete costs a line in the notes, not the run.
   ``step_us`` = the smallest of the GPU figures measured; on the CPU it is one tiny aten op
@@ -232,21 +232,21 @@ _KERNEL = None
 def _grid_sync_kernel():
     """The persistent barrier-loop kernel (defined lazily: Triton is imported only here).
 
-    It calls tier 2's own barrier (:func:`fastrnn.kernels.persistent._grid_barrier`), so the floor is
+    It calls tier 2's own barrier (:func:`fastrnn.kernels.persistent.grid_barrier`), so the floor is
     what a tier-2 step pays for synchronisation, and nothing else."""
     global _KERNEL
     if _KERNEL is None:
         import triton
         import triton.language as tl
 
-        from fastrnn.kernels.persistent import _grid_barrier
+        from fastrnn.kernels.persistent import grid_barrier
 
         @triton.jit
         def _grid_sync_loop_kernel(sync_ptr, steps, max_spin, NUM_PROGRAMS: tl.constexpr):
             # sync_ptr: (64,) int32 zeros: the counter at 0, the timeout flag at 32.
             budget = max_spin
             for s in range(steps):
-                ok = _grid_barrier(sync_ptr, sync_ptr + 32, (s + 1) * NUM_PROGRAMS, budget)
+                ok = grid_barrier(sync_ptr, sync_ptr + 32, (s + 1) * NUM_PROGRAMS, budget)
                 budget = tl.where(ok, budget, -1)
 
         @triton.jit

@@ -146,6 +146,21 @@ def make_step(
     return train_step
 
 
+def explained(case: Case, module: nn.Module, input, **kwargs) -> str:
+    """:func:`fastrnn.explain` of the call a row times: in the row's grad mode (``fwd`` rows run
+    under ``torch.no_grad()``, their modules in ``eval()``; call it after :func:`make_step`).
+    Informative only: a failure is the note, the timed call reports real failures."""
+    import contextlib
+
+    import fastrnn
+
+    try:
+        with torch.no_grad() if case.mode == "fwd" else contextlib.nullcontext():
+            return fastrnn.explain(module, input, **kwargs)
+    except Exception as e:
+        return f"explain() failed: {type(e).__name__}: {e}"
+
+
 def _module_step(module: nn.Module, case: Case, wl: RNNWorkload):
     """One call of a recurrent ``module`` on the workload: inference, or forward + backward."""
 
@@ -175,16 +190,11 @@ def build_torch_nn(case: Case, wl: RNNWorkload, device: torch.device):
 
 
 def _build_fastrnn(case: Case, wl: RNNWorkload, device: torch.device, backend: str):
-    import fastrnn
-
     module = build(case.cell, case.input_size, case.H, case.layers, bidirectional=case.bidir, device=device,
                    dtype=case.torch_dtype, backend=backend)  # fmt: skip
     module.load_state_dict(wl.ref.state_dict())
     step = _module_step(module, case, wl)
-    try:
-        step.note = fastrnn.explain(module, wl.input)
-    except Exception as e:  # explain is informative only; the timed call reports real failures
-        step.note = f"explain() failed: {type(e).__name__}: {e}"
+    step.note = explained(case, module, wl.input)
     return step
 
 

@@ -60,13 +60,14 @@ import math
 import os
 import statistics
 import tempfile
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .kernels.common import warn_once
 
 #: Shipped table (generated from committed benchmark results by ``python -m benchmarks.auto_table``).
 TABLE_PATH = Path(__file__).with_name("auto_table.json")
@@ -217,12 +218,26 @@ def device_info(index: int) -> DeviceInfo:
 _MEMORY: dict[str, dict[str, Verdict]] = {}  # device key -> class key -> verdict
 _DISK_LOADED: set[str] = set()
 _MEASURE: bool | None = None  # set_measurement(); None: FASTRNN_AUTO_MEASURE decides
+_EPOCH = 0  # changes whenever an answer given before may change (fastrnn.dispatch keys its decisions on it)
+
+
+def epoch() -> int:
+    """A number that changes whenever an answer given before may no longer hold (the caches
+    cleared, measurement switched, rank 0's answers adopted): ``fastrnn.dispatch`` remembers a
+    module's decisions under it."""
+    return _EPOCH
+
+
+def _new_epoch() -> None:
+    global _EPOCH
+    _EPOCH += 1
 
 
 def set_measurement(enabled: bool | None) -> None:
     """Turn the on-device measurement on or off (``None``: ``FASTRNN_AUTO_MEASURE`` decides, default on)."""
     global _MEASURE
     _MEASURE = enabled
+    _new_epoch()
 
 
 def measurement_enabled() -> bool:
@@ -246,6 +261,7 @@ def clear_cache(disk: bool = True) -> None:
     """Forget every decision of this process and, with ``disk``, the device cache files."""
     _MEMORY.clear()
     _DISK_LOADED.clear()
+    _new_epoch()
     if disk and cache_dir().is_dir():
         for f in cache_dir().glob("*.json"):
             f.unlink(missing_ok=True)
@@ -258,7 +274,7 @@ def _read_disk(device_key: str) -> dict[str, Verdict]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
-        _warn_once(f"fastrnn auto: ignoring the unreadable device cache {path} ({e})")
+        warn_once(f"fastrnn auto: ignoring the unreadable device cache {path} ({e})")
         return {}
     if doc.get("device_key") != device_key:
         return {}
@@ -284,7 +300,7 @@ def _write_disk(device_key: str, new: dict[str, Verdict]) -> None:
             json.dump(doc, f, indent=1, sort_keys=True)
         os.replace(tmp, path)
     except OSError as e:
-        _warn_once(f"fastrnn auto: cannot write the device cache {path} ({e}); decisions stay in memory")
+        warn_once(f"fastrnn auto: cannot write the device cache {path} ({e}); decisions stay in memory")
 
 
 @functools.cache
@@ -419,13 +435,14 @@ def measure(runners: Runners, training: bool, device: torch.device, tokens: int)
     """Both backends on the call (see the module doc, point 4), in a forked RNG state."""
     res = {}
     with torch.random.fork_rng(devices=[device] if torch.cuda.is_available() else []):
-        res["torch"] = measure_backend(runners.torch, runners.params, training, device)
-        try:
-            res["triton"] = measure_backend(runners.triton, runners.params, training, device)
-        except Exception as e:  # auto never fails where torch.nn works: the kernels lose, loudly
-            _warn_once(f"fastrnn auto: the kernels failed on a first-use measurement ({type(e).__name__}: {e}); "
-                       "this shape class runs torch.nn")  # fmt: skip
-            res["triton"] = (None, None)
+        for name, fn in (("torch", runners.torch), ("triton", runners.triton)):
+            try:
+                res[name] = measure_backend(fn, runners.params, training, device)
+            except Exception as e:  # a backend that fails loses, loudly; the call itself still runs
+                other = "torch.nn" if name == "triton" else "the kernels"
+                warn_once(f"fastrnn auto: {'the kernels' if name == 'triton' else 'torch.nn'} failed on a "
+                          f"first-use measurement ({type(e).__name__}: {e}); this shape class runs {other}")  # fmt: skip
+                res[name] = (None, None)
     return Verdict(res["triton"][0], res["torch"][0], res["triton"][1], res["torch"][1], tokens, "measured")
 
 
@@ -443,12 +460,16 @@ def free_mib(device: torch.device) -> float:
 # The choice
 
 
-def _fits(v: Verdict, chosen: str, tokens: int, device: torch.device) -> str:
+def fits(v: Verdict, chosen: str, tokens: int, device: torch.device) -> str:
     """``chosen``, or the other backend when ``chosen`` would not fit the free memory (scaled by
-    tokens from the verdict's measured size) and the other would."""
+    tokens from the verdict's measured size) and the other would.  A call no larger than the
+    measured one (``tokens <= v.tokens``) is not checked: it needs no more than the measurement
+    did, so the device's free memory is not asked for on every call."""
     other = "torch" if chosen == "triton" else "triton"
     peaks = {"triton": v.triton_peak_mib, "torch": v.torch_peak_mib}
     if peaks[chosen] is None or not v.tokens or (peaks[other] is not None and peaks[chosen] <= peaks[other]):
+        return chosen
+    if tokens <= v.tokens:
         return chosen
     scale = tokens / v.tokens
     free = free_mib(device)
@@ -463,6 +484,13 @@ def choose(
 
     ``runners`` (or a function that builds them, called only when the call is measured) run the
     call with each backend."""
+    return choose_verdict(cls, device, runners, tokens)[:2]
+
+
+def choose_verdict(
+    cls: ShapeClass, device: torch.device, runners: Runners | Callable[[], Runners] | None, tokens: int
+) -> tuple[str, str, Verdict]:
+    """:func:`choose` with the verdict the choice rests on: ``(backend, why, verdict)``."""
     info = device_info(device.index if device.index is not None else torch.cuda.current_device())
     ddp = _distributed()
     verdict, why = lookup(info, cls, use_disk=not ddp)
@@ -485,12 +513,12 @@ def choose(
             verdict.note += f"; {why}, {off}"
     chosen = verdict.backend
     if cls.b_bucket >= 0 and not torch.compiler.is_compiling():
-        fitted = _fits(verdict, chosen, tokens, device)
+        fitted = fits(verdict, chosen, tokens, device)
         if fitted != chosen:
-            return fitted, f"{fitted} because {chosen} would not fit the free memory -- {verdict.describe()}"
+            return fitted, f"{fitted} because {chosen} would not fit the free memory -- {verdict.describe()}", verdict
     if why and verdict.source != "rule":  # measured: say why the shipped table did not answer
-        return chosen, f"{verdict.describe()}; {why}"
-    return chosen, verdict.describe()
+        return chosen, f"{verdict.describe()}; {why}", verdict
+    return chosen, verdict.describe(), verdict
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,6 +546,7 @@ def agree(new: dict[str, list[str]]) -> None:
     for dk, classes in payload[0].items():
         for k, d in classes.items():
             _MEMORY.setdefault(dk, {})[k] = Verdict.from_dict(d, "calibrated (rank 0)")
+    _new_epoch()
 
 
 def calibrate(model: torch.nn.Module, *args, **kwargs) -> Any:
@@ -537,8 +566,3 @@ def calibrate(model: torch.nn.Module, *args, **kwargs) -> Any:
     if _distributed():
         agree({dk: sorted(set(v) - before.get(dk, set())) for dk, v in _MEMORY.items()})
     return out
-
-
-@functools.cache
-def _warn_once(message: str) -> None:
-    warnings.warn(message, RuntimeWarning, stacklevel=3)

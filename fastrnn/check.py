@@ -17,7 +17,6 @@ import time
 
 import torch
 
-from .dispatch import kernel_tier
 from .modules import FAMILIES, build
 
 
@@ -94,7 +93,7 @@ def run_check(
         rows.append(
             dict(
                 cell=cell,
-                tier=kernel_tier(fast, x)[0],
+                tier=fast.backend_decision(x).tier,
                 max_out_diff=max((a - b).abs().max().item() for a, b in zip(outs_f, outs_r)),
                 max_grad_diff=max((grads_f[k] - grads_r[k]).abs().max().item() for k in grads_r),
                 agrees=_agrees(named(outs_f, grads_f), named(outs_r, grads_r), named(outs_o, grads_o)),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .modules import FAST_TWINS, _RecurrentBase, fast_twin, rebuild_sharing_parameters
+from .modules import FAST_TWINS, RecurrentBase, fast_twin, rebuild_sharing_parameters
 
 log = logging.getLogger("fastrnn.convert")
 
@@ -34,7 +34,7 @@ class Conversion:
         return f"{self.name or '<root>'} ({self.kind}): {what} -- {self.reason}"
 
 
-def _torch_twin(module: _RecurrentBase) -> nn.RNNBase:
+def _torch_twin(module: RecurrentBase) -> nn.RNNBase:
     return rebuild_sharing_parameters(module, _TORCH_TWINS[type(module)])
 
 

@@ -1,4 +1,5 @@
-"""Backend choice for one forward call.
+"""The backend decision of one forward call: made once per call by the module, as one record
+(:class:`Decision`), and carried down unchanged.
 
 * ``"triton"``: the fastrnn kernels (CUDA tensors; CPU tensors through Triton's interpreter).
 * ``"torch"``: the ``torch.nn`` twin's own code (aten/cuDNN): the fastest choice on CPU and the
@@ -12,26 +13,42 @@ The environment variable ``FASTRNN_BACKEND`` (``auto``/``triton``/``torch``) rep
 for modules built with the default.  A backend asked for explicitly that cannot serve an input
 raises :class:`BackendUnavailable` listing every reason.
 
+A :class:`Decision` holds everything the call's lower layers need: the backend, the kernels'
+:class:`~fastrnn.kernels.tiers.LayerPlan` of every layer and direction (tier, fp32 dot precision,
+launch configurations), the dtype the stack computes in (autocast's or the parameters') and why.
+``fastrnn.functional``, ``fastrnn.ops`` and the tiers take it as given.
+
+**Per-call cost.** A module remembers its decisions (:func:`decide`), keyed by what can change
+them: the environment snapshot, the backend asked for, the parameters' dtype and device, the
+input's device, autocast, whether gradients are needed, the fp32 precision settings, ``auto``'s
+state and, for ``auto`` on CUDA, the size buckets of ``B`` and ``T``.  A repeated call (a decoder
+step) finds its decision with one dictionary lookup: no environment inspection beyond the
+snapshot's few reads, no tier choice, no plan, no CUDA query.
+
 **torch.compile.** The choice is made at trace time and is a constant of the compiled graph.
 Everything that inspects the process (environment variables, whether Triton is installed, the
 interpreter flag, cuDNN's switch) happens in :func:`_environment`, called only from functions
-marked ``torch.compiler.assume_constant_result`` (:func:`_decide`, :func:`_cuda_autocast_dtype`):
-Dynamo runs those eagerly and bakes in their result instead of tracing them (torch 2.11's Dynamo
-refuses ``importlib.util.find_spec`` inside a traced function).  Their arguments are plain strings,
-ints and bools read off the module and the input, which Dynamo traces.
-``tests/test_compile.py`` checks that no environment inspection is ever traced.
+marked ``torch.compiler.assume_constant_result`` (:func:`_backend_and_tier`, :func:`_cuda_autocast_dtype`,
+:func:`_auto_in_trace`, :func:`_plan_in_trace`): Dynamo runs those eagerly and bakes in their
+result instead of tracing them.  Their arguments are plain strings, ints and bools read off the
+module and the input, which Dynamo traces.  ``tests/test_compile.py`` checks that no environment
+inspection is ever traced.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
+from .errors import BackendUnavailable
 from .kernels import _runtime, cells
+
+__all__ = ["BACKENDS", "BackendUnavailable", "Decision", "autocast_dtype", "decide", "explain"]
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -39,20 +56,22 @@ BACKENDS = ("auto", "triton", "torch")
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
-class BackendUnavailable(RuntimeError):
-    """``backend='triton'`` was requested for an input the kernels cannot serve."""
-
-
 def check_backend_name(backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
+# ---------------------------------------------------------------------------------------------
+# The environment: one snapshot, rebuilt only when what it reads changes
+
+
 @dataclass(frozen=True)
 class Environment:
-    """What the process says about where the kernels can run (one snapshot per decision)."""
+    """What the process says about where the kernels can run (one snapshot per change)."""
 
     backend_override: str  # FASTRNN_BACKEND ("auto" when unset)
+    tier_override: str | None  # FASTRNN_TIER as set (None when unset): tiers.choose_tier reads it
+    auto_measure: str | None  # FASTRNN_AUTO_MEASURE as set
     triton_installed: bool
     interpret: bool  # kernels run in Triton's interpreter (CPU tensors)
     late_interpret: bool  # Triton was imported before fastrnn on a machine without CUDA
@@ -64,40 +83,38 @@ class Environment:
 #: ``(raw values, snapshot)`` of the last :func:`_environment` call.
 _SNAPSHOT: tuple[tuple, Environment] | None = None
 
+_ENVIRON = os.environ
+#: The mapping behind ``os.environ`` (CPython's ``_data``, which every change made through
+#: ``os.environ`` updates) and the variables' keys as stored there (bytes on POSIX).
+_ENVIRON_DATA = getattr(_ENVIRON, "_data", None) if hasattr(_ENVIRON, "encodekey") else None
+_VARIABLES = ("FASTRNN_BACKEND", "FASTRNN_TIER", "FASTRNN_AUTO_MEASURE")
+_KEYS = tuple(_ENVIRON.encodekey(v) for v in _VARIABLES) if _ENVIRON_DATA is not None else ()
+
+
+def _variables_raw() -> tuple:
+    """The variables of :data:`_VARIABLES` as stored (``None`` when unset), to see whether they
+    changed.  ``os.environ.get`` of an unset variable raises and catches a ``KeyError`` inside,
+    several microseconds per call; the mapping behind ``os.environ`` answers without one."""
+    if os.environ is _ENVIRON and _ENVIRON_DATA is not None:
+        return tuple(_ENVIRON_DATA.get(k) for k in _KEYS)
+    return tuple(os.environ.get(v) for v in _VARIABLES)
+
 
 def _environment() -> Environment:
-    """The one place that inspects the process for dispatch.  Only ever called from functions
-    that Dynamo runs eagerly (``assume_constant_result``), never from traced code.
-
-    Every call reads what a program may change while it runs (``FASTRNN_BACKEND``, cuDNN's
+    """The one place that inspects the process for dispatch.  Only ever called from eager code
+    or from functions that Dynamo runs eagerly (``assume_constant_result``), never from traced
+    code.  Every call reads what a program may change while it runs (the variables, cuDNN's
     ``enabled`` and ``allow_tf32`` flags, the interpreter flags) and builds a new snapshot only
     when one of them changed: a call costs a few attribute reads."""
     global _SNAPSHOT
     cudnn = torch.backends.cudnn
-    raw = (_backend_variable_raw(), cudnn.enabled, cudnn.allow_tf32, *_interpret_flags())
+    raw = (_variables_raw(), cudnn.enabled, cudnn.allow_tf32, *_interpret_flags())
     last = _SNAPSHOT
     if last is not None and last[0] == raw:
         return last[1]
     env = _snapshot(*raw[1:])
     _SNAPSHOT = (raw, env)
     return env
-
-
-_ENVIRON = os.environ
-#: The mapping behind ``os.environ`` and ``FASTRNN_BACKEND`` as it is stored there (bytes on POSIX).
-_ENVIRON_DATA = getattr(_ENVIRON, "_data", None) if hasattr(_ENVIRON, "encodekey") else None
-_BACKEND_KEY = _ENVIRON.encodekey("FASTRNN_BACKEND") if _ENVIRON_DATA is not None else None
-
-
-def _backend_variable_raw():
-    """``FASTRNN_BACKEND``'s value as stored (``None`` when unset), to see whether it changed.
-    ``os.environ.get`` of an unset variable raises and catches a ``KeyError`` inside, which cost
-    several microseconds per call in a model's forward; the mapping behind ``os.environ``
-    (CPython's ``_data``, which every change made through ``os.environ`` updates) answers without
-    one."""
-    if os.environ is _ENVIRON and _ENVIRON_DATA is not None:
-        return _ENVIRON_DATA.get(_BACKEND_KEY)
-    return os.environ.get("FASTRNN_BACKEND")
 
 
 def _interpret_flags() -> tuple[bool, bool]:
@@ -108,10 +125,12 @@ def _interpret_flags() -> tuple[bool, bool]:
 
 
 def _snapshot(cudnn_enabled: bool, allow_tf32: bool, interpret: bool, late: bool) -> Environment:
-    env = os.environ.get("FASTRNN_BACKEND", "auto") or "auto"
-    check_backend_name(env)
+    backend = os.environ.get("FASTRNN_BACKEND", "auto") or "auto"
+    check_backend_name(backend)
     return Environment(
-        backend_override=env,
+        backend_override=backend,
+        tier_override=os.environ.get("FASTRNN_TIER"),
+        auto_measure=os.environ.get("FASTRNN_AUTO_MEASURE"),
         triton_installed=_TRITON_INSTALLED,
         interpret=interpret,
         late_interpret=late,
@@ -124,6 +143,59 @@ def _snapshot(cudnn_enabled: bool, allow_tf32: bool, interpret: bool, late: bool
 def requested_backend(module) -> str:
     """The module's backend with ``FASTRNN_BACKEND`` applied (outside traced code only)."""
     return _environment().backend_override if module.backend == "auto" else module.backend
+
+
+# ---------------------------------------------------------------------------------------------
+# The record
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where one call runs, and everything its lower layers need (see the module doc).
+
+    ``backend`` is ``"triton"``, ``"torch"`` or ``"error"`` (``backend='triton'`` that cannot run
+    the call: :meth:`check` raises :class:`BackendUnavailable` with ``why``); ``plan`` holds one
+    :class:`~fastrnn.kernels.tiers.LayerPlan` per layer and direction (``None`` unless
+    ``"triton"``); ``dtype`` is the dtype the recurrent stack computes in, ``cast`` autocast's
+    compute dtype where autocast changes it (else ``None``); ``precision`` the fp32 dots'.
+    ``alternative`` is ``auto``'s other choice where the choice rests on measured peak memory
+    (:func:`decide` checks the memory again for a call larger than the measured one)."""
+
+    backend: str
+    why: str
+    requested: str
+    plan: tuple | None
+    dtype: torch.dtype
+    cast: torch.dtype | None
+    precision: str
+    alternative: Alternative | None = None
+
+    @property
+    def tier(self) -> int:
+        """The kernel tier of every layer (0 when the kernels do not run)."""
+        return self.plan[0].tier if self.plan else 0
+
+    def describe(self) -> str:
+        """:func:`explain`'s line."""
+        backend = "triton (not available)" if self.backend == "error" else self.backend
+        return f"requested {self.requested!r} -> {backend}: {self.why}"
+
+    def check(self, module) -> Decision:
+        """``self``, or :class:`BackendUnavailable` when ``backend='triton'`` cannot run the call."""
+        if self.backend == "error":
+            raise BackendUnavailable(
+                f"fastrnn {type(module).__name__}: backend='triton' cannot run this call: {self.why}"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """What ``auto`` would run instead if the chosen backend did not fit the free memory: the
+    verdict both rest on (:class:`fastrnn.auto.Verdict`) and the kernels' plan."""
+
+    verdict: object
+    plan: tuple
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +223,7 @@ def _device_reasons(env: Environment, device_type: str, param_device: str, input
 
 
 @torch.compiler.assume_constant_result
-def _decide(
+def _backend_and_tier(
     backend: str,
     mode: str,
     hidden_size: int,
@@ -165,7 +237,7 @@ def _decide(
     (``backend='triton'`` that cannot run; ``why`` lists every reason) or ``"auto"`` (``auto`` on
     CUDA where the kernels can run: :mod:`fastrnn.auto` picks the faster); ``tier`` is the kernel
     tier every layer of the call runs in (0 when the kernels do not run).  Every argument is a
-    constant of the call (see the module doc); ``dtype`` is the parameters' dtype as
+    constant of the call (see the module doc); ``dtype`` is the compute dtype as
     ``str(torch.dtype)``."""
     env = _environment()
     if backend == "auto":
@@ -192,50 +264,19 @@ def _decide(
 
 
 @torch.compiler.assume_constant_result
-def _tier_of(mode: str, hidden_size: int, proj_size: int, dtype: str, device_type: str) -> int:
-    """The kernel tier of a layer (0: none can run it); run eagerly by Dynamo (it reads
-    ``FASTRNN_TIER``)."""
-    from .kernels.tiers import choose_tier
+def _plan_in_trace(mode: str, hidden_size: int, proj_size: int, dtype: str, tier: int, device_type: str,
+                   device_index: int, precision: str) -> str:  # fmt: skip
+    """The :attr:`~fastrnn.kernels.tiers.LayerPlan.key` of a layer, run eagerly by Dynamo (it asks
+    the device for its shared memory)."""
+    from .kernels import tiers
 
-    tier, _ = choose_tier(mode, hidden_size, proj_size, _DTYPES[dtype], interpreted=device_type == "cpu")
-    return tier or 0
-
-
-def kernel_tier_of(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, device: torch.device) -> int:
-    """The kernel tier of a layer for the functional API (the modules get theirs from the
-    dispatcher); raises :class:`BackendUnavailable` when no tier can run it."""
-    tier = _tier_of(mode, hidden_size, proj_size, str(dtype), device.type)
-    if not tier:
-        from .kernels.tiers import choose_tier
-
-        why = choose_tier(mode, hidden_size, proj_size, dtype, interpreted=device.type == "cpu")[1]
-        raise BackendUnavailable(f"fastrnn: no kernel tier runs {mode} with hidden_size={hidden_size}: {why}")
-    return tier
+    device = torch.device(device_type, device_index) if device_index >= 0 else torch.device(device_type)
+    return tiers.plan_layer(mode, hidden_size, proj_size, _DTYPES[dtype], tier, tiers.smem_per_block(device),
+                            precision).key  # fmt: skip
 
 
-#: ``str(dtype)`` -> dtype: dtypes cross into :func:`_decide` as strings (constants for Dynamo).
+#: ``str(dtype)`` -> dtype: dtypes cross into :func:`_backend_and_tier` as strings (constants for Dynamo).
 _DTYPES = {str(d): d for d in vars(torch).values() if isinstance(d, torch.dtype)}
-
-
-def _data(input):
-    return input.data if isinstance(input, PackedSequence) else input
-
-
-def _call_facts(module, input) -> tuple:
-    """The arguments of :func:`_decide` for ``module(input)``, read off the module and the
-    tensors (all traceable by Dynamo)."""
-    data = _data(input)
-    params = module._flat_weights
-    # The parameters' dtype decides: an input of another dtype is rejected by the argument checks
-    # (the same ValueError as torch.nn), not by the backend choice.
-    dtype = params[0].dtype if params else data.dtype
-    device_type, input_device = _device_names(data.device)
-    param_device = _device_names(params[0].device)[1] if params else ""
-    return (
-        module.backend, module.mode, module.hidden_size, module.proj_size, str(dtype), device_type, input_device,
-        param_device,
-    )  # fmt: skip
-
 
 #: ``torch.device`` -> ``(device.type, str(device))``: both build a new string per call.
 _DEVICE_NAMES: dict[torch.device, tuple[str, str]] = {}
@@ -251,30 +292,15 @@ def _device_names(device: torch.device) -> tuple[str, str]:
     return names
 
 
-def _sizes(input, batch_first: bool, ids: bool) -> tuple[int, int, bool]:
-    """``(B, T, packed)`` of a call's padded batch; ``ids``: ``input`` holds token ids (no feature
+def _sizes(input, batch_first: bool, ids: bool) -> tuple[int, int]:
+    """``(B, T)`` of a call's padded batch; ``ids``: ``input`` holds token ids (no feature
     dimension)."""
     if isinstance(input, PackedSequence):
         sizes = input.batch_sizes
-        return (int(sizes[0]) if len(sizes) else 0), len(sizes), True
+        return (int(sizes[0]) if len(sizes) else 0), len(sizes)
     if input.dim() == (1 if ids else 2):  # unbatched
-        return 1, input.shape[0], False
-    return (input.shape[0], input.shape[1], False) if batch_first else (input.shape[1], input.shape[0], False)
-
-
-def _class_facts(module, input, dtype: str, *, embedded: bool, packed: bool) -> tuple[tuple, int, int]:
-    """``(fields, B, T)`` of a call: ``fields`` are the :class:`fastrnn.auto.ShapeClass` fields
-    but the size buckets (``mode, dtype, layers, bidirectional, packed, embedded, hidden_size,
-    proj_size, training``; plain values, traceable by Dynamo)."""
-    B, T, packed_input = _sizes(input, module.batch_first, embedded)
-    training = torch.is_grad_enabled() and any(p.requires_grad for p in module._flat_weights)
-    data = _data(input)
-    cast = autocast_dtype(module.mode, data.device, data.dtype) if not embedded else None
-    fields = (
-        module.mode, str(cast) if cast is not None else dtype, module.num_layers, module.bidirectional,
-        packed or packed_input, embedded, module.hidden_size, module.proj_size, training,
-    )  # fmt: skip
-    return fields, B, T
+        return 1, input.shape[0]
+    return (input.shape[0], input.shape[1]) if batch_first else (input.shape[1], input.shape[0])
 
 
 @torch.compiler.assume_constant_result
@@ -292,89 +318,181 @@ def _auto_in_trace(
     return auto.choose(cls, torch.device("cuda", index), None, 0)
 
 
-@dataclass(frozen=True)
-class Route:
-    """Where one call runs: ``backend`` (``"triton"``/``"torch"``), the kernel ``tier`` of every
-    layer (0 for torch) and why."""
-
-    backend: str
-    tier: int
-    why: str
+# ---------------------------------------------------------------------------------------------
+# decide: the one entry point
 
 
-def route(module, input, *, runners=None, embedded: bool = False, packed: bool = False) -> Route:
-    """The :class:`Route` of this call (see module doc); raises :class:`BackendUnavailable` when
-    ``backend='triton'`` cannot serve it.
-
-    ``runners`` (:class:`fastrnn.auto.Runners`, or a function that builds them: called only when
-    the call is measured) run the call with each backend, for ``auto``'s first-use measurement on
-    CUDA; ``embedded``: the caller is an ``EmbeddingRNN`` (``input`` holds ids), ``packed``:
-    variable lengths given apart from ``input``."""
-    choice, why, tier = _select(module, input, runners, embedded, packed)
-    return Route(choice, tier if choice == "triton" else 0, why)
+def needs_gradients(module) -> bool:
+    """Whether this call records a backward that the caller can run: gradients enabled, a
+    parameter that needs one, and the module in training mode.  In ``eval()`` a backward through
+    ``torch.nn``'s cuDNN RNN is refused by cuDNN, so ``auto`` measures and compares the forward
+    only there."""
+    return module.training and torch.is_grad_enabled() and any(p.requires_grad for p in module._flat_weights)
 
 
-def route_beyond_torch_nn(module, input) -> Route:
-    """The :class:`Route` of a call the ``torch.nn`` twin cannot serve (``return_states=True``):
-    ``triton`` wherever the kernels can run it (``auto`` too: its ``torch`` side would be a step
-    loop, never faster), else ``torch``, meaning fastrnn's plain-PyTorch step loop.  Raises
-    :class:`BackendUnavailable` when ``backend='triton'`` cannot serve it."""
-    choice, why, tier = _decide(*_call_facts(module, input))
-    if choice == "error":
-        raise BackendUnavailable(f"fastrnn {type(module).__name__}: backend='triton' cannot run this call: {why}")
-    if choice in ("auto", "triton"):
-        return Route("triton", tier, why)
-    return Route("torch", 0, f"{why} (the torch backend of this call is a step loop)")
+def _precision(module) -> str:
+    """The module's fp32 dot precision (:func:`fastrnn.functional.resolve_precision`) with
+    ``allow_tf32=None`` following ``torch.backends.cudnn.allow_tf32`` as ``torch.nn`` does; an
+    explicit ``fp32_precision`` wins over that default."""
+    from .functional import resolve_precision
+
+    allow, asked = module.allow_tf32, getattr(module, "fp32_precision", None)
+    if allow is None:
+        allow = cudnn_allow_tf32() and asked is None
+    return resolve_precision(allow, asked)
 
 
-def select_backend(module, input, *, runners=None, embedded: bool = False, packed: bool = False) -> str:
-    """``"triton"`` or ``"torch"`` for this call: :func:`route`'s backend."""
-    return route(module, input, runners=runners, embedded=embedded, packed=packed).backend
+def decide(
+    module,
+    input,
+    *,
+    embedded: bool = False,
+    packed: bool = False,
+    beyond_torch_nn: bool = False,
+    autocast: bool = True,
+    runners: Callable[[Decision], object] | None = None,
+) -> Decision:
+    """The :class:`Decision` of ``module(input)`` (see the module doc).
 
+    ``embedded``: ``module`` is an ``EmbeddingRNN``'s recurrent module and ``input`` holds ids;
+    ``packed``: variable lengths given apart from ``input``; ``beyond_torch_nn``: the call does
+    what the ``torch.nn`` twin cannot (``return_states=True``, a cell without a twin), so
+    ``auto`` takes the kernels wherever they run and ``torch`` means fastrnn's plain-PyTorch step
+    loop; ``autocast=False``: the module computes in its parameters' dtype under autocast too.
+    ``runners(decision)`` builds :class:`fastrnn.auto.Runners` that run the call with each
+    backend (the kernels with ``decision``), for ``auto``'s first-use measurement on CUDA; it is
+    called only when the call is measured.  A ``backend='triton'`` that cannot run the call gives
+    ``backend="error"`` (:meth:`Decision.check` raises)."""
+    data = input.data if isinstance(input, PackedSequence) else input
+    module._update_flat_weights()  # as torch.nn's forward does: parameters replaced since the last call
+    params = module._flat_weights
+    param_dtype = params[0].dtype if params else data.dtype
+    cast = autocast_dtype(module.mode, data.device, param_dtype) if autocast else None
+    training = needs_gradients(module)
+    if torch.compiler.is_compiling():
+        return _make_decision(module, input, data, params, param_dtype, cast, training, embedded, packed, beyond_torch_nn,
+                         None)  # fmt: skip
+    env = _environment()
+    from . import auto
 
-def _select(module, input, runners, embedded: bool, packed: bool) -> tuple[str, str, int]:
-    facts = _call_facts(module, input)
-    choice, why, tier = _decide(*facts)
-    if choice == "error":
-        raise BackendUnavailable(f"fastrnn {type(module).__name__}: backend='triton' cannot run this call: {why}")
-    if choice != "auto":
-        return choice, why, tier
-    tier_why = why
-    device = torch.device(facts[6])
-    fields, B, T = _class_facts(module, input, facts[4], embedded=embedded, packed=packed)
-    if torch.compiler.is_compiling():  # sizes may be symbolic: no branch on them (no guards)
-        choice, why = _auto_in_trace(*fields, device.index if device.index is not None else -1)
+    device_type = _device_names(data.device)[0]
+    key = (
+        env, module.backend, param_dtype, params[0].device if params else None, data.device, cast, training,
+        embedded, packed or isinstance(input, PackedSequence), beyond_torch_nn, autocast, module.allow_tf32, getattr(module, "fp32_precision", None), auto.epoch(),
+        _buckets(input, module.batch_first, embedded) if device_type == "cuda" else None,
+    )  # fmt: skip
+    cache = module.__dict__.get("_fastrnn_decisions")
+    if cache is None:
+        cache = module.__dict__["_fastrnn_decisions"] = {}
     else:
-        from . import auto
-
-        cls = auto.ShapeClass(*fields[:8], auto.bucket(B, 2), auto.bucket(T, 4), fields[8])
-        choice, why = auto.choose(cls, device, runners, B * T)
-    return choice, (f"{why}; {tier_why}" if choice == "triton" else why), tier
-
-
-def kernel_tier(module, input) -> tuple[int | None, str]:
-    """``(tier, why)`` of the kernels for ``module(input)``'s layers (all layers have the same
-    sizes but the first's input width, which only the input-projection GEMM sees)."""
-    from .kernels.tiers import choose_tier
-
-    _, mode, hidden, proj, dtype, device_type, _, _ = _call_facts(module, input)
-    return choose_tier(mode, hidden, proj, _DTYPES[dtype], interpreted=device_type == "cpu")
+        found = cache.get(key)
+        if found is not None:
+            return found if found.alternative is None else _memory_checked(found, module, input, embedded)
+    decision = _make_decision(module, input, data, params, param_dtype, cast, training, embedded, packed,
+                         beyond_torch_nn, runners)  # fmt: skip
+    if len(cache) > 64:  # a module called with ever new buckets, devices or modes: start over
+        cache.clear()
+    cache[key] = decision
+    return decision
 
 
-def explain(module, input) -> str:
-    """One line saying which backend ``module(input)`` uses, and why (the same decision as
-    :func:`select_backend`; for ``auto`` on CUDA: the times and memory it rests on and where they
-    come from -- this process, the device cache, the shipped table, a measurement (which explain
-    makes, as the first call would) or the rule).
+def _make_decision(module, input, data, params, param_dtype, cast, training: bool, embedded: bool, packed: bool,
+              beyond_torch_nn: bool, runners) -> Decision:  # fmt: skip
+    dtype = cast or param_dtype
+    device_type, input_device = _device_names(data.device)
+    param_device = _device_names(params[0].device)[1] if params else ""
+    requested = requested_backend(module) if not torch.compiler.is_compiling() else module.backend
+    precision = _precision(module)
+    facts = (module.backend, module.mode, module.hidden_size, module.proj_size, str(dtype), device_type,
+             input_device, param_device)  # fmt: skip
+    choice, why, tier = _backend_and_tier(*facts)
+    base = dict(requested=requested, dtype=dtype, cast=cast, precision=precision)
+    if choice in ("torch", "error"):
+        if beyond_torch_nn and choice == "torch":
+            why = f"{why} (the torch backend of this call is a step loop)"
+        return Decision(choice, why, plan=None, **base)
+    plan = _stack_plan(module, dtype, tier, data.device, precision)
+    kernels = Decision("triton", why, plan=plan, **base)
+    if choice == "triton" or beyond_torch_nn:
+        return kernels
+    # auto on CUDA where the kernels can run: fastrnn.auto compares them with torch.nn
+    from . import auto
+
+    B, T = _sizes(input, module.batch_first, embedded)
+    fields = (module.mode, str(dtype), module.num_layers, module.bidirectional,
+              packed or isinstance(input, PackedSequence), embedded, module.hidden_size, module.proj_size)  # fmt: skip
+    device = torch.device(input_device)
+    if torch.compiler.is_compiling():  # sizes may be symbolic: no branch on them (no guards)
+        choice, why = _auto_in_trace(*fields, training, device.index if device.index is not None else -1)
+        verdict = None
+    else:
+        cls = auto.ShapeClass(*fields, auto.bucket(B, 2), auto.bucket(T, 4), training)
+        build = (lambda: runners(kernels)) if runners is not None else None
+        choice, why, verdict = auto.choose_verdict(cls, device, build, B * T)
+    alternative = Alternative(verdict, plan) if verdict is not None and verdict.tokens else None
+    if choice == "triton":
+        return Decision("triton", f"{why}; {kernels.why}", plan=plan, alternative=alternative, **base)
+    return Decision("torch", why, plan=None, alternative=alternative, **base)
+
+
+def _stack_plan(module, dtype: torch.dtype, tier: int, device: torch.device, precision: str) -> tuple:
+    """The :class:`~fastrnn.kernels.tiers.LayerPlan` of every layer and direction."""
+    from .kernels import tiers
+
+    n = module.num_layers * (2 if module.bidirectional else 1)
+    if torch.compiler.is_compiling():
+        key = _plan_in_trace(module.mode, module.hidden_size, module.proj_size, str(dtype), tier, device.type,
+                             device.index if device.index is not None else -1, precision)  # fmt: skip
+        return (tiers.from_key(key),) * n
+    plan = tiers.plan_layer(module.mode, module.hidden_size, module.proj_size, dtype, tier,
+                            tiers.smem_per_block(device), precision)  # fmt: skip
+    return (plan,) * n
+
+
+def _memory_checked(decision: Decision, module, input, embedded: bool) -> Decision:
+    """``decision``, or the other backend where the chosen one would not fit the free memory
+    (:func:`fastrnn.auto.fits`: only a call larger than the measured one is checked)."""
+    from . import auto
+
+    B, T = _sizes(input, module.batch_first, embedded)
+    data = input.data if isinstance(input, PackedSequence) else input
+    alt = decision.alternative
+    fitted = auto.fits(alt.verdict, decision.backend, B * T, data.device)
+    if fitted == decision.backend:
+        return decision
+    why = f"{fitted} because {decision.backend} would not fit the free memory -- {alt.verdict.describe()}"
+    plan = alt.plan if fitted == "triton" else None
+    return Decision(fitted, why, decision.requested, plan, decision.dtype, decision.cast, decision.precision)
+
+
+def _buckets(input, batch_first: bool, ids: bool) -> tuple[int, int]:
+    """:func:`fastrnn.auto.bucket` of ``B`` and ``T``: what ``auto``'s shape classes tell apart."""
+    from .auto import bucket
+
+    B, T = _sizes(input, batch_first, ids)
+    return bucket(B, 2), bucket(T, 4)
+
+
+def explain(module, input, hx=None, **kwargs) -> str:
+    """One line saying which backend ``module(input, hx)`` runs, and why: the same decision as the
+    call (for ``auto`` on CUDA: the times and memory it rests on and where they come from -- this
+    process, the device cache, the shipped table, a measurement, which explain makes as the first
+    call would -- or the rule).  ``module`` is a fastrnn module: ``fastrnn.LSTM`` & co.,
+    ``Recurrent``, ``LayerNormLSTM``/``GRU``, or ``EmbeddingRNN`` (``input`` then holds token ids;
+    ``lengths=`` as its forward).  It describes the call in the current grad mode and with the
+    module's ``training`` flag, as the call would run: call it where the call is made (under
+    ``torch.no_grad()`` for an inference call).  A backend that cannot run the call is reported,
+    not raised.
 
     Example::
 
         fastrnn.explain(fastrnn.GRU(8, 16), torch.randn(5, 3, 8))
         # "requested 'auto' -> torch: cpu tensors: torch (aten) is the fastest there; ..."
     """
-    runners = (lambda: module._runners(input, None)) if hasattr(module, "_runners") else None
-    choice, why, _ = _select(module, input, runners, False, False)
-    return f"requested {requested_backend(module)!r} -> {choice}: {why}"
+    backend_decision = getattr(module, "backend_decision", None)
+    if backend_decision is None:
+        raise TypeError(f"explain: expected a fastrnn module, got {type(module).__name__}")
+    return backend_decision(input, hx, **kwargs).describe()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import dispatch, ops
 from .auto import Runners
+from .dispatch import Decision
 from .functional import first_layer_projection
-from .modules import _RecurrentBase, build, fast_twin, layout, run_torch, run_triton
+from .modules import RecurrentBase, build, fast_twin, layout, run_kernels, run_torch
 
 STRATEGIES = ("auto", "table", "gather_gemm")
 
@@ -43,7 +44,13 @@ class EmbeddingRNN(nn.Module):
         hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
         nonlinearity: as the ``torch.nn`` recurrent module of ``mode``.
         mode: a cell family (``"LSTM"``, ``"GRU"``, ``"RNN"``) or mode (``"RNN_TANH"``, ``"RNN_RELU"``).
-        backend: as :class:`fastrnn.LSTM`.  strategy: ``"auto"``, ``"table"``, ``"gather_gemm"``.
+        backend, allow_tf32, fp32_precision: as :class:`fastrnn.LSTM`.  strategy: ``"auto"``,
+        ``"table"``, ``"gather_gemm"``.
+        check_ids: check that every id indexes the embedding before anything runs, on every
+            device and backend, raising ``IndexError`` with the bad id and its position (module
+            doc, "Token ids"); ``False`` trusts the ids (ids the model made itself, e.g. a
+            decoder's argmax), where a bad id is what it is for ``nn.Embedding``: an ``IndexError``
+            on the CPU, a device-side assertion on CUDA.
 
     Parameters: ``embedding.weight`` and the recurrent module's under ``rnn.`` -- the state dict
     of a module holding ``embedding = nn.Embedding(...)`` and ``rnn = nn.LSTM(...)`` loads as is.
@@ -65,22 +72,29 @@ class EmbeddingRNN(nn.Module):
         mode: str = "LSTM", padding_idx: int | None = None, nonlinearity: str | None = None,
         bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
         proj_size: int = 0, device=None, dtype=None, backend: str = "auto", strategy: str = "auto",
-        allow_tf32: bool | None = None,
+        allow_tf32: bool | None = None, fp32_precision: str | None = None, check_ids: bool = True,
     ) -> None:  # fmt: skip
         super().__init__()
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.embedding = nn.Embedding(num_embeddings, embedding_dim, padding_idx, device=device, dtype=dtype)
-        self.rnn: _RecurrentBase = build(
+        self.rnn: RecurrentBase = build(
             mode, embedding_dim, hidden_size, num_layers, nonlinearity=nonlinearity, proj_size=proj_size, bias=bias,
             batch_first=batch_first, dropout=dropout, bidirectional=bidirectional, device=device, dtype=dtype,
-            backend=backend, allow_tf32=allow_tf32,
+            backend=backend, allow_tf32=allow_tf32, fp32_precision=fp32_precision,
         )  # fmt: skip
         self.strategy = strategy
+        self.check_ids = check_ids
 
     @classmethod
     def from_modules(
-        cls, embedding: nn.Embedding, rnn: nn.RNNBase, *, backend: str | None = None, strategy: str = "auto"
+        cls,
+        embedding: nn.Embedding,
+        rnn: nn.RNNBase,
+        *,
+        backend: str | None = None,
+        strategy: str = "auto",
+        check_ids: bool = True,
     ) -> EmbeddingRNN:
         """Build one from existing modules, sharing their parameter tensors.
 
@@ -95,14 +109,19 @@ class EmbeddingRNN(nn.Module):
         self = cls.__new__(cls)
         nn.Module.__init__(self)
         self.embedding = embedding
-        if isinstance(rnn, _RecurrentBase) and backend is None:
+        if isinstance(rnn, RecurrentBase) and backend is None:
             self.rnn = rnn
         else:
             self.rnn = fast_twin(rnn, backend=backend or "auto")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.strategy = strategy
+        self.check_ids = check_ids
         return self
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("check_ids", True)  # modules pickled before the option existed
 
     def extra_repr(self) -> str:
         return f"strategy={self.strategy!r}" if self.strategy != "auto" else ""
@@ -122,14 +141,15 @@ class EmbeddingRNN(nn.Module):
             raise ValueError("EmbeddingRNN: embedding.scale_grad_by_freq is not supported")
 
     def _check_range(self, ids: torch.Tensor) -> None:
-        """Raise ``IndexError`` naming a bad id unless every id indexes the embedding."""
-        if not ids.numel():
+        """Raise ``IndexError`` naming a bad id and its position unless every id indexes the
+        embedding.  The same host check on every device: on CUDA it reads two numbers back (one
+        host synchronisation per call), so no kernel ever sees a bad id and a bad id never becomes
+        a device-side assertion, which would leave the process's CUDA context unusable.  Inside
+        ``torch.compile``'s trace or a CUDA-graph capture nothing can be read back: there the
+        check is a device-side assertion, as ``nn.Embedding``'s own check on CUDA."""
+        if not ids.numel() or not self.check_ids:
             return
-        if ids.is_cuda or torch.compiler.is_compiling():
-            # No host sync: an assertion op that fires on the device, as nn.Embedding's own index
-            # check does on CUDA.  A host sync here stalled every call until the GPU drained, which
-            # exposed the CPU's launch overhead (about a millisecond per call, see kernels/NOTES.md),
-            # and cannot run inside torch.compile's graph or a CUDA graph being captured.
+        if torch.compiler.is_compiling() or (ids.is_cuda and torch.cuda.is_current_stream_capturing()):
             ok = (ids >= 0).all() & (ids < self.embedding.num_embeddings).all()
             torch._assert_async(ok, "EmbeddingRNN: token ids out of range of the embedding")
             return
@@ -138,16 +158,23 @@ class EmbeddingRNN(nn.Module):
             raise error
 
     def _range_error(self, ids: torch.Tensor) -> IndexError | None:
-        """The ``IndexError`` naming a bad id of host tensor ``ids``, or ``None`` when all are good."""
+        """The ``IndexError`` naming the first bad id of ``ids`` and its position, or ``None`` when
+        all are good (one reduction and one read back to the host)."""
         if not ids.numel():
             return None
         V = self.embedding.num_embeddings
-        lo, hi = (int(v) for v in torch.aminmax(ids))  # CPU tensors: no device to wait for
-        if lo < 0 or hi >= V:
-            return IndexError(
-                f"EmbeddingRNN: token id {lo if lo < 0 else hi} is out of range [0, {V}) of the embedding"
-            )
-        return None
+        lo, hi = torch.aminmax(ids.view(-1) if ids.is_contiguous() else ids.reshape(-1))
+        lo, hi = torch.stack((lo, hi)).tolist() if not ids.is_cpu else (int(lo), int(hi))
+        if 0 <= lo and hi < V:
+            return None
+        host = ids.cpu()
+        flat = int(((host < 0) | (host >= V)).reshape(-1).nonzero()[0])
+        position = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), host.shape))
+        bad = int(host.reshape(-1)[flat])
+        return IndexError(
+            f"EmbeddingRNN: token id {bad} is out of range [0, {V}) of the embedding, at position {list(position)} "
+            f"of the ids"
+        )
 
     def _range_checked_later(self, ids: torch.Tensor) -> bool:
         """Whether the range of ``ids`` is checked only where it matters, not before every call:
@@ -155,16 +182,22 @@ class EmbeddingRNN(nn.Module):
         checks the range itself, on the host, before anything else runs, and its error becomes
         :meth:`_range_error`'s (:meth:`_embed`); the kernels' path and every error raised before
         the lookup check it first (:meth:`forward`), so a bad id is always what is reported."""
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or not self.check_ids:
             return False
         return ids.is_cpu and ids.dtype in _EMBEDDING_INDEX_DTYPES
+
+    def backend_decision(self, input, hx=None, lengths: torch.Tensor | None = None) -> Decision:
+        """The :class:`~fastrnn.dispatch.Decision` of ``self(input, hx, lengths)`` (what
+        :func:`fastrnn.explain` prints for this module and its ids)."""
+        return dispatch.decide(self.rnn, input, embedded=True, packed=lengths is not None,
+                               runners=lambda d: self._runners(input, hx, lengths, d))  # fmt: skip
 
     def forward(self, input, hx=None, lengths: torch.Tensor | None = None):
         packed = isinstance(input, PackedSequence)
         ids = input.data if packed else input
         self._check_ids(ids)
-        # Bad ids are reported before any other error (lengths, backend), as they always were; on
-        # the CPU's torch path nn.Embedding's own range check stands in for the separate one.
+        # Bad ids are reported before any other error (lengths, backend); on the CPU's torch path
+        # nn.Embedding's own range check stands in for the separate one.
         deferred = self._range_checked_later(ids)
         if not deferred:
             self._check_range(ids)
@@ -175,22 +208,20 @@ class EmbeddingRNN(nn.Module):
                 lengths = self._check_lengths(ids, lengths)
             # One decision per call: the torch path runs the recurrent module's torch.nn code
             # directly (run_torch), which does not decide again.
-            route = dispatch.route(self.rnn, input, runners=lambda: self._runners(input, hx, lengths), embedded=True,
-                                   packed=lengths is not None)  # fmt: skip
+            decision = self.backend_decision(input, hx, lengths).check(self.rnn)
         except Exception:
             error = self._range_error(ids) if deferred else None
             if error is not None:
                 raise error from None
             raise
-        if route.backend == "torch":
+        if decision.backend == "torch":
             return self._unfused(input, hx, lengths)
         if deferred:
             self._check_range(ids)
-        return self._fused(input, hx, lengths, route.tier)
+        return self._fused(input, hx, lengths, decision)
 
-    def _runners(self, input, hx, lengths) -> Runners:
-        tier = lambda: dispatch.kernel_tier(self.rnn, input)[0]
-        return Runners(lambda: self._unfused(input, hx, lengths), lambda: self._fused(input, hx, lengths, tier()),
+    def _runners(self, input, hx, lengths, decision: Decision) -> Runners:
+        return Runners(lambda: self._unfused(input, hx, lengths), lambda: self._fused(input, hx, lengths, decision),
                        list(self.parameters()))  # fmt: skip
 
     def _check_lengths(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -233,9 +264,9 @@ class EmbeddingRNN(nn.Module):
         out, _ = pad_packed_sequence(out, batch_first=bf, total_length=x.shape[1] if bf else x.shape[0])
         return out, hidden
 
-    def _fused(self, input, hx, lengths, tier: int):
+    def _fused(self, input, hx, lengths, decision: Decision):
         """triton backend: the first layer's input projection straight from the ids
-        (:func:`fastrnn.ops.embedding_projection`), then the kernels (:func:`fastrnn.modules.run_triton`)."""
+        (:func:`fastrnn.ops.embedding_projection`), then the kernels (:func:`fastrnn.modules.run_kernels`)."""
         rnn, emb = self.rnn, self.embedding
         lay = layout(rnn, input, lengths, ids=True)
         w, b = first_layer_projection(
@@ -254,8 +285,8 @@ class EmbeddingRNN(nn.Module):
             strategy = self.strategy if self.strategy != "auto" else choose_strategy(emb.num_embeddings, flat.numel())
             gx = ops.embedding_projection(
                 flat, emb.weight.to(dtype), w.to(dtype), None if b is None else b.to(dtype),
-                padding_idx=emb.padding_idx, strategy=strategy, allow_tf32=rnn.tf32(),
+                padding_idx=emb.padding_idx, strategy=strategy, precision=decision.precision,
             )  # fmt: skip
             return gx.view(lay.T, lay.B, -1)
 
-        return run_triton(rnn, lay, hx, tier, input_projection=project)
+        return run_kernels(rnn, lay, hx, decision, input_projection=project)

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .kernels import cells
+from .errors import BackendUnavailable
+from .kernels import cells, tiers
 
 
 def _per_layer(weights: Sequence[torch.Tensor], num_layers: int, num_directions: int) -> list[list[torch.Tensor]]:
@@ -31,6 +32,40 @@ def _per_layer(weights: Sequence[torch.Tensor], num_layers: int, num_directions:
             f"weights, got {len(weights)} tensors"
         )
     return [list(weights[i * per : (i + 1) * per]) for i in range(num_layers * num_directions)]
+
+
+def resolve_precision(allow_tf32: bool, fp32_precision: str | None = None) -> str:
+    """The precision of fp32 dots (:data:`fastrnn.kernels.tiers.PRECISIONS`): ``fp32_precision``
+    when given (``"ieee"``, ``"tf32x3"`` or ``"tf32"``), else ``"tf32"`` with ``allow_tf32`` and
+    ``"tf32x3"`` without (three TF32 products: fp32's accuracy at tensor-core speed,
+    docs/numerics.md)."""
+    if fp32_precision is None:
+        return "tf32" if allow_tf32 else "tf32x3"
+    if fp32_precision not in tiers.PRECISIONS:
+        raise ValueError(f"fp32_precision must be one of {tiers.PRECISIONS} or None, got {fp32_precision!r}")
+    if allow_tf32 and fp32_precision != "tf32":
+        raise ValueError(f"allow_tf32=True asks for TF32 dots, fp32_precision={fp32_precision!r} for others")
+    return fp32_precision
+
+
+def plan_stack(mode: str, w_hh: torch.Tensor, proj_size: int, device: torch.device, *, layers: int, directions: int,
+               precision: str, tier: int | None = None) -> tuple[tiers.LayerPlan, ...]:  # fmt: skip
+    """The plan of a stack for the functional API: :func:`fastrnn.kernels.tiers.plan_stack` on
+    the first layer's ``w_hh`` (``tier``: that tier, checked), raising
+    :class:`fastrnn.BackendUnavailable` when no tier runs it."""
+    H = w_hh.shape[0] // cells.get(mode).G
+    interpreted = device.type == "cpu"
+    if tier is not None:
+        why = tiers.tier_unsupported(tier, mode, H, proj_size, w_hh.dtype, interpreted)
+        if why:
+            raise BackendUnavailable(f"fastrnn: tier {tier} cannot run {mode} with hidden_size={H}: {why}")
+        plan = tiers.plan_layer(mode, H, proj_size, w_hh.dtype, tier, tiers.smem_per_block(device), precision)
+        return (plan,) * (layers * directions)
+    try:
+        return tiers.plan_stack(mode, H, proj_size, w_hh.dtype, layers=layers, directions=directions, device=device,
+                                precision=precision, interpreted=interpreted)  # fmt: skip
+    except tiers.NoTier as e:
+        raise BackendUnavailable(f"fastrnn: {e}") from None
 
 
 def _split_group(group: list[torch.Tensor], has_bias: bool, has_proj: bool):
@@ -130,6 +165,8 @@ def recurrent_stack(
     input_projection: torch.Tensor | None = None,
     tier: int | None = None,
     return_states: bool = False,
+    fp32_precision: str | None = None,
+    plan: Sequence[tiers.LayerPlan] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Run a ``torch.nn``-style stack of recurrent layers; the core of every module.
 
@@ -143,9 +180,14 @@ def recurrent_stack(
         input_projection: ``(T, B, D*G*H)`` first-layer input projection computed elsewhere (the
             fused embedding); it must equal ``F.linear(input, *first_layer_projection(...))``.
             ``input`` is then not read (it may be ``None``).
-        tier: the kernel tier (1, 2, 3) every layer runs in; ``None``: chosen here
-            (:func:`fastrnn.dispatch.kernel_tier_of`; the modules choose it once per call).
+        allow_tf32, fp32_precision: the precision of fp32 dots (:func:`resolve_precision`).
+        tier: the kernel tier every layer runs in; ``None``: the one
+            :func:`fastrnn.kernels.tiers.choose_tier` picks (``FASTRNN_TIER`` forces one).
         return_states: also return every step's cell state (cells with one, e.g. LSTM).
+        plan: how every layer and direction runs (``layer * D + direction``), decided by the
+            caller (the modules decide once per call: ``fastrnn.dispatch``); it replaces
+            ``tier`` and the precision arguments.  Raises :class:`fastrnn.BackendUnavailable`
+            when no tier can run the layers.
 
     Returns:
         ``(output (T, B, D*P), h_n (L*D, B, P), c_n (L*D, B, H) or None)``, and with
@@ -160,12 +202,12 @@ def recurrent_stack(
     cell = cells.get(mode)
     G = cell.G
     groups = _per_layer(weights, num_layers, D)
-    if tier is None:
-        from .dispatch import kernel_tier_of
-
-        H0 = groups[0][1].shape[0] // G
+    if plan is None:
         ref = input_projection if input_projection is not None else input
-        tier = kernel_tier_of(mode, H0, proj_size, groups[0][1].dtype, ref.device)
+        plan = plan_stack(
+            mode, groups[0][1], proj_size, ref.device, layers=num_layers, directions=D, tier=tier,
+            precision=resolve_precision(allow_tf32, fp32_precision),
+        )  # fmt: skip
 
     def run_layer(layer, layer_input):
         parts = [_split_group(groups[layer * D + d], bias, proj_size > 0) for d in range(D)]
@@ -187,8 +229,7 @@ def recurrent_stack(
                 b_hh=b_hh,
                 w_hr=w_hr,
                 reverse=d == 1,
-                allow_tf32=allow_tf32,
-                tier=tier,
+                plan=plan[idx],
                 return_states=return_states,
             )
             results.append((*res[:3], res[3] if return_states else None))
@@ -226,18 +267,18 @@ def rnn(
     bidirectional: bool = False,
     lengths: torch.Tensor | None = None,
     allow_tf32: bool = False,
+    fp32_precision: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Elman RNN stack: ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``.
 
     ``input`` (T, B, I) (or (B, T, I) with ``batch_first``), ``hx`` (L*D, B, H).
     Returns ``(output (T, B, D*H), h_n (L*D, B, H))``.
     """
-    from .modules import rnn_mode
-
-    mode = rnn_mode(nonlinearity)
+    mode = cells.rnn_mode(nonlinearity)
     out, h_n, _ = _run(
         mode, input, weights, hx, None, batch_first=batch_first, num_layers=num_layers, bias=bias, dropout=dropout,
         training=training, bidirectional=bidirectional, lengths=lengths, allow_tf32=allow_tf32,
+        fp32_precision=fp32_precision,
     )  # fmt: skip
     return out, h_n
 
@@ -257,6 +298,7 @@ def lstm(
     lengths: torch.Tensor | None = None,
     allow_tf32: bool = False,
     return_states: bool = False,
+    fp32_precision: str | None = None,
 ):
     """LSTM stack (gate order i, f, g, o; optional projection ``h_t = W_hr (o * tanh(c_t))``).
 
@@ -274,7 +316,7 @@ def lstm(
     res = _run(
         "LSTM", input, weights, h0, c0, batch_first=batch_first, num_layers=num_layers, bias=bias, dropout=dropout,
         training=training, bidirectional=bidirectional, proj_size=proj_size, lengths=lengths, allow_tf32=allow_tf32,
-        return_states=return_states,
+        return_states=return_states, fp32_precision=fp32_precision,
     )  # fmt: skip
     if return_states:
         return res[0], (res[1], res[2]), res[3]
@@ -294,6 +336,7 @@ def gru(
     bidirectional: bool = False,
     lengths: torch.Tensor | None = None,
     allow_tf32: bool = False,
+    fp32_precision: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GRU stack with PyTorch's maths (gate order r, z, n; ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))``).
 
@@ -302,5 +345,6 @@ def gru(
     out, h_n, _ = _run(
         "GRU", input, weights, hx, None, batch_first=batch_first, num_layers=num_layers, bias=bias, dropout=dropout,
         training=training, bidirectional=bidirectional, lengths=lengths, allow_tf32=allow_tf32,
+        fp32_precision=fp32_precision,
     )  # fmt: skip
     return out, h_n

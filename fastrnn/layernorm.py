@@ -33,9 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import dispatch, ops, reference
-from .functional import stack_layers
+from .dispatch import Decision
+from .functional import plan_stack, resolve_precision, stack_layers
 from .kernels import cells
-from .modules import _package, _RecurrentBase, check_states, layout
+from .modules import RecurrentBase, check_states, layout, package_outputs
 
 
 def layer_norm_stack(
@@ -56,6 +57,7 @@ def layer_norm_stack(
     zoneout: torch.Tensor | float | None = None,
     tier: int | None = None,
     return_states: bool = False,
+    plan=None,
 ) -> tuple[torch.Tensor, ...]:
     """A stack of layer-normalised layers (``mode`` ``"LN_LSTM"`` or ``"LN_GRU"``).
 
@@ -67,9 +69,11 @@ def layer_norm_stack(
         h0: ``(L*D, B, H)``; c0: ``(L*D, B, H)`` (LSTM).
         zoneout: ``(L*D, T, B, H)`` keep masks (training), a keep probability (evaluation) or
             ``None``.
-        tier: the kernel tier (1: the only one these cells have); ``None``: the plain-PyTorch
-            step loop (the ``torch`` backend).
+        tier: the kernel tier (1: the only one these cells have); ``None`` (and no ``plan``): the
+            plain-PyTorch step loop (the ``torch`` backend).
         return_states: LSTM: also every step's ``c_t`` (as :func:`fastrnn.functional.recurrent_stack`).
+        plan: every layer and direction's :class:`~fastrnn.kernels.tiers.LayerPlan` (the modules'
+            decision); replaces ``tier`` and ``allow_tf32``.
 
     Returns:
         ``(output (T, B, D*H), h_n (L*D, B, H), c_n (L*D, B, H) or None[, c_states (T, B, L*D*H)])``.
@@ -80,6 +84,9 @@ def layer_norm_stack(
     D = 2 if bidirectional else 1
     per = 4 if bias else 2
     G = cell.G
+    if plan is None and tier is not None:
+        plan = plan_stack(mode, weights[1], 0, input.device, layers=num_layers, directions=D, tier=tier,
+                          precision=resolve_precision(allow_tf32))  # fmt: skip
 
     def run_layer(layer, layer_input):
         results = []
@@ -93,7 +100,7 @@ def layer_norm_stack(
             zk = zoneout[k] if isinstance(zoneout, torch.Tensor) else zoneout
             h0_k = h0[k] if h0 is not None else None
             c0_k = c0[k] if c0 is not None else None
-            if tier is None:
+            if plan is None:
                 out, hn, cn, cache = reference.layer_forward(
                     mode, layer_input, w_ih, w_hh, b, None, h0_k, c0_k, lengths=lengths, reverse=d == 1,
                     input_gamma=gamma_ih, params=prm, zoneout=zk,
@@ -105,8 +112,8 @@ def layer_norm_stack(
                 if b is not None:
                     gx = gx + b
                 results.append(ops.recurrence(
-                    mode, gx, w_hh, h0_k, c0_k, lengths, reverse=d == 1, allow_tf32=allow_tf32, tier=tier,
-                    return_states=True, params=prm, zoneout=zk,
+                    mode, gx, w_hh, h0_k, c0_k, lengths, reverse=d == 1, plan=plan[k], return_states=True,
+                    params=prm, zoneout=zk,
                 ))  # fmt: skip
         return results
 
@@ -116,23 +123,24 @@ def layer_norm_stack(
     )  # fmt: skip
 
 
-class _LayerNormBase(_RecurrentBase):
+class _LayerNormBase(RecurrentBase):
     """Shared construction and forward of the layer-normalised modules (``_cell`` is the
-    registered cell; :class:`fastrnn.modules._RecurrentBase` builds ``torch.nn``'s weights and
-    biases from its spec)."""
+    registered cell; :class:`fastrnn.modules.RecurrentBase` builds ``torch.nn``'s weights and
+    biases from its spec).  They compute in the parameters' dtype, under autocast too."""
 
     _cell: str
+    _beyond_torch_nn = True
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
                  dtype=None, *, zoneout: float = 0.0, recurrent_dropout: float = 0.0, backend: str = "auto",
-                 allow_tf32: bool | None = None) -> None:  # fmt: skip
+                 allow_tf32: bool | None = None, fp32_precision: str | None = None) -> None:  # fmt: skip
         for name, p in (("zoneout", zoneout), ("recurrent_dropout", recurrent_dropout)):
             if not (isinstance(p, (int, float)) and 0 <= p <= 1) or isinstance(p, bool):
                 raise ValueError(f"{type(self).__name__}: {name} must be a number in [0, 1], got {p!r}")
         super().__init__(
             self._cell, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            device=device, dtype=dtype, backend=backend, allow_tf32=allow_tf32,
+            device=device, dtype=dtype, backend=backend, allow_tf32=allow_tf32, fp32_precision=fp32_precision,
         )  # fmt: skip
         self.zoneout = float(zoneout)
         self.recurrent_dropout = float(recurrent_dropout)
@@ -197,20 +205,24 @@ class _LayerNormBase(_RecurrentBase):
                 zoneout = 1.0 - self.zoneout
         return weights, zoneout
 
+    def backend_decision(self, input, hx=None, *, return_states: bool = False) -> Decision:
+        """The :class:`~fastrnn.dispatch.Decision` of ``self(input, hx)`` (what :func:`fastrnn.explain`
+        prints): the kernels wherever they run, else the plain-PyTorch step loop."""
+        return dispatch.decide(self, input, beyond_torch_nn=True, autocast=False)
+
     def _forward(self, input, hx, return_states: bool):
-        route = dispatch.route_beyond_torch_nn(self, input)
+        decision = self.backend_decision(input, hx).check(self)
         lay = layout(self, input)
         h0, c0 = check_states(self, lay, hx)
-        dtype = self._flat_weights[0].dtype
+        dtype = self.flat_weights()[0].dtype
         with torch.autocast(lay.device.type, enabled=False):  # computed in the parameters' dtype
             weights, zoneout = self._masks(lay, dtype)
             res = layer_norm_stack(
                 self.mode, lay.x, weights, self.norms(), h0, c0, num_layers=self.num_layers, bias=self.bias,
                 bidirectional=self.bidirectional, dropout=self.dropout, training=self.training,
-                lengths=lay.lengths, allow_tf32=self.tf32(), zoneout=zoneout,
-                tier=route.tier if route.backend == "triton" else None, return_states=return_states,
+                lengths=lay.lengths, zoneout=zoneout, plan=decision.plan, return_states=return_states,
             )  # fmt: skip
-        return _package(self, lay, *res)
+        return package_outputs(self, lay, *res)
 
 
 class LayerNormLSTM(_LayerNormBase):

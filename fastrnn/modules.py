@@ -4,8 +4,9 @@ They derive from ``nn.RNNBase`` (PyTorch's parameter names, init, ``_flat_weight
 and not from ``nn.RNN``/``nn.LSTM``/``nn.GRU``: Dynamo refuses to trace instances of those three
 classes.  Consequence: ``isinstance(fastrnn.LSTM(...), nn.LSTM)`` is ``False``.
 
-Each forward picks a backend (see :func:`fastrnn.dispatch.select_backend`): ``"triton"`` runs the
-recurrence kernels, ``"torch"`` runs the very code of the ``torch.nn`` twin (aten/cuDNN).
+Each forward decides once (:func:`fastrnn.dispatch.decide`, a :class:`~fastrnn.dispatch.Decision`):
+``"triton"`` runs the recurrence kernels as the decision's plan says, ``"torch"`` runs the very
+code of the ``torch.nn`` twin (aten/cuDNN).
 """
 
 from __future__ import annotations
@@ -19,16 +20,10 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import dispatch
 from .auto import Runners
+from .dispatch import Decision
 from .functional import recurrent_stack
 from .kernels import cells
-
-
-def rnn_mode(nonlinearity: str) -> str:
-    """The RNN family's cell for ``nonlinearity``, with torch.nn's error for an unknown one."""
-    options = [c.twin_kwargs["nonlinearity"] for c in cells.CELLS.values() if c.family == "RNN"]
-    if nonlinearity not in options:
-        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from {' or '.join(map(repr, options))}.")
-    return cells.family_mode("RNN", nonlinearity)
+from .kernels.cells import rnn_mode  # noqa: F401  (its home before it moved to the cells)
 
 
 @dataclass
@@ -128,20 +123,20 @@ def check_states(module: nn.RNNBase, lay: Layout, hx, cast: torch.dtype | None =
     return states[0], (states[1] if cell.has_cell_state else None)
 
 
-def _stack_inputs(module: nn.RNNBase, lay: Layout, hx):
-    """``(weights, x, h0, c0, cast)`` of a call laid out as ``lay``: the checked initial states
-    and, under autocast, everything in the dtype the ``torch.nn`` twin computes in (``cast``)."""
-    cast = dispatch.autocast_dtype(module.mode, lay.device, lay.dtype)
+def stack_inputs(module: nn.RNNBase, lay: Layout, hx, decision: Decision):
+    """``(weights, x, h0, c0)`` of a call laid out as ``lay``: the checked initial states and,
+    under autocast, everything in the dtype the ``torch.nn`` twin computes in (``decision.cast``)."""
+    cast = decision.cast
     h0, c0 = check_states(module, lay, hx, cast)
     weights = module.flat_weights()
     x = lay.x
     if cast is not None:  # autocast: compute in its dtype as the torch.nn twin does
         to = lambda t: None if t is None else t.to(cast)
         weights, x, h0, c0 = [to(w) for w in weights], to(x), to(h0), to(c0)
-    return weights, x, h0, c0, cast
+    return weights, x, h0, c0
 
 
-def _package(module: nn.RNNBase, lay: Layout, out, h_n, c_n, c_states=None):
+def package_outputs(module: nn.RNNBase, lay: Layout, out, h_n, c_n, c_states=None):
     """What the ``torch.nn`` twin returns, from the stack's time-major padded results: the output
     (and ``c_states``, laid out like it: a ``PackedSequence`` for packed input, batch-first,
     unbatched) and the final states in the caller's batch order."""
@@ -166,49 +161,49 @@ def _package(module: nn.RNNBase, lay: Layout, out, h_n, c_n, c_states=None):
     return result + (seqs[1],) if c_states is not None else result
 
 
-def run_triton(
+def run_kernels(
     module: nn.RNNBase,
     lay: Layout,
     hx,
-    tier: int,
+    decision: Decision,
     input_projection=None,
     *,
     return_states: bool = False,
 ):
-    """The kernels' forward of ``module`` on a call laid out by :func:`layout`: the first layer's
-    input projection computed from ``lay.x``, or given by ``input_projection(dtype)`` ->
-    ``(T, B, D*G*H)`` (the fused embedding).  Returns what the ``torch.nn`` twin returns, and
-    with ``return_states`` every step's cell state as a third item (laid out like the output)."""
-    weights, x, h0, c0, _ = _stack_inputs(module, lay, hx)
-    dtype = weights[0].dtype
+    """The kernels' forward of ``module`` on a call laid out by :func:`layout`, as ``decision``
+    plans it: the first layer's input projection computed from ``lay.x``, or given by
+    ``input_projection(dtype)`` -> ``(T, B, D*G*H)`` (the fused embedding).  Returns what the
+    ``torch.nn`` twin returns, and with ``return_states`` every step's cell state as a third item
+    (laid out like the output)."""
+    weights, x, h0, c0 = stack_inputs(module, lay, hx, decision)
     with torch.autocast(lay.device.type, enabled=False):  # the stack runs in exactly this dtype
         res = recurrent_stack(
             module.mode, x, weights, h0, c0, num_layers=module.num_layers, bias=module.bias,
             bidirectional=module.bidirectional, proj_size=module.proj_size, dropout=module.dropout,
-            training=module.training, lengths=lay.lengths, allow_tf32=module.tf32(),
-            input_projection=input_projection(dtype) if input_projection is not None else None, tier=tier,
+            training=module.training, lengths=lay.lengths, plan=decision.plan,
+            input_projection=input_projection(decision.dtype) if input_projection is not None else None,
             return_states=return_states,
         )  # fmt: skip
-    return _package(module, lay, *res)
+    return package_outputs(module, lay, *res)
 
 
-def run_loop(module: nn.RNNBase, lay: Layout, hx, *, return_states: bool = False):
+def run_loop(module: nn.RNNBase, lay: Layout, hx, decision: Decision, *, return_states: bool = False):
     """The ``torch`` backend of calls the ``torch.nn`` twin cannot serve (``return_states``): the
     plain-PyTorch step loop of :func:`fastrnn.reference.stack_forward` (autograd-differentiable,
-    any device), with the same inputs, dropout and outputs as :func:`run_triton`."""
+    any device), with the same inputs, dropout and outputs as :func:`run_kernels`."""
     from . import reference
 
-    weights, x, h0, c0, _ = _stack_inputs(module, lay, hx)
+    weights, x, h0, c0 = stack_inputs(module, lay, hx, decision)
     with torch.autocast(lay.device.type, enabled=False):
         res = reference.stack_forward(
             module.mode, x, weights, h0, c0, num_layers=module.num_layers, bias=module.bias,
             bidirectional=module.bidirectional, proj_size=module.proj_size, lengths=lay.lengths,
             dropout=module.dropout, training=module.training, return_states=return_states,
         )  # fmt: skip
-    return _package(module, lay, *res)
+    return package_outputs(module, lay, *res)
 
 
-class _RecurrentBase(nn.RNNBase):
+class RecurrentBase(nn.RNNBase):
     """Shared construction and forward of the modules; subclasses set ``_twin`` (the ``torch.nn``
     class) where the cell has one.
 
@@ -216,12 +211,21 @@ class _RecurrentBase(nn.RNNBase):
     ``nn.RNNBase`` itself (its mode table knows exactly those cells), so names, shapes, init and
     state dict are ``torch.nn``'s; any other registered cell gets the same layout with
     ``gate_size = G * hidden_size`` (:meth:`_build_from_spec`).
+
+    Keyword-only options beyond ``torch.nn``'s: ``backend`` (``"auto"``, ``"triton"``,
+    ``"torch"``), ``allow_tf32`` (``None``: follow ``torch.backends.cudnn.allow_tf32`` as
+    ``torch.nn`` does) and ``fp32_precision`` (``None``: from ``allow_tf32``; ``"ieee"``,
+    ``"tf32x3"``, ``"tf32"``: docs/numerics.md).
     """
 
     _twin: type[nn.RNNBase] | None = None
 
-    def __init__(self, mode: str, *args, backend: str = "auto", allow_tf32: bool | None = None, **kwargs) -> None:
+    def __init__(
+        self, mode: str, *args, backend: str = "auto", allow_tf32: bool | None = None,
+        fp32_precision: str | None = None, **kwargs,
+    ) -> None:  # fmt: skip
         dispatch.check_backend_name(backend)
+        _check_precision(allow_tf32, fp32_precision)
         cell = cells.get(mode)
         if cell.twin is not None:
             super().__init__(mode, *args, **kwargs)
@@ -229,6 +233,7 @@ class _RecurrentBase(nn.RNNBase):
             self._build_from_spec(cell, *args, **kwargs)
         self.backend = backend
         self.allow_tf32 = allow_tf32
+        self.fp32_precision = fp32_precision
 
     def _build_from_spec(
         self, cell: cells.Cell, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -262,46 +267,73 @@ class _RecurrentBase(nn.RNNBase):
         if cells.get(self.mode).twin is not None:
             super().flatten_parameters()
 
-    def tf32(self) -> bool:
-        """Whether the kernels may multiply fp32 in TF32 for this call: ``allow_tf32`` when given,
-        else ``torch.backends.cudnn.allow_tf32``, the flag torch.nn's cuDNN RNNs follow."""
-        return self.allow_tf32 if self.allow_tf32 is not None else dispatch.cudnn_allow_tf32()
-
     def extra_repr(self) -> str:
         s = super().extra_repr()
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
+        if self.fp32_precision is not None:
+            s += f", fp32_precision={self.fp32_precision!r}"
         return s
 
-    def _runners(self, input, hx) -> Runners:
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("fp32_precision", None)  # modules pickled before the option existed
+
+    # -- the forward ----------------------------------------------------------------------------
+
+    #: Whether every call does what the ``torch.nn`` twin cannot (a cell without one): ``auto``
+    #: takes the kernels wherever they run, and ``torch`` is fastrnn's step loop.
+    _beyond_torch_nn = False
+
+    def backend_decision(self, input, hx=None, *, return_states: bool = False) -> Decision:
+        """The :class:`~fastrnn.dispatch.Decision` of ``self(input, hx)`` (what
+        :func:`fastrnn.explain` prints); ``backend="error"`` where ``backend='triton'`` cannot run
+        the call."""
+        beyond = self._beyond_torch_nn or return_states
+        return dispatch.decide(self, input, beyond_torch_nn=beyond, runners=lambda d: self._runners(input, hx, d))
+
+    def _runners(self, input, hx, decision: Decision) -> Runners:
         """This call with each backend, for ``auto``'s first-use measurement (fastrnn.auto)."""
-        tier = lambda: dispatch.kernel_tier(self, input)[0]
-        return Runners(lambda: self._twin.forward(self, input, hx), lambda: self._run_triton(input, hx, tier()),
+        return Runners(lambda: self._twin.forward(self, input, hx), lambda: self._run(input, hx, decision),
                        list(self.parameters()))  # fmt: skip
 
     def forward(self, input, hx=None):
-        route = dispatch.route(self, input, runners=lambda: self._runners(input, hx))  # built only to measure
-        if route.backend == "torch":
+        decision = self.backend_decision(input, hx).check(self)
+        if decision.backend == "torch":
             return self._twin.forward(self, input, hx)
-        return self._run_triton(input, hx, route.tier)
+        return self._run(input, hx, decision)
 
-    def _run_triton(self, input, hx, tier: int):
-        return run_triton(self, layout(self, input), hx, tier)
+    def _run(self, input, hx, decision: Decision, *, return_states: bool = False):
+        """The call on ``decision``'s backend other than the ``torch.nn`` twin: the kernels, or
+        the plain-PyTorch step loop (:func:`run_loop`)."""
+        lay = layout(self, input)
+        if decision.backend == "torch":
+            return run_loop(self, lay, hx, decision, return_states=return_states)
+        return run_kernels(self, lay, hx, decision, return_states=return_states)
 
     def flat_weights(self) -> list[torch.Tensor]:
         """The parameters in ``torch.nn``'s flat order (``w_ih, w_hh[, b_ih, b_hh][, w_hr]`` per
-        layer and direction), as the kernels take them (:func:`fastrnn.functional.recurrent_stack`)."""
-        self._update_flat_weights()
+        layer and direction), as the kernels take them (:func:`fastrnn.functional.recurrent_stack`);
+        brought up to date at the start of every call (:func:`fastrnn.dispatch.decide`), as
+        ``torch.nn``'s forward does."""
         return self._flat_weights
 
 
-class RNN(_RecurrentBase):
+def _check_precision(allow_tf32: bool | None, fp32_precision: str | None) -> None:
+    from .functional import resolve_precision
+
+    if fp32_precision is not None:
+        resolve_precision(bool(allow_tf32), fp32_precision)  # raises for an unknown or contradicting value
+
+
+class RNN(RecurrentBase):
     """Drop-in for :class:`torch.nn.RNN` (Elman RNN, tanh or relu) on Triton kernels.
 
     Same constructor, parameters, state dict and forward as ``torch.nn.RNN``, plus keyword-only
-    ``backend`` (``"auto"``: triton on CUDA, torch elsewhere; ``"triton"``; ``"torch"``) and
-    ``allow_tf32`` (fp32 matmuls in TF32 on the GPU; ``None``, the default, follows
-    ``torch.backends.cudnn.allow_tf32`` as torch.nn's cuDNN RNNs do).
+    ``backend`` (``"auto"``: triton on CUDA where faster, torch elsewhere; ``"triton"``;
+    ``"torch"``), ``allow_tf32`` (fp32 matmuls in TF32 on the GPU; ``None``, the default, follows
+    ``torch.backends.cudnn.allow_tf32`` as torch.nn's cuDNN RNNs do) and ``fp32_precision``
+    (``"ieee"``, ``"tf32x3"``, ``"tf32"``; ``None``: from ``allow_tf32``, docs/numerics.md).
 
     Shapes: input ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``), ``(T, I)`` unbatched, or a
     ``PackedSequence``; ``h_0`` ``(L*D, B, H)``.  Returns ``(output (T, B, D*H), h_n (L*D, B, H))``.
@@ -314,44 +346,24 @@ class RNN(_RecurrentBase):
 
     _twin = nn.RNN
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        nonlinearity: str = "tanh",
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device=None,
-        dtype=None,
-        *,
-        backend: str = "auto",
-        allow_tf32: bool | None = None,
-    ) -> None:
+    def __init__(self, *args, **kwargs) -> None:
+        # torch.nn.RNN's own handling of nonlinearity (4th positional argument or keyword)
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            nonlinearity, args = args[3], args[:3] + args[4:]
+        else:
+            nonlinearity = kwargs.pop("nonlinearity", "tanh")
         mode = rnn_mode(nonlinearity)
         self.nonlinearity = nonlinearity
-        super().__init__(
-            mode,
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            device=device,
-            dtype=dtype,
-            backend=backend,
-            allow_tf32=allow_tf32,
-        )
+        super().__init__(mode, *args, **kwargs)
 
 
-class LSTM(_RecurrentBase):
+class LSTM(RecurrentBase):
     """Drop-in for :class:`torch.nn.LSTM` (gate order i, f, g, o; optional ``proj_size``).
 
-    Shapes: input as :class:`RNN`; ``hx = (h_0 (L*D, B, P), c_0 (L*D, B, H))`` with
+    Constructor as ``torch.nn.LSTM`` plus the keyword-only options of :class:`RNN`.  Shapes:
+    input as :class:`RNN`; ``hx = (h_0 (L*D, B, P), c_0 (L*D, B, H))`` with
     ``P = proj_size or hidden_size``.  Returns ``(output (T, B, D*P), (h_n, c_n))``.
 
     Example::
@@ -365,6 +377,9 @@ class LSTM(_RecurrentBase):
     check_forward_args = nn.LSTM.check_forward_args
     get_expected_cell_size = nn.LSTM.get_expected_cell_size
     permute_hidden = nn.LSTM.permute_hidden
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__("LSTM", *args, **kwargs)
 
     def forward(self, input, hx=None, *, return_states: bool = False):
         """As :meth:`torch.nn.LSTM.forward`; with ``return_states=True`` also the cell state
@@ -385,49 +400,15 @@ class LSTM(_RecurrentBase):
         """
         if not return_states:
             return super().forward(input, hx)
-        route = dispatch.route_beyond_torch_nn(self, input)
-        lay = layout(self, input)
-        if route.backend == "torch":
-            return run_loop(self, lay, hx, return_states=True)
-        return run_triton(self, lay, hx, route.tier, return_states=True)
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        proj_size: int = 0,
-        device=None,
-        dtype=None,
-        *,
-        backend: str = "auto",
-        allow_tf32: bool | None = None,
-    ) -> None:
-        super().__init__(
-            "LSTM",
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            proj_size,
-            device=device,
-            dtype=dtype,
-            backend=backend,
-            allow_tf32=allow_tf32,
-        )
+        decision = self.backend_decision(input, hx, return_states=True).check(self)
+        return self._run(input, hx, decision, return_states=True)
 
 
-class GRU(_RecurrentBase):
+class GRU(RecurrentBase):
     """Drop-in for :class:`torch.nn.GRU` (gate order r, z, n; reset gate after the matmul).
 
-    Shapes as :class:`RNN`.
+    Constructor as ``torch.nn.GRU`` plus the keyword-only options of :class:`RNN`; shapes as
+    :class:`RNN`.
 
     Example::
 
@@ -437,47 +418,23 @@ class GRU(_RecurrentBase):
 
     _twin = nn.GRU
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device=None,
-        dtype=None,
-        *,
-        backend: str = "auto",
-        allow_tf32: bool | None = None,
-    ) -> None:
-        super().__init__(
-            "GRU",
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            device=device,
-            dtype=dtype,
-            backend=backend,
-            allow_tf32=allow_tf32,
-        )
+    def __init__(self, *args, **kwargs) -> None:
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
 
 
-class Recurrent(_RecurrentBase):
+class Recurrent(RecurrentBase):
     """A recurrent layer of any registered cell, named by its mode (``fastrnn.kernels.cells``):
     what a cell without a ``torch.nn`` twin gets by registration alone.
 
     Constructor as :class:`torch.nn.GRU` with the mode first (``proj_size`` for cells with a
-    projection); parameters as ``torch.nn``'s with ``G * hidden_size`` rows (``G`` the cell's gate
-    count); shapes, ``PackedSequence``/unbatched/``batch_first`` input and outputs as
-    ``torch.nn.GRU`` (``torch.nn.LSTM`` for a cell with a cell state).  Backends: ``triton`` runs
-    the kernels; ``torch`` (and ``auto`` on the CPU) the cell's plain-PyTorch reference step loop
-    (:func:`fastrnn.reference.stack_forward`); ``auto`` takes the kernels wherever they run.
+    projection) plus the keyword-only options of :class:`RNN`; parameters as ``torch.nn``'s with
+    ``G * hidden_size`` rows (``G`` the cell's gate count); shapes, ``PackedSequence``/unbatched/
+    ``batch_first`` input and outputs as ``torch.nn.GRU`` (``torch.nn.LSTM`` for a cell with a cell
+    state).  Backends: ``triton`` runs the kernels; ``torch`` (and ``auto`` on the CPU) the cell's
+    plain-PyTorch reference step loop (:func:`fastrnn.reference.stack_forward`); ``auto`` takes the
+    kernels wherever they run.
 
     Example::
 
@@ -485,20 +442,16 @@ class Recurrent(_RecurrentBase):
         out, (h_n, c_n) = layer(torch.randn(5, 3, 8))
     """
 
-    def __init__(
-        self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-        batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-        device=None, dtype=None, *, backend: str = "auto", allow_tf32: bool | None = None,
-    ) -> None:  # fmt: skip
+    _beyond_torch_nn = True
+
+    def __init__(self, mode: str, *args, **kwargs) -> None:
         if cells.get(mode).extended:
             raise ValueError(
                 f"cell {mode!r} takes per-unit parameters: use its own module (e.g. fastrnn.LayerNormLSTM)"
             )
-        extra = (proj_size,) if proj_size else ()  # torch.nn's RNN/GRU constructors take none
-        super().__init__(
-            mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, *extra,
-            device=device, dtype=dtype, backend=backend, allow_tf32=allow_tf32,
-        )  # fmt: skip
+        if not kwargs.get("proj_size", 0):  # torch.nn's RNN/GRU constructors take none
+            kwargs.pop("proj_size", None)
+        super().__init__(mode, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"{self.mode!r}, " + super().extra_repr()
@@ -506,11 +459,8 @@ class Recurrent(_RecurrentBase):
     def forward(self, input, hx=None, *, return_states: bool = False):
         """``(output, h_n)`` (``(output, (h_n, c_n))`` for a cell with a cell state), and with
         ``return_states`` every step's cell state (see :meth:`fastrnn.LSTM.forward`)."""
-        route = dispatch.route_beyond_torch_nn(self, input)
-        lay = layout(self, input)
-        if route.backend == "torch":
-            return run_loop(self, lay, hx, return_states=return_states)
-        return run_triton(self, lay, hx, route.tier, return_states=return_states)
+        decision = self.backend_decision(input, hx, return_states=return_states).check(self)
+        return self._run(input, hx, decision, return_states=return_states)
 
 
 def run_torch(module: nn.RNNBase, input, hx=None):
@@ -520,7 +470,7 @@ def run_torch(module: nn.RNNBase, input, hx=None):
     own (a subclass, a cell without a ``torch.nn`` twin) -- is called as a module and decides for
     itself, as any module call does."""
     forward = type(module).forward
-    plain = forward is _RecurrentBase.forward or forward is LSTM.forward
+    plain = forward is RecurrentBase.forward or forward is LSTM.forward
     if plain and module._twin is not None and not _call_does_more(module):
         return module._twin.forward(module, input, hx)
     return module(input, hx)
@@ -538,10 +488,10 @@ def _call_does_more(module: nn.Module) -> bool:
 
 
 #: Cell family -> its fastrnn module (the one place that names them).
-FAMILIES: dict[str, type[_RecurrentBase]] = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}
+FAMILIES: dict[str, type[RecurrentBase]] = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}
 
 #: torch.nn class -> fastrnn twin (exact classes: subclasses may override forward).
-FAST_TWINS: dict[type, type[_RecurrentBase]] = {cells.families()[f]: cls for f, cls in FAMILIES.items()}
+FAST_TWINS: dict[type, type[RecurrentBase]] = {cells.families()[f]: cls for f, cls in FAMILIES.items()}
 
 
 def resolve(mode: str, nonlinearity: str | None = None) -> cells.Cell:
@@ -608,7 +558,7 @@ def rebuild_sharing_parameters(module: nn.RNNBase, cls: type, **extra) -> nn.RNN
     return twin
 
 
-def fast_twin(module: nn.RNNBase, *, backend: str = "auto") -> _RecurrentBase:
+def fast_twin(module: nn.RNNBase, *, backend: str = "auto") -> RecurrentBase:
     """A fastrnn module configured like ``module`` that shares its very parameter tensors.
 
     ``module`` is an ``nn.RNN``/``nn.LSTM``/``nn.GRU`` (or a fastrnn module); the result keeps its
@@ -619,7 +569,7 @@ def fast_twin(module: nn.RNNBase, *, backend: str = "auto") -> _RecurrentBase:
 
         fast = fast_twin(torch.nn.LSTM(8, 16))
     """
-    cls = FAST_TWINS.get(type(module)) or (type(module) if isinstance(module, _RecurrentBase) else None)
+    cls = FAST_TWINS.get(type(module)) or (type(module) if isinstance(module, RecurrentBase) else None)
     if cls is None:
         raise TypeError(f"fast_twin: expected nn.RNN, nn.LSTM or nn.GRU, got {type(module).__name__}")
     return rebuild_sharing_parameters(module, cls, backend=backend, allow_tf32=getattr(module, "allow_tf32", None))

@@ -11,8 +11,16 @@ where ``dG_h`` is the gradient of the gates' recurrent parts: ``d_gx``, except f
 inner-bias gates (GRU's n: ``r * (W_hn h + b_hn)``), whose recurrent part has its own gradient.
 The input projection ``gx = x W_ih^T + b`` stays outside (ordinary autograd: one GEMM forward,
 two backward), so ``dW_ih``/``dx`` are whole-sequence GEMMs too.  Nothing here knows a cell: it
-reads the cell's spec (:mod:`fastrnn.kernels.cells`).  The kernel tier is chosen once per call
-(by the dispatcher) and handed down as ``tier``.
+reads the cell's spec (:mod:`fastrnn.kernels.cells`).  How each layer runs -- its tier, the fp32
+dot precision and the launch configurations -- is decided once per call (by the dispatcher, or
+:func:`fastrnn.kernels.tiers.plan_stack` for the functional API) and handed down as a
+:class:`~fastrnn.kernels.tiers.LayerPlan`, which crosses the custom ops as its string ``key``.
+
+**Eager calls without autograd** (``torch.no_grad()``, or no input that needs a gradient), outside
+``torch.compile``, a ``TorchDispatchMode``/``TorchFunctionMode``, functorch transforms and the
+profiler, call the ops' implementation directly instead of going through the dispatcher: the same
+function with the same arguments, without the dispatcher's per-call host time (a one-token decoder
+step is nothing but host time).  Everywhere else the ops are called as registered.
 """
 
 from __future__ import annotations
@@ -21,23 +29,21 @@ import inspect
 
 import torch
 
-from .kernels import cells
+from .kernels import cells, tiers
 from .kernels.call import Gradients, RecurrenceCall, backward_shapes, forward_shapes
 from .kernels.common import acc_dtype
 
 
-def _plan(call: RecurrenceCall, tier: int, kernel: str):
-    from .kernels import tiers
-
-    P = call.w_hr.shape[0] if call.w_hr is not None else 0
-    smem = tiers.smem_per_block(call.device)
-    return tiers.plan(call.mode, call.H, P, call.dtype, tier, kernel, smem, call.allow_tf32)
-
-
-def _tier(number: int):
-    from .kernels import tiers
-
-    return tiers.get_tier(number)
+def _direct() -> bool:
+    """Whether an op may be called as its implementation, skipping the dispatcher (module doc):
+    plain eager execution, nothing that intercepts ops."""
+    return not (
+        torch.compiler.is_compiling()
+        or torch._C._len_torch_dispatch_stack()
+        or torch._C._is_torch_function_mode_enabled()
+        or torch._C._are_functorch_transforms_active()
+        or torch.autograd.profiler._is_profiler_enabled
+    )
 
 
 def _recurrent_weight_grad(
@@ -115,8 +121,7 @@ def _recurrence_fwd(
     w_hr: torch.Tensor | None,
     reverse: int,
     save: int,
-    allow_tf32: int,
-    tier: int,
+    plan: str,
     states: int = 0,
     params: torch.Tensor | None = None,
     zoneout_mask: torch.Tensor | None = None,
@@ -125,27 +130,35 @@ def _recurrence_fwd(
     """``(out (T,B,P), h_n (B,P), c_n (B,H) | empty, saved (T,B,S*H) | empty, m (T,B,H) | empty,
     cs (T,B,H) | empty)`` (:func:`fastrnn.kernels.call.forward_shapes`).
 
-    ``tier``: a registered tier (:func:`fastrnn.kernels.tiers.choose_tier`); every tier saves the
-    same tensors.  Extended cells (:mod:`fastrnn.kernels.cells`): ``params`` (NPRM*H,) their
-    parameter vectors; zoneout by a ``zoneout_mask`` (T, B, H) of keep decisions (training) or a
-    ``zoneout_keep`` probability in [0, 1] (evaluation; negative: no zoneout)."""
-    call = _forward_call(_FWD.bind(**locals()))
-    res = _tier(tier).forward(call, gx, _plan(call, tier, "fwd").config)
+    ``plan``: the layer's :attr:`~fastrnn.kernels.tiers.LayerPlan.key` (its tier and launch
+    configurations; every tier saves the same tensors).  Extended cells
+    (:mod:`fastrnn.kernels.cells`): ``params`` (NPRM*H,) their parameter vectors; zoneout by a
+    ``zoneout_mask`` (T, B, H) of keep decisions (training) or a ``zoneout_keep`` probability in
+    [0, 1] (evaluation; negative: no zoneout)."""
+    layer = tiers.from_key(plan)
+    call = _forward_call(locals(), layer)
+    res = tiers.get_tier(layer.tier).forward(call, gx, layer.forward)
     return _op_outputs(vars(res), forward_shapes(call), gx)
 
 
 _FWD = inspect.signature(_recurrence_fwd)
 
 
-def _forward_call(bound: inspect.BoundArguments) -> RecurrenceCall:
-    """The :class:`RecurrenceCall` of ``recurrence_fwd``'s bound arguments."""
-    bound.apply_defaults()
-    a = bound.arguments
+def _forward_call(a: dict, layer: tiers.LayerPlan) -> RecurrenceCall:
+    """The :class:`RecurrenceCall` of ``recurrence_fwd``'s arguments (by name)."""
     return RecurrenceCall(
         a["mode"], a["gx"].shape[0], a["gx"].shape[1], a["w_hh"], a["h0"], a["c0"], a["lengths"], a["b_hh"],
-        a["w_hr"], bool(a["reverse"]), bool(a["save"]), bool(a["allow_tf32"]), bool(a["states"]), a["params"],
+        a["w_hr"], bool(a["reverse"]), bool(a["save"]), layer.precision, bool(a["states"]), a["params"],
         _zoneout(a["zoneout_mask"], a["zoneout_keep"]),
     )  # fmt: skip
+
+
+def _bound(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
+    """An op's arguments by name, defaults filled in (the fake implementations and the autograd
+    context, which get them positionally)."""
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    return bound.arguments
 
 
 recurrence_fwd = torch.library.custom_op("fastrnn::recurrence_fwd", _recurrence_fwd, mutates_args=())
@@ -153,8 +166,8 @@ recurrence_fwd = torch.library.custom_op("fastrnn::recurrence_fwd", _recurrence_
 
 @recurrence_fwd.register_fake
 def _(*args, **kwargs):
-    bound = _FWD.bind(*args, **kwargs)
-    return _fake(forward_shapes(_forward_call(bound)), bound.arguments["gx"])
+    a = _bound(_FWD, args, kwargs)
+    return _fake(forward_shapes(_forward_call(a, tiers.from_key(a["plan"]))), a["gx"])
 
 
 def _fake(shapes: dict, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -176,8 +189,7 @@ def _recurrence_bwd(
     lengths: torch.Tensor | None,
     w_hr: torch.Tensor | None,
     reverse: int,
-    allow_tf32: int,
-    tier: int,
+    plan: str,
     d_cs: torch.Tensor | None = None,
     params: torch.Tensor | None = None,
     zoneout_mask: torch.Tensor | None = None,
@@ -188,23 +200,22 @@ def _recurrence_bwd(
     ``d_cs`` (T,B,H) is the gradient of every step's ``c_t`` (forwards that returned them),
     ``params``/``zoneout_*`` those of the forward (extended cells, whose ``d_prm`` is each step's
     share of the parameters' gradient)."""
-    call, grads = _backward_call(_BWD.bind(**locals()))
-    res = _tier(tier).backward(call, grads, _plan(call, tier, "bwd").config)
+    layer = tiers.from_key(plan)
+    call, grads = _backward_call(locals(), layer)
+    res = tiers.get_tier(layer.tier).backward(call, grads, layer.backward)
     return _op_outputs(vars(res), backward_shapes(call), out)
 
 
 _BWD = inspect.signature(_recurrence_bwd)
 
 
-def _backward_call(bound: inspect.BoundArguments) -> tuple[RecurrenceCall, Gradients]:
+def _backward_call(a: dict, layer: tiers.LayerPlan) -> tuple[RecurrenceCall, Gradients]:
     """The forward's :class:`RecurrenceCall` and the :class:`Gradients` of ``recurrence_bwd``'s
-    bound arguments."""
-    bound.apply_defaults()
-    a = bound.arguments
+    arguments (by name)."""
     out = a["out"]
     call = RecurrenceCall(
         a["mode"], out.shape[0], out.shape[1], a["w_hh"], a["h0"], a["c0"], a["lengths"], None, a["w_hr"],
-        bool(a["reverse"]), True, bool(a["allow_tf32"]), a["d_cs"] is not None, a["params"],
+        bool(a["reverse"]), True, layer.precision, a["d_cs"] is not None, a["params"],
         _zoneout(a["zoneout_mask"], a["zoneout_keep"]),
     )  # fmt: skip
     saved = a["saved"]
@@ -217,16 +228,16 @@ recurrence_bwd = torch.library.custom_op("fastrnn::recurrence_bwd", _recurrence_
 
 @recurrence_bwd.register_fake
 def _(*args, **kwargs):
-    call, grads = _backward_call(_BWD.bind(*args, **kwargs))
+    a = _bound(_BWD, args, kwargs)
+    call, grads = _backward_call(a, tiers.from_key(a["plan"]))
     return _fake(backward_shapes(call), grads.out)
 
 
 def _recurrence_setup(ctx, inputs, output):
-    bound = _FWD.bind(*inputs)
-    call = _forward_call(bound)
-    a = bound.arguments
+    a = _bound(_FWD, inputs, {})
+    call = _forward_call(a, tiers.from_key(a["plan"]))
     out, _, _, saved, m, _ = output
-    ctx.mode, ctx.reverse, ctx.allow_tf32, ctx.tier = call.mode, a["reverse"], a["allow_tf32"], a["tier"]
+    ctx.mode, ctx.reverse, ctx.plan = call.mode, a["reverse"], a["plan"]
     ctx.states, ctx.zoneout_keep, ctx.gx_dtype = call.states, a["zoneout_keep"], a["gx"].dtype
     kept = (call.w_hh, call.h0, call.c0, call.lengths, call.w_hr, out, saved, m, call.b_hh, call.params,
             a["zoneout_mask"])  # fmt: skip
@@ -240,7 +251,7 @@ def _recurrence_backward(ctx, d_out, d_hn, d_cn, _d_saved, _d_m, d_cs):
     cell = cells.get(ctx.mode)
     d_gx, d_gh_inner, d_h, d_h0, d_c0, d_prm = recurrence_bwd(
         ctx.mode, d_out, d_hn, d_cn if cell.has_cell_state else None, out, saved, w_hh, h0, c0, lengths, w_hr,
-        ctx.reverse, ctx.allow_tf32, ctx.tier, d_cs if ctx.states and cell.has_cell_state else None, params,
+        ctx.reverse, ctx.plan, d_cs if ctx.states and cell.has_cell_state else None, params,
         zoneout_mask, ctx.zoneout_keep,
     )  # fmt: skip
     d_gh = d_gh_inner if cell.extended else _recurrent_part_grad(cell, d_gx, d_gh_inner)
@@ -281,13 +292,13 @@ def recurrence(
     b_hh: torch.Tensor | None = None,
     w_hr: torch.Tensor | None = None,
     reverse: bool = False,
-    allow_tf32: bool = False,
-    tier: int = 1,
+    plan: tiers.LayerPlan | None = None,
     return_states: bool = False,
     params: torch.Tensor | None = None,
     zoneout: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Differentiable recurrence of one layer/direction on the Triton kernels of ``tier``.
+    """Differentiable recurrence of one layer/direction on the Triton kernels, as ``plan`` says
+    (:class:`~fastrnn.kernels.tiers.LayerPlan`; ``None``: tier 1 with IEEE fp32 dots).
 
     ``gx`` (T, B, G*H) is the input projection with every bias but the inner-bias gates'
     recurrent ones folded in; ``b_hh`` (G*H,) is the recurrent bias, of which the kernels read
@@ -306,9 +317,13 @@ def recurrence(
     states = int(return_states and cell.has_cell_state)
     mask = zoneout if isinstance(zoneout, torch.Tensor) else None
     keep = float(zoneout) if zoneout is not None and mask is None else -1.0
-    out, h_n, c_n, _, _, cs = recurrence_fwd(
-        mode, gx, w_hh, h0, c0, lengths, b_hh, w_hr, int(reverse), int(needs_grad), int(allow_tf32), tier, states,
-        params, mask, keep,
+    if plan is None:
+        P = w_hr.shape[0] if w_hr is not None else 0
+        plan = tiers.plan_layer(mode, w_hh.shape[0] // cell.G, P, w_hh.dtype, 1, tiers.smem_per_block(w_hh.device))
+    op = _recurrence_fwd if not needs_grad and _direct() else recurrence_fwd
+    out, h_n, c_n, _, _, cs = op(
+        mode, gx, w_hh, h0, c0, lengths, b_hh, w_hr, int(reverse), int(needs_grad), plan.key, states, params, mask,
+        keep,
     )  # fmt: skip
     c_n = c_n if cell.has_cell_state else None
     if return_states:
@@ -320,17 +335,17 @@ def recurrence(
 # Fused embedding + first-layer input projection
 
 
-@torch.library.custom_op("fastrnn::embedding_projection", mutates_args=())
-def embedding_projection_op(
+def _embedding_projection(
     ids: torch.Tensor,
     emb: torch.Tensor,
     w: torch.Tensor,
     b: torch.Tensor | None,
     padding_idx: int,
     strategy: str,
-    allow_tf32: int,
+    precision: str,
 ) -> torch.Tensor:
-    """``E[ids] @ W^T + b`` (N, M) without an (N, K) tensor of embeddings.
+    """``E[ids] @ W^T + b`` (N, M) without an (N, K) tensor of embeddings, fp32 dots in
+    ``precision`` (:data:`fastrnn.kernels.tiers.PRECISIONS`).
 
     By ``strategy``: ``"table"`` projects the whole vocabulary once (``E W^T + b``, ``(V, M)``) and
     gathers rows; ``"gather_gemm"`` runs a GEMM whose A-rows are read from ``E`` by id
@@ -341,11 +356,15 @@ def embedding_projection_op(
         return torch.nn.functional.linear(emb, w, b)[ids]
     from .kernels.embedding import gather_gemm
 
-    return gather_gemm(ids, emb, w, b, allow_tf32=bool(allow_tf32))
+    return gather_gemm(ids, emb, w, b, precision=precision)
+
+
+embedding_projection_op = torch.library.custom_op("fastrnn::embedding_projection", _embedding_projection,
+                                                  mutates_args=())  # fmt: skip
 
 
 @embedding_projection_op.register_fake
-def _(ids, emb, w, b, padding_idx, strategy, allow_tf32):
+def _(ids, emb, w, b, padding_idx, strategy, precision):
     return emb.new_empty((ids.shape[0], w.shape[0]))
 
 
@@ -386,10 +405,12 @@ def embedding_projection(
     *,
     padding_idx: int | None = None,
     strategy: str = "table",
-    allow_tf32: bool = False,
+    precision: str = "ieee",
 ) -> torch.Tensor:
     """Differentiable ``E[ids] @ W^T + b`` for ``ids`` ``(N,)`` int64, ``E`` ``(V, K)``,
     ``W`` ``(M, K)``; returns ``(N, M)``.  The ``padding_idx`` row of ``E`` gets no gradient, as
     with ``nn.Embedding``.  See :func:`embedding_projection_op`."""
     pad = -1 if padding_idx is None else padding_idx % emb.shape[0]
-    return embedding_projection_op(ids, emb, w, b, pad, strategy, int(allow_tf32))
+    direct = _direct() and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (emb, w, b)))
+    op = _embedding_projection if direct else embedding_projection_op
+    return op(ids, emb, w, b, pad, strategy, precision)

@@ -47,7 +47,7 @@ class RecurrenceCall:
     w_hr: torch.Tensor | None = None  # (P, H) projected LSTM
     reverse: bool = False  # each sequence from its last valid step to its first
     save: bool = True  # the forward also writes what the backward reads
-    allow_tf32: bool = False  # fp32 dots on tensor cores
+    precision: str = "ieee"  # fp32 dots: "ieee", "tf32x3" or "tf32" (:data:`.tiers.PRECISIONS`)
     states: bool = False  # the forward also writes every step's cell state c_t
     params: torch.Tensor | None = None  # (NPRM*H,) extended cells' parameter vectors
     zoneout: torch.Tensor | float | None = None  # (T, B, H) keep mask, a keep probability, or None

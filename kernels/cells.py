@@ -203,6 +203,14 @@ def family_mode(family: str, nonlinearity: str | None = None) -> str:
                      + f"; known: {', '.join(known)}")  # fmt: skip
 
 
+def rnn_mode(nonlinearity: str) -> str:
+    """The RNN family's cell for ``nonlinearity``, with torch.nn's error for an unknown one."""
+    options = [c.twin_kwargs["nonlinearity"] for c in CELLS.values() if c.family == "RNN"]
+    if nonlinearity not in options:
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from {' or '.join(map(repr, options))}.")
+    return family_mode("RNN", nonlinearity)
+
+
 def families() -> dict[str, type[nn.RNNBase]]:
     """Family name -> its ``torch.nn`` class, for the cells that have one."""
     return {c.family: c.twin for c in CELLS.values() if c.twin is not None}

@@ -252,9 +252,11 @@ def tl_acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def precision(dtype: torch.dtype, allow_tf32: bool) -> str:
-    """``tl.dot``'s ``input_precision``: TF32 only when asked for and fp32, else IEEE."""
-    return "tf32" if (allow_tf32 and dtype == torch.float32) else "ieee"
+def precision(dtype: torch.dtype, fp32_precision: str) -> str:
+    """``tl.dot``'s ``input_precision``: the call's ``fp32_precision`` (``"ieee"``, ``"tf32x3"``,
+    ``"tf32"``: :data:`fastrnn.kernels.tiers.PRECISIONS`) for fp32 operands, IEEE for every other
+    dtype (16-bit operands multiply exactly on tensor cores; fp64 has only IEEE)."""
+    return fp32_precision if dtype == torch.float32 else "ieee"
 
 
 def upcast_dot(dtype: torch.dtype) -> bool:

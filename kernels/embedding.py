@@ -15,6 +15,8 @@ import triton
 import triton.language as tl
 
 from . import _runtime
+from .common import Launch
+from .common import precision as fp32_precision
 
 
 @triton.jit(do_not_specialize=["N"])  # N = T*B tokens: one compiled kernel for every shape
@@ -56,13 +58,14 @@ def _gather_gemm_kernel(
 
 
 def gather_gemm(
-    ids: torch.Tensor, emb: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, *, allow_tf32: bool = False
+    ids: torch.Tensor, emb: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, *, precision: str = "ieee"
 ) -> torch.Tensor:
     """``emb[ids] @ w.T + b`` without materialising ``emb[ids]``.
 
     Args:
         ids: ``(N,)`` int64 token ids, every one in ``[0, V)``.
         emb: ``(V, K)`` embedding table.  w: ``(M, K)``.  b: ``(M,)`` or ``None``.
+        precision: fp32 dots (``"ieee"``, ``"tf32x3"``, ``"tf32"``; other dtypes ignore it).
 
     Returns:
         ``(N, M)`` in ``emb``'s dtype.
@@ -81,13 +84,19 @@ def gather_gemm(
     block_k = max(16, min(64, triton.next_power_of_2(K)))
     acc = tl.float64 if emb.dtype == torch.float64 else tl.float32
     grid = (triton.cdiv(N, block_n), triton.cdiv(M, block_m))
-    _gather_gemm_kernel[grid](
-        ids, emb, emb.stride(0), emb.stride(1), w, w.stride(0), w.stride(1),
-        b if b is not None else w, out, out.stride(0),
-        N, K, M,
-        HAS_BIAS=b is not None, BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_K=block_k,
-        PRECISION="tf32" if (allow_tf32 and emb.dtype == torch.float32) else "ieee",
-        ACC=acc, UPCAST_DOT=_runtime.INTERPRET and emb.dtype == torch.bfloat16,
-    )  # fmt: skip
-    _runtime.count_launch("gather_gemm")
+    Launch(
+        _gather_gemm_kernel,
+        grid,
+        (
+            ids, emb, emb.stride(0), emb.stride(1), w, w.stride(0), w.stride(1),
+            b if b is not None else w, out, out.stride(0),
+            N, K, M,
+        ),
+        dict(
+            HAS_BIAS=b is not None, BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_K=block_k,
+            PRECISION=fp32_precision(emb.dtype, precision),
+            ACC=acc, UPCAST_DOT=_runtime.INTERPRET and emb.dtype == torch.bfloat16,
+        ),
+        "gather_gemm",
+    ).run()  # fmt: skip
     return out

@@ -8,7 +8,7 @@ exchange ``h`` through global memory (L2) and wait for each other between steps:
 
 * **tier 2** (persistent): one launch runs the whole sequence; a grid barrier separates steps
   (a per-group arrival counter, ``atomic_add`` with release semantics, a bounded spin with
-  acquire semantics, see :func:`_grid_barrier`).  The launch is cooperative
+  acquire semantics, see :func:`grid_barrier`).  The launch is cooperative
   (``launch_cooperative_grid``) and the grid is sized from the compiled kernel's registers and
   shared memory, so the programs of a group are co-resident; were they not, the bounded spin
   gives up and sets a flag, and every later output is NaN (the launcher raises
@@ -86,7 +86,7 @@ from .tiers import DTYPES, INTERPRETER_MAX_WEIGHT_BYTES
 _RUNTIME_INTS = ["T", "B", "J_BEGIN", "J_END", "N_GROUPS", "MAX_SPIN"]
 
 @triton.jit
-def _grid_barrier(counter_ptr, flag_ptr, target, max_spin):
+def grid_barrier(counter_ptr, flag_ptr, target, max_spin):
     """Arrive at this group's barrier and wait until ``target`` arrivals were counted.
 
     Every program adds 1 per step to its group's counter (release: its stores of this step are
@@ -343,7 +343,7 @@ def _multi_fwd_kernel(
                     tl.store(cbuf_ptr + rows_t[:, None] * s_cb_b + units[None, :], c_t, mask=mask_t)
         if USE_BARRIER:
             if s + 1 < J_END:
-                ok = _grid_barrier(sync_ptr + 32 * pid_g, sync_ptr + 32 * N_GROUPS, n_slices * (s - J_BEGIN + 1),
+                ok = grid_barrier(sync_ptr + 32 * pid_g, sync_ptr + 32 * N_GROUPS, n_slices * (s - J_BEGIN + 1),
                                    spin_budget)
                 spin_budget = tl.where(ok, spin_budget, -1)
     if ONE_TILE and HAS_C:
@@ -561,7 +561,7 @@ def _multi_bwd_kernel(
                 tl.store(dh_ptrs, dh_t, mask=mask_t)
         if USE_BARRIER:
             if s >= 0:
-                ok = _grid_barrier(sync_ptr + 32 * pid_g, sync_ptr + 32 * N_GROUPS, n_slices * (j - J_BEGIN + 1),
+                ok = grid_barrier(sync_ptr + 32 * pid_g, sync_ptr + 32 * N_GROUPS, n_slices * (j - J_BEGIN + 1),
                                    spin_budget)
                 spin_budget = tl.where(ok, spin_budget, -1)
     if ONE_TILE:
@@ -621,12 +621,20 @@ class MultiConfig:
     maxnreg: int
     split_k: int = 1  # resident dots: K split in this many chunks across warps (common.mm_split)
 
-    def with_resident(self, resident: bool, hidden_size: int, dtype: torch.dtype) -> MultiConfig:
-        """This configuration with the weight slice resident (K in one chunk) or streamed in
-        :data:`BLOCK_K_STREAMED` chunks, unsplit (the kernel report's override)."""
-        if resident:
-            return dataclasses.replace(self, resident=True, block_k=pow2(hidden_size))
-        return dataclasses.replace(self, resident=False, block_k=BLOCK_K_STREAMED[element_size(dtype)], split_k=1)
+    def override(self, hidden_size: int, dtype: torch.dtype, **changes: Any) -> MultiConfig:
+        """This configuration with the kernel report's knobs: ``resident`` (the weight slice
+        resident, K in one chunk, or streamed in :data:`BLOCK_K_STREAMED` chunks, unsplit), then
+        ``num_warps`` and ``split_k``."""
+        unknown = set(changes) - {"resident", "num_warps", "split_k"}
+        if unknown:
+            raise ValueError(f"tiers 2/3 have no {', '.join(sorted(unknown))} to override")
+        cfg = self
+        if "resident" in changes:
+            if changes.pop("resident"):
+                cfg = dataclasses.replace(cfg, resident=True, block_k=pow2(hidden_size))
+            else:
+                cfg = dataclasses.replace(cfg, resident=False, block_k=BLOCK_K_STREAMED[element_size(dtype)], split_k=1)
+        return dataclasses.replace(cfg, **changes)
 
     #: The kernels' constexprs of the batch tile, the unit tile and the reduction (K) tile.
     TILE_CONSTEXPRS = ("BLOCK_B", "BLOCK_HS", "BLOCK_K")
@@ -719,11 +727,11 @@ def describe(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) ->
 # launches
 
 
-def _consts(cell: cells.Cell, dtype: torch.dtype, cfg: MultiConfig, allow_tf32: bool) -> dict[str, Any]:
+def _consts(cell: cells.Cell, dtype: torch.dtype, cfg: MultiConfig, fp32_precision: str) -> dict[str, Any]:
     return dict(
         **cell.constexprs(),
         RESIDENT=cfg.resident, BLOCK_B=BLOCK_B, BLOCK_HS=BLOCK_HS, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
-        PRECISION=precision(dtype, allow_tf32), ACC=tl_acc(dtype), UPCAST_DOT=upcast_dot(dtype),
+        PRECISION=precision(dtype, fp32_precision), ACC=tl_acc(dtype), UPCAST_DOT=upcast_dot(dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
     )  # fmt: skip
 
@@ -759,7 +767,7 @@ def forward_launch(call: RecurrenceCall, gx: torch.Tensor, cfg: MultiConfig) -> 
         cs, *strides(cs),
     ]  # fmt: skip
     consts = dict(**flags(bh=bh), IS_VARLEN=call.lengths is not None, REVERSE=call.reverse, SAVE=call.saving,
-                  STORE_C=cs is not None, **_consts(cell, dtype, cfg, call.allow_tf32))  # fmt: skip
+                  STORE_C=cs is not None, **_consts(cell, dtype, cfg, call.precision))  # fmt: skip
     return MultiLaunch(_multi_fwd_kernel, "multi_fwd", args, consts, T, T, B, H), res
 
 
@@ -820,7 +828,7 @@ def backward_launch(call: RecurrenceCall, grads: Gradients, cfg: MultiConfig) ->
         res.d_gh_inner, *strides(res.d_gh_inner),
     ]  # fmt: skip
     consts = dict(**flags(h0=h0, c0=c0, dcs=d_cs), IS_VARLEN=call.lengths is not None, REVERSE=call.reverse,
-                  **_consts(cell, dtype, cfg, call.allow_tf32))  # fmt: skip
+                  **_consts(cell, dtype, cfg, call.precision))  # fmt: skip
     return MultiLaunch(_multi_bwd_kernel, "multi_bwd", args, consts, T + 1, T, B, H), res
 
 
@@ -835,7 +843,7 @@ def multi_bwd(call: RecurrenceCall, grads: Gradients, cfg: MultiConfig, *, tier:
 
 
 def _register(number: int, name: str, rank: float, automatic: bool, compiled, barriers_per_step: int) -> None:
-    def config(mode, hidden_size, proj_size, dtype, kernel, smem_bytes, allow_tf32):
+    def config(mode, hidden_size, proj_size, dtype, kernel, smem_bytes, precision):
         return multi_config(mode, hidden_size, dtype, number, kernel, smem_bytes)
 
     tiers.register(
@@ -843,6 +851,7 @@ def _register(number: int, name: str, rank: float, automatic: bool, compiled, ba
             number=number,
             name=name,
             rank=rank,
+            config_type=MultiConfig,
             unsupported=functools.partial(multi_unsupported, number),
             config=config,
             describe=describe,

@@ -31,6 +31,7 @@ passed as ``None`` (a compile-time constant in Triton) with their ``HAS_*`` flag
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -451,6 +452,13 @@ class Tier1Config:
         """Bytes of recurrent weights one program holds on chip."""
         return weight_bytes(mode, hidden_size, proj_size, dtype)
 
+    def override(self, hidden_size: int, dtype: torch.dtype, **changes: Any) -> Tier1Config:
+        """This configuration with the kernel report's knobs (``num_warps``, ``block_b``, ``split_k``)."""
+        unknown = set(changes) - {"num_warps", "block_b", "split_k"}
+        if unknown:
+            raise ValueError(f"tier 1 has no {', '.join(sorted(unknown))} to override")
+        return dataclasses.replace(self, **changes)
+
 
 def tiles(hidden_size: int, proj_size: int, dtype: torch.dtype) -> tuple[int, int]:
     """``(BLOCK_H, BLOCK_P)`` of tier 1.  A 16-wide 16-bit projection dot makes Triton put every
@@ -523,15 +531,15 @@ def tier1_unsupported(
 
 
 def tier1_config(
-    mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, allow_tf32: bool = False
+    mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, precision: str = "ieee"
 ) -> Tier1Config:
     """Tile sizes, warps and K split of tier 1 (kernels/NOTES.md, "Tier 1"): 16 sequences per
     program (the smallest dot tile: no spills up to the limit, and the most programs); warps by
     on-chip weight bytes -- aligned sizes 4 below 16 KiB, 8 up to 64 KiB, 16 above (half the
     dependent mma per warp per step: the step's serial chain); other sizes 8 from 8 KiB, fp32 16
     from 16 KiB.  fp32 above 48 KiB: RNN (H = 128) 16 warps with its FMA dots' K split in two
-    (K-long rows per thread spill otherwise; with ``allow_tf32`` the dots run on tensor cores and
-    are not split: split in two, triton 3.6 spills them), LSTM (H = 64) 8 warps.  Extended cells
+    (K-long rows per thread spill otherwise; with a TF32 ``precision`` -- ``"tf32"`` or ``"tf32x3"``
+    -- the dots run on tensor cores and are not split: split in two, triton 3.6 spills them), LSTM (H = 64) 8 warps.  Extended cells
     (layer norm) take at least 8 warps."""
     block_h, block_p = tiles(hidden_size, proj_size, dtype)
     nbytes = weight_bytes(mode, hidden_size, proj_size, dtype)
@@ -541,7 +549,7 @@ def tier1_config(
         if dtype == torch.float32 and nbytes > 48 * 1024:
             # RNN H = 128 spills at 8 warps; LSTM H = 64 (triton 3.6 only) spills at 16 warps,
             # split or not, and is clean at 8 (forward 244 registers, backward 128)
-            num_warps, split_k = (16, 1 if allow_tf32 else 2) if cells.get(mode).G == 1 else (8, 1)
+            num_warps, split_k = (16, 1 if precision != "ieee" else 2) if cells.get(mode).G == 1 else (8, 1)
     elif dtype == torch.float32 and nbytes >= 16 * 1024:
         num_warps = 16
     else:
@@ -563,11 +571,11 @@ def describe(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) ->
 # launches
 
 
-def _consts(cell: cells.Cell, dtype: torch.dtype, cfg: Tier1Config, allow_tf32: bool) -> dict[str, Any]:
+def _consts(cell: cells.Cell, dtype: torch.dtype, cfg: Tier1Config, fp32_precision: str) -> dict[str, Any]:
     return dict(
         **cell.constexprs(),
         BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_P=cfg.block_p, SPLIT_K=cfg.split_k,
-        PRECISION=precision(dtype, allow_tf32), ACC=tl_acc(dtype), UPCAST_DOT=upcast_dot(dtype),
+        PRECISION=precision(dtype, fp32_precision), ACC=tl_acc(dtype), UPCAST_DOT=upcast_dot(dtype),
         num_warps=cfg.num_warps,
     )  # fmt: skip
 
@@ -610,7 +618,7 @@ def forward_launch(call: RecurrenceCall, gx: torch.Tensor, cfg: Tier1Config) -> 
             **flags(bh=bh, h0=h0, c0=c0, proj=call.w_hr),
             IS_VARLEN=call.lengths is not None, REVERSE=call.reverse, SAVE=call.saving, SAVE_M=m is not None,
             STORE_C=cs is not None, ZONEOUT=zoneout_kind,
-            **_consts(cell, dtype, cfg, call.allow_tf32),
+            **_consts(cell, dtype, cfg, call.precision),
         ),  # fmt: skip
         "recurrent_fwd",
     )
@@ -683,7 +691,7 @@ def backward_launch(call: RecurrenceCall, grads: Gradients, cfg: Tier1Config) ->
         dict(
             **flags(h0=h0, c0=c0, proj=call.w_hr, dcs=d_cs),
             IS_VARLEN=call.lengths is not None, REVERSE=call.reverse, ZONEOUT=zoneout_kind,
-            **_consts(cell, dtype, cfg, call.allow_tf32),
+            **_consts(cell, dtype, cfg, call.precision),
         ),  # fmt: skip
         "recurrent_bwd",
     )
@@ -706,8 +714,8 @@ def recurrent_bwd(call: RecurrenceCall, grads: Gradients, cfg: Tier1Config) -> B
 
 
 def _config(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, kernel: str, smem_bytes: int | None,
-            allow_tf32: bool) -> Tier1Config:  # fmt: skip
-    return tier1_config(mode, hidden_size, proj_size, dtype, allow_tf32)
+            precision: str) -> Tier1Config:  # fmt: skip
+    return tier1_config(mode, hidden_size, proj_size, dtype, precision)
 
 
 tiers.register(
@@ -715,6 +723,7 @@ tiers.register(
         number=1,
         name="single program",
         rank=1,
+        config_type=Tier1Config,
         unsupported=tier1_unsupported,
         config=_config,
         describe=describe,

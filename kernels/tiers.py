@@ -17,11 +17,12 @@ installed Triton release's measurements (:mod:`.releases`); how they were measur
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -38,16 +39,53 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # The registry of tiers and the choice
 
 
+#: The precisions of fp32 dots (``tl.dot``'s ``input_precision``); other dtypes ignore it.
+#: ``"ieee"``: IEEE fp32 FMA; ``"tf32x3"``: three TF32 products (about fp32's accuracy on tensor
+#: cores); ``"tf32"``: one TF32 product (10-bit mantissa).  docs/numerics.md says when each applies.
+PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+
+@runtime_checkable
+class TierConfig(Protocol):
+    """What every tier's launch configuration offers (a frozen dataclass of ints, bools and
+    strings, so that a :class:`LayerPlan` can be written as a string and read back).
+
+    The kernel report reads a configuration only through this interface:
+
+    * ``TILE_CONSTEXPRS``: the kernels' constexprs of the batch tile, the unit tile and the
+      reduction (K) tile, in that order;
+    * ``tiles()``: those tiles as the report's rows name them (``block_b``, ``block_h``,
+      ``block_p``, and anything else the tier wants shown);
+    * ``k_trips(hidden_size)``: passes over the program's weights per step (1: all on chip);
+    * ``on_chip_bytes(mode, hidden_size, proj_size, dtype)``: recurrent weight bytes a program
+      holds on chip;
+    * ``override(hidden_size, dtype, **changes)``: this configuration with the report's
+      exploration knobs applied (``num_warps``, ``block_b``, ``split_k``, ``resident``; a knob the
+      tier does not have raises ``ValueError``).
+    """
+
+    TILE_CONSTEXPRS: ClassVar[tuple[str, ...]]
+
+    def tiles(self) -> dict[str, Any]: ...
+
+    def k_trips(self, hidden_size: int) -> int: ...
+
+    def on_chip_bytes(self, mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> int: ...
+
+    def override(self, hidden_size: int, dtype: torch.dtype, **changes: Any) -> TierConfig: ...
+
+
 @dataclass(frozen=True)
 class Tier:
     """A kernel tier as the rest of fastrnn sees it.  Its kernel file registers it
-    (:func:`register`); :func:`choose_tier`, :func:`plan`, ``fastrnn.ops`` and the kernel report
-    only go through this record.
+    (:func:`register`); :func:`choose_tier`, :func:`plan_layer`, ``fastrnn.ops`` and the kernel
+    report only go through this record.
 
     * ``unsupported(mode, hidden_size, proj_size, dtype, interpreted) -> str | None``: why it
       cannot run a layer (``None``: it can);
-    * ``config(mode, hidden_size, proj_size, dtype, kernel, smem_bytes, allow_tf32)``: its launch
-      configuration for ``kernel`` (``"fwd"``/``"bwd"``), a frozen dataclass;
+    * ``config(mode, hidden_size, proj_size, dtype, kernel, smem_bytes, precision)``: its launch
+      configuration for ``kernel`` (``"fwd"``/``"bwd"``), an instance of ``config_type`` (a frozen
+      dataclass following :class:`TierConfig`);
     * ``describe(mode, hidden_size, proj_size, dtype) -> str``: what :func:`choose_tier` says when
       it picks this tier;
     * ``forward(call, gx, cfg) -> ForwardResult`` and ``backward(call, grads, cfg) ->
@@ -58,14 +96,12 @@ class Tier:
     * ``rank``: the order :func:`choose_tier` tries tiers in (lowest first); ``automatic=False``:
       only forced (``FASTRNN_TIER``) or as another tier's fallback;
     * ``barriers_per_step``: grid-wide barriers on each step's chain (the kernel report's estimate).
-
-    Its configuration type names its tiles for the report: ``TILE_CONSTEXPRS``, ``tiles()``,
-    ``k_trips(hidden_size)`` and ``on_chip_bytes(mode, hidden_size, proj_size, dtype)``.
     """
 
     number: int
     name: str
     rank: float
+    config_type: type
     unsupported: Callable[..., str | None]
     config: Callable[..., Any]
     describe: Callable[..., str]
@@ -82,13 +118,28 @@ _TIERS: dict[int, Tier] = {}
 
 
 def register(tier: Tier) -> Tier:
-    """Add ``tier`` to the registry (its kernel file calls this at import)."""
+    """Add ``tier`` to the registry (its kernel file calls this at import).  Its configuration
+    type must be a frozen dataclass following :class:`TierConfig`."""
+    cls = tier.config_type
+    if not (dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):
+        raise TypeError(f"tier {tier.number}: config_type {cls.__name__} must be a frozen dataclass")
+    missing = [name for name in ("TILE_CONSTEXPRS", "tiles", "k_trips", "on_chip_bytes", "override")
+               if not hasattr(cls, name)]  # fmt: skip
+    if missing:
+        raise TypeError(f"tier {tier.number}: config_type {cls.__name__} lacks {', '.join(missing)} (TierConfig)")
     _TIERS[tier.number] = tier
+    _registered_tiers.cache_clear()
+    plan_layer.cache_clear()
     return tier
 
 
 def registered() -> dict[int, Tier]:
     """Every registered tier by number, in :attr:`Tier.rank` order."""
+    return _registered_tiers()
+
+
+@functools.cache
+def _registered_tiers() -> dict[int, Tier]:
     import importlib
 
     from .sources import TIER_MODULES
@@ -150,21 +201,101 @@ def choose_tier(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
 
 
 @dataclass(frozen=True)
-class Plan:
-    """How one layer (and direction) runs: its tier and that tier's launch configuration."""
+class LayerPlan:
+    """How one layer and direction runs: its tier, the fp32 dot precision and the tier's launch
+    configuration of the forward and of the backward kernel.  Decided once per call (by
+    ``fastrnn.dispatch``, or :func:`plan_stack` for the functional API) and handed down unchanged
+    to ``fastrnn.ops`` and the tier; it crosses the custom ops as its :attr:`key`, a string
+    (:func:`from_key` reads it back), so that a compiled graph carries it as a constant."""
 
     tier: int
-    config: Any
+    precision: str
+    forward: Any
+    backward: Any
+
+    def config(self, kernel: str) -> Any:
+        """The launch configuration of ``kernel`` (``"fwd"``/``"bwd"``)."""
+        return self.forward if kernel == "fwd" else self.backward
+
+    @property
+    def key(self) -> str:
+        """The plan as a string: ``"tier|precision|forward fields|backward fields"``."""
+        key = self.__dict__.get("_key")
+        if key is None:
+            key = f"{self.tier}|{self.precision}|{_encode(self.forward)}|{_encode(self.backward)}"
+            object.__setattr__(self, "_key", key)
+            _BY_KEY.setdefault(key, self)
+        return key
 
 
-def plan(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, tier: int, kernel: str = "fwd",
-         smem_bytes: int | None = None, allow_tf32: bool = False) -> Plan:  # fmt: skip
-    """The launch configuration of ``tier`` for this layer's ``kernel`` (``"fwd"``/``"bwd"``) on a
-    device with ``smem_bytes`` of shared memory per block (:func:`smem_per_block`; ``None``:
-    sm_90's), fp32 dots on tensor cores with ``allow_tf32``; the tier was chosen by
-    :func:`choose_tier`, once per call, and handed down."""
-    config = get_tier(tier).config(mode, hidden_size, proj_size, dtype, kernel, smem_bytes, allow_tf32)
-    return Plan(tier, config)
+_BY_KEY: dict[str, LayerPlan] = {}
+
+
+def _encode(config: Any) -> str:
+    return ",".join(f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config))
+
+
+def _decode_value(text: str, annotation: str) -> Any:
+    if annotation == "bool":
+        return text == "True"
+    if annotation == "int":
+        return int(text)
+    if annotation == "float":
+        return float(text)
+    return text
+
+
+def from_key(key: str) -> LayerPlan:
+    """The :class:`LayerPlan` whose :attr:`~LayerPlan.key` is ``key`` (read back from the string
+    when this process has not made it: a compiled graph from another process)."""
+    plan = _BY_KEY.get(key)
+    if plan is not None:
+        return plan
+    number, precision, fwd, bwd = key.split("|")
+    cls = get_tier(int(number)).config_type
+    types = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in dataclasses.fields(cls)}
+
+    def decode(text: str) -> Any:
+        values = dict(item.split("=", 1) for item in text.split(",")) if text else {}
+        return cls(**{name: _decode_value(v, types[name]) for name, v in values.items()})
+
+    plan = LayerPlan(int(number), precision, decode(fwd), decode(bwd))
+    _BY_KEY[key] = plan
+    return plan
+
+
+@functools.lru_cache(maxsize=1024)
+def plan_layer(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, tier: int,
+               smem_bytes: int | None = None, precision: str = "ieee") -> LayerPlan:  # fmt: skip
+    """The :class:`LayerPlan` of ``tier`` for this layer on a device with ``smem_bytes`` of shared
+    memory per block (:func:`smem_per_block`; ``None``: sm_90's), fp32 dots in ``precision``
+    (:data:`PRECISIONS`)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    make = get_tier(tier).config
+    args = (mode, hidden_size, proj_size, dtype)
+    plan = LayerPlan(
+        tier, precision, make(*args, "fwd", smem_bytes, precision), make(*args, "bwd", smem_bytes, precision)
+    )
+    plan.key  # noqa: B018  (interned under its key)
+    return plan
+
+
+def plan_stack(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, *, layers: int, directions: int,
+               device: torch.device | None, precision: str, interpreted: bool) -> tuple[LayerPlan, ...]:  # fmt: skip
+    """One :class:`LayerPlan` per layer and direction (``layer * directions + direction``) of a
+    stack: the tier :func:`choose_tier` picks (every layer has the same recurrent sizes; only the
+    first layer's input projection, outside the kernels, sees the input width).  Raises
+    :class:`NoTier` when no tier can run it."""
+    tier, why = choose_tier(mode, hidden_size, proj_size, dtype, interpreted=interpreted)
+    if tier is None:
+        raise NoTier(f"no kernel tier runs {mode} with hidden_size={hidden_size}: {why}")
+    plan = plan_layer(mode, hidden_size, proj_size, dtype, tier, smem_per_block(device), precision)
+    return (plan,) * (layers * directions)
+
+
+class NoTier(RuntimeError):
+    """No registered tier can run a layer (the message says why each cannot)."""
 
 
 def smem_per_block(device: torch.device | None) -> int | None:

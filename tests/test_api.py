@@ -88,10 +88,11 @@ def test_nan_and_inf_propagate_like_torch_nn(cell):
 def test_auto_backend_on_cpu_runs_torch_and_explains():
     m = fastrnn.GRU(3, 4)
     x = torch.randn(4, 2, 3)
-    assert fastrnn.dispatch.select_backend(m, x) == "torch"
+    assert m.backend_decision(x).backend == "torch"
     assert "torch" in fastrnn.explain(m, x)
     m.backend = "triton"
-    assert fastrnn.dispatch.select_backend(m, x) == "triton"
+    assert m.backend_decision(x).backend == "triton"
+    assert fastrnn.explain(m, x).startswith("requested 'triton' -> triton: tier 1")
 
 
 def test_torch_backend_is_torch_nn_exactly():
@@ -140,13 +141,13 @@ def test_rocm_auto_uses_torch_and_triton_says_why(monkeypatch):
     env = dataclasses.replace(dispatch._environment(), hip=True, interpret=False)
     monkeypatch.setattr(dispatch, "_environment", lambda: env)
     args = ("GRU", 16, 0, "torch.float32", "cuda", "cuda:0", "cuda:0")
-    assert dispatch._decide("auto", *args) == (
+    assert dispatch._backend_and_tier("auto", *args) == (
         "torch",
         "ROCm (HIP) devices are not supported yet: the kernels are only tested on NVIDIA GPUs",
         0,
     )
-    choice, why, _ = dispatch._decide("triton", *args)
+    choice, why, _ = dispatch._backend_and_tier("triton", *args)
     assert choice == "error" and "ROCm" in why
     cuda = dataclasses.replace(env, hip=False)
     monkeypatch.setattr(dispatch, "_environment", lambda: cuda)
-    assert dispatch._decide("auto", *args)[0] == "auto"  # the same call on an NVIDIA GPU: fastrnn.auto picks
+    assert dispatch._backend_and_tier("auto", *args)[0] == "auto"  # the same call on an NVIDIA GPU: fastrnn.auto picks

@@ -246,21 +246,76 @@ def test_ddp_calibrate_every_rank_adopts_rank_0(tmp_path):
     assert not list((tmp_path / "cache").glob("**/*.json"))  # under DDP nothing is written to disk
 
 
+def _fake_cuda(monkeypatch):
+    """Dispatch sees CPU tensors as ``cuda:0`` tensors on an NVIDIA GPU (nothing runs on it: the
+    measurements are the ``fake`` fixture's)."""
+    from fastrnn.kernels import tiers
+
+    env = dataclasses.replace(dispatch._environment(), interpret=False, hip=False)
+    monkeypatch.setattr(dispatch, "_environment", lambda: env)
+    monkeypatch.setattr(dispatch, "_device_names", lambda device: ("cuda", "cuda:0"))
+    monkeypatch.setattr(tiers, "smem_per_block", lambda device: None)
+
+
 def test_explain_names_the_source_times_and_memory(fake, monkeypatch):
     """explain() makes the same decision as a forward (measuring, as the first call would); with
     a CUDA device faked, its line names the backend, the times, the memory and their source."""
     import fastrnn
 
-    env = dataclasses.replace(dispatch._environment(), interpret=False, hip=False)
-    monkeypatch.setattr(dispatch, "_environment", lambda: env)
-    monkeypatch.setattr(dispatch, "_call_facts", lambda module, input: (
-        "auto", "LSTM", 256, 0, "torch.float16", "cuda", "cuda:0", "cuda:0"))  # fmt: skip
-    m = fastrnn.LSTM(8, 256)
-    monkeypatch.setattr(m, "_runners", lambda input, hx: RUNNERS)
+    _fake_cuda(monkeypatch)
+    m = fastrnn.LSTM(8, 256).half()
+    monkeypatch.setattr(m, "_runners", lambda input, hx, decision: RUNNERS)
     x = torch.empty(5, 16, 8, dtype=torch.float16)  # T = 5, B = 16
     line = fastrnn.explain(m, x)
     assert line.startswith("requested 'auto' -> triton: measured: fastrnn 1 ms, torch.nn 2 ms per call"), line
     assert "peak memory 150 / 100 MiB at 80 tokens" in line and "tier 2" in line
-    assert fastrnn.explain(m, x).startswith("requested 'auto' -> triton: this process: fastrnn 1 ms")
+    assert fastrnn.explain(m, x) == line  # the module remembers its decision
+    fastrnn.auto.clear_cache(disk=False)  # forgotten in memory: the device cache answers
+    assert fastrnn.explain(m, x).startswith("requested 'auto' -> triton: device cache: fastrnn 1 ms")
     fake.times = {"torch": 1.0, "triton": 3.0}
-    assert fastrnn.explain(m, torch.empty(5, 200, 8)).startswith("requested 'auto' -> torch: measured: fastrnn 3 ms")
+    assert fastrnn.explain(m, torch.empty(5, 200, 8, dtype=torch.float16)).startswith(
+        "requested 'auto' -> torch: measured: fastrnn 3 ms"
+    )
+
+
+def test_auto_in_eval_mode_with_gradients_measures_the_forward_only(fake, monkeypatch):
+    """In eval() with gradients on, a backward through torch.nn's cuDNN RNN is refused by cuDNN
+    ("cudnn RNN backward can only be called in training mode"): auto measures what the call runs,
+    the forward, and explain() says so without raising.  Kills: measuring a backward in eval()."""
+    import fastrnn
+
+    _fake_cuda(monkeypatch)
+    trained = []
+    real = auto.measure
+
+    def measure(runners, training, device, tokens):
+        trained.append(training)
+        return real(runners, training, device, tokens)
+
+    monkeypatch.setattr(auto, "measure", measure)
+    m = fastrnn.GRU(8, 256).half().eval()
+    monkeypatch.setattr(m, "_runners", lambda input, hx, decision: RUNNERS)
+    x = torch.empty(5, 16, 8, dtype=torch.float16)
+    assert torch.is_grad_enabled() and m.weight_hh_l0.requires_grad
+    assert "|infer" not in fastrnn.explain(m, x)
+    assert trained == [False]
+    m.train()
+    fastrnn.explain(m, x)
+    assert trained == [False, True]
+
+
+def test_a_backend_that_raises_while_measured_loses_and_nothing_raises(fake, monkeypatch):
+    """A backend that raises in its first-use measurement (cuDNN refusing a call, the kernels
+    failing) loses with a warning; the decision and explain() never raise.  Kills: letting the
+    torch side's exception escape from the measurement."""
+
+    def measure_backend(fn, params, training, device):
+        name = fn()
+        if name == "torch":
+            raise RuntimeError("cudnn RNN backward can only be called in training mode")
+        return 1.0, 1.0
+
+    monkeypatch.setattr(auto, "measure_backend", measure_backend)
+    with pytest.warns(RuntimeWarning, match="torch.nn failed on a first-use measurement"):
+        backend, why = auto.choose(_cls(), CUDA0, RUNNERS, 256)
+    assert backend == "triton" and "torch.nn failed" in why

@@ -10,7 +10,7 @@ from torch import nn
 
 import fastrnn
 from fastrnn import ops
-from fastrnn.kernels import cells
+from fastrnn.kernels import cells, tiers
 from helpers import TOL, device
 
 
@@ -43,8 +43,7 @@ def test_opcheck_recurrence(case):
         _rand(P, H) if opt.get("proj") else None,
         opt.get("reverse", 0),
         1,
-        0,
-        1,
+        tiers.plan_layer(mode, H, P if opt.get("proj") else 0, torch.float64, 1).key,
     )
     torch.library.opcheck(ops.recurrence_fwd, args)
 
@@ -52,7 +51,7 @@ def test_opcheck_recurrence(case):
 @pytest.mark.parametrize("strategy", ["table", "gather_gemm"])
 def test_opcheck_embedding_projection(strategy):
     ids = torch.tensor([0, 3, 3, 1], device=device())
-    args = (ids, _rand(5, 4), _rand(6, 4), _rand(6), 0, strategy, 0)
+    args = (ids, _rand(5, 4), _rand(6, 4), _rand(6), 0, strategy, "ieee")
     torch.library.opcheck(ops.embedding_projection_op, args)
 
 

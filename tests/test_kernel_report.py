@@ -90,7 +90,7 @@ def _in_default_run(cfg: report.KernelConfig) -> bool:
     return (
         (cfg.tier, cfg.cell, cfg.dtype, cfg.hidden_size) in DEFAULT_ROWS
         and cfg.arch == 90
-        and not cfg.allow_tf32
+        and cfg.precision == "ieee"
         and not cfg.states
         and cfg.varlen
         and cfg.reverse
@@ -136,7 +136,7 @@ def compiled(request) -> Callable[[report.KernelConfig], dict]:
 
 @pytest.mark.parametrize("cfg", _params(CONFIGS))
 def test_compiles_without_spills_within_shared_memory(cfg: report.KernelConfig, compiled) -> None:
-    _assert_compiled_clean(compiled(cfg), cfg, cfg.dtype in ("bf16", "fp16") or cfg.allow_tf32)
+    _assert_compiled_clean(compiled(cfg), cfg, cfg.dtype in ("bf16", "fp16") or cfg.precision != "ieee")
 
 
 def _assert_compiled_clean(row: dict, cfg: report.KernelConfig, tensor_cores: bool) -> None:

@@ -19,15 +19,16 @@ V, E, H = 11, 6, 5
 
 @pytest.fixture
 def decisions(monkeypatch):
-    """Counts the backend decisions (:func:`fastrnn.dispatch._decide` calls)."""
+    """Counts the backend decisions made (:func:`fastrnn.dispatch._make_decision` calls: a call whose
+    decision the module does not remember yet)."""
     calls = []
-    real = dispatch._decide
+    real = dispatch._make_decision
 
     def spy(*args):
         calls.append(args)
         return real(*args)
 
-    monkeypatch.setattr(dispatch, "_decide", spy)
+    monkeypatch.setattr(dispatch, "_decision", spy)
     return calls
 
 
@@ -37,7 +38,10 @@ def _embedding_rnn(mode="GRU", backend="auto", **kw):
 
 @pytest.mark.parametrize("mode", ["GRU", "LSTM", "RNN"])
 @pytest.mark.parametrize("backend", ["auto", "torch"])
-def test_embedding_rnn_decides_once_per_call(decisions, mode, backend):
+def test_embedding_rnn_decides_once_per_kind_of_call(decisions, mode, backend):
+    """A call decides at most once (EmbeddingRNN decides for its recurrent module), and a call
+    like one made before decides nothing: the module remembers the decision.  Kills: a second
+    decision per call, or a decision cache that is never hit."""
     m = _embedding_rnn(mode, backend, batch_first=True)
     ref = nn.ModuleDict(
         dict(embedding=nn.Embedding(V, E, padding_idx=0), rnn=getattr(nn, mode)(E, H, batch_first=True))
@@ -49,19 +53,62 @@ def test_embedding_rnn_decides_once_per_call(decisions, mode, backend):
     out, _ = m(ids)
     assert len(decisions) == 1
     torch.testing.assert_close(out, ref["rnn"](ref["embedding"](ids))[0])
+    m(ids)
+    m(ids[:2])
+    assert len(decisions) == 1  # the same kind of call: remembered
     m(ids, lengths=lengths)
-    assert len(decisions) == 2
+    assert len(decisions) == 2  # variable lengths: another kind of call
     m(pack_padded_sequence(ids, lengths, batch_first=True, enforce_sorted=False))
-    assert len(decisions) == 3
+    assert len(decisions) == 2  # packed input: variable lengths too
     with torch.no_grad():
-        m(ids[:, :1], m(ids)[1])  # a one-token decoding step with the state
-    assert len(decisions) == 5
+        state = m(ids)[1]  # no gradients: another kind
+        for _ in range(5):
+            m(ids[:, :1], state)  # one-token decoding steps with the state
+    assert len(decisions) == 3
 
 
 def test_standalone_module_decides_once_per_call(decisions):
     m = fastrnn.LSTM(E, H)
-    m(torch.randn(4, 2, E))
+    for _ in range(3):
+        m(torch.randn(4, 2, E))
     assert len(decisions) == 1
+
+
+def test_a_remembered_decision_follows_what_it_rests_on(decisions, monkeypatch):
+    """Each change of what a decision rests on decides again, and the new decision is the one a
+    fresh module makes.  Kills: a key that misses the backend variable, the module's backend,
+    the parameters' dtype, autocast, the fp32 precision, or auto's state."""
+    m = fastrnn.GRU(E, H)
+    x = torch.randn(4, 2, E)
+    assert m.backend_decision(x).backend == "torch"
+    monkeypatch.setenv("FASTRNN_BACKEND", "triton")
+    assert m.backend_decision(x).backend == "triton" and len(decisions) == 2
+    monkeypatch.delenv("FASTRNN_BACKEND")
+    assert m.backend_decision(x).backend == "torch" and len(decisions) == 2  # as before: remembered
+    changes = [
+        lambda: setattr(m, "backend", "triton"),
+        lambda: m.double(),
+        lambda: setattr(m, "fp32_precision", "ieee"),
+        lambda: fastrnn.auto.clear_cache(disk=False),
+    ]
+    for change in changes:
+        before = len(decisions)
+        change()
+        y = x.to(m.weight_hh_l0.dtype)
+        got = m.backend_decision(y)
+        assert len(decisions) == before + 1
+        fresh = fastrnn.GRU(E, H, backend=m.backend, fp32_precision=m.fp32_precision).to(m.weight_hh_l0.dtype)
+        want = fresh.backend_decision(y)
+        assert (got.backend, got.tier, got.dtype, got.precision) == (
+            want.backend,
+            want.tier,
+            want.dtype,
+            want.precision,
+        )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = len(decisions)
+        assert fastrnn.LSTM(E, H, backend="triton").float().backend_decision(x).dtype == torch.bfloat16
+        assert len(decisions) == before + 1
 
 
 def test_hooks_on_the_recurrent_module_still_run():

@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 import fastrnn
 from fastrnn import ops, reference
 from fastrnn.functional import recurrent_stack
-from fastrnn.kernels import _runtime, tier1
+from fastrnn.kernels import _runtime, tier1, tiers
 from fastrnn.kernels.call import Gradients, RecurrenceCall
 from helpers import assert_within_oracle, device
 
@@ -220,7 +220,7 @@ def test_opcheck_with_states():
     T, B, H = 3, 2, 3
     args = (
         "LSTM", rnd(T, B, 4 * H), rnd(4 * H, H), rnd(B, H), rnd(B, H), torch.tensor([3, 1], device=device()),
-        None, None, 1, 1, 0, 1, 1,
+        None, None, 1, 1, tiers.plan_layer("LSTM", H, 0, torch.float64, 1).key, 1,
     )  # fmt: skip
     torch.library.opcheck(ops.recurrence_fwd, args)
 

@@ -129,10 +129,11 @@ def test_tier1_fp32_split_k_only_for_fma_dots():
     not on tensor cores (TF32: split in two, triton 3.6 spills in the loop; unsplit is clean);
     what ops launches is what the plan says."""
     f32 = torch.float32
-    fma, tf32 = (tier1.tier1_config("RNN_TANH", 128, 0, f32, allow_tf32=a) for a in (False, True))
+    fma, tf32 = (tier1.tier1_config("RNN_TANH", 128, 0, f32, p) for p in ("ieee", "tf32"))
     assert (fma.num_warps, fma.split_k) == (16, 2) and (tf32.num_warps, tf32.split_k) == (16, 1)
-    assert tiers.plan("RNN_TANH", 128, 0, f32, 1, allow_tf32=True).config == tf32
-    assert tier1.tier1_config("RNN_TANH", 128, 0, torch.bfloat16, allow_tf32=True).split_k == 1
+    assert tiers.plan_layer("RNN_TANH", 128, 0, f32, 1, None, "tf32").forward == tf32
+    assert tier1.tier1_config("RNN_TANH", 128, 0, f32, "tf32x3") == tf32  # three TF32 products: the TF32 tiles
+    assert tier1.tier1_config("RNN_TANH", 128, 0, torch.bfloat16, "tf32").split_k == 1
 
 
 def test_tier3_launches_once_per_step(monkeypatch):
@@ -184,7 +185,7 @@ def test_forced_tier(monkeypatch):
     monkeypatch.setenv("FASTRNN_TIER", "1")
     tier, why = tiers.choose_tier("LSTM", 1024, 0, torch.bfloat16)
     assert tier is None and "tier-1 kernel holds at most" in why
-    monkeypatch.setenv("FASTRNN_TIER", "4")
+    monkeypatch.setenv("FASTRNN_TIER", "99")
     with pytest.raises(ValueError, match="FASTRNN_TIER must be"):
         tiers.choose_tier("LSTM", 16, 0, torch.float32)
 
@@ -315,7 +316,8 @@ def test_opcheck_recurrence_in_tier(monkeypatch, tier, mode):
         return torch.randn(*shape, dtype=torch.float64, device=device()).requires_grad_()
 
     args = (mode, rnd(T, B, G * H), rnd(G * H, H), rnd(B, H), rnd(B, H) if cell.has_cell_state else None,
-            torch.tensor([3, 1], device=device()), rnd(G * H) if cell.inner_bias else None, None, 1, 1, 0, tier)  # fmt: skip
+            torch.tensor([3, 1], device=device()), rnd(G * H) if cell.inner_bias else None, None, 1, 1,
+            tiers.plan_layer(mode, H, 0, torch.float64, tier).key)  # fmt: skip
     torch.library.opcheck(ops.recurrence_fwd, args)
 
 

@@ -14,7 +14,7 @@ import triton
 
 from .. import cells, tier1
 from .configs import CELLS, DTYPES, EXTRA_CELLS, KERNELS, SHARED_LIMIT, multi_configs, tier1_configs
-from .pool import _serve, cache_dir, compile_report
+from .pool import cache_dir, compile_report, serve
 from .sass import missing_tools
 from .tables import compare, format_table, write_estimates
 
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     if a.serve:
-        _serve(a.imports)
+        serve(a.imports)
         return 0
     if a.limits_table:
         from .limits import table

@@ -75,7 +75,7 @@ class KernelConfig:
     batch: int = 64  # the launch's B (T is 8): only the strides of sizes not multiples of 16 depend on it
     num_warps: int | None = None
     block_b: int | None = None
-    allow_tf32: bool = False
+    precision: str = "ieee"  # fp32 dots (tiers.PRECISIONS)
     proj_size: int = 0
     tier: int = 1  # 1: tier1.py; 2 (persistent, grid barrier) or 3 (per step): persistent.py
     split_k: int | None = None  # override the configuration's SPLIT_K
@@ -113,8 +113,8 @@ class KernelConfig:
             flags.append("h0")
         if self.kernel == "fwd" and not self.save:
             flags.append("nosave")
-        if self.allow_tf32:
-            flags.append("tf32")
+        if self.precision != "ieee":
+            flags.append(self.precision)
         if self.split_k:
             flags.append(f"split{self.split_k}")
         if self.resident is not None:
@@ -182,7 +182,7 @@ def tier1_configs(
         if beyond_limit or cfg.tier1_unsupported() is None:
             out.append(cfg)
             if tf32 and dtype == "fp32":
-                out.append(dataclasses.replace(cfg, allow_tf32=True))
+                out.append(dataclasses.replace(cfg, precision="tf32"))
     return list(dict.fromkeys(out))
 
 
@@ -241,6 +241,18 @@ def _layer_tensors(cfg: KernelConfig, seq_len: int):
     )  # fmt: skip
 
 
+def launch_config(cfg: KernelConfig):
+    """The tier's launch configuration of ``cfg`` (:func:`fastrnn.kernels.tiers.plan_layer`) with
+    ``cfg``'s overrides (``num_warps``, ``block_b``, ``split_k``, ``resident``) applied through the
+    configuration's own ``override`` (:class:`~fastrnn.kernels.tiers.TierConfig`)."""
+    plan = tiers.plan_layer(cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype, cfg.tier, SHARED_LIMIT.get(cfg.arch),
+                            cfg.precision)  # fmt: skip
+    config = plan.config(cfg.kernel)
+    changes = dict(resident=cfg.resident, num_warps=cfg.num_warps, block_b=cfg.block_b, split_k=cfg.split_k)
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return config.override(cfg.hidden_size, cfg.torch_dtype, **changes) if changes else config
+
+
 def launch_arguments(cfg: KernelConfig, seq_len: int = 8) -> tuple[object, tuple, dict]:
     """The kernel and the ``(args, kwargs)`` of the launch ``cfg`` describes, as the tier's
     launchers build it (its registered ``forward_launch``/``backward_launch``, on ``meta``
@@ -250,14 +262,9 @@ def launch_arguments(cfg: KernelConfig, seq_len: int = 8) -> tuple[object, tuple
     ``USE_BARRIER``, cooperative) or one step (tier 3)."""
     t = _layer_tensors(cfg, seq_len)
     tier = tiers.get_tier(cfg.tier)
-    config = tiers.plan(cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype, cfg.tier, cfg.kernel,
-                        SHARED_LIMIT.get(cfg.arch), cfg.allow_tf32).config  # fmt: skip
-    if cfg.resident is not None:
-        config = config.with_resident(cfg.resident, cfg.hidden_size, cfg.torch_dtype)
-    overrides = dict(num_warps=cfg.num_warps, block_b=cfg.block_b, split_k=cfg.split_k)
-    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = launch_config(cfg)
     call = RecurrenceCall(cfg.mode, t["T"], t["B"], t["w_hh"], t["h0"], t["c0"], t["lengths"], t["b_hh"], t["w_hr"],
-                          cfg.reverse, cfg.save or cfg.kernel == "bwd", cfg.allow_tf32, cfg.states, **t["ext"])  # fmt: skip
+                          cfg.reverse, cfg.save or cfg.kernel == "bwd", cfg.precision, cfg.states, **t["ext"])  # fmt: skip
     launch, fwd = tier.forward_launch(call, t["gx"], config)
     if cfg.kernel == "bwd":
         grads = Gradients(t["new"](t["T"], t["B"], t["P"]), t["new"](t["B"], t["P"]), t["d_cn"], t["d_cs"], fwd.out,

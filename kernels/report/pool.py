@@ -1,5 +1,5 @@
 """Compiling: one configuration into a measured row (:func:`_compile_one`), in worker
-subprocesses started with ``TRITON_INTERPRET=0`` (:func:`_serve`, :class:`_Worker`), several at a
+subprocesses started with ``TRITON_INTERPRET=0`` (:func:`serve`, :class:`_Worker`), several at a
 time (:func:`compile_report`), through an on-disk cache of the rows.
 
 The cache keeps each compiled row under a key of the kernel sources
@@ -36,23 +36,14 @@ import triton
 
 from .. import tiers
 from ..sources import kernel_hash
-from .configs import SHARED_LIMIT, KernelConfig, compile_source
+from .configs import SHARED_LIMIT, KernelConfig, compile_source, launch_config
 from .cost import step_profile
 from .sass import TENSOR_CORE_OPS, analyse_cubin, missing_tools, ptxas_spills, registers_fit
 
 
-def _launch_config(cfg: KernelConfig):
-    """The tier's launch configuration of ``cfg`` (``tiers.plan``), its resident override applied."""
-    config = tiers.plan(cfg.mode, cfg.hidden_size, cfg.proj, cfg.torch_dtype, cfg.tier, cfg.kernel,
-                        SHARED_LIMIT.get(cfg.arch), cfg.allow_tf32).config  # fmt: skip
-    if cfg.resident is not None:
-        config = config.with_resident(cfg.resident, cfg.hidden_size, cfg.torch_dtype)
-    return config
-
-
 def _error_row(cfg: KernelConfig, error: str | None) -> dict:
     """The row's config part: tiles, warps (and tiers 2/3: the resident choice) as the tier's
-    configuration (``tiers.plan``) picks them, the config's overrides applied."""
+    configuration picks them, the config's overrides applied (:func:`.configs.launch_config`)."""
     row = dict(
         dataclasses.asdict(cfg),
         mode=cfg.mode,
@@ -66,7 +57,7 @@ def _error_row(cfg: KernelConfig, error: str | None) -> dict:
         num_warps=cfg.num_warps,
     )
     try:
-        config = _launch_config(cfg)
+        config = launch_config(cfg)
     except Exception as exc:  # an invalid config: say so in the row
         row["error"] = row["error"] or f"{type(exc).__name__}: {exc}"
         return row
@@ -84,7 +75,7 @@ def _compile_one(cfg: KernelConfig) -> dict:
     try:
         src, target, options = compile_source(cfg)
         names = src.fn.arg_names
-        config = _launch_config(cfg)
+        config = launch_config(cfg)
         b_name, h_name, p_name = config.TILE_CONSTEXPRS
         row.update(
             num_warps=options["num_warps"],
@@ -118,7 +109,7 @@ def _compile_one(cfg: KernelConfig) -> dict:
     return row
 
 
-def _serve(imports: Sequence[str] = ()) -> None:
+def serve(imports: Sequence[str] = ()) -> None:
     """Worker loop: one JSON config per stdin line -> one JSON row per line on the original stdout.
     ``imports``: modules imported first (e.g. one that registers a cell outside fastrnn).
 
