@@ -8,8 +8,15 @@ loss, backward and the optimiser.  Rows of one model shape come in two modes:
   ``fp16`` rows run the forward under autocast (the weights stay fp32); ``fp16`` scales the loss
   with a ``GradScaler``, as fp16 training does.  Throughput: target tokens per second (``tokens``
   of the row: the real, non-pad target tokens of the batch).
-* ``fwd``: greedy decoding of the batch (:func:`fastrnn.seq2seq.greedy_decode`, ``max_len = T``),
-  same model.  Throughput: sentences per second (``B`` per call).
+* ``fwd``: decoding of the batch, same model, ``max_len = T``: greedy
+  (:func:`fastrnn.seq2seq.greedy_decode`), or beam search (:func:`fastrnn.seq2seq.beam_search`,
+  rows with the extra field ``beam``: the beam size, length penalty 1).  The fastrnn providers
+  decode on static buffers (:mod:`fastrnn.seq2seq.static`: a captured CUDA graph on CUDA, the
+  same step uncaptured on the CPU) and also time their eager step-by-step decoding
+  (``static=False``) for their note; ``cudnn``/``torch_nn`` decode eagerly (today's torch.nn
+  model).  Throughput: sentences per second (``B`` per call) and milliseconds per token (per
+  call / ``T``: one decoding step of the whole batch; random weights hardly ever say ``<eos>``
+  among 8000 tokens, so every call runs ``T`` steps).
 
 Providers, all on the same weights (the workload's state dict):
 
@@ -22,12 +29,16 @@ Providers, all on the same weights (the workload's state dict):
   attention, output layer) is ``torch.nn`` in all three.
 
 Each provider's note carries the recurrent layers' share of one step's time, measured with
-``torch.profiler`` (:func:`recurrent_share`, :func:`is_recurrent_op`).  ``python -m
-benchmarks.seq2seq RESULTS`` prints per row and provider the time, tokens or sentences per second,
-peak memory and that share (:func:`summary_lines`).
+``torch.profiler`` (:func:`recurrent_share`, :func:`is_recurrent_op`: everything the encoder's and
+decoder's recurrent modules run, the same for every provider); a decoding row's fastrnn notes
+carry the eager path's time and profile (a replayed CUDA graph hides its operations from the
+profiler).  ``python -m benchmarks.seq2seq RESULTS`` prints per row and provider the time, tokens
+or sentences per second (and milliseconds per token: graph or static path, eager path), peak
+memory and that share (:func:`summary_lines`).
 
 Rows carry the vocabulary size ``V`` (source and target), the attention ``att`` (``none`` or a
-Luong score) and the source length ``S`` (``= T``) in ``extra``; the embedding size is ``H``.
+Luong score), the source length ``S`` (``= T``) and, for beam-search rows, ``beam`` in ``extra``;
+the embedding size is ``H``.
 """
 
 from __future__ import annotations
@@ -47,10 +58,11 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from fastrnn.modules import build, resolve
-from fastrnn.seq2seq import Seq2Seq, Seq2SeqConfig, greedy_decode, sequence_loss
+from fastrnn.seq2seq import Seq2Seq, Seq2SeqConfig, beam_search, greedy_decode, sequence_loss
 from fastrnn.seq2seq.data import EOS, PAD, UNK
 
 from .cases import Case, CaseKind, Cost, register_kind
+from .timing import TimingConfig, time_cpu_interleaved, time_cuda
 
 #: AdamW's learning rate in the timed steps (every call is a real update of the weights).
 LR = 1e-3
@@ -110,11 +122,19 @@ def torch_nn_seq2seq(config: Seq2SeqConfig, device: torch.device | str | None = 
 # ---------------------------------------------------------------------------------------------
 # The recurrent layers' share of a step (torch.profiler)
 
-#: Operators that belong to the recurrent layers (the encoder's and decoder's embedding + RNN
-#: stack), by name: fastrnn's custom ops and torch.nn's RNN entry points, the embedding lookups
-#: and the packing of variable-length batches.  Everything they call, and the backward nodes
-#: autograd recorded for them, counts too (see :func:`recurrent_share`).
+#: The profiler range :func:`profile_share` opens around every call of a recurrent module (the
+#: encoder's and decoder's embedding + RNN stack, Bahdanau's input-feeding layer): whatever the
+#: module runs -- its kernels or torch.nn's, its id and length checks, torch's packing or
+#: fastrnn's own length handling -- is the recurrent layers' time, for every provider alike.
+RECURRENT_RANGE = "seq2seq::recurrent_layer"
+
+#: Operators that belong to the recurrent layers, by name: the range above, fastrnn's custom ops
+#: and torch.nn's RNN entry points, the embedding lookups and the packing of variable-length
+#: batches (the names matter where a recurrent module runs outside :func:`profile_share`).
+#: Everything they call, and the backward nodes autograd recorded for them, counts too (see
+#: :func:`recurrent_share`).
 RECURRENT_OPS = (
+    RECURRENT_RANGE,
     "fastrnn::",  # recurrence_fwd/bwd, embedding_projection (and their Triton kernels)
     "aten::_cudnn_rnn",  # cuDNN forward and backward (_cudnn_rnn_backward)
     "aten::lstm",
@@ -181,13 +201,44 @@ def recurrent_share(events: Iterable[Any], device_time: bool) -> float:
     return sum(self_time(e) for e in events if id(e) in counted) / total
 
 
-def profile_share(step: Callable[[], Any], device: torch.device) -> float:
-    """Run ``step`` once under ``torch.profiler`` and return :func:`recurrent_share` of it
-    (device time on CUDA, CPU time on the CPU)."""
+def recurrent_modules(model: Seq2Seq) -> list[nn.Module]:
+    """The recurrent modules of a seq2seq model (fastrnn's or torch.nn's): encoder, decoder, and
+    Bahdanau's input-feeding layer."""
+    mods = [model.encoder.rnn, model.decoder.rnn]
+    return mods + ([model.decoder.feed] if model.decoder.feed is not None else [])
+
+
+@contextlib.contextmanager
+def labelled(modules: Iterable[nn.Module]):
+    """Every call of ``modules`` inside a :data:`RECURRENT_RANGE` profiler range (a forward
+    wrapper set on the instances, removed on exit)."""
+    from torch.profiler import record_function
+
+    wrapped = []
+    try:
+        for module in modules:
+            forward = module.forward
+
+            def in_range(*args, _forward=forward, **kwargs):
+                with record_function(RECURRENT_RANGE):
+                    return _forward(*args, **kwargs)
+
+            module.forward = in_range
+            wrapped.append(module)
+        yield
+    finally:
+        for module in wrapped:
+            del module.forward
+
+
+def profile_share(step: Callable[[], Any], device: torch.device, modules: Iterable[nn.Module] = ()) -> float:
+    """Run ``step`` once under ``torch.profiler``, every call of ``modules`` (the recurrent layers)
+    in a :data:`RECURRENT_RANGE` range, and return :func:`recurrent_share` of it (device time on
+    CUDA, CPU time on the CPU)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with labelled(modules), profile(activities=activities) as prof:
         step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -202,6 +253,11 @@ def attention_of(case: Case) -> str | None:
     """The row's attention (``None`` for ``att`` = ``none``)."""
     att = dict(case.extra)["att"]
     return None if att == "none" else att
+
+
+def beam_of(case: Case) -> int:
+    """The row's beam size (1: greedy decoding, and every training row)."""
+    return int(dict(case.extra).get("beam", 1))
 
 
 def config_of(case: Case, backend: str) -> Seq2SeqConfig:
@@ -293,22 +349,44 @@ def train_step(case: Case, model: Seq2Seq, wl: Seq2SeqWorkload, device: torch.de
     return step
 
 
-def decode_step(case: Case, model: Seq2Seq, wl: Seq2SeqWorkload, device: torch.device) -> Callable[[], torch.Tensor]:
-    """A zero-argument greedy decoding of the workload's sources (``max_len = T``); returns the
-    tokens ``(B, <= T)``."""
+def decode_step(
+    case: Case, model: Seq2Seq, wl: Seq2SeqWorkload, device: torch.device, static: bool | None = None
+) -> Callable[[], torch.Tensor]:
+    """A zero-argument decoding of the workload's sources (``max_len = T``; greedy, or beam search
+    of the row's ``beam`` with length penalty 1); returns the tokens ``(B, <= T)``.  ``static``:
+    as :func:`fastrnn.seq2seq.greedy_decode`'s (``None``: static buffers, a CUDA graph on CUDA)."""
     model.eval()
+    beam = beam_of(case)
 
     def step() -> torch.Tensor:
         with _autocast(case, device):
-            return greedy_decode(model, wl.src, wl.src_lengths, max_len=case.T).tokens
+            if beam == 1:
+                return greedy_decode(model, wl.src, wl.src_lengths, max_len=case.T, static=static).tokens
+            return beam_search(model, wl.src, wl.src_lengths, beam, max_len=case.T, static=static).tokens
 
     return step
 
 
+#: How the eager decoding of a fastrnn decoding row is timed (for its note).
+EAGER_TIMING = TimingConfig(rep_ms=100.0, warmup_ms=20.0, min_reps=3, max_reps=20, flush_l2=False)
+
+_EAGER = re.compile(r"eager path ([0-9.]+) ms per call")
+
+
+def _time_ms(step: Callable[[], Any], device: torch.device) -> float:
+    if device.type == "cuda":
+        return time_cuda(step, EAGER_TIMING, device).median_ms
+    step()
+    return time_cpu_interleaved({"eager": step}, EAGER_TIMING)["eager"].median_ms
+
+
 def _build(case: Case, wl: Seq2SeqWorkload, device: torch.device, provider: str):
     model = build_model(case, wl, device, provider)
-    make = train_step if case.mode == "fwdbwd" else decode_step
-    step = make(case, model, wl, device)
+    decoding = case.mode == "fwd"
+    if decoding:  # fastrnn on static buffers (a CUDA graph on CUDA); torch.nn step by step, as it is
+        step = decode_step(case, model, wl, device, static=False if provider == "torch_nn" else None)
+    else:
+        step = train_step(case, model, wl, device)
     if provider == "torch_nn":
         what = "nn.Embedding + cuDNN" if device.type == "cuda" else "nn.Embedding + torch.nn (aten)"
     else:
@@ -318,10 +396,18 @@ def _build(case: Case, wl: Seq2SeqWorkload, device: torch.device, provider: str)
             what = "encoder: " + fastrnn.explain(model.encoder.rnn.rnn, wl.src)
         except Exception as e:  # informative only
             what = f"backend={provider!r} (explain() failed: {type(e).__name__}: {e})"
-    step()  # warm-up (kernel compilation, lazy init) before the profiled call
-    share = profile_share(step, device)
+    step()  # warm-up (kernel compilation, CUDA-graph capture, lazy init) before the profiled call
+    profiled = step
+    if decoding and provider != "torch_nn":
+        eager = decode_step(case, model, wl, device, static=False)
+        eager()
+        path = "graph" if device.type == "cuda" else "static"
+        what += f"; decoding on the {path} path, eager path {_time_ms(eager, device):.3f} ms per call"
+        profiled = eager  # a replayed graph's kernels have no operators for the profiler to attribute them to
+    share = profile_share(profiled, device, recurrent_modules(model))
     basis = "device" if device.type == "cuda" else "CPU"
-    step.note = f"{what}; recurrent layers {100 * share:.1f}% of the step ({basis} time, profiler)"
+    of = "the eager decoding step" if profiled is not step else "the step"
+    step.note = f"{what}; recurrent layers {100 * share:.1f}% of {of} ({basis} time, profiler)"
     return step
 
 
@@ -345,22 +431,25 @@ def cost(case: Case, seed: int) -> Cost:
 
     Forward FLOPs: the encoder's and decoder's recurrent layers ``2*N*G*H*(E+H)`` over their
     ``N = B*S`` / ``B*T`` tokens, Luong ``general`` attention ``2*B*T*H*(H + 2*S)`` plus the combine
-    layer ``4*B*T*H*H``, the output layer ``2*B*T*H*V``; training is three times that.  Bytes: the
-    logits (written and read, twice more in training) and the parameters (read; training: the
-    gradients and AdamW's two moments read and written).  Steps: ``S + T`` (twice in training).
-    ``tokens``: the real target tokens (training) or ``B*T`` decoded tokens (decoding).
+    layer ``4*B*T*H*H``, the output layer ``2*B*T*H*V``; training is three times that; beam search
+    runs the decoder's side on ``beam + 1`` rows per source.  Bytes: the logits (written and read,
+    twice more in training) and the parameters (read; training: the gradients and AdamW's two
+    moments read and written).  Steps: ``S + T`` (twice in training).  ``tokens``: the real target
+    tokens (training) or ``B*T`` decoded tokens (decoding).
     """
     extra = dict(case.extra)
     V, S, H, B, T = int(extra["V"]), int(extra["S"]), case.H, case.B, case.T
     G = resolve(case.cell).G
     att = attention_of(case) is not None
-    flops = 2.0 * B * (S + T) * G * H * (H + H) * case.layers + 2.0 * B * T * H * V
+    beam = beam_of(case)
+    rows = B * (beam + 1 if beam > 1 else 1)  # decoder rows
+    flops = 2.0 * (B * S + rows * T) * G * H * (H + H) * case.layers + 2.0 * rows * T * H * V
     if att:
-        flops += 2.0 * B * T * H * (H + 2 * S) + 4.0 * B * T * H * H
+        flops += 2.0 * rows * T * H * (H + 2 * S) + 4.0 * rows * T * H * H
     params = 2 * V * H + 2 * case.layers * G * H * (2 * H + 2) + H * V + V + (3 * H * H + H if att else 0)
     train = case.mode == "fwdbwd"
     elem = 2 if case.dtype in ("bf16", "fp16") else 4
-    nbytes = (4.0 if train else 2.0) * B * T * V * elem + params * 4.0 * (8 if train else 1)
+    nbytes = (4.0 if train else 2.0) * rows * T * V * elem + params * 4.0 * (8 if train else 1)
     if train:
         flops *= 3
         _, _, tgt = make_batch(B, S, T, V, seed)
@@ -371,28 +460,37 @@ def cost(case: Case, seed: int) -> Cost:
                 recurrent_bytes=G * H * H * elem)  # fmt: skip
 
 
-def _rows(cells, atts, Hs, Bs, Ts, dtypes, V, modes=("fwdbwd", "fwd")) -> list[Case]:
-    return [
-        Case("seq2seq", cell, dtype, B, H, T, 1, False, False, mode, extra=(("S", T), ("V", V), ("att", att)))
-        for T, H, B, cell, att, dtype, mode in itertools.product(Ts, Hs, Bs, cells, atts, dtypes, modes)
-    ]
+#: Beam size of the beam-search decoding rows.
+BEAM = 5
+
+
+def _rows(cells, atts, Hs, Bs, Ts, dtypes, V, modes=("fwdbwd", "fwd"), beams=(1,)) -> list[Case]:
+    """Rows of every combination; decoding (``fwd``) rows once per beam size in ``beams`` (1:
+    greedy, no ``beam`` field), training rows once."""
+    rows = []
+    for T, H, B, cell, att, dtype, mode in itertools.product(Ts, Hs, Bs, cells, atts, dtypes, modes):
+        for beam in beams if mode == "fwd" else (1,):
+            extra = (("S", T), ("V", V), ("att", att)) + ((("beam", beam),) if beam > 1 else ())
+            rows.append(Case("seq2seq", cell, dtype, B, H, T, 1, False, False, mode, extra=extra))
+    return rows
 
 
 def grid_full() -> list[Case]:
     """GRU and LSTM, attention none/general, H 256/512, B 64/256, S = T 30/100, fp32 and bf16/fp16
-    autocast, V 8000: a training step and greedy decoding of each (192 rows)."""
+    autocast, V 8000: a training step, greedy decoding and beam-5 decoding of each (288 rows)."""
     return _rows(("GRU", "LSTM"), ("none", "general"), (256, 512), (64, 256), (30, 100), ("fp32", "bf16", "fp16"),
-                 GPU_VOCAB)  # fmt: skip
+                 GPU_VOCAB, beams=(1, BEAM))  # fmt: skip
 
 
 def grid_quick() -> list[Case]:
-    """10 rows: training steps of both cells with attention at H 512, B 64/256, T 30, bf16; the LSTM
-    also without attention, at T 100, and in fp32 and fp16; greedy decoding of both cells at B 64."""
+    """12 rows: training steps of both cells with attention at H 512, B 64/256, T 30, bf16; the LSTM
+    also without attention, at T 100, and in fp32 and fp16; greedy and beam-5 decoding of both
+    cells at B 64."""
     rows = _rows(("GRU", "LSTM"), ("general",), (512,), (64, 256), (30,), ("bf16",), GPU_VOCAB, ("fwdbwd",))
     rows += _rows(("LSTM",), ("none",), (512,), (64,), (30,), ("bf16",), GPU_VOCAB, ("fwdbwd",))
     rows += _rows(("LSTM",), ("general",), (512,), (64,), (100,), ("bf16",), GPU_VOCAB, ("fwdbwd",))
     rows += _rows(("LSTM",), ("general",), (512,), (64,), (30,), ("fp32", "fp16"), GPU_VOCAB, ("fwdbwd",))
-    rows += _rows(("GRU", "LSTM"), ("general",), (512,), (64,), (30,), ("bf16",), GPU_VOCAB, ("fwd",))
+    rows += _rows(("GRU", "LSTM"), ("general",), (512,), (64,), (30,), ("bf16",), GPU_VOCAB, ("fwd",), (1, BEAM))
     return rows
 
 
@@ -403,8 +501,8 @@ def grid_cpu() -> list[Case]:
 
 
 def grid_smoke() -> list[Case]:
-    """Tiny rows for exercising the code on a CPU (tests only)."""
-    return _rows(("GRU",), ("none", "general"), (8,), (3,), (4,), ("fp32",), 20)
+    """Tiny rows for exercising the code on a CPU (tests only): greedy and beam-3 decoding rows too."""
+    return _rows(("GRU",), ("none", "general"), (8,), (3,), (4,), ("fp32",), 20, beams=(1, 3))
 
 
 _QUICK = None
@@ -432,7 +530,7 @@ KIND = register_kind(
         cost=cost,
         grids={"full": grid_full, "quick": grid_quick, "cpu": grid_cpu, "smoke": grid_smoke},
         tier=tier,
-        description="Seq2Seq training step (forward, loss, backward, AdamW) and greedy decoding: "
+        description="Seq2Seq training step (forward, loss, backward, AdamW), greedy and beam decoding: "
         "fastrnn vs the same model on nn.Embedding + torch.nn",
     )
 )
@@ -441,13 +539,20 @@ KIND = register_kind(
 # ---------------------------------------------------------------------------------------------
 # Summary of a results file
 
-_SHARE = re.compile(r"recurrent layers ([0-9.]+|nan)% of the step")
+_SHARE = re.compile(r"recurrent layers ([0-9.]+|nan)% of the (?:eager decoding )?step")
+_PATH = re.compile(r"decoding on the (graph|static) path")
+
+
+def _decoding_rate(ms: float, case: dict[str, Any]) -> str:
+    """Sentences per second and milliseconds per token (per decoding step: ``ms / T``)."""
+    return f"{case['B'] * 1e3 / ms:,.1f} sent/s, {ms / case['T']:.3f} ms/token"
 
 
 def summary_lines(doc: dict[str, Any]) -> list[str]:
     """One line per seq2seq row and provider of a results document (``results.json``): time per
-    call, target tokens per second (training) or sentences per second (decoding), peak memory and
-    the recurrent layers' share of the step."""
+    call, target tokens per second (training) or sentences per second and milliseconds per token
+    (decoding: the fastrnn providers' graph (CUDA) or static (CPU) path, then their eager path),
+    peak memory and the recurrent layers' share of the step."""
     lines = []
     for row in doc.get("rows", []):
         if row["case"]["kind"] != "seq2seq":
@@ -457,10 +562,19 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
             if res.get("status") != "ok":
                 lines.append(f"{row['key']} {provider}: {res.get('status')} {res.get('error', res.get('reason', ''))}")
                 continue
-            per_s = 1e3 / res["median_ms"]
-            rate = f"{row['tokens'] * per_s:,.0f} tok/s" if train else f"{row['case']['B'] * per_s:,.1f} sent/s"
+            note = res.get("note") or ""
+            if train:
+                rate = f"{row['tokens'] * 1e3 / res['median_ms']:,.0f} tok/s"
+            else:
+                path, eager = _PATH.search(note), _EAGER.search(note)
+                rate = _decoding_rate(res["median_ms"], row["case"]) + (
+                    f" ({path.group(1)} path)" if path else " (eager)"
+                )
+                if eager:
+                    ms = float(eager.group(1))
+                    rate += f"; eager path {ms:.3f} ms, {_decoding_rate(ms, row['case'])}"
             peak = f"{res['peak_mib']:.0f} MiB" if res.get("peak_mib") is not None else "peak n/a"
-            m = _SHARE.search(res.get("note") or "")
+            m = _SHARE.search(note)
             share = f"recurrent {m.group(1)}%" if m else "recurrent n/a"
             lines.append(f"{row['key']} {provider}: {res['median_ms']:.3f} ms, {rate}, {peak}, {share}")
     return lines

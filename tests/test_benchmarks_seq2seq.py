@@ -3,6 +3,7 @@ training the same model, the recurrent layers' profiled share, and its grids."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -47,10 +48,30 @@ def test_cpu_rows_run_auto_against_torch_nn(mode):
         assert 0 < share < 100
     assert "-> torch" in row["results"]["fastrnn_auto"]["note"]  # auto runs torch.nn's code on the CPU
     assert row["paired_ratio"] > 0
-    if mode == "fwd":  # the same greedy decoding, token for token
-        assert row["max_abs_diff"] == 0.0
     lines = s2s.summary_lines({"rows": [row]})
     assert len(lines) == 2 and all(("tok/s" if mode == "fwdbwd" else "sent/s") in ln for ln in lines)
+    if mode == "fwd":  # fastrnn on static buffers, torch.nn step by step: the same decoding, token for token
+        assert row["max_abs_diff"] == 0.0
+        note = row["results"]["fastrnn_auto"]["note"]
+        assert "decoding on the static path" in note and float(s2s._EAGER.search(note).group(1)) > 0
+        fast, ref = (next(ln for ln in lines if f" {p}:" in ln) for p in ("fastrnn_auto", "torch_nn"))
+        assert re.search(r"sent/s, [0-9.]+ ms/token \(static path\); eager path [0-9.]+ ms, .* ms/token", fast), fast
+        assert "(eager)" in ref and "eager path" not in ref, ref
+
+
+def test_beam_rows_decode_the_same_tokens_as_torch_nn():
+    case = cases.select(grids.grid("smoke"), ["kind=seq2seq", "att=general", "mode=fwd", "beam=3"])[0]
+    assert s2s.beam_of(case) == 3 and case.key.endswith("/beam3")
+    row, fatal = measure_row(case, suite=CPU_SUITE, providers=["fastrnn_auto", "torch_nn"], device=torch.device("cpu"),
+                             machine=MACHINE, cfg=CFG, base_seed=0, run_slow=False)  # fmt: skip
+    assert fatal is None and all(r["status"] == "ok" for r in row["results"].values()), row["results"]
+    assert row["max_abs_diff"] == 0.0
+    # and the workload's beam search is the one beam_search gives (not greedy decoding)
+    wl = s2s.setup(case, torch.device("cpu"), seed=3)
+    model = s2s.build_model(case, wl, torch.device("cpu"), "auto")
+    got = s2s.decode_step(case, model, wl, torch.device("cpu"))()
+    want = s2s.beam_search(model.eval(), wl.src, wl.src_lengths, 3, max_len=case.T, static=False).tokens
+    assert torch.equal(got, want)
 
 
 @pytest.mark.interpreter
@@ -133,7 +154,9 @@ def test_recurrent_share_from_the_profiler():
 
 def test_grids_and_cost():
     full = cases.select(grids.grid("full"), ["kind=seq2seq"])
-    assert len(full) == 2 * 2 * 2 * 2 * 2 * 3 * 2
+    assert len(full) == 2 * 2 * 2 * 2 * 2 * 3 * 3  # training, greedy and beam-5 decoding of each shape
+    assert {s2s.beam_of(c) for c in full if c.mode == "fwd"} == {1, 5}
+    assert all(s2s.beam_of(c) == 1 for c in full if c.mode == "fwdbwd")
     axes = {f: {c.fields()[f] for c in full} for f in ("cell", "att", "H", "B", "T", "S", "dtype", "mode")}
     assert axes == {
         "cell": {"GRU", "LSTM"},
@@ -148,6 +171,8 @@ def test_grids_and_cost():
     quick = cases.select(grids.grid("quick"), ["kind=seq2seq"])
     assert 0 < len(quick) <= 12 and {c.key for c in quick} <= {c.key for c in full}
     assert {c.cell for c in quick} == {"GRU", "LSTM"} and {c.mode for c in quick} == {"fwd", "fwdbwd"}
+    decoding = {(c.cell, s2s.beam_of(c)) for c in quick if c.mode == "fwd"}
+    assert decoding == {("GRU", 1), ("LSTM", 1), ("GRU", 5), ("LSTM", 5)}
     assert all(grids.tier(c) <= 1 for c in quick)
     assert len(cases.select(grids.grid("cpu"), ["kind=seq2seq"])) == 4
     case = quick[0]
@@ -156,3 +181,32 @@ def test_grids_and_cost():
     wl_tokens = int((s2s.make_batch(case.B, case.T, case.T, 8000, 0)[2] != 0).sum())
     assert c.tokens == wl_tokens and case.B * case.T // 2 <= c.tokens <= case.B * case.T
     assert c.flops > 0 and c.bytes > 0 and c.steps == 4 * case.T
+    greedy, beam = (
+        next(r for r in quick if r.mode == "fwd" and r.cell == "GRU" and s2s.beam_of(r) == b) for b in (1, 5)
+    )
+    g, b = cases.KINDS["seq2seq"].cost(greedy, 0), cases.KINDS["seq2seq"].cost(beam, 0)
+    assert b.tokens == g.tokens == greedy.B * greedy.T and 4 * g.flops < b.flops < 6 * g.flops
+
+
+@pytest.mark.parametrize("provider", ["auto", "torch_nn"])
+def test_recurrent_share_counts_everything_a_recurrent_module_runs(provider):
+    """fastrnn's own length handling counts as the recurrent layers' time, as torch's packing does."""
+    from torch.profiler import ProfilerActivity, profile
+
+    case = _case("GRU", "none", B=4, H=8, T=6, V=20)
+    wl = s2s.setup(case, torch.device("cpu"), seed=5)
+    model = s2s.build_model(case, wl, torch.device("cpu"), provider)
+    enc = model.encoder.rnn
+    assert len(set(wl.src_lengths.tolist())) > 1  # a variable-length batch: lengths are handled
+    head = nn.Linear(8, 4096)
+    with torch.no_grad():
+        alone = s2s.profile_share(lambda: enc(wl.src, lengths=wl.src_lengths), torch.device("cpu"), [enc])
+        after = s2s.profile_share(lambda: head(enc(wl.src, lengths=wl.src_lengths)[0]), torch.device("cpu"), [enc])
+        with s2s.labelled([enc]), profile(activities=[ProfilerActivity.CPU]) as prof:
+            enc(wl.src, lengths=wl.src_lengths)
+    assert alone == 1.0, "every operation of the recurrent module, its length handling included, counts"
+    assert 0.0 < after < 1.0
+    names = {e.name for e in prof.events()}
+    assert s2s.RECURRENT_RANGE in names and s2s.is_recurrent_op(s2s.RECURRENT_RANGE)
+    # the module left as it was
+    assert "forward" not in vars(enc)
