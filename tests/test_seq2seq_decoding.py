@@ -1,4 +1,5 @@
-"""Greedy and beam-search decoding: beam 1 == greedy, beam finds the better hypothesis, <eos> stops."""
+"""Greedy and beam-search decoding: scores re-scored independently, beam search against exhaustive
+enumeration and greedy decoding, a sound stopping rule, <eos> stops, devices."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import pytest
 import torch
 
-from fastrnn.seq2seq import EOS, PAD, SOS, Seq2Seq, Seq2SeqConfig, beam_search, greedy_decode
+from fastrnn.seq2seq import EOS, PAD, SOS, Seq2Seq, Seq2SeqConfig, beam_search, decoding, greedy_decode
 
 
 @pytest.fixture(autouse=True)
@@ -104,20 +105,21 @@ def test_decoding_stops_at_eos_and_pads_after_it(decode):
     assert model.calls <= 6, f"decoding went on after <eos> ({model.calls} steps)"
 
 
-def test_greedy_batch_pads_finished_entries_and_respects_max_len():
+def test_greedy_and_beam_pad_finished_entries_and_respect_max_len():
     class Countdown(TableModel):
-        """Entry b emits token 4 until it has b tokens, then <eos>; entry 3 never ends."""
+        """Source b emits token 4 until it has b tokens, then <eos>; source 3 never ends.  A row's
+        state is (its source, its tokens so far), so beam search's rows work too."""
 
         def decode_step(self, y_prev, state):
             self.calls += 1
-            state = [n + (y != SOS) for n, y in zip(state, y_prev.tolist())]
+            state = [(b, n + (y != SOS)) for (b, n), y in zip(state, y_prev.tolist())]
             logp = torch.full((len(state), self.vocab), -20.0)
-            for b, n in enumerate(state):
-                logp[b, EOS if (n >= b and b != 3) else 4] = 0.0
+            for row, (b, n) in enumerate(state):
+                logp[row, EOS if (n >= b and b != 3) else 4] = 0.0
             return logp, state
 
         def init_state(self, src, src_lengths):
-            return [0] * src.shape[0]
+            return [(b, 0) for b in range(src.shape[0])]
 
     model = Countdown({})
     src, src_len = _src(4)
@@ -130,8 +132,12 @@ def test_greedy_batch_pads_finished_entries_and_respects_max_len():
     ]
     assert hyp.lengths.tolist() == [1, 2, 3, 5]
     assert hyp.to_lists() == [[], [4], [4, 4], [4] * 5]
-    beam = beam_search(model, src, src_len, beam_size=1, max_len=5)
-    assert torch.equal(beam.tokens, hyp.tokens) and torch.equal(beam.lengths, hyp.lengths)
+    # every other path has a token of log-probability -20: a real beam finds the same hypotheses,
+    # pads them alike and cuts the endless one at max_len too
+    for length_penalty in (0.0, 1.0):
+        beam = beam_search(model, src, src_len, beam_size=3, max_len=5, length_penalty=length_penalty)
+        assert torch.equal(beam.tokens, hyp.tokens) and torch.equal(beam.lengths, hyp.lengths)
+        assert beam.scores.tolist() == [0.0] * 4
 
 
 class EndsAt:
@@ -159,8 +165,22 @@ class EndsAt:
         return self.model.reorder_state(inner, index), ids[index], t
 
 
+def rescore(model, src, src_len, hyp) -> torch.Tensor:
+    """Each hypothesis' log-probability under ``model``, fed its own tokens step by step (float64 sums)."""
+    state = model.init_state(src, src_len)
+    y = torch.full((src.shape[0],), SOS, dtype=torch.int64)
+    total = torch.zeros(src.shape[0], dtype=torch.float64)
+    for t in range(hyp.tokens.shape[1]):
+        logp, state = model.decode_step(y, state)
+        tok = hyp.tokens[:, t]
+        on = t < hyp.lengths
+        total += torch.where(on, logp.double().gather(1, tok[:, None])[:, 0], 0.0)
+        y = tok
+    return total
+
+
 @pytest.mark.parametrize("attention,mode", [(None, "GRU"), ("general", "LSTM"), ("bahdanau", "GRU"), ("concat", "RNN")])
-def test_beam_size_one_equals_greedy_on_a_real_model(attention, mode):
+def test_reported_scores_are_each_hypothesis_own_log_probability(attention, mode):
     torch.manual_seed(3)
     model = Seq2Seq(
         Seq2SeqConfig(9, 9, embedding_dim=6, hidden_size=12, mode=mode, bidirectional=True, attention=attention)
@@ -168,21 +188,19 @@ def test_beam_size_one_equals_greedy_on_a_real_model(attention, mode):
     src = torch.randint(4, 9, (6, 7))
     src_len = torch.tensor([7, 1, 4, 3, 6, 2])
     src[torch.arange(7)[None, :] >= src_len[:, None]] = PAD
-    wrapped = EndsAt(model, [2, 5, 0, 7, 3, 99])
+    wrapped = EndsAt(model, [2, 5, 0, 7, 3, 99])  # outputs that end at different steps, one never
     greedy = greedy_decode(wrapped, src, src_len, max_len=10)
     assert greedy.lengths.tolist() == [3, 6, 1, 8, 4, 10]
-    beam = beam_search(wrapped, src, src_len, beam_size=1, max_len=10)
-    assert torch.equal(beam.tokens, greedy.tokens)
-    assert torch.equal(beam.lengths, greedy.lengths)
-    torch.testing.assert_close(beam.scores, greedy.scores)
-    # and on the bare model, whatever it does
-    greedy = greedy_decode(model, src, src_len, max_len=10)
-    beam = beam_search(model, src, src_len, beam_size=1, max_len=10)
-    assert torch.equal(beam.tokens, greedy.tokens)
-    torch.testing.assert_close(beam.scores, greedy.scores)
-    wide = beam_search(wrapped, src, src_len, beam_size=4, max_len=10, length_penalty=0.0)
-    # with raw scores, a wider beam never returns a worse hypothesis than greedy's here
-    assert torch.all(wide.scores >= greedy_decode(wrapped, src, src_len, max_len=10).scores - 1e-5)
+    torch.testing.assert_close(greedy.scores.double(), rescore(wrapped, src, src_len, greedy), rtol=0, atol=1e-4)
+    for length_penalty in (0.0, 1.0):
+        for width in (2, 4):
+            beam = beam_search(wrapped, src, src_len, beam_size=width, max_len=10, length_penalty=length_penalty)
+            # the back-pointers rebuild the hypotheses whose scores the search kept
+            torch.testing.assert_close(beam.scores.double(), rescore(wrapped, src, src_len, beam), rtol=0, atol=1e-4)
+            ended = beam.tokens.gather(1, (beam.lengths - 1)[:, None])[:, 0] == EOS
+            assert torch.all(ended | (beam.lengths == 10))
+            rank = beam.scores / beam.lengths.float() ** length_penalty
+            assert torch.all(rank >= greedy.scores / greedy.lengths.float() ** length_penalty - 1e-5)
 
 
 def test_decoding_argument_errors():
@@ -192,6 +210,71 @@ def test_decoding_argument_errors():
         beam_search(model, src, src_len, beam_size=0)
     with pytest.raises(ValueError, match="max_len must be at least 1"):
         greedy_decode(model, src, src_len, max_len=0)
+
+
+class _Arrived(Exception):
+    pass
+
+
+class _Recorder(torch.nn.Module):
+    """A decoder model whose parameters live on ``device``: records where the source arrives, then stops."""
+
+    def __init__(self, device):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1, device=device))
+        self.seen = None
+
+    def init_state(self, src, src_lengths):
+        self.seen = (src.device, src_lengths.device)
+        raise _Arrived
+
+    def decode_step(self, y_prev, state):
+        raise AssertionError("unreachable")
+
+    def reorder_state(self, state, index):
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("decode", ["greedy", "beam", "translate", "translate-beam"])
+def test_decoding_moves_the_source_to_the_model_device(decode, monkeypatch):
+    """CPU ids and a model elsewhere (the meta device stands for a GPU): the ids are moved."""
+    meta = torch.device("meta")
+    src, src_len = _src(2)
+    if decode.startswith("translate"):
+        model = Seq2Seq(Seq2SeqConfig(9, 9, embedding_dim=4, hidden_size=8, attention="general")).to(meta).eval()
+        seen = []
+
+        def arrive(self, src, src_lengths):
+            seen.append((src.device, src_lengths.device))
+            raise _Arrived
+
+        monkeypatch.setattr(Seq2Seq, "init_state", arrive)
+        for static in (False, None):
+            with pytest.raises(_Arrived):
+                model.translate(src, src_len, beam_size=1 if decode == "translate" else 3, max_len=4, static=static)
+        assert seen == [(meta, meta)] * 2
+        return
+    model = _Recorder(meta)
+    with pytest.raises(_Arrived):
+        if decode == "greedy":
+            greedy_decode(model, src, src_len, max_len=4)
+        else:
+            beam_search(model, src, src_len, beam_size=2, max_len=4)
+    assert model.seen == (meta, meta)
+    # a decoder model without parameters (no device of its own) gets the ids where they are
+    plain = TableModel({})
+    assert greedy_decode(plain, src, src_len, max_len=2).tokens.device == src.device
+
+
+def test_translate_defaults_lengths_to_the_non_pad_ids():
+    torch.manual_seed(0)
+    model = Seq2Seq(Seq2SeqConfig(9, 9, embedding_dim=4, hidden_size=8, attention="dot")).eval()
+    src = torch.tensor([[4, 5, 6], [7, PAD, PAD]])
+    want = greedy_decode(model, src, torch.tensor([3, 1]), max_len=5)
+    got = model.translate(src, max_len=5)
+    assert torch.equal(got.tokens, want.tokens) and torch.equal(got.scores, want.scores)
+    beam = model.translate(src, max_len=5, beam_size=3, length_penalty=0.0)
+    assert torch.equal(beam.tokens, beam_search(model, src, torch.tensor([3, 1]), 3, 5, 0.0).tokens)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,6 +441,78 @@ def test_an_exhaustive_beam_is_exact_and_any_beam_ranks_at_least_as_high_as_gree
             assert rank_of(model, b, seq, length_penalty)[1] >= greedy_rank[b] - 1e-5, (width, b)
 
 
+def test_stopping_keeps_a_live_hypothesis_whose_mean_can_still_win():
+    # <eos> at once ranks log 0.7 = -0.357; "4 4 4 <eos>" ranks log(0.3) / 4 = -0.301 (per-token
+    # mean).  After step 1 the live "4" has the sum log 0.3: by the sound bound it may still reach
+    # log(0.3) / max_len > -0.357, so the search goes on; a bound that assumed it ends at the next
+    # step, log(0.3) / 2 = -0.602, would stop there and return [<eos>].
+    table = {(): {EOS: 0.7, 4: 0.3}, (4,): {4: 1.0}, (4, 4): {4: 1.0}, (4, 4, 4): {EOS: 1.0}}
+    model = Automaton.from_tables([table])
+    src, src_len = _src(1)
+    for max_len in (4, 8):
+        best_rank, best_seq = enumerate_best(model, 0, max_len, 1.0)
+        assert best_seq == [4, 4, 4, EOS] and best_rank > math.log(0.7)
+        for width in (2, 3):
+            hyp = beam_search(model, src, src_len, beam_size=width, max_len=max_len, length_penalty=1.0)
+            assert _hyp_seqs(hyp) == [best_seq]
+            assert hyp.scores[0].item() == pytest.approx(math.log(0.3), abs=1e-5)
+
+
+def test_the_greedy_row_keeps_the_search_going_and_beam_never_ranks_below_greedy():
+    # Beam 2 keeps "4" (0.4) and "5" (0.31), then prunes greedy's "4 7" (0.112) for "5 11" and
+    # "5 12" (0.155 each).  After step 3 the best finished is "5 11 <eos>" (0.093) and the beams
+    # live on at 0.062, but the greedy row, "4 7 14" (0.1008), still beats it and ends next:
+    # "4 7 14 <eos>" is the answer.  Without the greedy row, or with a stopping rule that forgets
+    # it, the search returns "5 11 <eos>": worse than greedy decoding.
+    table = {
+        (): {4: 0.4, 5: 0.31, 6: 0.29},
+        (4,): {7: 0.28, 8: 0.24, 9: 0.24, 10: 0.24},
+        (4, 7): {14: 0.9, EOS: 0.1},
+        (4, 7, 14): {EOS: 1.0},
+        (5,): {11: 0.5, 12: 0.5},
+        (5, 11): {EOS: 0.6, 13: 0.4},
+        (5, 12): {EOS: 0.6, 13: 0.4},
+        (6,): {15: 1.0},
+        (6, 15): {EOS: 0.05, 15: 0.95},
+    }
+    model = Automaton.from_tables([table], vocab=16)
+    src, src_len = _src(1)
+    greedy = _hyp_seqs(greedy_decode(model, src, src_len, max_len=6))[0]
+    assert greedy == [4, 7, 14, EOS]
+    greedy_score = rank_of(model, 0, greedy, 0.0)[0]
+    for length_penalty in (0.0, 0.5):
+        hyp = beam_search(model, src, src_len, beam_size=2, max_len=6, length_penalty=length_penalty)
+        assert _hyp_seqs(hyp) == [greedy], "beam search must not rank below greedy decoding"
+        assert hyp.scores[0].item() == pytest.approx(greedy_score, abs=1e-5)
+    # (the enumerated best, "6 15 15 <eos>", is out of a 2-beam's reach: the guarantee is greedy's)
+    assert enumerate_best(model, 0, 6, 0.0)[1] == [6, 15, 15, EOS]
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0, -0.5])
+def test_stopping_early_never_changes_the_result(monkeypatch, length_penalty):
+    """The same search with a bound no hypothesis ever meets (it runs to max_len) returns the same."""
+    B, max_len = 12, 6
+    model = Automaton.random_tries(B, max_len, (4, 5, 6), vocab=8, seed=7)
+    src, src_len = _src(B)
+    real = decoding.penalties
+    never = lambda cap, n, lp: (real(cap, n, lp)[0], torch.full((cap,), math.inf))  # noqa: E731
+    runs = {}
+    for name in ("stopping", "to the end"):
+        if name == "to the end":
+            monkeypatch.setattr(decoding, "penalties", never)
+        runs[name] = []
+        for width in (2, 3, 5):
+            model.calls = 0
+            hyp = beam_search(model, src, src_len, beam_size=width, max_len=max_len, length_penalty=length_penalty)
+            runs[name].append((hyp, model.calls))
+    for (a, calls_a), (b, calls_b) in zip(runs["stopping"], runs["to the end"]):
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.lengths, b.lengths)
+        assert torch.equal(a.scores, b.scores)
+        assert calls_b == max_len and calls_a <= calls_b
+    if length_penalty <= 0:  # the raw sum (and a negative penalty) stop early here
+        assert any(calls < max_len for _, calls in runs["stopping"])
+
+
 class HostReads(torch.overrides.TorchFunctionMode):
     """Counts the tensor operations that read device data on the host (a sync on a GPU)."""
 
@@ -473,11 +628,26 @@ def test_beam_5_is_not_worse_than_greedy_on_a_trained_model(reverse_model, lengt
     beam = evaluate(model, test, src_vocab, tgt_vocab, beam_size=5, length_penalty=length_penalty)
     assert 0.5 < greedy.exact_match < 0.98, f"the model should be good but not perfect: {greedy.summary()}"
     assert beam.exact_match >= greedy.exact_match - 0.01, (greedy.summary(), beam.summary())
-    # and by the model's own ranking, beam search never returns a worse hypothesis than greedy's
-    src, src_len = encode_batch(src_vocab, [s for s, _ in test[:100]], add_eos=False)
+    # and by the model's own ranking, beam search never returns a worse hypothesis than greedy's:
+    # each hypothesis re-scored independently (teacher-forced, the whole output in one decoder call)
+    device = next(model.parameters()).device  # the ids go where the model is, as a user puts them
+    src, src_len = encode_batch(src_vocab, [s for s, _ in test[:100]], add_eos=False, device=device)
     g = greedy_decode(model, src, src_len)
     b = beam_search(model, src, src_len, beam_size=5, length_penalty=length_penalty)
-    g_rank = g.scores / g.lengths.double() ** length_penalty
-    b_rank = b.scores / b.lengths.double() ** length_penalty
+    ranks = []
+    for hyp in (g, b):
+        score = _teacher_forced_score(model, src, src_len, hyp)
+        torch.testing.assert_close(hyp.scores.double(), score, rtol=0, atol=1e-3)  # its own report agrees
+        ranks.append(score / hyp.lengths.double() ** length_penalty)
+    g_rank, b_rank = ranks
     assert torch.all(b_rank >= g_rank - 1e-4), (b_rank - g_rank).min()
     assert torch.any(b_rank > g_rank + 1e-3), "beam search should improve on greedy somewhere"
+
+
+def _teacher_forced_score(model, src, src_len, hyp) -> torch.Tensor:
+    """Each hypothesis' log-probability from the teacher-forced forward (float64 sums)."""
+    with torch.no_grad():
+        logp = model(src, src_len, hyp.tokens).double().log_softmax(-1)
+    token = logp.gather(2, hyp.tokens[:, :, None])[:, :, 0]
+    real = torch.arange(hyp.tokens.shape[1], device=token.device)[None, :] < hyp.lengths[:, None]
+    return (token * real).sum(1)

@@ -93,9 +93,17 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def autocast_on(device_type: str) -> bool:
+    """Whether ``torch.autocast`` is on for ``device_type`` (never for a type autocast lacks)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # e.g. "meta": no autocast there
+        return False
+
+
 def compute_dtype(param_dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype a step computes in: autocast's for fp32 weights under ``torch.autocast``, else the weights'."""
-    if param_dtype == torch.float32 and torch.is_autocast_enabled(device.type):
+    if param_dtype == torch.float32 and autocast_on(device.type):
         return torch.get_autocast_dtype(device.type)
     return param_dtype
 
@@ -270,7 +278,7 @@ class Session:
             self.store(new)
 
     def _no_autocast(self):
-        if torch.is_autocast_enabled(self.device.type):
+        if autocast_on(self.device.type):
             return torch.autocast(self.device.type, enabled=False)
         return contextlib.nullcontext()
 
