@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,79 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     # a different seed is a different run (so the equalities above mean something)
     assert _run(*extra, "--epochs", 1, "--seed", 1, "--out", tmp_path / "other") == 0
     assert _ckpt(tmp_path / "other")["losses"] != whole["losses"][:6]
+
+
+def test_checkpoints_hold_and_restore_every_cuda_device_rng_state(tmp_path, monkeypatch):
+    """The CUDA generators' save and restore, on any machine: two CUDA devices pretended (the run
+    itself on the CPU)."""
+    states = [torch.arange(16, dtype=torch.uint8) + 16 * i for i in range(2)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [t.clone() for t in states])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda new: restored.append([t.clone() for t in new]))
+    assert _run("--epochs", 1, "--device", "cpu", "--out", tmp_path) == 0
+    saved = _ckpt(tmp_path)["rng"][0]
+    assert len(saved["cuda"]) == 2 and all(torch.equal(a, b) for a, b in zip(saved["cuda"], states))
+    assert restored == []
+    assert _run("--epochs", 2, "--device", "cpu", "--out", tmp_path, "--resume") == 0
+    assert len(restored) == 1 and all(torch.equal(a, b) for a, b in zip(restored[0], states))
+
+
+def test_set_rng_state_restores_what_the_machine_has(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda new: calls.append(("all", len(new))))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda new, device="cuda": calls.append(("one", device)))
+    cpu = torch.get_rng_state()
+    base = {"torch": cpu, "python": random.getstate()}
+    states = [torch.zeros(16, dtype=torch.uint8)] * 3
+    for count, want in ((3, [("all", 3)]), (2, [("one", 0), ("one", 1)]), (4, [("one", 0), ("one", 1), ("one", 2)])):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda n=count: n)
+        calls.clear()
+        train_mod.set_rng_state({**base, "cuda": states}, torch.device("cpu"))
+        assert calls == want, count
+    calls.clear()  # a checkpoint of the previous version: one tensor, the training device's
+    train_mod.set_rng_state({**base, "cuda": states[0]}, torch.device("cuda", 1))
+    assert calls == [("one", torch.device("cuda", 1))]
+    calls.clear()
+    train_mod.set_rng_state({**base, "cuda": states[0]}, torch.device("cpu"))
+    assert calls == [] and torch.equal(torch.get_rng_state(), cpu)
+
+
+def test_cudnn_dropout_is_reseeded_from_the_generator_before_every_training_call(monkeypatch):
+    from fastrnn import EmbeddingRNN
+    from fastrnn.seq2seq import Seq2Seq, Seq2SeqConfig
+    from fastrnn.seq2seq import model as model_mod
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": calls.append(("get", device)) or "state")
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": calls.append(("set", state, device)))
+    cuda = torch.device("cuda", 1)
+    rnn = EmbeddingRNN(10, 4, 6, 2, mode="LSTM", dropout=0.2).train()
+    model_mod.reseed_rnn_dropout(rnn, cuda)
+    assert calls == [("get", cuda), ("set", "state", cuda)]
+    calls.clear()
+    no_dropout = [
+        EmbeddingRNN(10, 4, 6, 2, dropout=0.0),
+        EmbeddingRNN(10, 4, 6, 1),
+        EmbeddingRNN(10, 4, 6, 2, dropout=0.2).eval(),
+    ]
+    for other in no_dropout:
+        model_mod.reseed_rnn_dropout(other, cuda)
+    model_mod.reseed_rnn_dropout(rnn, torch.device("cpu"))
+    assert calls == []
+    # the model asks before each recurrent call: encoder, then the decoder (once, or at every step)
+    seen = []
+    monkeypatch.setattr(model_mod, "reseed_rnn_dropout", lambda module, device: seen.append(module))
+    src, src_len, tgt = torch.randint(4, 10, (2, 3)), torch.tensor([3, 2]), torch.randint(4, 10, (2, 4))
+    for attention, decoder_calls in (("general", 1), ("bahdanau", 4)):
+        model = Seq2Seq(
+            Seq2SeqConfig(10, 10, embedding_dim=4, hidden_size=6, num_layers=2, dropout=0.2, attention=attention)
+        )
+        seen.clear()
+        model(src, src_len, tgt)
+        assert seen == [model.encoder.rnn] + [model.decoder.rnn] * decoder_calls
 
 
 def test_two_process_ddp_equals_one_process_on_the_concatenated_batch(tmp_path):

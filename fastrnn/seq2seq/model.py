@@ -129,6 +129,25 @@ class DecoderState:
         )
 
 
+def reseed_rnn_dropout(module: nn.Module, device: torch.device) -> None:
+    """Make the next cuDNN call of ``module`` seed its inter-layer dropout from torch's CUDA RNG.
+
+    cuDNN keeps the dropout state of its recurrent layers (dropout between layers) to itself: it is
+    seeded from the CUDA generator once, then advances inside cuDNN, outside the generator's state.
+    A training run resumed from a checkpoint's ``torch.cuda.get_rng_state_all()`` would therefore
+    draw other dropout masks than the uninterrupted run did.  Setting the generator's state (to
+    itself: its random stream is unchanged) makes cuDNN seed its dropout state afresh from the
+    generator at its next call; done before every recurrent call in training, the masks depend on
+    the generator's state alone, which checkpoints hold.  (fastrnn's kernels draw their dropout from
+    the generator anyway; then this costs two host calls and nothing else.)  Nothing to do on the
+    CPU, in eval mode, without dropout or with one layer.
+    """
+    rnn = getattr(module, "rnn", module)
+    if device.type != "cuda" or not rnn.training or not getattr(rnn, "dropout", 0) or rnn.num_layers < 2:
+        return
+    torch.cuda.set_rng_state(torch.cuda.get_rng_state(device), device)
+
+
 def check_batch(ids: torch.Tensor, lengths: torch.Tensor, what: str) -> None:
     """Raise ``ValueError`` unless ``ids`` is ``(B, T)`` integer and ``lengths (B,)`` lies in ``[1, T]``."""
     if ids.dim() != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
@@ -163,6 +182,7 @@ class Encoder(nn.Module):
         """``src (B, S)`` ids, ``lengths (B,)`` (any order) -> :class:`EncoderOutput`."""
         check_batch(src, lengths, "source")
         # Variable-length: outputs zero at padding, the state is each sequence's own last step.
+        reseed_rnn_dropout(self.rnn, src.device)
         out, state = self.rnn(src, lengths=lengths)
         mask = torch.arange(src.shape[1], device=src.device)[None, :] < lengths.to(src.device)[:, None]
         return EncoderOutput(out, state, mask, lengths)
@@ -256,12 +276,14 @@ class Decoder(nn.Module):
                 step_logits, state = self.step(tgt_in[:, t], state)
                 logits.append(step_logits)
             return torch.stack(logits, 1), state
+        reseed_rnn_dropout(self.rnn, tgt_in.device)
         out, hidden = self.rnn(tgt_in, state.hidden)  # (B, T, H): the whole target in one call
         ctx = self.attention(out, state.memory, state.mask)[0] if self.attention is not None else None
         return self._readout(out, ctx), DecoderState(hidden, state.memory, state.mask, state.projected_keys)
 
     def step(self, y_prev: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
         """One step: ``y_prev (B,)`` ids -> ``(logits (B, V), new state)``."""
+        reseed_rnn_dropout(self.rnn, y_prev.device)
         out, hidden = self.rnn(y_prev[:, None], state.hidden)  # (B, 1, H)
         ctx = None
         if isinstance(self.attention, LuongAttention):

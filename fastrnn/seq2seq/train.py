@@ -459,18 +459,36 @@ def process_device(requested: str | None, world: int, local_rank: int, n_cuda: i
     return device
 
 
-def _rng_state(device: torch.device) -> dict:
+def rng_state() -> dict:
+    """Every random state training draws from: the CPU generator, Python's ``random`` and, when
+    CUDA is available, every CUDA device's generator (``torch.cuda.get_rng_state_all()``).  The data
+    order has a generator of its own (:func:`epoch_order`)."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict, device: torch.device) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore :func:`rng_state`'s ``state``.  The CUDA states go back to every device the machine
+    has (a list, one per device; a checkpoint of an older version holds ``device``'s alone).
+    Setting them also makes cuDNN seed its recurrent layers' dropout from them afresh (see
+    :func:`~fastrnn.seq2seq.model.reseed_rnn_dropout`)."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+    cuda = state.get("cuda")
+    if cuda is None or not torch.cuda.is_available():
+        return
+    if isinstance(cuda, torch.Tensor):
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(cuda, device)
+        return
+    n = torch.cuda.device_count()
+    if len(cuda) == n:
+        torch.cuda.set_rng_state_all(cuda)
+    else:  # another machine: the devices both have
+        for i, s in enumerate(cuda[:n]):
+            torch.cuda.set_rng_state(s, i)
 
 
 def _check_resume(opts: TrainOptions, ckpt: dict, world: int, fingerprint: str, vocabs: tuple[Vocab, Vocab]) -> None:
@@ -595,7 +613,7 @@ def train(opts: TrainOptions) -> TrainResult:
             raise Seq2SeqError(f"cannot resume: the checkpoint does not fit this model: {e}") from None
         epoch, batch_in_epoch, step = (ckpt["progress"][k] for k in ("epoch", "batch", "step"))
         losses, history = list(ckpt["losses"]), list(ckpt["history"])
-        _set_rng_state(ckpt["rng"][rank], device)
+        set_rng_state(ckpt["rng"][rank], device)
         if epoch >= opts.epochs or (opts.max_steps is not None and step >= opts.max_steps):
             say(f"{path}: already trained for {plural(epoch, 'epoch')}, {plural(step, 'step')}; raise --epochs/--max-steps to train on")  # fmt: skip
             return TrainResult(model.eval(), src_vocab, tgt_vocab, losses, history, path)
@@ -607,9 +625,9 @@ def train(opts: TrainOptions) -> TrainResult:
     def checkpoint() -> None:
         rng = [None] * world
         if distributed:
-            dist.all_gather_object(rng, _rng_state(device))
+            dist.all_gather_object(rng, rng_state())
         else:
-            rng[0] = _rng_state(device)
+            rng[0] = rng_state()
         if is_main:
             payload = {
                 "format": CHECKPOINT_FORMAT,
