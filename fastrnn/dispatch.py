@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
+from . import auto
 from .errors import BackendUnavailable
 from .kernels import _runtime, cells
 
@@ -65,9 +66,10 @@ def check_backend_name(backend: str) -> None:
 # The environment: one snapshot, rebuilt only when what it reads changes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Environment:
-    """What the process says about where the kernels can run (one snapshot per change)."""
+    """What the process says about where the kernels can run (one snapshot per change; compared
+    by identity: a snapshot is rebuilt only when what it reads changed)."""
 
     backend_override: str  # FASTRNN_BACKEND ("auto" when unset)
     tier_override: str | None  # FASTRNN_TIER as set (None when unset): tiers.choose_tier reads it
@@ -91,40 +93,35 @@ _VARIABLES = ("FASTRNN_BACKEND", "FASTRNN_TIER", "FASTRNN_AUTO_MEASURE")
 _KEYS = tuple(_ENVIRON.encodekey(v) for v in _VARIABLES) if _ENVIRON_DATA is not None else ()
 
 
-def _variables_raw() -> tuple:
-    """The variables of :data:`_VARIABLES` as stored (``None`` when unset), to see whether they
-    changed.  ``os.environ.get`` of an unset variable raises and catches a ``KeyError`` inside,
-    several microseconds per call; the mapping behind ``os.environ`` answers without one."""
-    if os.environ is _ENVIRON and _ENVIRON_DATA is not None:
-        return tuple(_ENVIRON_DATA.get(k) for k in _KEYS)
-    return tuple(os.environ.get(v) for v in _VARIABLES)
-
-
 def _environment() -> Environment:
     """The one place that inspects the process for dispatch.  Only ever called from eager code
     or from functions that Dynamo runs eagerly (``assume_constant_result``), never from traced
     code.  Every call reads what a program may change while it runs (the variables, cuDNN's
     ``enabled`` and ``allow_tf32`` flags, the interpreter flags) and builds a new snapshot only
-    when one of them changed: a call costs a few attribute reads."""
+    when one of them changed: a call costs a few attribute reads.  The variables are read from
+    the mapping behind ``os.environ`` (CPython's ``_data``, which every change made through
+    ``os.environ`` updates): ``os.environ.get`` of an unset variable raises and catches a
+    ``KeyError`` inside, several microseconds per call."""
     global _SNAPSHOT
     cudnn = torch.backends.cudnn
-    raw = (_variables_raw(), cudnn.enabled, cudnn.allow_tf32, *_interpret_flags())
+    data = _ENVIRON_DATA if os.environ is _ENVIRON else None
+    if data is not None:
+        raw = (data.get(_KEYS[0]), data.get(_KEYS[1]), data.get(_KEYS[2]), cudnn.enabled, cudnn.allow_tf32,
+               _runtime.INTERPRET, _runtime.LATE_INTERPRET)  # fmt: skip
+    else:
+        get = os.environ.get
+        raw = (*(get(v) for v in _VARIABLES), cudnn.enabled, cudnn.allow_tf32, _runtime.INTERPRET,
+               _runtime.LATE_INTERPRET)  # fmt: skip
     last = _SNAPSHOT
     if last is not None and last[0] == raw:
         return last[1]
-    env = _snapshot(*raw[1:])
+    env = _snapshot(*raw[3:])
     _SNAPSHOT = (raw, env)
     return env
 
 
-def _interpret_flags() -> tuple[bool, bool]:
-    """``(interpret, late_interpret)`` of :mod:`fastrnn.kernels._runtime` (both false without Triton)."""
-    if not _TRITON_INSTALLED:
-        return False, False
-    return _runtime.INTERPRET, _runtime.LATE_INTERPRET
-
-
 def _snapshot(cudnn_enabled: bool, allow_tf32: bool, interpret: bool, late: bool) -> Environment:
+    interpret, late = (interpret, late) if _TRITON_INSTALLED else (False, False)
     backend = os.environ.get("FASTRNN_BACKEND", "auto") or "auto"
     check_backend_name(backend)
     return Environment(
@@ -275,6 +272,9 @@ def _plan_in_trace(mode: str, hidden_size: int, proj_size: int, dtype: str, tier
                             precision).key  # fmt: skip
 
 
+#: Whether autocast is on for any device: one cheap call before asking per device (torch >= 2.4).
+_ANY_AUTOCAST = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
+
 #: ``str(dtype)`` -> dtype: dtypes cross into :func:`_backend_and_tier` as strings (constants for Dynamo).
 _DTYPES = {str(d): d for d in vars(torch).values() if isinstance(d, torch.dtype)}
 
@@ -310,8 +310,6 @@ def _auto_in_trace(
 ) -> tuple[str, str]:  # fmt: skip
     """:func:`fastrnn.auto.choose` inside torch.compile's trace, for a class of any size: the
     caches and the table, else the rule; nothing is measured.  Run eagerly by Dynamo."""
-    from . import auto
-
     cls = auto.ShapeClass(mode, dtype, layers, bidirectional, packed, embedded, hidden_size, proj_size, -1, -1,
                           training)  # fmt: skip
     index = device_index if device_index >= 0 else torch.cuda.current_device()
@@ -320,14 +318,6 @@ def _auto_in_trace(
 
 # ---------------------------------------------------------------------------------------------
 # decide: the one entry point
-
-
-def needs_gradients(module) -> bool:
-    """Whether this call records a backward that the caller can run: gradients enabled, a
-    parameter that needs one, and the module in training mode.  In ``eval()`` a backward through
-    ``torch.nn``'s cuDNN RNN is refused by cuDNN, so ``auto`` measures and compares the forward
-    only there."""
-    return module.training and torch.is_grad_enabled() and any(p.requires_grad for p in module._flat_weights)
 
 
 def _precision(module) -> str:
@@ -362,34 +352,38 @@ def decide(
     ``runners(decision)`` builds :class:`fastrnn.auto.Runners` that run the call with each
     backend (the kernels with ``decision``), for ``auto``'s first-use measurement on CUDA; it is
     called only when the call is measured.  A ``backend='triton'`` that cannot run the call gives
-    ``backend="error"`` (:meth:`Decision.check` raises)."""
-    data = input.data if isinstance(input, PackedSequence) else input
-    module._update_flat_weights()  # as torch.nn's forward does: parameters replaced since the last call
-    params = module._flat_weights
-    param_dtype = params[0].dtype if params else data.dtype
-    cast = autocast_dtype(module.mode, data.device, param_dtype) if autocast else None
-    training = needs_gradients(module)
-    if torch.compiler.is_compiling():
-        return _make_decision(module, input, data, params, param_dtype, cast, training, embedded, packed, beyond_torch_nn,
-                         None)  # fmt: skip
-    env = _environment()
-    from . import auto
+    ``backend="error"`` (:meth:`Decision.check` raises).
 
-    device_type = _device_names(data.device)[0]
+    A call *needs gradients* (``auto``'s training classes, measured forward and backward) when
+    gradients are enabled, a parameter needs one and the module is in training mode: in
+    ``eval()`` a backward through ``torch.nn``'s cuDNN RNN is refused by cuDNN, so there ``auto``
+    measures and compares the forward only."""
+    is_packed = isinstance(input, PackedSequence)
+    data = input.data if is_packed else input
+    params = module._flat_weights  # their dtype and device (the kernels' path refreshes the list itself)
+    param_dtype = params[0].dtype if params else data.dtype
+    device = data.device
+    cast = autocast_dtype(module.mode, device, param_dtype) if autocast else None
+    training = module.training and torch.is_grad_enabled() and any(p.requires_grad for p in params)
+    if torch.compiler.is_compiling():
+        return _make_decision(module, input, data, params, param_dtype, cast, training, embedded, packed,
+                              beyond_torch_nn, None)  # fmt: skip
+    attrs = module.__dict__
     key = (
-        env, module.backend, param_dtype, params[0].device if params else None, data.device, cast, training,
-        embedded, packed or isinstance(input, PackedSequence), beyond_torch_nn, autocast, module.allow_tf32, getattr(module, "fp32_precision", None), auto.epoch(),
-        _buckets(input, module.batch_first, embedded) if device_type == "cuda" else None,
+        _environment(), attrs["backend"], param_dtype, params[0].device if params else None, device, cast, training,
+        embedded | (packed or is_packed) << 1 | beyond_torch_nn << 2 | autocast << 3, attrs["allow_tf32"],
+        attrs.get("fp32_precision"), auto.epoch(), _buckets(input, module.batch_first, embedded) if device.type == "cuda"
+        else None,
     )  # fmt: skip
-    cache = module.__dict__.get("_fastrnn_decisions")
+    cache = attrs.get("_fastrnn_decisions")
     if cache is None:
-        cache = module.__dict__["_fastrnn_decisions"] = {}
+        cache = attrs["_fastrnn_decisions"] = {}
     else:
         found = cache.get(key)
         if found is not None:
             return found if found.alternative is None else _memory_checked(found, module, input, embedded)
     decision = _make_decision(module, input, data, params, param_dtype, cast, training, embedded, packed,
-                         beyond_torch_nn, runners)  # fmt: skip
+                              beyond_torch_nn, runners)  # fmt: skip
     if len(cache) > 64:  # a module called with ever new buckets, devices or modes: start over
         cache.clear()
     cache[key] = decision
@@ -416,8 +410,6 @@ def _make_decision(module, input, data, params, param_dtype, cast, training: boo
     if choice == "triton" or beyond_torch_nn:
         return kernels
     # auto on CUDA where the kernels can run: fastrnn.auto compares them with torch.nn
-    from . import auto
-
     B, T = _sizes(input, module.batch_first, embedded)
     fields = (module.mode, str(dtype), module.num_layers, module.bidirectional,
               packed or isinstance(input, PackedSequence), embedded, module.hidden_size, module.proj_size)  # fmt: skip
@@ -452,8 +444,6 @@ def _stack_plan(module, dtype: torch.dtype, tier: int, device: torch.device, pre
 def _memory_checked(decision: Decision, module, input, embedded: bool) -> Decision:
     """``decision``, or the other backend where the chosen one would not fit the free memory
     (:func:`fastrnn.auto.fits`: only a call larger than the measured one is checked)."""
-    from . import auto
-
     B, T = _sizes(input, module.batch_first, embedded)
     data = input.data if isinstance(input, PackedSequence) else input
     alt = decision.alternative
@@ -467,10 +457,8 @@ def _memory_checked(decision: Decision, module, input, embedded: bool) -> Decisi
 
 def _buckets(input, batch_first: bool, ids: bool) -> tuple[int, int]:
     """:func:`fastrnn.auto.bucket` of ``B`` and ``T``: what ``auto``'s shape classes tell apart."""
-    from .auto import bucket
-
     B, T = _sizes(input, batch_first, ids)
-    return bucket(B, 2), bucket(T, 4)
+    return auto.bucket(B, 2), auto.bucket(T, 4)
 
 
 def explain(module, input, hx=None, **kwargs) -> str:
@@ -527,6 +515,8 @@ def autocast_dtype(mode: str, device: torch.device, dtype: torch.dtype) -> torch
     ``twin_cpu_autocast``).  ``tests/test_autocast.py``
     checks this rule against ``torch.nn`` so a change in PyTorch shows up as a failing test.
     """
+    if not _ANY_AUTOCAST():
+        return None
     dev = device.type
     if dev not in ("cuda", "cpu") or not torch.is_autocast_enabled(dev) or not dtype.is_floating_point:
         return None

@@ -128,11 +128,11 @@ class EmbeddingRNN(nn.Module):
 
     # ------------------------------------------------------------------------------------------
 
-    def _check_ids(self, ids: torch.Tensor) -> None:
+    def _check_ids(self, ids: torch.Tensor, emb: nn.Embedding) -> None:
         """The ids' dtype and the embedding's options (the range of the ids: :meth:`_check_range`)."""
-        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-            raise TypeError(f"EmbeddingRNN: token ids must be an integer tensor, got {ids.dtype}")
-        emb = self.embedding
+        dtype = ids.dtype
+        if dtype.is_floating_point or dtype.is_complex or dtype is torch.bool:
+            raise TypeError(f"EmbeddingRNN: token ids must be an integer tensor, got {dtype}")
         if emb.max_norm is not None:
             raise ValueError("EmbeddingRNN: embedding.max_norm is not supported (it rewrites weights in forward)")
         if emb.sparse:
@@ -193,9 +193,11 @@ class EmbeddingRNN(nn.Module):
                                runners=lambda d: self._runners(input, hx, lengths, d))  # fmt: skip
 
     def forward(self, input, hx=None, lengths: torch.Tensor | None = None):
+        modules = self._modules  # the submodules, read once (nn.Module's attribute lookup is slow)
+        rnn, emb = modules["rnn"], modules["embedding"]
         packed = isinstance(input, PackedSequence)
         ids = input.data if packed else input
-        self._check_ids(ids)
+        self._check_ids(ids, emb)
         # Bad ids are reported before any other error (lengths, backend); on the CPU's torch path
         # nn.Embedding's own range check stands in for the separate one.
         deferred = self._range_checked_later(ids)
@@ -208,13 +210,18 @@ class EmbeddingRNN(nn.Module):
                 lengths = self._check_lengths(ids, lengths)
             # One decision per call: the torch path runs the recurrent module's torch.nn code
             # directly (run_torch), which does not decide again.
-            decision = self.backend_decision(input, hx, lengths).check(self.rnn)
+            decision = dispatch.decide(rnn, input, embedded=True, packed=lengths is not None,
+                                       runners=lambda d: self._runners(input, hx, lengths, d))  # fmt: skip
+            if decision.backend == "error":
+                decision.check(rnn)
         except Exception:
             error = self._range_error(ids) if deferred else None
             if error is not None:
                 raise error from None
             raise
         if decision.backend == "torch":
+            if lengths is None and not packed:  # the common case, inline: nn.Embedding, then torch.nn's code
+                return run_torch(rnn, self._embed(ids, emb), hx)
             return self._unfused(input, hx, lengths)
         if deferred:
             self._check_range(ids)
@@ -238,12 +245,12 @@ class EmbeddingRNN(nn.Module):
                 raise ValueError(f"EmbeddingRNN: lengths must lie in [1, {T}] (the padded length)")
         return lengths.to(device=ids.device, dtype=torch.int64)
 
-    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+    def _embed(self, ids: torch.Tensor, emb: nn.Embedding) -> torch.Tensor:
         """``nn.Embedding`` of ``ids``; its ``IndexError`` for an id out of range (``index out of
         range in self``) becomes :meth:`_range_error`'s, which names the id and the range (and so
         does any error of a lookup with a bad id, e.g. an embedding on another device)."""
         try:
-            return self.embedding(ids)
+            return emb(ids)
         except Exception:  # index out of range, or another error that a bad id was always reported before
             error = self._range_error(ids) if ids.is_cpu else None
             if error is not None:
@@ -254,8 +261,8 @@ class EmbeddingRNN(nn.Module):
         """torch backend: nn.Embedding, then the recurrent module's torch.nn code (packing when
         lengths are given)."""
         if isinstance(input, PackedSequence):
-            return run_torch(self.rnn, input._replace(data=self._embed(input.data)), hx)
-        x = self._embed(input)
+            return run_torch(self.rnn, input._replace(data=self._embed(input.data, self.embedding)), hx)
+        x = self._embed(input, self.embedding)
         if lengths is None:
             return run_torch(self.rnn, x, hx)
         bf = self.rnn.batch_first

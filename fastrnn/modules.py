@@ -313,9 +313,9 @@ class RecurrentBase(nn.RNNBase):
 
     def flat_weights(self) -> list[torch.Tensor]:
         """The parameters in ``torch.nn``'s flat order (``w_ih, w_hh[, b_ih, b_hh][, w_hr]`` per
-        layer and direction), as the kernels take them (:func:`fastrnn.functional.recurrent_stack`);
-        brought up to date at the start of every call (:func:`fastrnn.dispatch.decide`), as
-        ``torch.nn``'s forward does."""
+        layer and direction), as the kernels take them (:func:`fastrnn.functional.recurrent_stack`),
+        brought up to date first as ``torch.nn``'s forward does (parameters replaced since)."""
+        self._update_flat_weights()
         return self._flat_weights
 
 

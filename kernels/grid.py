@@ -76,23 +76,42 @@ _BARRIER_START = 0
 def _co_resident_programs(kernel, args, consts, device: torch.device) -> int:
     """Programs of this kernel that fit the GPU at once, from the compiled kernel's registers and
     shared memory.  ``warmup`` returns the binary the launch will use (same arguments, so the same
-    dtypes and divisibility specialisation); the capacity is cached per binary and device."""
-    compiled = kernel.warmup(*args, grid=(1,), **consts)
-    key = (compiled.hash, device.index)
-    if key not in _CAPACITY:
+    dtypes and divisibility specialisation); its answer is cached per launch signature (the
+    kernel, its constexprs, the arguments' dtypes and 16-byte alignment) and device, so that a
+    repeated launch does not run ``warmup``'s argument binding again.  (Should two binaries of
+    one signature differ in registers, the cooperative launch that does not fit is refused and
+    :func:`run` falls back to per-step launches.)"""
+    key = (kernel, _signature(args), tuple(sorted(consts.items())), device.index)
+    capacity = _CAPACITY.get(key)
+    if capacity is None:
+        compiled = kernel.warmup(*args, grid=(1,), **consts)
         compiled._init_handles()
         n_sm, limits = _sm_limits(device.index)
         per_sm = programs_per_sm(compiled.n_regs, compiled.metadata.shared, compiled.metadata.num_warps, **limits)
-        _CAPACITY[key] = per_sm * n_sm
-    return _CAPACITY[key]
+        capacity = _CAPACITY[key] = per_sm * n_sm
+    return capacity
+
+
+def _signature(args) -> tuple:
+    """What of a launch's arguments decides its binary: tensors' dtypes and 16-byte alignment,
+    integers' divisibility by 16 and equality to 1 (Triton's specialisation), ``None``s."""
+    sig = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            sig.append((a.dtype, a.data_ptr() % 16 == 0))
+        elif isinstance(a, int) and not isinstance(a, bool):
+            sig.append((a % 16 == 0, a == 1))
+        else:
+            sig.append(a if a is None or isinstance(a, (bool, float, str)) else type(a))
+    return tuple(sig)
 
 
 class BarrierTimeout(RuntimeError):
-    """The programs of a tier-2 launch were not all resident at once (a grid barrier timed out)."""
+    """The programs of a persistent launch were not all resident at once (a grid barrier timed out)."""
 
 
 def _check_barriers(cooperative: bool) -> bool:
-    """Whether to read the timeout flag after a tier-2 launch (one host sync).  A cooperative
+    """Whether to read the timeout flag after a persistent launch (one host sync).  A cooperative
     launch guarantees co-residency, so there the flag is only read when ``FASTRNN_BARRIER_CHECK=1``;
     a timeout would still show, as NaN in every output computed after it."""
     return not cooperative or os.environ.get("FASTRNN_BARRIER_CHECK", "0") not in ("", "0")
@@ -116,17 +135,19 @@ def _sync_buffer(n_ints: int, device: torch.device) -> torch.Tensor:
 
 @dataclass
 class MultiLaunch:
-    """A tier-2/3 launch as data (kernel, arguments before the barrier arguments, constexprs and
-    options): :func:`run` launches it as tier 2 or 3, the kernel report compiles it."""
+    """A launch of a kernel with a grid barrier, as data (kernel, arguments before the barrier
+    arguments, constexprs and options): :func:`run` launches it persistently or per step, the
+    kernel report compiles it."""
 
     kernel: Any
-    kind: str  # "multi_fwd" / "multi_bwd": launches are counted as f"{kind}_tier{N}"
+    names: tuple[str, str]  # counted launches (_runtime.LAUNCHES): (persistent, per step)
     args: list  # the kernel's arguments before ``sync_ptr``
     consts: dict[str, Any]
     n_iters: int  # loop iterations (forward T, backward T + 1)
     T: int
     B: int
     H: int
+    fallback_hint: str = ""  # what to do when the barrier times out (the kernel file's advice)
 
     @property
     def n_slices(self) -> int:
@@ -138,26 +159,28 @@ class MultiLaunch:
 
     def persistent(self, sync: torch.Tensor, n_groups: int, max_spin: int = MAX_SPIN,
                    cooperative: bool = True) -> tuple[tuple, dict]:  # fmt: skip
-        """``(args, kwargs)`` of the tier-2 launch: the whole loop, with the grid barrier.  With as
+        """``(args, kwargs)`` of the persistent launch: the whole loop, with the grid barrier.  With as
         many batch groups as tiles each program keeps one tile's state in registers (``ONE_TILE``)."""
         args = (*self.args, sync, 0, self.n_iters, self.T, self.B, self.H, n_groups, max_spin)
         one = n_groups == self.n_tiles
         return args, dict(self.consts, USE_BARRIER=True, ONE_TILE=one, launch_cooperative_grid=cooperative)
 
     def step(self, sync: torch.Tensor, j: int, n_groups: int | None = None) -> tuple[tuple, dict]:
-        """``(args, kwargs)`` of iteration ``j`` launched alone (tier 3, and the interpreter): one
+        """``(args, kwargs)`` of iteration ``j`` launched alone (per step, and the interpreter): one
         program per batch tile, or ``n_groups`` programs looping over the tiles."""
         groups = n_groups or self.n_tiles
         args = (*self.args, sync, j, j + 1, self.T, self.B, self.H, groups, 0)
         return args, dict(self.consts, USE_BARRIER=False, ONE_TILE=groups == self.n_tiles)
 
 
-def run(launch: MultiLaunch, tier: int, device: torch.device, cooperative: bool | None = None,
-        max_spin: int = MAX_SPIN) -> int:  # fmt: skip
-    """Launch ``launch`` as tier 2 (one launch with a grid barrier between iterations) or tier 3
-    (one launch per iteration); returns the tier that ran."""
-    kernel, kind, n_slices, n_tiles = launch.kernel, launch.kind, launch.n_slices, launch.n_tiles
-    if tier == 2 and not _runtime.INTERPRET:
+def run(launch: MultiLaunch, persistent: bool, device: torch.device, cooperative: bool | None = None,
+        max_spin: int = MAX_SPIN) -> bool:  # fmt: skip
+    """Launch ``launch`` persistently (one launch with a grid barrier between iterations) or one
+    launch per iteration; returns whether it ran persistently.  In Triton's interpreter (programs
+    run one after another, so no barrier can complete) a persistent launch runs per step and is
+    counted as persistent."""
+    kernel, n_slices, n_tiles = launch.kernel, launch.n_slices, launch.n_tiles
+    if persistent and not _runtime.INTERPRET:
         coop = True if cooperative is None else cooperative
         # a counter per batch group, 32 ints (128 B) apart so that groups poll different lines
         sync = _sync_buffer((n_tiles + 1) * 32, device)
@@ -181,23 +204,23 @@ def run(launch: MultiLaunch, tier: int, device: torch.device, cooperative: bool 
                 except RuntimeError as exc:  # the driver refused the cooperative grid: step by step
                     if not coop or "cooperative" not in str(exc).lower() and "too many blocks" not in str(exc).lower():
                         raise
-                    warn_once(f"fastrnn: a tier-2 cooperative launch of {n_slices} x {n_groups} programs was refused "
-                              f"({exc}); running one launch per step (tier 3) instead")  # fmt: skip
-                    return run(launch, 3, device, cooperative, max_spin)
-                _runtime.count_launch(f"{kind}_tier2")
+                    warn_once(f"fastrnn: a cooperative launch of {n_slices} x {n_groups} programs was refused "
+                              f"({exc}); running one launch per step instead")  # fmt: skip
+                    return run(launch, False, device, cooperative, max_spin)
+                _runtime.count_launch(launch.names[0])
                 if _check_barriers(coop) and not torch.cuda.is_current_stream_capturing():
                     if int(sync[n_groups * 32].item()):
                         raise BarrierTimeout(
-                            f"fastrnn: a tier-2 grid barrier timed out ({n_slices} x {n_groups} programs were "
-                            f"not all resident at once); run with FASTRNN_TIER=3"
+                            f"fastrnn: a grid barrier timed out ({n_slices} x {n_groups} programs were not all "
+                            f"resident at once); {launch.fallback_hint}"
                         )
-                return 2
+                return True
         # Not even one batch group fits the GPU at once: per-step launches instead.
     sync = _sync_buffer(32, device).zero_()
-    ran = tier if _runtime.INTERPRET else 3  # the interpreter runs tier 2's body per step
+    counted = launch.names[0] if persistent and _runtime.INTERPRET else launch.names[1]
     groups = min(_STEP_GROUPS or n_tiles, n_tiles)
     for j in range(launch.n_iters):
         args, kwargs = launch.step(sync, j, groups)
         kernel[(n_slices, groups)](*args, **kwargs)
-        _runtime.count_launch(f"{kind}_tier{ran}")
-    return ran
+        _runtime.count_launch(counted)
+    return persistent and _runtime.INTERPRET

@@ -581,14 +581,18 @@ def _multi_bwd_kernel(
 BLOCK_HS = 16
 #: Sequences per batch tile (one ``tl.dot`` M dimension).
 BLOCK_B = 16
+#: What to do when a tier-2 grid barrier times out (:class:`~.grid.BarrierTimeout`).
+FALLBACK_HINT = "run with FASTRNN_TIER=3 (one launch per step)"
 #: Resident weight slices (a program's padded ``G`` tiles of ``(BLOCK_K, BLOCK_HS)``, loaded once,
 #: kept in shared memory) need, besides the slice, the ``(BLOCK_B, BLOCK_K)`` fp32 row of
 #: ``h_{t-1}`` on its way to the dot layout: both must fit the device's shared memory per block
 #: (227 KB on an H100/H200 when unknown).  Largest resident slice by element size, forward and
 #: backward, from the release data (kernels/NOTES.md "Tiers 2 and 3": 16-bit backward slices
 #: over 32 KiB spill at 8 warps and cannot launch at 16).
-RESIDENT_MAX_WEIGHT_BYTES: dict[int, int] = releases.limits().resident
-RESIDENT_MAX_WEIGHT_BYTES_BWD: dict[int, int] = releases.limits().resident_bwd
+RESIDENT_MAX_WEIGHT_BYTES: dict[int, int] = {int(k): v for k, v in releases.limits("resident_max_weight_bytes").items()}
+RESIDENT_MAX_WEIGHT_BYTES_BWD: dict[int, int] = {
+    int(k): v for k, v in releases.limits("resident_max_weight_bytes_bwd").items()
+}
 #: Shared memory per block when the device is not known (sm_90's opt-in maximum).
 DEFAULT_SMEM_BYTES = 227 * 1024
 #: Chunks of K a resident slice's dots are split into across warps (each at least 16 wide): the
@@ -768,7 +772,8 @@ def forward_launch(call: RecurrenceCall, gx: torch.Tensor, cfg: MultiConfig) -> 
     ]  # fmt: skip
     consts = dict(**flags(bh=bh), IS_VARLEN=call.lengths is not None, REVERSE=call.reverse, SAVE=call.saving,
                   STORE_C=cs is not None, **_consts(cell, dtype, cfg, call.precision))  # fmt: skip
-    return MultiLaunch(_multi_fwd_kernel, "multi_fwd", args, consts, T, T, B, H), res
+    return MultiLaunch(_multi_fwd_kernel, ("multi_fwd_tier2", "multi_fwd_tier3"), args, consts, T, T, B, H,
+                       FALLBACK_HINT), res  # fmt: skip
 
 
 def multi_fwd(call: RecurrenceCall, gx: torch.Tensor, cfg: MultiConfig, *, tier: int = 2,
@@ -790,7 +795,7 @@ def multi_fwd(call: RecurrenceCall, gx: torch.Tensor, cfg: MultiConfig, *, tier:
     _runtime.check_device(gx.device)
     launch, res = forward_launch(call, gx, cfg)
     if launch is not None:
-        run(launch, tier, gx.device, cooperative, max_spin)
+        run(launch, tier == 2, gx.device, cooperative, max_spin)
     res.h_n = res.h_n.to(call.dtype)
     res.c_n = res.c_n.to(call.dtype) if res.c_n is not None else None
     return res
@@ -829,7 +834,8 @@ def backward_launch(call: RecurrenceCall, grads: Gradients, cfg: MultiConfig) ->
     ]  # fmt: skip
     consts = dict(**flags(h0=h0, c0=c0, dcs=d_cs), IS_VARLEN=call.lengths is not None, REVERSE=call.reverse,
                   **_consts(cell, dtype, cfg, call.precision))  # fmt: skip
-    return MultiLaunch(_multi_bwd_kernel, "multi_bwd", args, consts, T + 1, T, B, H), res
+    return MultiLaunch(_multi_bwd_kernel, ("multi_bwd_tier2", "multi_bwd_tier3"), args, consts, T + 1, T, B, H,
+                       FALLBACK_HINT), res  # fmt: skip
 
 
 def multi_bwd(call: RecurrenceCall, grads: Gradients, cfg: MultiConfig, *, tier: int = 2,
@@ -838,7 +844,7 @@ def multi_bwd(call: RecurrenceCall, grads: Gradients, cfg: MultiConfig, *, tier:
     (no projection), ``tier``/``cooperative``/``max_spin`` as :func:`multi_fwd`."""
     launch, res = backward_launch(call, grads, cfg)
     if launch is not None:
-        run(launch, tier, grads.out.device, cooperative, max_spin)
+        run(launch, tier == 2, grads.out.device, cooperative, max_spin)
     return res
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,28 +39,6 @@ def load() -> dict:
     return json.loads(PATH.read_text())
 
 
-@dataclass(frozen=True)
-class Limits:
-    """The launch limits of one release (bytes of on-chip recurrent weights)."""
-
-    tier1: dict[torch.dtype, int]  # H and proj_size multiples of 16
-    tier1_unaligned: dict[torch.dtype, int]  # other sizes, and every projected LSTM
-    tier1_cell: dict[str, dict[torch.dtype, tuple[int, int]]]  # mode -> dtype -> (aligned, other)
-    resident: dict[int, int]  # tier-2 resident slice by element size, forward
-    resident_bwd: dict[int, int]  # the same, backward
-
-    @classmethod
-    def from_json(cls, d: dict) -> Limits:
-        by_dtype = lambda m: {_DTYPES[k]: v for k, v in m.items()}
-        return cls(
-            by_dtype(d["tier1_max_weight_bytes"]),
-            by_dtype(d["tier1_max_weight_bytes_unaligned"]),
-            {mode: {_DTYPES[k]: tuple(v) for k, v in m.items()} for mode, m in d["tier1_cell_limits"].items()},
-            {int(k): v for k, v in d["resident_max_weight_bytes"].items()},
-            {int(k): v for k, v in d["resident_max_weight_bytes_bwd"].items()},
-        )
-
-
 def _smallest(values: list):
     """Element-wise minimum of equally shaped dicts / tuples / ints."""
     first = values[0]
@@ -73,14 +50,23 @@ def _smallest(values: list):
 
 
 @functools.cache
-def limits(release: str | None = None) -> Limits:
-    """The limits of ``release`` (default: the installed one); an unknown release gets the smallest
-    of every known release's."""
+def _limits(release: str) -> dict:
     releases = load()["releases"]
-    release = release or current()
     if release in releases:
-        return Limits.from_json(releases[release]["limits"])
-    return Limits.from_json(_smallest([r["limits"] for r in releases.values()]))
+        return releases[release]["limits"]
+    return _smallest([r["limits"] for r in releases.values()])
+
+
+def limits(name: str, release: str | None = None) -> dict:
+    """The limit ``name`` of ``release`` (default: the installed one) as the data file holds it (each
+    tier reads its own entries: the keys are its names, e.g. ``"tier1_max_weight_bytes"``); an
+    unknown release gets the smallest of every known release's."""
+    return _limits(release or current())[name]
+
+
+def by_dtype(mapping: dict) -> dict:
+    """A limit keyed by dtype name (``"float16"``) as keyed by ``torch.dtype``."""
+    return {_DTYPES[k]: v for k, v in mapping.items()}
 
 
 def known(release: str | None = None) -> bool:
@@ -125,5 +111,10 @@ def write_step_estimates(estimates: dict[str, float], release: str | None = None
     releases[release]["step_estimates"] = dict(sorted(merged.items()))
     data["releases"] = dict(sorted(releases.items(), key=lambda kv: _key(kv[0])))
     PATH.write_text(json.dumps(data, indent=1) + "\n")
+    forget()
+
+
+def forget() -> None:
+    """Read the data file again on next use (after it was written, or :data:`PATH` replaced)."""
     load.cache_clear()
-    limits.cache_clear()
+    _limits.cache_clear()

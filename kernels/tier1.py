@@ -414,18 +414,13 @@ def _recurrent_bwd_kernel(
 #: program holds, per storage dtype, when ``H`` (and ``proj_size``) are multiples of 16: the
 #: largest that compiles for sm_90 and sm_80 without local memory in the time loop and within both
 #: GPUs' shared memory.
-TIER1_MAX_WEIGHT_BYTES: dict[torch.dtype, int] = releases.limits().tier1
+TIER1_MAX_WEIGHT_BYTES: dict[torch.dtype, int] = releases.by_dtype(releases.limits("tier1_max_weight_bytes"))
 
 #: The same for other sizes (strides that are not multiples of 16: no vector loads, more
 #: registers) and for every projected LSTM (one more dot, its tiles in another layout).
-TIER1_MAX_WEIGHT_BYTES_UNALIGNED: dict[torch.dtype, int] = releases.limits().tier1_unaligned
-
-#: Lower tier-1 limits of cells whose maths hold more per step than torch.nn's (the layer-norm
-#: cells save 12 / 8 tensors per step and reduce rows twice / once): ``mode -> dtype ->
-#: (H multiple of 16, other H)`` bytes, heaviest variant with states, at :func:`tier1_config`'s
-#: warps (``tests/test_kernel_report.py`` compiles every limit).  0: no compiled tier 1 (the torch
-#: step loop runs it).
-TIER1_MAX_WEIGHT_BYTES_CELL: dict[str, dict[torch.dtype, tuple[int, int]]] = releases.limits().tier1_cell
+TIER1_MAX_WEIGHT_BYTES_UNALIGNED: dict[torch.dtype, int] = releases.by_dtype(
+    releases.limits("tier1_max_weight_bytes_unaligned")
+)
 
 @dataclass(frozen=True)
 class Tier1Config:
@@ -449,8 +444,10 @@ class Tier1Config:
         return 1
 
     def on_chip_bytes(self, mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> int:
-        """Bytes of recurrent weights one program holds on chip."""
-        return weight_bytes(mode, hidden_size, proj_size, dtype)
+        """Bytes of recurrent weights one program holds on chip: its tiles as launched (a tf32x3
+        projection tile may be wider than :func:`weight_bytes` counts)."""
+        n_tiles = cells.get(mode).G + (1 if proj_size else 0)
+        return n_tiles * self.block_h * self.block_p * element_size(dtype)
 
     def override(self, hidden_size: int, dtype: torch.dtype, **changes: Any) -> Tier1Config:
         """This configuration with the kernel report's knobs (``num_warps``, ``block_b``, ``split_k``)."""
@@ -495,24 +492,28 @@ def tier1_unsupported(
         tier1_unsupported("GRU", 64, 0, torch.bfloat16)  # None: 24 KiB of weights on chip
         tier1_unsupported("GRU", 256, 0, torch.bfloat16)  # '... needs 384 KiB ... at most 128 KiB'
     """
-    lim = releases.limits(release)
-    if dtype not in lim.tier1:
+    aligned_limits = releases.by_dtype(releases.limits("tier1_max_weight_bytes", release))
+    unaligned_limits = releases.by_dtype(releases.limits("tier1_max_weight_bytes_unaligned", release))
+    if dtype not in aligned_limits:
         return f"dtype {dtype} is not supported (float16, bfloat16, float32, float64 are)"
     nbytes = weight_bytes(mode, hidden_size, proj_size, dtype)
     if interpreted:
         limit, where = INTERPRETER_MAX_WEIGHT_BYTES, " in the interpreter"
     elif proj_size:
-        limit, where = lim.tier1_unaligned[dtype], " for a projected LSTM"
+        limit, where = unaligned_limits[dtype], " for a projected LSTM"
     elif aligned(hidden_size, proj_size):
-        limit, where = lim.tier1[dtype], ""
+        limit, where = aligned_limits[dtype], ""
     else:
-        limit = lim.tier1_unaligned[dtype]
-        where = f" when hidden_size is not a multiple of 16 ({lim.tier1[dtype] // 1024} KiB when it is)"
-    cell_limits = lim.tier1_cell.get(mode, {}).get(dtype)
+        limit = unaligned_limits[dtype]
+        where = f" when hidden_size is not a multiple of 16 ({aligned_limits[dtype] // 1024} KiB when it is)"
+    # Lower limits of cells whose maths hold more per step than torch.nn's (the layer-norm cells save
+    # 12 / 8 tensors per step and reduce rows twice / once): (H multiple of 16, other H) bytes,
+    # heaviest variant with states, at tier1_config's warps; 0: no compiled tier 1
+    cell_limits = releases.by_dtype(releases.limits("tier1_cell_limits", release).get(mode, {})).get(dtype)
     if cell_limits is not None and not interpreted:
         cell_limit = cell_limits[0 if aligned(hidden_size, proj_size) else 1]
         if cell_limit < limit:
-            limit, where = cell_limit, f" for {mode} (more per-step state than torch.nn's cells; kernels/NOTES.md)"
+            limit, where = cell_limit, f" for {mode} (more per-step state than torch.nn's cells)"
     if nbytes > limit:
         return (
             f"{mode} with hidden_size={hidden_size}"
@@ -537,27 +538,44 @@ def tier1_config(
     program (the smallest dot tile: no spills up to the limit, and the most programs); warps by
     on-chip weight bytes -- aligned sizes 4 below 16 KiB, 8 up to 64 KiB, 16 above (half the
     dependent mma per warp per step: the step's serial chain); other sizes 8 from 8 KiB, fp32 16
-    from 16 KiB.  fp32 above 48 KiB: RNN (H = 128) 16 warps with its FMA dots' K split in two
-    (K-long rows per thread spill otherwise; with a TF32 ``precision`` -- ``"tf32"`` or ``"tf32x3"``
-    -- the dots run on tensor cores and are not split: split in two, triton 3.6 spills them), LSTM (H = 64) 8 warps.  Extended cells
-    (layer norm) take at least 8 warps."""
+    from 16 KiB.  Extended cells (layer norm) take at least 8 warps.
+
+    fp32 by ``precision`` (the dots' ``input_precision``):
+
+    * ``"ieee"`` (FMA dots): above 48 KiB, RNN (H = 128) 16 warps with K split in two (K-long
+      rows per thread spill otherwise), LSTM (H = 64) 8 warps; LN_LSTM from 16 KiB 16 warps
+      (triton 3.9's LLVM aborts building its backward at 8);
+    * ``"tf32"`` (one tensor-core product): as IEEE, unsplit (split in two, triton 3.6 spills);
+    * ``"tf32x3"`` (three tensor-core products on split operands, about twice TF32's live operand
+      registers): RNN H = 128 and every gated cell from 16 KiB at 8 warps, unsplit (16 warps cap
+      a thread at 128 registers: the RNN spills there), LN_LSTM at 8 (clean, no abort); a
+      projected LSTM from H = 32 pads its projection tile to 32 wide, as 16-bit ones do (16 wide,
+      its backward spills at 4, 8 and 16 warps)."""
     block_h, block_p = tiles(hidden_size, proj_size, dtype)
     nbytes = weight_bytes(mode, hidden_size, proj_size, dtype)
+    cell = cells.get(mode)
+    x3 = dtype == torch.float32 and precision == "tf32x3"
     split_k = 1
     if aligned(hidden_size, proj_size):
         num_warps = 4 if nbytes < 16 * 1024 else 8 if nbytes <= 64 * 1024 else 16
         if dtype == torch.float32 and nbytes > 48 * 1024:
             # RNN H = 128 spills at 8 warps; LSTM H = 64 (triton 3.6 only) spills at 16 warps,
             # split or not, and is clean at 8 (forward 244 registers, backward 128)
-            num_warps, split_k = (16, 1 if precision != "ieee" else 2) if cells.get(mode).G == 1 else (8, 1)
+            num_warps, split_k = (16, 1 if precision != "ieee" else 2) if cell.G == 1 else (8, 1)
+            if x3:
+                num_warps, split_k = 8, 1
     elif dtype == torch.float32 and nbytes >= 16 * 1024:
-        num_warps = 16
+        num_warps = 8 if x3 and cell.G > 1 else 16
     else:
         num_warps = 8 if nbytes >= 8 * 1024 else 4
-    if cells.get(mode).extended:  # more per-step state (layer-norm cells: 4 warps spill at H = 15)
+    if cell.extended:  # more per-step state (layer-norm cells: 4 warps spill at H = 15)
         num_warps = max(num_warps, 8)
-        if dtype == torch.float32 and cells.get(mode).has_cell_state and nbytes >= 16 * 1024:
-            num_warps = 16  # LN_LSTM H = 32: triton 3.9's LLVM aborts building its backward at 8 warps
+        if dtype == torch.float32 and cell.has_cell_state and nbytes >= 16 * 1024:
+            # LN_LSTM H = 32: triton 3.9's LLVM aborts building its IEEE backward at 8 warps;
+            # in tf32x3, 16 warps spill and 8 are clean
+            num_warps = 8 if x3 else 16
+    if x3 and proj_size and block_h >= 32:
+        block_p = max(block_p, 32)
     return Tier1Config(16, block_h, block_p, num_warps, split_k)
 
 

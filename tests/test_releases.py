@@ -13,20 +13,23 @@ from fastrnn.kernels import persistent, releases, tier1, tiers
 
 
 def test_tiers_read_the_installed_release():
-    assert tier1.TIER1_MAX_WEIGHT_BYTES == releases.limits().tier1
-    assert persistent.RESIDENT_MAX_WEIGHT_BYTES_BWD == releases.limits().resident_bwd
+    assert tier1.TIER1_MAX_WEIGHT_BYTES == releases.by_dtype(releases.limits("tier1_max_weight_bytes"))
+    assert persistent.RESIDENT_MAX_WEIGHT_BYTES_BWD == {
+        int(k): v for k, v in releases.limits("resident_max_weight_bytes_bwd").items()
+    }
     assert set(releases.load()["releases"]) >= {"3.6", "3.9"}  # the releases the limits were measured with
 
 
 def test_unknown_release_gets_the_smallest_limits():
     data = releases.load()["releases"]
-    unknown = releases.limits("99.0")
+    aligned = releases.limits("tier1_max_weight_bytes", "99.0")
+    cell = releases.limits("tier1_cell_limits", "99.0")
     for dtype in tiers.DTYPES:
         name = str(dtype).removeprefix("torch.")
-        assert unknown.tier1[dtype] == min(r["limits"]["tier1_max_weight_bytes"][name] for r in data.values())
-        for mode, by_dtype in unknown.tier1_cell.items():
+        assert aligned[name] == min(r["limits"]["tier1_max_weight_bytes"][name] for r in data.values())
+        for mode, by_dtype in cell.items():
             for i in range(2):
-                assert by_dtype[dtype][i] == min(r["limits"]["tier1_cell_limits"][mode][name][i] for r in data.values())
+                assert by_dtype[name][i] == min(r["limits"]["tier1_cell_limits"][mode][name][i] for r in data.values())
 
 
 def test_compiler_aborts_are_ranges_with_an_upstream_report():
@@ -49,7 +52,7 @@ def test_writing_estimates_keeps_the_rest(tmp_path, monkeypatch):
     path = tmp_path / "releases.json"
     path.write_text(releases.PATH.read_text())
     monkeypatch.setattr(releases, "PATH", path)
-    releases.load.cache_clear()
+    releases.forget()
     try:
         releases.write_step_estimates({"fwd/TEST/fp16/16/0/90/x/1": 1.5}, release="99.1")
         data = json.loads(path.read_text())
@@ -60,8 +63,7 @@ def test_writing_estimates_keeps_the_rest(tmp_path, monkeypatch):
         assert data["compiler_aborts"] == releases.load()["compiler_aborts"]
     finally:
         monkeypatch.undo()
-        releases.load.cache_clear()
-        releases.limits.cache_clear()
+        releases.forget()
 
 
 @pytest.mark.parametrize("release", ["3.6", "3.9"])
