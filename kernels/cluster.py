@@ -92,7 +92,7 @@ WARP_COUNTS = (1, 2, 4, 8, 12, 16)
 #: per (unit, sequence) pair it owns.  ptxas takes whatever the launch bounds allow, so this is a
 #: headroom rule, not a count: with it every configuration section 8 of kernels/NOTES.md lists
 #: compiles without spills (the kernel report checks each).
-WORK_REGISTERS = {"fwd": (72, 20), "bwd": (80, 20)}
+WORK_REGISTERS = {"fwd": (64, 12), "bwd": (64, 16)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,6 +125,7 @@ class ClusterConfig:
     warps_m: int  # warps across the rows' m-tiles (the rest split K)
     kreg: int  # k-steps of A in registers per warp (the rest in shared memory)
     acc_sets: int  # independent accumulator sets over k-steps
+    reduce: bool = False  # backward: reduce-scatter fp32 partial sums instead of all-gathering dpre
 
     TILE_CONSTEXPRS = ("FR_BT", "FR_C", "FR_NW")
 
@@ -150,12 +151,17 @@ class ClusterConfig:
         return self.kernel == "fwd"
 
     @property
+    def direction(self) -> int:
+        """``Cfg``'s DIR: 0 forward, 1 backward all-gather, 2 backward reduce-scatter."""
+        return 0 if self.fwd else 2 if self.reduce else 1
+
+    @property
     def M(self) -> int:
-        return self.G * self.U if self.fwd else self.U
+        return (self.G * self.U, self.U, self.hidden_size)[self.direction]
 
     @property
     def K(self) -> int:
-        return self.hidden_size if self.fwd else self.G * self.hidden_size
+        return (self.hidden_size, self.G * self.hidden_size, self.G * self.U)[self.direction]
 
     @property
     def GP(self) -> int:
@@ -203,17 +209,20 @@ class ClusterConfig:
 
     @property
     def exchange_bytes(self) -> int:
-        """Bytes every CTA receives per step (the whole gathered vector of the tile)."""
+        """Bytes every CTA receives per step: the whole gathered vector of the tile (16-bit), or the
+        C fp32 partial sums of its own units (reduce-scatter)."""
+        if self.reduce:
+            return self.cluster * self.batch_tile * self.U * 4
         return self.batch_tile * self.K * 2
 
     def layout(self) -> dict[str, int]:
         """Shared-memory offsets and sizes in bytes (``Cfg::OFF_*``)."""
         ldv, ldm = self.K + 8, self.M + 4
-        v_bytes = self.batch_tile * ldv * 2
+        v_bytes = self.exchange_bytes if self.reduce else self.batch_tile * ldv * 2
         off_red = _align(128 + 2 * v_bytes, 128)
         red_bytes = self.WK * self.batch_tile * ldm * 4
         off_stage = _align(off_red + red_bytes, 128)
-        stage_bytes = self.batch_tile * self.GP * self.U * 2
+        stage_bytes = self.batch_tile * (ldv if self.reduce else self.GP * self.U) * 2
         off_w = _align(off_stage + stage_bytes, 128)
         w_bytes = self.num_warps * self.MTW * self.KSM * 32 * 16
         return dict(off_bar=0, off_v=128, v_bytes=v_bytes, off_red=off_red, red_bytes=red_bytes, off_stage=off_stage,
@@ -231,7 +240,7 @@ class ClusterConfig:
 
     def defines(self) -> list[str]:
         """The ``-D`` macros of ``cluster_entry.cu``."""
-        values = dict(FR_CELL=CELL_IDS[self.mode], FR_DT=DTYPE_IDS[self.dtype], FR_DIR=0 if self.fwd else 1,
+        values = dict(FR_CELL=CELL_IDS[self.mode], FR_DT=DTYPE_IDS[self.dtype], FR_DIR=self.direction,
                       FR_H=self.hidden_size, FR_C=self.cluster, FR_BT=self.batch_tile, FR_NW=self.num_warps,
                       FR_WM=self.warps_m, FR_KREG=self.kreg, FR_AS=self.acc_sets)  # fmt: skip
         return [f"-D{k}={v}" for k, v in values.items()]
@@ -242,7 +251,8 @@ class ClusterConfig:
 
     def name(self) -> str:
         return (f"{self.mode}-{self.dtype}-{self.kernel}-H{self.hidden_size}-C{self.cluster}"
-                f"-BT{self.batch_tile}-W{self.num_warps}x{self.warps_m}-R{self.kreg}-A{self.acc_sets}")  # fmt: skip
+                f"-BT{self.batch_tile}-W{self.num_warps}x{self.warps_m}-R{self.kreg}-A{self.acc_sets}"
+                + ("-RS" if self.reduce else ""))  # fmt: skip
 
     def with_batch_tile(self, batch_tile: int) -> ClusterConfig:
         """The same layer with another batch tile (its warps and register split chosen again)."""
@@ -288,6 +298,7 @@ class ClusterConfig:
             (0 <= self.kreg <= self.KSW, "register k-steps within the warp's k-steps"),
             (1 <= self.acc_sets <= 4, "1 to 4 accumulator sets"),
             (self.cluster in CLUSTER_SIZES, "cluster of 1, 2, 4, 8 or 16 CTAs"),
+            (not self.reduce or not self.fwd, "the reduce-scatter exchange is the backward's"),
         ]  # fmt: skip
         for ok, why in rules:
             if not ok:
@@ -331,7 +342,12 @@ def predict_step(cfg: ClusterConfig) -> dict[str, float]:
     smem = cfg.num_warps * (cfg.MTW * cfg.KSM * 512 + cfg.KSW * cfg.NT * 256) / m["smem_bytes_per_cycle"]
     mma = max(issue, chain, smem)
     mufu, alu = _PAIR_OPS[(cfg.mode, cfg.kernel)]
-    reads = cfg.pairs * cfg.G * cfg.WK * 4 / m["smem_bytes_per_cycle"]
+    # a pair's reads of the product: G x WK partial sums (forward), WK (all-gather backward), C
+    # received partial sums (reduce-scatter; its push sums the WK blocks: another pass over them)
+    per_pair = cfg.G * cfg.WK if cfg.fwd else (cfg.cluster if cfg.reduce else cfg.WK)
+    reads = cfg.pairs * per_pair * 4 / m["smem_bytes_per_cycle"]
+    if cfg.reduce:
+        reads += cfg.batch_tile * cfg.M * cfg.WK * 4 / m["smem_bytes_per_cycle"]
     cell = max(_PAIR_LATENCY[cfg.mode] * cfg.pairs_per_thread, cfg.pairs * mufu / m["mufu_per_cycle"],
                cfg.pairs * alu / m["alu_per_cycle"]) + reads  # fmt: skip
     push = cfg.exchange_bytes / m["dsmem_bytes_per_cycle"]
@@ -357,25 +373,30 @@ def _work_registers(kernel: str, pairs_per_thread: int) -> int:
 def layouts(mode: str, hidden_size: int, dtype: torch.dtype, kernel: str, batch_tile: int = 16,
             smem_limit: int = SMEM_LIMIT) -> list[ClusterConfig]:  # fmt: skip
     """Every warp layout of this layer that fits one SM (registers by :data:`WORK_REGISTERS`, shared
-    memory within ``smem_limit``), as many k-steps in registers as the budget allows."""
+    memory within ``smem_limit``), as many k-steps in registers as the budget allows; the backward
+    in both of its exchanges (all-gather and reduce-scatter)."""
     c = cluster_size(hidden_size)
     if c is None or mode not in CELL_IDS or dtype not in DTYPE_NAMES:
         return []
+    G, U = cells.get(mode).G, hidden_size // c
+    shapes = (
+        {False: (G * U, hidden_size)} if kernel == "fwd" else {False: (U, G * hidden_size), True: (hidden_size, G * U)}
+    )
     out = []
-    for nw in WARP_COUNTS:
-        G, U = cells.get(mode).G, hidden_size // c
-        M, K = (G * U, hidden_size) if kernel == "fwd" else (U, G * hidden_size)
-        for wm in _divisors(M // 16):
-            if nw % wm or (K // 16) % (nw // wm):
-                continue
-            mtw, ksw = (M // 16) // wm, (K // 16) // (nw // wm)
-            pp = -(-U * batch_tile // (nw * 32))
-            budget = min(255, SM_REGISTERS // (nw * 32)) // 8 * 8 - _work_registers(kernel, pp)
-            kreg = max(0, min(ksw, budget // (4 * mtw)))
-            acc = 2 if ksw >= 4 and mtw * batch_tile // 8 < 4 else 1
-            cfg = ClusterConfig(mode, DTYPE_NAMES[dtype], kernel, hidden_size, c, batch_tile, nw, wm, kreg, acc)
-            if cfg.smem_bytes + RESERVED_SMEM <= smem_limit:
-                out.append(cfg)
+    for reduce, (M, K) in shapes.items():
+        for nw in WARP_COUNTS:
+            for wm in _divisors(M // 16):
+                if nw % wm or (K // 16) % (nw // wm):
+                    continue
+                mtw, ksw = (M // 16) // wm, (K // 16) // (nw // wm)
+                pp = -(-U * batch_tile // (nw * 32))
+                budget = min(255, SM_REGISTERS // (nw * 32)) // 8 * 8 - _work_registers(kernel, pp)
+                kreg = max(0, min(ksw, budget // (4 * mtw)))
+                acc = 2 if ksw >= 4 and mtw * batch_tile // 8 < 4 else 1
+                cfg = ClusterConfig(mode, DTYPE_NAMES[dtype], kernel, hidden_size, c, batch_tile, nw, wm, kreg, acc,
+                                    reduce)  # fmt: skip
+                if cfg.smem_bytes + RESERVED_SMEM <= smem_limit:
+                    out.append(cfg)
     return out
 
 
@@ -403,7 +424,7 @@ def _static_reason(mode: str, hidden_size: int, proj_size: int, dtype: torch.dty
     if cluster_size(hidden_size) is None:
         return f"the cluster tier needs hidden_size a multiple of 16, got {hidden_size}"
     for kernel in ("fwd", "bwd"):
-        if not layouts(mode, hidden_size, dtype, kernel):
+        if not layouts(mode, hidden_size, dtype, kernel, 8):
             c = cluster_size(hidden_size)
             G = cells.get(mode).G
             kib = G * hidden_size * hidden_size * 2 // c // 1024
@@ -473,7 +494,10 @@ def config(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, kern
     if why:
         raise ValueError(why)
     limit = SMEM_LIMIT if smem_bytes is None else min(SMEM_LIMIT, smem_bytes)
-    return choose_config(mode, hidden_size, dtype, kernel, 16, limit)
+    try:
+        return choose_config(mode, hidden_size, dtype, kernel, 16, limit)
+    except ValueError:  # no layout of 16 sequences fits one SM (e.g. LSTM H = 768 backward): 8
+        return choose_config(mode, hidden_size, dtype, kernel, 8, limit)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,7 +520,7 @@ def _tool_version(path: str) -> str:
 #: (``fastrnn.kernels.sources``) covers this file but only the top level of ``kernels/``: pinning the
 #: CUDA sources' hash here carries every change to them into it (``tests/test_cuda_tier.py`` fails
 #: until this constant is updated after such a change).
-CUDA_SOURCES_HASH = "62d7140e4ea9aa88"
+CUDA_SOURCES_HASH = "47a83da215780a13"
 
 
 def cuda_sources_hash(directory: Path | None = None) -> str:
@@ -749,11 +773,11 @@ KERNEL_NAME = b"fastrnn_cluster"
 class _Driver:
     """The few driver API calls the tier makes (``libcuda.so.1``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, library: str = "libcuda.so.1") -> None:
         try:
-            self.lib = ctypes.CDLL("libcuda.so.1")
+            self.lib = ctypes.CDLL(library)
         except OSError as exc:
-            raise CudaError(f"the CUDA driver library libcuda.so.1 could not be loaded: {exc}") from None
+            raise CudaError(f"the CUDA driver library {library} could not be loaded: {exc}") from None
         self.call("cuInit", ctypes.c_uint(0))
         self._contexts: dict[int, ctypes.c_void_p] = {}
 
@@ -867,7 +891,9 @@ def kernel(cfg: ClusterConfig, device_index: int) -> ClusterKernel:
 
 def batch_tile_for(cfg: ClusterConfig, batch: int, device_index: int) -> ClusterConfig:
     """Tiles of 8 sequences (half the work per CTA) when the device runs all of the batch's clusters
-    at once, else the configuration's own 16."""
+    at once, else the configuration's own 16 (a layer with no layout of 16 always takes 8)."""
+    if cfg.batch_tile == 8:
+        return cfg
     small = cfg.with_batch_tile(8)
     if batch <= 8:
         return small
@@ -1076,7 +1102,8 @@ def report_configs(full: bool = False) -> list[ClusterConfig]:
                     continue
                 for kernel_ in ("fwd", "bwd"):
                     for bt in (8, 16):
-                        out.append(choose_config(mode, hidden, dtype, kernel_, bt))
+                        if layouts(mode, hidden, dtype, kernel_, bt):
+                            out.append(choose_config(mode, hidden, dtype, kernel_, bt))
     return out
 
 

@@ -37,8 +37,8 @@ NO_CXX = "no C++ compiler (g++) to build the cluster simulator"
 NO_NVCC = "nvcc is not installed here: the sm_90a compile checks need it"
 
 
-def _cfg(mode, dtype, kernel, H, C, BT, NW, WM, KREG, AS=2) -> cluster.ClusterConfig:
-    cfg = cluster.ClusterConfig(mode, dtype, kernel, H, C, BT, NW, WM, KREG, AS)
+def _cfg(mode, dtype, kernel, H, C, BT, NW, WM, KREG, AS=2, reduce=False) -> cluster.ClusterConfig:
+    cfg = cluster.ClusterConfig(mode, dtype, kernel, H, C, BT, NW, WM, KREG, AS, reduce)
     cfg.check()
     return cfg
 
@@ -55,9 +55,17 @@ SIM_CONFIGS = {
     ("GRU", "fp16"): (_cfg("GRU", "fp16", "fwd", 48, 1, 8, 3, 3, 1), _cfg("GRU", "fp16", "bwd", 48, 1, 8, 3, 3, 4, 1)),
     ("GRU", "bf16"): (_cfg("GRU", "bf16", "fwd", 64, 4, 8, 4, 1, 0), _cfg("GRU", "bf16", "bwd", 64, 4, 8, 4, 1, 1)),
 }  # fmt: skip
+#: The backward's reduce-scatter exchange (fp32 partial sums of dh sent to each unit's CTA), with the
+#: same forwards; GRU H = 48 is a cluster of one CTA (its exchange stays in the CTA).
+SIM_REDUCE = {
+    ("RNN_TANH", "fp16"): _cfg("RNN_TANH", "fp16", "bwd", 32, 2, 8, 2, 2, 0, 1, True),
+    ("LSTM", "fp16"): _cfg("LSTM", "fp16", "bwd", 64, 4, 16, 2, 2, 2, 2, True),
+    ("GRU", "fp16"): _cfg("GRU", "fp16", "bwd", 48, 1, 8, 3, 3, 4, 2, True),
+    ("GRU", "bf16"): _cfg("GRU", "bf16", "bwd", 64, 4, 8, 2, 2, 1, 2, True),
+}
 #: A cluster of 16 CTAs (the non-portable size) at a size the tier serves.
 SIM_C16 = (_cfg("LSTM", "fp16", "fwd", 256, 16, 8, 2, 2, 4), _cfg("LSTM", "fp16", "bwd", 256, 16, 8, 2, 1, 8))
-ALL_SIM = [c for pair in SIM_CONFIGS.values() for c in pair] + list(SIM_C16)
+ALL_SIM = [c for pair in SIM_CONFIGS.values() for c in pair] + list(SIM_REDUCE.values()) + list(SIM_C16)
 
 #: Largest error against float64 (relative to the reference's largest magnitude, at least 1) that
 #: the simulated kernel may show after the few steps simulated: the 16-bit storage and exchange of
@@ -254,6 +262,16 @@ def test_simulated_cluster_matches_float64_reference(sim, key, case):
     assert not bad, f"{fwd.name()} / {bwd.name()} {case}: {bad}"
 
 
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+@pytest.mark.parametrize("key", list(SIM_REDUCE), ids=[f"{m}-{d}" for m, d in SIM_REDUCE])
+def test_simulated_reduce_scatter_backward_matches_float64_reference(sim, key, case):
+    """The backward with the reduce-scatter exchange, the same check."""
+    fwd, bwd = SIM_CONFIGS[key][0], SIM_REDUCE[key]
+    errs = _check_layer(sim, fwd, bwd, CASES[case])
+    bad = {k: v for k, v in errs.items() if not v <= SIM_TOL[fwd.dtype]}
+    assert not bad, f"{fwd.name()} / {bwd.name()} {case}: {bad}"
+
+
 def test_simulated_cluster_of_16_ctas(sim):
     """The non-portable cluster size at a size the tier serves (LSTM H = 256: 16 units per CTA)."""
     errs = _check_layer(sim, *SIM_C16, dict(varlen=True, reverse=True, h0=True, T=4, B=9))
@@ -307,6 +325,10 @@ MUTANTS = {
                                "const i64 tp = reverse ? t + 1 : t - 1;\n    const bool prev = act && tp >= 0 && tp < len[j];\n    ld_dout",
                                "const i64 tp = reverse ? t - 1 : t + 1;\n    const bool prev = act && tp >= 0 && tp < len[j];\n    ld_dout",
                                "the backward reads h_{t-1}/c_{t-1} from the wrong neighbour"),
+    "reduce-slot": ("cluster_common.cuh", "dst = (rank * CF::BT + b) * CF::U + u;", "dst = (dst_rank * CF::BT + b) * CF::U + u;",
+                    "reduce-scatter: partial sums land in the receiver's own slot"),
+    "reduce-rows": ("cluster_common.cuh", "src = b * CF::LDM + dst_rank * CF::U + u;", "src = b * CF::LDM + rank * CF::U + u;",
+                    "reduce-scatter: a CTA sends its own units' rows to everyone"),
     "gru-inner-bias-gate": ("cluster_kernel.cuh", "(g == CellT::INNER ? bhn[j] : 0.0f)", "(g == 1 ? bhn[j] : 0.0f)",
                             "GRU's b_hn added to the z gate"),
 }  # fmt: skip
@@ -329,6 +351,8 @@ def _mutant_fails(tmp_path: Path, name: str) -> str:
     (src / file).write_text(text.replace(old, new))
     key = ("GRU", "fp16") if name == "gru-inner-bias-gate" else ("LSTM", "fp16")
     fwd, bwd = SIM_CONFIGS[key]
+    if name.startswith("reduce-"):
+        bwd = SIM_REDUCE[key]
     s = _sim([fwd, bwd], header_dir=src)
     try:
         errs = _check_layer(s, fwd, bwd, dict(varlen=True, reverse=True, h0=True))
@@ -367,6 +391,8 @@ def test_every_layer_the_tier_accepts_has_configurations_that_fit():
                 accepted += 1
                 for kernel in ("fwd", "bwd"):
                     for bt in (8, 16):
+                        if bt == 16 and not cluster.layouts(mode, H, dtype, kernel, bt):
+                            continue  # 8 sequences a cluster only (the layer's largest sizes)
                         cfg = cluster.choose_config(mode, H, dtype, kernel, bt)
                         cfg.check()
                         assert cfg.smem_bytes + cluster.RESERVED_SMEM <= cluster.SMEM_LIMIT
@@ -569,7 +595,7 @@ def _gpu_or_skip(mode: str, H: int, dtype: torch.dtype):
 
 
 GPU_CASES = [("RNN", "tanh", 128), ("RNN", "relu", 256), ("LSTM", None, 128), ("LSTM", None, 256), ("GRU", None, 256),
-             ("LSTM", None, 512), ("GRU", None, 768)]  # fmt: skip
+             ("LSTM", None, 512), ("GRU", None, 768), ("LSTM", None, 768)]  # fmt: skip
 
 
 @pytest.mark.gpu
@@ -604,3 +630,122 @@ def test_gpu_exchange_status_is_clean(monkeypatch):
     m = fastrnn.LSTM(64, 256, backend="triton").cuda().half()
     out, _ = m(torch.randn(200, 40, 64, device="cuda", dtype=torch.float16))
     assert torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The launch path through the CUDA driver API, against a stand-in libcuda built from cuda.h
+
+FAKE_DRIVER = r"""
+#include <cuda.h>
+#include <string.h>
+static CUlaunchConfig last;
+static CUlaunchAttribute last_attr;
+static unsigned char last_params[1024];
+static int func_attr[64], launches, pushed, loaded_elf, occupancy_attrs;
+static CUcontext primary = (CUcontext)0x1234;
+CUresult cuInit(unsigned int f) { return CUDA_SUCCESS; }
+CUresult cuDeviceGet(CUdevice* d, int o) { *d = o; return CUDA_SUCCESS; }
+CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice d) { *c = primary; return CUDA_SUCCESS; }
+CUresult cuCtxPushCurrent_v2(CUcontext c) { ++pushed; return c == primary ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT; }
+CUresult cuCtxPopCurrent_v2(CUcontext* c) { --pushed; *c = primary; return CUDA_SUCCESS; }
+CUresult cuModuleLoadData(CUmodule* m, const void* image) {
+  loaded_elf = memcmp(image, "\x7f" "ELF", 4) == 0; *m = (CUmodule)0x55; return CUDA_SUCCESS; }
+CUresult cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) {
+  if (strcmp(name, "fastrnn_cluster") != 0) return CUDA_ERROR_NOT_FOUND; *f = (CUfunction)0x66; return CUDA_SUCCESS; }
+CUresult cuFuncSetAttribute(CUfunction f, CUfunction_attribute a, int v) { func_attr[a] = v; return CUDA_SUCCESS; }
+CUresult cuLaunchKernelEx(const CUlaunchConfig* c, CUfunction f, void** params, void** extra) {
+  if (pushed != 1) return CUDA_ERROR_INVALID_CONTEXT;
+  last = *c; if (c->numAttrs) last_attr = c->attrs[0];
+  memcpy(last_params, params[0], sizeof last_params); ++launches; return CUDA_SUCCESS; }
+CUresult cuOccupancyMaxActiveClusters(int* n, CUfunction f, const CUlaunchConfig* c) {
+  occupancy_attrs = c->numAttrs == 1 && c->attrs[0].id == CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+                    && c->attrs[0].value.clusterDim.x == c->gridDimX;
+  *n = 7; return CUDA_SUCCESS; }
+CUresult cuGetErrorString(CUresult rc, const char** s) { *s = "stand-in error"; return CUDA_SUCCESS; }
+void fake_state(unsigned long long* out) {
+  out[0] = last.gridDimX; out[1] = last.gridDimY; out[2] = last.gridDimZ; out[3] = last.blockDimX;
+  out[4] = last.blockDimY; out[5] = last.blockDimZ; out[6] = last.sharedMemBytes; out[7] = (unsigned long long)last.hStream;
+  out[8] = last.numAttrs; out[9] = last_attr.id; out[10] = last_attr.value.clusterDim.x;
+  out[11] = last_attr.value.clusterDim.y; out[12] = last_attr.value.clusterDim.z; out[13] = launches;
+  out[14] = func_attr[CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES];
+  out[15] = func_attr[CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED]; out[16] = loaded_elf;
+  out[17] = pushed; out[18] = occupancy_attrs; }
+const unsigned char* fake_params(void) { return last_params; }
+"""
+
+
+def _cuda_header_dir() -> Path | None:
+    """Where nvcc takes cuda.h from (its dry run's INCLUDES)."""
+    import re
+    import subprocess
+
+    nvcc = cluster.nvcc_path()
+    if nvcc is None:
+        return None
+    dry = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", "/dev/null", "-o", "/dev/null"], capture_output=True,
+                         text=True)  # fmt: skip
+    for d in re.findall(r'INCLUDES="-I([^"]+)"', dry.stdout + dry.stderr):
+        if (Path(d.strip()) / "cuda.h").exists():
+            return Path(d.strip())
+    return None
+
+
+@pytest.fixture
+def fake_driver(tmp_path, monkeypatch):
+    _need_nvcc()
+    include, cxx = _cuda_header_dir(), cluster.host_compiler()
+    if include is None or cxx is None:
+        pytest.skip("cuda.h (beside nvcc) and a C++ compiler are needed to build the stand-in driver")
+    import ctypes
+    import subprocess
+
+    (tmp_path / "fake.cpp").write_text('extern "C" {\n' + FAKE_DRIVER + "\n}\n")
+    so = tmp_path / "libfakecuda.so"
+    subprocess.run([cxx, "-shared", "-fPIC", f"-I{include}", str(tmp_path / "fake.cpp"), "-o", str(so)], check=True)
+    drv = cluster._Driver(str(so))
+    monkeypatch.setattr(cluster, "_driver", lambda: drv)
+
+    class Stream:
+        cuda_stream = 0xABC0
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    lib = ctypes.CDLL(str(so))
+    lib.fake_params.restype = ctypes.POINTER(ctypes.c_ubyte)
+
+    def state() -> list[int]:
+        out = (ctypes.c_ulonglong * 19)()
+        lib.fake_state(out)
+        return list(out)
+
+    return state, lib
+
+
+def test_launch_through_the_driver_api(fake_driver):
+    """cuLaunchKernelEx gets the grid, the block, the dynamic shared memory, torch's stream, one
+    cluster-dimension attribute (C, 1, 1) and the Params bytes; the function gets the shared-memory
+    and (C = 16) non-portable-cluster attributes; the cubin is an ELF; the primary context is pushed
+    around the call and popped after."""
+    import ctypes
+
+    state, lib = fake_driver
+    cfg = cluster.choose_config("LSTM", 256, torch.float16, "fwd", 16)
+    k = cluster.ClusterKernel(cfg, 0)
+    params = cluster.Params(x=0x1000, s_x_t=12345, w=0x2000, T=7, B=33, reverse=1)
+    k[(cfg.cluster * 3,)](params)
+    s = state()
+    assert s[0:3] == [48, 1, 1] and s[3:6] == [cfg.threads, 1, 1] and s[6] == cfg.smem_bytes
+    assert s[7] == 0xABC0 and s[8] == 1 and s[9] == cluster.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+    assert s[10:13] == [16, 1, 1] and s[13] == 1
+    assert s[14] == cfg.smem_bytes and s[15] == 1 and s[16] == 1 and s[17] == 0
+    got = bytes(lib.fake_params()[: ctypes.sizeof(cluster.Params)])
+    assert got == bytes(params)
+    assert k.max_active_clusters() == 7 and state()[18] == 1
+
+
+def test_batch_tile_follows_the_clusters_the_device_runs(fake_driver, monkeypatch):
+    """Tiles of 8 sequences while all of the batch's clusters run at once (the stand-in says 7)."""
+    monkeypatch.setattr(cluster, "_ACTIVE_CLUSTERS", {})
+    cfg = cluster.choose_config("GRU", 256, torch.float16, "bwd", 16)
+    assert cluster.batch_tile_for(cfg, 5, 0).batch_tile == 8
+    assert cluster.batch_tile_for(cfg, 56, 0).batch_tile == 8  # 7 clusters of 8
+    assert cluster.batch_tile_for(cfg, 57, 0) is cfg  # 8 clusters would not all run: tiles of 16

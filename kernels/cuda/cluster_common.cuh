@@ -71,6 +71,8 @@ FR_FN float fr_rcp(float x) {
   return y;
 }
 FR_FN float fr_nan() { return __uint_as_float(0x7fffffffu); }
+FR_FN float bits_as_float(u32 x) { return __uint_as_float(x); }
+FR_FN u32 float_as_bits(float f) { return __float_as_uint(f); }
 #else
 inline float bits_f32(u32 x) {
   float f;
@@ -127,6 +129,8 @@ inline u16 to_storage(float f) {
 inline float fr_exp(float x) { return std::exp(x); }
 inline float fr_rcp(float x) { return 1.0f / x; }
 inline float fr_nan() { return bits_f32(0x7fffffffu); }
+inline float bits_as_float(u32 x) { return bits_f32(x); }
+inline u32 float_as_bits(float f) { return f32_bits(f); }
 #endif
 
 // tanh as fastrnn/kernels/common.py states it for fp32: an odd polynomial below |x| = 0.625,
@@ -258,19 +262,22 @@ struct Cell<CELL_GRU> {
 // ---------------------------------------------------------------------------------------------
 // The launch configuration: every size is a compile-time constant (register arrays, unrolled
 // loops).  One cluster of C CTAs runs BT sequences; CTA `rank` owns hidden units
-// [rank*U, (rank+1)*U).  Each step is one product "out slice (M x BT) = A (M x K) @ v^T (K x BT)"
-// where v is gathered from every CTA of the cluster:
+// [rank*U, (rank+1)*U).  Each step is one product "out (M x BT) = A (M x K) @ v^T (K x BT)":
 //
-//   forward  (DIR 0): rows m = g*U + u (gate g of the CTA's unit u), K = H, v = h_{t-1};
-//                     A[m][k] = W_hh[g*H + rank*U + u][k]
-//   backward (DIR 1): rows m = u, K = G*H, v = dpre_t (the gates' recurrent-part gradients);
-//                     A[m][k] = W_hh[k][rank*U + m]
+//   forward  (DIR 0): rows m = g*U + u (gate g of the CTA's unit u), K = H, v = h_{t-1} gathered
+//                     from every CTA; A[m][k] = W_hh[g*H + rank*U + u][k]
+//   backward (DIR 1, all-gather): rows m = u, K = G*H, v = dpre_t (the gates' recurrent-part
+//                     gradients) gathered from every CTA; A[m][k] = W_hh[k][rank*U + m]
+//   backward (DIR 2, reduce-scatter): rows m = j (every unit), K = G*U, v = the CTA's own dpre_t;
+//                     A[m][k] = W_hh[(k / U)*H + rank*U + k % U][m]: fp32 partial sums of dh for
+//                     every unit, each CTA's U rows sent to it and summed there (half the bytes of
+//                     the all-gather for an LSTM, and a quarter of its receive buffers)
 //
 // NW warps = WM (split over the rows' 16-row m-tiles) x WK (split over K's 16-wide k-steps); a warp
 // keeps its first KREG k-steps of A in registers and the rest (KSM) in shared memory, both in the
 // mma.sync fragment order.  AS independent accumulator sets shorten the dependent mma chain.
 
-enum { DIR_FWD = 0, DIR_BWD = 1 };
+enum { DIR_FWD = 0, DIR_BWD = 1, DIR_BWD_RS = 2 };
 
 constexpr int align_up(int x, int a) { return (x + a - 1) / a * a; }
 
@@ -280,32 +287,37 @@ struct Cfg {
   static constexpr int KREG = KREG_, AS = AS_;
   typedef fr::Cell<CELL_> CellT;
   static constexpr int G = CellT::G, S = CellT::S;
-  static constexpr int U = H / C;                        // hidden units per CTA
-  static constexpr int M = DIR == DIR_FWD ? G * U : U;   // rows of the CTA's product
-  static constexpr int K = DIR == DIR_FWD ? H : G * H;   // length of the gathered vector
-  static constexpr int GP = DIR == DIR_FWD ? 1 : G;      // blocks of U values a pair pushes
+  static constexpr bool RS = DIR == DIR_BWD_RS;
+  static constexpr int U = H / C;                                  // hidden units per CTA
+  static constexpr int M = DIR == DIR_FWD ? G * U : RS ? H : U;    // rows of the CTA's product
+  static constexpr int K = DIR == DIR_FWD ? H : RS ? G * U : G * H;  // length of its vector v
+  static constexpr int GP = DIR == DIR_FWD ? 1 : G;                // blocks of U values a pair stages
   static constexpr int MT = M / 16, KS = K / 16, NT = BT / 8;
   static constexpr int WK = NW / WM, MTW = MT / WM, KSW = KS / WK, KSM = KSW - KREG;
   static constexpr int NTHREADS = NW * 32;
   static constexpr int PAIRS = U * BT;                             // (unit, sequence) pairs of a CTA
   static constexpr int PP = (PAIRS + NTHREADS - 1) / NTHREADS;     // pairs per thread
-  static constexpr int LDV = K + 8;   // row stride (16-bit elements) of a gathered buffer: no ldmatrix bank conflicts
+  static constexpr int LDV = K + 8;   // row stride (16-bit elements) of v: no ldmatrix bank conflicts
   static constexpr int LDM = M + 4;   // row stride (floats) of the partial-sum buffer: no store bank conflicts
-  static constexpr int CHUNKS = BT * GP * U / 8;                   // 16-byte pieces of the CTA's slice
-  static constexpr int BYTES = BT * K * 2;                         // bytes every CTA receives per exchange
+  // 16-byte pieces a CTA sends to each CTA per exchange: 8 16-bit values of its slice (all-gather),
+  // 4 fp32 partial sums of the receiver's units (reduce-scatter)
+  static constexpr int CHUNKS = RS ? BT * U / 4 : BT * GP * U / 8;
+  static constexpr int BYTES = RS ? C * BT * U * 4 : BT * K * 2;   // bytes every CTA receives per exchange
   // shared memory layout (bytes)
   static constexpr int OFF_BAR = 0;                                // two mbarriers (one per buffer)
-  static constexpr int OFF_V = 128;                                // two gathered buffers [BT][LDV]
-  static constexpr int V_BYTES = BT * LDV * 2;
+  static constexpr int OFF_V = 128;  // two receive buffers: gathered v [BT][LDV] 16-bit, or partials [C][BT][U] fp32
+  static constexpr int V_BYTES = RS ? C * BT * U * 4 : BT * LDV * 2;
   static constexpr int OFF_RED = align_up(OFF_V + 2 * V_BYTES, 128);  // partial sums [WK][BT][LDM] fp32
   static constexpr int RED_BYTES = WK * BT * LDM * 4;
-  static constexpr int OFF_STAGE = align_up(OFF_RED + RED_BYTES, 128);  // the slice to push [BT][GP][U]
-  static constexpr int STAGE_BYTES = BT * GP * U * 2;
+  static constexpr int OFF_STAGE = align_up(OFF_RED + RED_BYTES, 128);  // the slice [BT][STAGE_LD] (RS: v itself)
+  static constexpr int STAGE_LD = RS ? LDV : GP * U;
+  static constexpr int STAGE_BYTES = BT * STAGE_LD * 2;
   static constexpr int OFF_W = align_up(OFF_STAGE + STAGE_BYTES, 128);  // A fragments [NW][MTW][KSM][32] x 16 B
   static constexpr int W_BYTES = NW * MTW * KSM * 32 * 16;
   static constexpr int SMEM = align_up(OFF_W + W_BYTES, 128);
 
   static_assert(H % C == 0 && U % 16 == 0, "units per CTA must be a multiple of 16");
+  static_assert(DIR >= DIR_FWD && DIR <= DIR_BWD_RS, "direction 0, 1 or 2");
   static_assert(BT == 8 || BT == 16, "batch tile of 8 or 16 sequences");
   static_assert(NW % WM == 0 && MT % WM == 0 && KS % WK == 0, "warps must split the tiles evenly");
   static_assert(KREG >= 0 && KREG <= KSW, "register k-steps within the warp's k-steps");
@@ -358,6 +370,10 @@ FR_FN i64 w_index(int rank, int m, int k) {
   if (CF::DIR == DIR_FWD) {
     const int g = m / CF::U, u = m % CF::U;
     return (i64)(g * CF::H + rank * CF::U + u) * CF::H + k;
+  }
+  if (CF::RS) {
+    const int g = k / CF::U, u = k % CF::U;
+    return (i64)(g * CF::H + rank * CF::U + u) * CF::H + m;
   }
   return (i64)k * CF::H + rank * CF::U + m;
 }
@@ -429,18 +445,28 @@ FR_FN bool pair_of(int tid, int j, int& u, int& b) {
   return q < CF::PAIRS;
 }
 
-// Offset (16-bit elements) in the stage buffer [BT][GP][U] of block g of pair (u, b).
+// Offset (16-bit elements) in the stage buffer [BT][STAGE_LD] of block g of pair (u, b).
 template <class CF>
 FR_FN int stage_offset(int u, int b, int g) {
-  return (b * CF::GP + g) * CF::U + u;
+  return b * CF::STAGE_LD + g * CF::U + u;
 }
 
 // Push item `it` (of CHUNKS * C): the 16-byte chunk it sends and to which CTA.  Returns false past
-// the end.  `src` (elements into the stage buffer), `dst` (elements into the receiving CTA's
-// gathered buffer [BT][LDV]: sequence b, element g*H + rank*U + u).
+// the end.  All-gather: `src` in 16-bit elements into the stage buffer, `dst` into the receiving
+// CTA's gathered buffer [BT][LDV] (sequence b, element g*H + rank*U + u).  Reduce-scatter: `src`
+// in floats into a partial-sum block [BT][LDM] (sequence b, rows dst_rank*U + u .. + 3), `dst` into
+// the receiver's buffer [C][BT][U] (this CTA's slot).
 template <class CF>
 FR_FN bool push_item(int it, int rank, int& dst_rank, int& src, int& dst) {
   if (it >= CF::CHUNKS * CF::C) return false;
+  if (CF::RS) {
+    const int q = it / CF::C, per_row = CF::U / 4;
+    dst_rank = (rank + it % CF::C) % CF::C;
+    const int u = (q % per_row) * 4, b = q / per_row;
+    src = b * CF::LDM + dst_rank * CF::U + u;
+    dst = (rank * CF::BT + b) * CF::U + u;
+    return true;
+  }
   const int q = it / CF::C;
   dst_rank = (rank + it % CF::C) % CF::C;
   const int per_row = CF::U / 8;

@@ -65,12 +65,12 @@ FR_FN void load_weights(HW& hw, const Smem<CF>& sm, const u16* w, int rank, int 
   }
 }
 
-// The warp's share of "A @ v^T" over gathered buffer `cur`, summed into partial-sum block wk.
+// The warp's share of "A @ v^T" (v: [BT][LDV] 16-bit in shared memory), summed into partial-sum
+// block wk.
 template <class CF, class HW>
-FR_FN void mma_phase(HW& hw, const Smem<CF>& sm, int cur, int tid, const AFrags<CF>& a) {
+FR_FN void mma_phase(HW& hw, const Smem<CF>& sm, const u16* v, int tid, const AFrags<CF>& a) {
   const int lane = tid & 31, warp = tid >> 5;
   const int m0 = warp_m0<CF>(warp), k0 = warp_k0<CF>(warp);
-  const u16* v = sm.vec(cur);
   float acc[CF::AS][CF::MTW][CF::NT][4];
 #pragma unroll
   for (int s = 0; s < CF::AS; ++s)
@@ -122,17 +122,50 @@ FR_FN float product(const Smem<CF>& sm, int m, int b) {
   return s;
 }
 
+// Reduce-scatter: dh of unit u of this CTA for sequence b, the C partial sums received in `buf`.
+template <class CF>
+FR_FN float received(const Smem<CF>& sm, int buf, int u, int b) {
+  const float* r = reinterpret_cast<const float*>(sm.vec(buf));
+  float s = 0.0f;
+#pragma unroll
+  for (int c = 0; c < CF::C; ++c) s += r[(c * CF::BT + b) * CF::U + u];
+  return s;
+}
+
+// The 16 bytes of push item (src): the stage slice (all-gather), or 4 rows of the product summed
+// over the WK partial-sum blocks (reduce-scatter).
+template <class CF, class HW>
+FR_FN V4 push_value(HW& hw, const Smem<CF>& sm, int src) {
+  if constexpr (CF::RS) {
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int wk = 0; wk < CF::WK; ++wk) {
+      const V4 q = hw.lds128(reinterpret_cast<const V4*>(sm.red(wk) + src));
+      v[0] += bits_as_float(q.x);
+      v[1] += bits_as_float(q.y);
+      v[2] += bits_as_float(q.z);
+      v[3] += bits_as_float(q.w);
+    }
+    V4 out = {float_as_bits(v[0]), float_as_bits(v[1]), float_as_bits(v[2]), float_as_bits(v[3])};
+    return out;
+  } else {
+    return hw.lds128(reinterpret_cast<const V4*>(sm.stage() + src));
+  }
+}
+
 // Push the CTA's slice (the stage buffer) into gathered buffer `nxt` of every CTA of the cluster.
 template <class CF, class HW>
 FR_FN void push_phase(HW& hw, const Smem<CF>& sm, int nxt, int rank, int tid) {
-  const u16* stage = sm.stage();
-  u16* dst_base = sm.vec(nxt);
   u64* bar = sm.bar(nxt);
   for (int it = tid;; it += CF::NTHREADS) {
     int dst_rank, src, dst;
     if (!push_item<CF>(it, rank, dst_rank, src, dst)) break;
-    const V4 v = hw.lds128(reinterpret_cast<const V4*>(stage + src));
-    hw.st_async(dst_rank, dst_base + dst, v, bar);
+    const V4 v = push_value<CF>(hw, sm, src);
+    if constexpr (CF::RS) {
+      hw.st_async(dst_rank, reinterpret_cast<float*>(sm.vec(nxt)) + dst, v, bar);
+    } else {
+      hw.st_async(dst_rank, sm.vec(nxt) + dst, v, bar);
+    }
   }
 }
 
@@ -152,10 +185,25 @@ FR_FN void exchange(HW& hw, const Smem<CF>& sm, int i, int rank, int tid) {
     for (int it = tid;; it += CF::NTHREADS) {
       int dst_rank, src, dst;
       if (!push_item<CF>(it, rank, dst_rank, src, dst)) break;
-      *reinterpret_cast<V4*>(sm.vec(nxt) + dst) = hw.lds128(reinterpret_cast<const V4*>(sm.stage() + src));
+      const V4 v = push_value<CF>(hw, sm, src);
+      if constexpr (CF::RS) {
+        *reinterpret_cast<V4*>(reinterpret_cast<float*>(sm.vec(nxt)) + dst) = v;
+      } else {
+        *reinterpret_cast<V4*>(sm.vec(nxt) + dst) = v;
+      }
     }
     hw.sync();
   }
+}
+
+// Reduce-scatter backward: the product of the CTA's own dpre (the stage buffer, complete after a
+// __syncthreads) with its W_hh rows, then its exchange (which starts with __syncthreads: the
+// partial sums complete).
+template <class CF, class HW>
+FR_FN void reduce_exchange(HW& hw, const Smem<CF>& sm, int i, int rank, int tid, const AFrags<CF>& a) {
+  hw.sync();
+  mma_phase<CF>(hw, sm, sm.stage(), tid, a);
+  exchange<CF>(hw, sm, i, rank, tid);
 }
 
 // The wait of step i (> 0) for the vector exchanged after step i - 1 (none in a cluster of one).
@@ -218,7 +266,7 @@ FR_FN void forward_body(const Params& p, HW& hw) {
   for (int s = 0; s < T; ++s) {
     const int cur = s & 1;
     if (s > 0 && !await<CF>(hw, sm, s)) failed = true;
-    mma_phase<CF>(hw, sm, cur, tid, a);
+    mma_phase<CF>(hw, sm, sm.vec(cur), tid, a);
     hw.sync();
 #pragma unroll
     for (int j = 0; j < PP; ++j) {
@@ -274,8 +322,11 @@ FR_FN void forward_body(const Params& p, HW& hw) {
 
 // ---------------------------------------------------------------------------------------------
 // Backward: d_gx (and GRU's n-gate recurrent part), d_h0, d_c0.  Iteration i (0..T) first finishes
-// step T - i (dh of its predecessor = the gathered dpre of step T - i times W_hh, plus the cell's
-// direct part), then runs the cell backward of step T - 1 - i and pushes its dpre.
+// step T - i (dh of its predecessor = dpre of step T - i times W_hh, plus the cell's direct part),
+// then runs the cell backward of step T - 1 - i and exchanges its dpre: all-gather (DIR 1: every CTA
+// receives all of dpre and multiplies it with its W_hh columns at the start of the next iteration)
+// or reduce-scatter (DIR 2: each CTA multiplies its own dpre with its W_hh rows at once and sends
+// every CTA the fp32 partial sums of that CTA's units).
 
 template <class CF, class HW>
 FR_FN void backward_body(const Params& p, HW& hw) {
@@ -345,8 +396,10 @@ FR_FN void backward_body(const Params& p, HW& hw) {
     const int cur = i & 1;
     if (i > 0) {
       if (!await<CF>(hw, sm, i)) failed = true;
-      mma_phase<CF>(hw, sm, cur, tid, a);
-      hw.sync();
+      if constexpr (!CF::RS) {
+        mma_phase<CF>(hw, sm, sm.vec(cur), tid, a);
+        hw.sync();
+      }
     }
     const int s = T - 1 - i;
 #pragma unroll
@@ -355,7 +408,8 @@ FR_FN void backward_body(const Params& p, HW& hw) {
       if (!pair_of<CF>(tid, j, u, b)) continue;
       const int row = tile * CF::BT + b, unit = rank * U + u;
       if (i > 0 && keep1[j]) {  // finish step s + 1: its predecessor's dh and dc
-        dh[j] = failed ? fr_nan() : product<CF>(sm, u, b) + dhd1[j];
+        const float rec = CF::RS ? received<CF>(sm, cur, u, b) : product<CF>(sm, u, b);
+        dh[j] = failed ? fr_nan() : rec + dhd1[j];
         if (CellT::HAS_C) dc[j] = dcp1[j];
       }
       if (s < 0) continue;
@@ -382,7 +436,13 @@ FR_FN void backward_body(const Params& p, HW& hw) {
       dcp1[j] = dc_prev;
       load_step(j, s - 1);
     }
-    if (i < T) exchange<CF>(hw, sm, i, rank, tid);
+    if (i < T) {
+      if constexpr (CF::RS) {
+        reduce_exchange<CF>(hw, sm, i, rank, tid, a);
+      } else {
+        exchange<CF>(hw, sm, i, rank, tid);
+      }
+    }
   }
 #pragma unroll
   for (int j = 0; j < PP; ++j) {
@@ -399,7 +459,7 @@ FR_FN void backward_body(const Params& p, HW& hw) {
 
 template <class CF, class HW>
 FR_FN void run(const Params& p, HW& hw) {
-  if (CF::DIR == DIR_FWD) {
+  if constexpr (CF::DIR == DIR_FWD) {
     forward_body<CF>(p, hw);
   } else {
     backward_body<CF>(p, hw);
