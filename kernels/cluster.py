@@ -86,7 +86,9 @@ SMEM_LIMIT = 227 * 1024
 RESERVED_SMEM = 1024
 #: Registers of one SM; a thread may use at most 255.
 SM_REGISTERS = 65536
-CLUSTER_SIZES = (16, 8, 4, 2, 1)
+#: Cluster sizes, largest first: any number of CTAs up to 16 (above 8 non-portable, which H100 and
+#: H200 allow).
+CLUSTER_SIZES = tuple(range(16, 0, -1))
 WARP_COUNTS = (1, 2, 4, 8, 12, 16)
 #: Registers a thread keeps for everything but its A fragments, by direction: a base plus a share
 #: per (unit, sequence) pair it owns.  ptxas takes whatever the launch bounds allow, so this is a
@@ -297,7 +299,7 @@ class ClusterConfig:
              "warps must split the tiles evenly"),
             (0 <= self.kreg <= self.KSW, "register k-steps within the warp's k-steps"),
             (1 <= self.acc_sets <= 4, "1 to 4 accumulator sets"),
-            (self.cluster in CLUSTER_SIZES, "cluster of 1, 2, 4, 8 or 16 CTAs"),
+            (self.cluster in CLUSTER_SIZES, "cluster of 1 to 16 CTAs"),
             (not self.reduce or not self.fwd, "the reduce-scatter exchange is the backward's"),
         ]  # fmt: skip
         for ok, why in rules:
@@ -357,8 +359,9 @@ def predict_step(cfg: ClusterConfig) -> dict[str, float]:
 
 
 def cluster_size(hidden_size: int) -> int | None:
-    """CTAs per cluster: the largest of 16, 8, 4, 2, 1 that leaves each CTA a multiple of 16 units
-    (the most SMs per sequence tile; ``None``: ``hidden_size`` is not a multiple of 16)."""
+    """CTAs per cluster: the largest of 16 ... 1 that leaves each CTA a multiple of 16 units (the
+    most SMs per sequence tile: H = 256 takes 16, H = 176 11, H = 336 7; ``None``: ``hidden_size``
+    is not a multiple of 16)."""
     for c in CLUSTER_SIZES:
         if hidden_size % (16 * c) == 0:
             return c
@@ -1090,14 +1093,15 @@ def analyse(cfg: ClusterConfig, build: Build) -> dict[str, Any]:
 
 
 def report_configs(full: bool = False) -> list[ClusterConfig]:
-    """The configurations the report compiles: fp16 LSTM, GRU and tanh RNN at H 128-768, both
-    directions, both batch tiles (``full``: every cell and both dtypes); every layer the tier runs."""
+    """The configurations the report compiles: fp16 LSTM, GRU and tanh RNN at H 128-768 (176 and
+    336: clusters of 11 and 7 CTAs), both directions, both batch tiles (``full``: every cell and both
+    dtypes)."""
     modes = tuple(CELL_IDS) if full else ("RNN_TANH", "GRU", "LSTM")
     dtypes = tuple(DTYPE_NAMES) if full else (torch.float16,)
     out = []
     for mode in modes:
         for dtype in dtypes:
-            for hidden in (128, 256, 512, 768):
+            for hidden in (128, 176, 256, 336, 512, 768):
                 if _static_reason(mode, hidden, 0, dtype):
                     continue
                 for kernel_ in ("fwd", "bwd"):
@@ -1117,7 +1121,7 @@ def report_row(cfg: ClusterConfig) -> dict[str, Any]:
         arch=90, variant=f"tier4,bt{cfg.batch_tile},c{cfg.cluster}", block_b=cfg.batch_tile, num_warps=cfg.num_warps,
         cluster=cfg.cluster, config=cfg.name(), weight_bytes=cfg.M * cfg.K * 2,
         register_weight_bytes=cfg.register_fragment_bytes, smem_weight_bytes=cfg.layout()["w_bytes"],
-        shared_limit=SMEM_LIMIT, exchange_bytes=cfg.exchange_bytes, error=None,
+        shared_limit=SMEM_LIMIT, exchange_bytes=cfg.exchange_bytes, reduce=cfg.reduce, error=None,
     )  # fmt: skip
     start = time.perf_counter()
     try:
@@ -1163,7 +1167,7 @@ def format_rows(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a markdown table (kernels/NOTES.md section 8)."""
     head = ["cell", "dtype", "H", "kernel", "BT", "C", "warps", "W KiB/CTA (regs+smem)", "regs", "stack/spill B",
             "smem KiB", "LDL/STL in loop", "waits/step", "cluster bar/step", "bar.sync/step", "HMMA/step/warp",
-            "st.async/step", "pred us/step"]  # fmt: skip
+            "exchange KiB in/step", "pred us/step"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r.get("error"):
@@ -1171,10 +1175,11 @@ def format_rows(rows: Sequence[dict[str, Any]]) -> str:
                          f"{r['cluster']} | {r['num_warps']} | | ERROR {r['error'][:60]} |" + " |" * 9)  # fmt: skip
             continue
         w = f"{r['weight_bytes'] / 1024:.0f} ({r['register_weight_bytes'] / 1024:.0f}+{r['smem_weight_bytes'] / 1024:.0f})"
-        cells_ = [r["cell"], r["dtype"], r["hidden_size"], r["kernel"], r["block_b"], r["cluster"], r["num_warps"], w,
+        kernel_ = r["kernel"] + (" (reduce)" if r.get("reduce") else " (gather)" if r["kernel"] == "bwd" else "")
+        cells_ = [r["cell"], r["dtype"], r["hidden_size"], kernel_, r["block_b"], r["cluster"], r["num_warps"], w,
                   r["registers"], f"{r['stack_bytes']}/{r['spill_stores']}", f"{r['shared_bytes'] / 1024:.1f}",
                   r["loop_local_insts"], r["waits_per_step"], r["cluster_barriers_per_step"], r["step_bars"],
-                  r["step_mma"], r["st_async"], r["est_us"]]  # fmt: skip
+                  r["step_mma"], f"{r['exchange_bytes'] / 1024:.1f}", r["est_us"]]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells_) + " |")
     return "\n".join(lines)
 

@@ -46,12 +46,12 @@ def _cfg(mode, dtype, kernel, H, C, BT, NW, WM, KREG, AS=2, reduce=False) -> clu
 #: Simulated configurations per (cell, dtype): (forward, backward).  Small sizes, chosen so that
 #: between them they take every path of the kernel: A fragments in registers only, in shared memory
 #: only and split (KREG 0 < KSW), K split across warps (WK > 1), one and two n-tiles (BT 8/16),
-#: several pairs per thread, one and two accumulator sets, clusters of 1, 2, 4 and 16 CTAs.
+#: several pairs per thread, one and two accumulator sets, clusters of 1, 2, 3, 4 and 16 CTAs.
 SIM_CONFIGS = {
     ("RNN_TANH", "fp16"): (_cfg("RNN_TANH", "fp16", "fwd", 32, 2, 8, 2, 1, 1), _cfg("RNN_TANH", "fp16", "bwd", 32, 2, 8, 2, 1, 0)),
     ("RNN_RELU", "bf16"): (_cfg("RNN_RELU", "bf16", "fwd", 64, 4, 16, 1, 1, 2), _cfg("RNN_RELU", "bf16", "bwd", 64, 4, 16, 1, 1, 4, 1)),
     ("LSTM", "fp16"): (_cfg("LSTM", "fp16", "fwd", 64, 4, 16, 2, 2, 1), _cfg("LSTM", "fp16", "bwd", 64, 4, 16, 4, 1, 2)),
-    ("LSTM", "bf16"): (_cfg("LSTM", "bf16", "fwd", 32, 2, 8, 4, 4, 2), _cfg("LSTM", "bf16", "bwd", 32, 2, 8, 4, 1, 1)),
+    ("LSTM", "bf16"): (_cfg("LSTM", "bf16", "fwd", 48, 3, 8, 4, 4, 1), _cfg("LSTM", "bf16", "bwd", 48, 3, 8, 4, 1, 1)),
     ("GRU", "fp16"): (_cfg("GRU", "fp16", "fwd", 48, 1, 8, 3, 3, 1), _cfg("GRU", "fp16", "bwd", 48, 1, 8, 3, 3, 4, 1)),
     ("GRU", "bf16"): (_cfg("GRU", "bf16", "fwd", 64, 4, 8, 4, 1, 0), _cfg("GRU", "bf16", "bwd", 64, 4, 8, 4, 1, 1)),
 }  # fmt: skip
@@ -595,7 +595,7 @@ def _gpu_or_skip(mode: str, H: int, dtype: torch.dtype):
 
 
 GPU_CASES = [("RNN", "tanh", 128), ("RNN", "relu", 256), ("LSTM", None, 128), ("LSTM", None, 256), ("GRU", None, 256),
-             ("LSTM", None, 512), ("GRU", None, 768), ("LSTM", None, 768)]  # fmt: skip
+             ("LSTM", None, 512), ("GRU", None, 768), ("LSTM", None, 768), ("LSTM", None, 176)]  # fmt: skip
 
 
 @pytest.mark.gpu
