@@ -78,7 +78,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from .common import sigmoid, tanh
+from .common import relu, sigmoid, tanh
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ def _rnn_tanh_backward(dm, dc, saved, h_new, h_prev, c_prev):
 
 @triton.jit
 def _rnn_relu_forward(px, ph, h, c):
-    m = tl.maximum(px[0] + ph[0], 0.0)
+    m = relu(px[0] + ph[0])
     return m, c, ()
 
 

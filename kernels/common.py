@@ -23,15 +23,18 @@ from . import _runtime
 
 @triton.jit
 def tanh(x):
-    """tanh without libdevice (the interpreter has none), within 1.5 ulp in fp32 (torch.tanh: 0.5).
+    """tanh without libdevice (the interpreter has none).  fp32: within 2 ulp in Triton's
+    interpreter (measured 1.90, just above 0.625; numpy's float32 exp is itself up to ~2.5 ulp
+    off) and 5 ulp on a GPU (derived from ``tl.exp``'s ex2.approx and ``div.full.f32``, whose
+    errors CUDA documents; torch.tanh: 0.5).  ``tests/test_numerics.py`` measures it.
 
     ``|x| >= 0.625``: ``1 - 2/(exp(2|x|) + 1)``, so the rounding of exp and of the division falls
     on the small term and tanh near +-1 keeps full precision (``|x|`` capped at 20, where tanh is 1
     in fp64 too: no overflow; NaN passes through).  ``|x| < 0.625``: an odd polynomial fit for
-    fp32 (at most 0.8 ulp; no cancellation near 0).  The former ``(1 - e)/(1 + e)``,
-    ``e = exp(-2|x|)``, was up to 2.5 ulp off beyond 0.6 and 8 ulp below (relative error
-    unbounded near 0); the backward's ``1 - tanh^2`` and every later step inherit such errors.
-    fp64 keeps that form: its error there is ~1e-16.
+    fp32 (at most 0.75 ulp measured; no cancellation near 0, subnormal inputs come back exact).
+    The former ``(1 - e)/(1 + e)``, ``e = exp(-2|x|)``, had a relative error unbounded near 0 (1.7e7
+    ulp at 1.5e-8); the backward's ``1 - tanh^2`` and every later step inherit such errors.
+    fp64 keeps that form: its error there is ~1e-16 absolute.
     """
     a = tl.abs(x)
     if x.dtype == tl.float64:
@@ -50,7 +53,56 @@ def tanh(x):
 
 @triton.jit
 def sigmoid(x):
+    """``1/(1 + exp(-x))``: saturates to 1 and 0 without NaN (exp may overflow to inf).  fp32:
+    within 3.5 ulp in the interpreter (measured 3.21); on a GPU ``7 + 2.4 max(-x, 0)`` ulp, the
+    exp approximation's error growing with its argument (derived, see :func:`tanh`).  Results
+    below the smallest normal fp32 may be flushed to 0."""
     return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def relu(x):
+    """``max(x, 0)``, exact, NaN passed through (``tl.maximum`` alone is IEEE maxNum: NaN -> 0)."""
+    return tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
+
+
+#: Triton's interpreter multiplies fp32 ``tl.dot`` operands exactly, whatever ``input_precision``
+#: says.  With this set (only the interpreter reads it; a compiled kernel always runs the real
+#: instructions), :func:`mm` rounds the operands as the tensor cores do instead -- ``"tf32"``: each
+#: operand truncated to TF32 (10 mantissa bits); ``"tf32x3"``: Triton's three-product split (big =
+#: operand rounded to TF32, small = the rest, truncated; small*big + big*small + big*big) -- so
+#: tests measure each precision's error on a CPU (``tests/test_numerics.py``).
+EMULATE_TENSOR_CORES = tl.constexpr(False)
+
+
+@triton.jit
+def _tf32_round(x):
+    """fp32 -> the nearest TF32 value, ties away from zero (``cvt.rna.tf32.f32``); inf/NaN kept."""
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + 0x1000) & 0xFFFFE000
+    return tl.where((bits & 0x7F800000) == 0x7F800000, bits, rounded).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _tf32_truncate(x):
+    """fp32 -> TF32 by dropping the low 13 mantissa bits (what an mma reads of an fp32 operand)."""
+    return (x.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _mm_emulated(a, b, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """:func:`mm` of fp32 ``a``, ``b`` with the tensor cores' rounding (see :data:`EMULATE_TENSOR_CORES`)."""
+    if PRECISION == "tf32x3":
+        a_big = _tf32_round(a)
+        b_big = _tf32_round(b)
+        a_small = _tf32_truncate(a - a_big)
+        b_small = _tf32_truncate(b - b_big)
+        acc = tl.dot(a_small, b_big, input_precision="ieee", out_dtype=ACC)
+        acc = tl.dot(a_big, b_small, acc, input_precision="ieee", out_dtype=ACC)
+        acc = tl.where(acc != acc, 0.0, acc)  # as Triton: NaN of the small products dropped
+        return tl.dot(a_big, b_big, acc, input_precision="ieee", out_dtype=ACC)
+    else:
+        return tl.dot(_tf32_truncate(a), _tf32_truncate(b), input_precision="ieee", out_dtype=ACC)
 
 
 @triton.jit
@@ -58,6 +110,8 @@ def mm(a, b, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexp
     """(M, K) @ (K, N) with ``ACC`` accumulation; ``a`` is cast to ``b``'s storage dtype."""
     if UPCAST_DOT:  # the interpreter's bf16 tl.dot is wrong: multiply in ACC there
         return tl.dot(a.to(ACC), b.to(ACC), input_precision=PRECISION, out_dtype=ACC)
+    elif EMULATE_TENSOR_CORES and PRECISION != "ieee":
+        return _mm_emulated(a.to(b.dtype), b, PRECISION, ACC)
     else:
         return tl.dot(a.to(b.dtype), b, input_precision=PRECISION, out_dtype=ACC)
 

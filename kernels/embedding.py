@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime
-from .common import Launch
+from .common import Launch, mm
 from .common import precision as fp32_precision
 
 
@@ -47,10 +47,7 @@ def _gather_gemm_kernel(
             emb_ptr + ids[:, None] * s_emb_v + k[None, :] * s_emb_k, mask=row_ok[:, None] & k_ok[None, :], other=0.0
         )
         b = tl.load(w_ptr + cols[None, :] * s_w_m + k[:, None] * s_w_k, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
-        if UPCAST_DOT:
-            acc += tl.dot(a.to(ACC), b.to(ACC), input_precision=PRECISION, out_dtype=ACC)
-        else:
-            acc += tl.dot(a, b, input_precision=PRECISION, out_dtype=ACC)
+        acc += mm(a, b, PRECISION, ACC, UPCAST_DOT)
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
     out = out_ptr + rows[:, None] * s_out_n + cols[None, :]
@@ -81,7 +78,9 @@ def gather_gemm(
         return out
     block_n = 16 if _runtime.INTERPRET else 64
     block_m = 32 if _runtime.INTERPRET else 64
-    block_k = max(16, min(64, triton.next_power_of_2(K)))
+    # fp32 reads K in chunks of 16: at 64 (and at 32 on sm_80) its 64 x 64 tile spills at 4 warps
+    # in every precision (ieee, tf32, tf32x3), at 16 none does (kernels/NOTES.md)
+    block_k = max(16, min(16 if emb.dtype == torch.float32 else 64, triton.next_power_of_2(K)))
     acc = tl.float64 if emb.dtype == torch.float64 else tl.float32
     grid = (triton.cdiv(N, block_n), triton.cdiv(M, block_m))
     Launch(
