@@ -141,25 +141,25 @@ def test_padded_source_buckets_and_sync_every_change_nothing(attention, mode, bi
                 _assert_same(got, want, exact=False)  # softmax over more (masked) positions: rounding
         finally:
             dec.buckets = None
-    assert any(key[2] == 16 for key in dec.sessions)
+    assert any(key[2] == 16 for key in dec.steps)
 
 
-def test_sessions_are_reused_reset_and_bounded(monkeypatch):
+def test_static_steps_are_reused_reset_and_bounded(monkeypatch):
     model = _trained("general", "GRU", True)
     a, a_len, _ = _reverse_batch(5, seed=102)
     b, b_len, _ = _reverse_batch(5, seed=103)
     dec = static_mod.decoder_for(model)
-    dec.sessions.clear()
+    dec.steps.clear()
     first = [_decode(model, a, a_len, kind, static=True) for kind in ("greedy", "beam-mean")]
     [_decode(model, b, b_len, kind, static=True) for kind in ("greedy", "beam-mean")]
     again = [_decode(model, a, a_len, kind, static=True) for kind in ("greedy", "beam-mean")]
     for x, y in zip(first, again):
         _assert_same(x, y)
-    assert len(dec.sessions) == 2  # one greedy, one beam session: same shapes share one
-    monkeypatch.setattr(static_mod, "MAX_SESSIONS", 2)
+    assert len(dec.steps) == 2  # one greedy, one beam step: same shapes share one
+    monkeypatch.setattr(static_mod, "MAX_SHAPES", 2)
     for B in (1, 2, 3):
         _decode(model, a[:B], a_len[:B], "greedy", static=True)
-    assert len(dec.sessions) == 2 and [key[0] for key in dec.sessions] == [2, 3]
+    assert len(dec.steps) == 2 and [key[0] for key in dec.steps] == [2, 3]
 
 
 def test_static_decoding_follows_the_weights():
@@ -261,9 +261,9 @@ def test_static_step_reads_nothing_on_the_host(kind):
 # The fused kernels against the torch ops they replace (Triton's interpreter on the CPU)
 
 
-def _session(model, B: int, K: int, S: int, capacity: int, kernels: str):
+def _static_step(model, B: int, K: int, S: int, capacity: int, kernels: str):
     w = static_mod.Weights(model, torch.float32)
-    return static_mod.Session(w, B, K, S, capacity, torch.device("cpu"), kernels)
+    return static_mod.StaticStep(w, B, K, S, capacity, torch.device("cpu"), kernels)
 
 
 @pytest.mark.interpreter
@@ -271,10 +271,10 @@ def _session(model, B: int, K: int, S: int, capacity: int, kernels: str):
 def test_fused_attention_equals_torch(attention):
     model = _trained(attention, "GRU", False)
     src, lengths, _ = _reverse_batch(3, seed=108)
-    fused = _session(model, 3, 2, 16, MAX_LEN, "triton")  # 3 rows per source, sources padded to 16
-    plain = _session(model, 3, 2, src.shape[1], MAX_LEN, "torch")
-    for sess in (fused, plain):
-        sess.prepare(model, src, lengths)
+    fused = _static_step(model, 3, 2, 16, MAX_LEN, "triton")  # 3 rows per source, sources padded to 16
+    plain = _static_step(model, 3, 2, src.shape[1], MAX_LEN, "torch")
+    for st in (fused, plain):
+        st.prepare(model, src, lengths)
     out = torch.randn(9, 16)
     want = plain.attend(out)
     got = fused.attend(out)
@@ -293,16 +293,16 @@ def _random_logits(N: int, V: int, g: torch.Generator, eos_boost: float) -> torc
 @pytest.mark.interpreter
 def test_fused_greedy_step_equals_torch():
     model = _trained("general", "GRU", True)
-    sess = _session(model, 5, 0, 4, 6, "triton")
+    st = _static_step(model, 5, 0, 4, 6, "triton")
     want = GreedySearch(5, 6, torch.device("cpu"))
     g = torch.Generator().manual_seed(0)
     for step in range(6):
         logits = _random_logits(5, V, g, eos_boost=2.5)
         if step == 1:
             logits[0, 5] = logits[0, 7] = logits[0].max() + 1  # a tie: the first index, as torch.max
-        sess.fused.select(logits)
+        st.fused.select(logits)
         want.advance(logits.log_softmax(-1))
-        got = sess.search
+        got = st.search
         for name in ("y", "finished", "lengths", "t"):
             assert torch.equal(getattr(got, name), getattr(want, name)), (step, name)
         assert torch.equal(got.tokens[:, : step + 1], want.tokens[:, : step + 1])
@@ -315,15 +315,15 @@ def test_fused_greedy_step_equals_torch():
 def test_fused_beam_step_and_backtrace_equal_torch(length_penalty):
     model = _trained("general", "GRU", True)
     B, K, T = 3, 3, 6
-    sess = _session(model, B, K, 4, T, "triton")
-    got = sess.search
+    st = _static_step(model, B, K, 4, T, "triton")
+    got = st.search
     want = BeamSearch(B, K, T, torch.device("cpu"))
     for search in (got, want):
         search.reset(T, length_penalty)
     g = torch.Generator().manual_seed(1)
     for step in range(T):
         logits = _random_logits(B * (K + 1), V, g, eos_boost=3.0)
-        sess.fused.select(logits)
+        st.fused.select(logits)
         want.advance(logits.log_softmax(-1))
         live = torch.isfinite(want.score)
         assert torch.equal(torch.isfinite(got.score), live), step
@@ -338,11 +338,11 @@ def test_fused_beam_step_and_backtrace_equal_torch(length_penalty):
         assert torch.equal(got.rows[rows], want.rows[rows]) and torch.equal(got.y[rows], want.y[rows])
     assert want.done.any(), "the stopping rule should fire for some source"
     assert not want.greedy_alive.all(), "the greedy row should end for some source"
-    hyp = got.finish(T, T, length_penalty, sess.fused.backtrace)
+    hyp = got.finish(T, T, length_penalty, st.fused.backtrace)
     ref = want.finish(T, T, length_penalty)
     assert torch.equal(hyp.tokens, ref.tokens) and torch.equal(hyp.lengths, ref.lengths)
     # the kernel's backtrace against the torch one on the very same buffers
-    assert torch.equal(sess.fused.backtrace(T).tokens, backtrace(got, T).tokens)
+    assert torch.equal(st.fused.backtrace(T).tokens, backtrace(got, T).tokens)
 
 
 @pytest.mark.interpreter
@@ -390,11 +390,11 @@ _COMPILE = textwrap.dedent(
     for mode, att, H, V, K in (("GRU", "general", 512, 8000, 0), ("LSTM", "concat", 1024, 32000, 5),
                                ("GRU", "bahdanau", 256, 8000, 5)):
         model = Seq2Seq(Seq2SeqConfig(V, V, embedding_dim=32, hidden_size=H, mode=mode, attention=att))
-        sess = static.Session(static.Weights(model, torch.bfloat16), 64, K, 32, 48, torch.device("cpu"), "triton")
-        sess.fused.attend(torch.zeros(64 * sess.R, H, dtype=torch.bfloat16))
-        sess.fused.select(torch.zeros(64 * sess.R, V, dtype=torch.bfloat16))
+        st = static.StaticStep(static.Weights(model, torch.bfloat16), 64, K, 32, 48, torch.device("cpu"), "triton")
+        st.fused.attend(torch.zeros(64 * st.R, H, dtype=torch.bfloat16))
+        st.fused.select(torch.zeros(64 * st.R, V, dtype=torch.bfloat16))
         if K:
-            sess.fused.backtrace(10)
+            st.fused.backtrace(10)
     out = []
     for arch in (90, 80):
         backend = make_backend(GPUTarget("cuda", arch, 32))
@@ -452,7 +452,7 @@ def test_cuda_graph_decoding_gives_the_eager_tokens(attention, mode, bidirection
         _assert_same(got, want, exact=False)
         _assert_same(again, got)
     dec = static_mod.decoder_for(cuda)
-    assert dec.sessions and all(s.graph is not None and s.fused is not None for s in dec.sessions.values())
+    assert dec.steps and all(s.graph is not None and s.fused is not None for s in dec.steps.values())
 
 
 @pytest.mark.gpu

@@ -295,16 +295,16 @@ def _u8(t: torch.Tensor) -> torch.Tensor:
 
 
 class StepKernels:
-    """The fused kernels of one :class:`~fastrnn.seq2seq.static.Session` and their scratch buffers."""
+    """The fused kernels of one :class:`~fastrnn.seq2seq.static.StaticStep` and their scratch buffers."""
 
-    def __init__(self, sess: Any) -> None:
-        self.sess = sess
-        w, dev = sess.w, sess.device
-        N = sess.B * sess.R
+    def __init__(self, st: Any) -> None:
+        self.st = st
+        w, dev = st.w, st.device
+        N = st.B * st.R
         self.V = V = w.out_w.shape[0]
         self.chunk = min(CHUNK, _pow2(V))
         self.C = C = -(-V // self.chunk)
-        self.topk = sess.K
+        self.topk = st.K
         f32, i32 = torch.float32, torch.int32
         self.stats = torch.zeros(N, C, 2, dtype=f32, device=dev)
         self.arg = torch.zeros(N, C, dtype=i32, device=dev)
@@ -312,43 +312,43 @@ class StepKernels:
         self.cidx = torch.zeros(N, C, max(self.topk, 1), dtype=i32, device=dev)
         self.cat = self.kq = None
         if w.attention is not None:
-            H, KD = w.hidden_size, sess.memory.shape[-1]
+            H, KD = w.hidden_size, st.memory.shape[-1]
             self.key_size = KD
             self.cat = torch.zeros(N, KD + H, dtype=w.dtype, device=dev)
             if w.attention == "general":
-                self.kq = torch.zeros(sess.B, sess.S, H, dtype=w.dtype, device=dev)
+                self.kq = torch.zeros(st.B, st.S, H, dtype=w.dtype, device=dev)
             elif w.attention == "dot":
-                self.kq = sess.memory
+                self.kq = st.memory
             self.qa = torch.zeros(N, w.add_q.shape[0], dtype=w.dtype, device=dev) if w.add_q is not None else None
 
     @torch.no_grad()
     def prepare(self) -> None:
         """Per call: ``general``'s ``W`` folded into the keys (``score = h . (W^T k)``)."""
-        sess = self.sess
-        if sess.w.attention == "general":
-            torch.matmul(sess.memory, sess.w.att_w, out=self.kq)
+        st = self.st
+        if st.w.attention == "general":
+            torch.matmul(st.memory, st.w.att_w, out=self.kq)
 
     @torch.no_grad()
     def attend(self, out: torch.Tensor) -> torch.Tensor:
         """The context of ``out (N, H)``, written into ``cat[:, :K]`` (and ``out`` into ``cat[:, K:]``
         for Luong attention, whose readout takes the same ``h``); returns that context."""
-        sess, w = self.sess, self.sess.w
+        st, w = self.st, self.st.w
         N, H, KD = out.shape[0], out.shape[1], self.key_size
         additive = w.add_q is not None
         if additive:
             torch.matmul(out, w.add_q.t(), out=self.qa)
-        S = sess.S
+        S = st.S
         A = w.add_q.shape[0] if additive else 1
-        keys = self.kq if not additive else sess.memory
-        pk = sess.pk if additive else sess.memory
+        keys = self.kq if not additive else st.memory
+        pk = st.pk if additive else st.memory
         qa = self.qa if additive else out
         v = w.add_v.reshape(-1) if additive else out
         widest = max(_pow2(H), _pow2(KD), _pow2(A))
         block_s = max(1, min(64, ATTEND_TILE // widest, _pow2(S)))
         attend_kernel[(N,)](
             out, out.stride(0), keys, keys.stride(0), keys.stride(1), qa, qa.stride(0), pk, pk.stride(0),
-            pk.stride(1), v, sess.memory, sess.memory.stride(0), sess.memory.stride(1), _u8(sess.mask),
-            sess.mask.stride(0), self.cat, self.cat.stride(0), S, H, A, KD, sess.R,
+            pk.stride(1), v, st.memory, st.memory.stride(0), st.memory.stride(1), _u8(st.mask),
+            st.mask.stride(0), self.cat, self.cat.stride(0), S, H, A, KD, st.R,
             ADDITIVE=additive, COPY_Q=w.attention != "bahdanau", BLOCK_S=block_s, D_PAD=_pow2(H),
             A_PAD=_pow2(A), K_PAD=_pow2(KD),
         )  # fmt: skip
@@ -357,29 +357,29 @@ class StepKernels:
 
     def readout_input(self, out: torch.Tensor) -> torch.Tensor:
         """``[ctx; out]`` for the combine layer (Bahdanau's ``out`` is the feed cell's, copied in)."""
-        if self.sess.w.attention == "bahdanau":
+        if self.st.w.attention == "bahdanau":
             self.cat[:, self.key_size :].copy_(out)
         return self.cat
 
     @torch.no_grad()
     def select(self, logits: torch.Tensor) -> None:
         """The search's step on ``logits (N, V)`` (see ``GreedySearch``/``BeamSearch.advance``)."""
-        sess, search = self.sess, self.sess.search
+        st, search = self.st, self.st.search
         N, V, C = logits.shape[0], self.V, self.C
         row_stats_kernel[(N, C)](
             logits, logits.stride(0), self.stats, self.arg, self.cval, self.cidx, search.t, V, C,
             EOS=EOS, CHUNK=self.chunk, TOPK=self.topk,
         )  # fmt: skip
         _runtime.count_launch("seq2seq.row_stats")
-        if not sess.K:
-            greedy_select_kernel[(sess.B,)](
+        if not st.K:
+            greedy_select_kernel[(st.B,)](
                 self.stats, self.arg, C, search.y, _u8(search.finished), search.lengths, search.scores,
                 search.tokens, search.tokens.stride(0), search.t, EOS=EOS, PAD=PAD, C_PAD=_pow2(C),
             )  # fmt: skip
             _runtime.count_launch("seq2seq.greedy_select")
             return
-        K = sess.K
-        beam_select_kernel[(sess.B,)](
+        K = st.K
+        beam_select_kernel[(st.B,)](
             logits, logits.stride(0), self.stats, self.arg, self.cval, self.cidx, C, V,
             search.score, _u8(search.greedy_alive), search.tokens, search.parents, search.tokens.stride(0),
             search.best, search.best_raw, search.best_step, search.best_row, search.best_len,
@@ -392,7 +392,7 @@ class StepKernels:
     @torch.no_grad()
     def backtrace(self, steps: int) -> Hypotheses:
         """The best hypothesis per source (after ``BeamSearch``'s final offer), in one launch."""
-        search = self.sess.search
+        search = self.st.search
         B = search.B
         width = int(search.best_len.max())  # the one host sync
         out = torch.full((B, width), PAD, dtype=torch.int64, device=search.score.device)

@@ -1,42 +1,44 @@
 """Decoding a :class:`~fastrnn.seq2seq.Seq2Seq` on static buffers: one step a CUDA graph captures.
 
 :func:`~fastrnn.seq2seq.greedy_decode` and :func:`~fastrnn.seq2seq.beam_search` use this by
-default for a ``Seq2Seq`` (in eval mode, or without dropout).  A *session* holds every tensor a
-decoding step touches, for one batch size ``B``, beam size ``K`` (0: greedy), source-length
-bucket ``S`` and output capacity:
+default for a ``Seq2Seq`` (in eval mode, or without dropout).  A :class:`StaticStep` holds every
+tensor a decoding step touches, for one *shape*: batch size ``B``, beam size ``K`` (0: greedy),
+source-length bucket ``S`` and output capacity:
 
 * the decoder's recurrent state ``(layers, B * R, H)`` (``R = K + 1`` rows per source: the beams
-  and the greedy row, or 1 row for greedy decoding), the encoder's outputs ``(B, S, K)`` padded
-  to the bucket, their mask and the attention's projected keys (computed once per call: the keys
-  never change while decoding, and every row of a source shares them);
+  and the greedy row; 1 row for greedy decoding), the encoder's outputs padded to the bucket,
+  their mask and the attention's projected keys (computed once per call: the keys never change
+  while decoding);
 * the search's bookkeeping (:class:`~fastrnn.seq2seq.decoding.GreedySearch` /
   :class:`~fastrnn.seq2seq.decoding.BeamSearch`), step counter included, on the device.
 
-The step (:meth:`Session.step`) is: embedding, the decoder's cells (``torch.gru_cell`` & co.,
+One step (:meth:`StaticStep.step`) is: embedding, the decoder's cells (``torch.gru_cell`` & co.,
 one per layer, on the model's own weights), attention, ``tanh(W_c [ctx; h])`` and the output
 layer, then the search's step (greedy: argmax and bookkeeping; beam: top-``K`` over ``K x V``,
 the greedy row, finished candidates, the stopping rule) and, for beam search, the reordering
 of the recurrent state -- all in place, with no host sync and no data-dependent Python branch.
+It calls none of the model's modules: it reads their parameters.
 
-**CUDA**: a session's step is captured once with :class:`torch.cuda.CUDAGraph` and replayed for
-every token; attention and the search's step run as fused Triton kernels
-(:mod:`fastrnn.seq2seq.fused`: one kernel for a step's attention scores, softmax and context;
-two for the search's step over ``B * R x V``).  Sessions are kept per model (the
-:data:`MAX_SESSIONS` most recently used); source lengths are rounded up to a multiple of
-:data:`SOURCE_BUCKET` and output budgets to a multiple of :data:`LENGTH_BUCKET`, so a few graphs
-serve every batch.  Under ``torch.autocast`` the step runs in autocast's dtype on copies of the
-weights made once (refreshed when the weights change), with log-probabilities and softmax in
-fp32.  **CPU**: the same step runs without capture and without bucketing, on the same ops as the
-model's eager :meth:`~fastrnn.seq2seq.Seq2Seq.decode_step`.
+**CUDA**: the step of a shape is captured once with :class:`torch.cuda.CUDAGraph` and replayed
+for every token; attention and the search's step run as fused Triton kernels
+(:mod:`fastrnn.seq2seq.fused`: one kernel for a step's attention scores, softmax and context, the
+keys stored once per source; two for the search's step over ``B * R x V``).  The
+:data:`MAX_SHAPES` most recently used shapes are kept per model; source lengths are rounded up to
+a multiple of :data:`SOURCE_BUCKET` and output budgets to a multiple of :data:`LENGTH_BUCKET`, so
+a few graphs serve every batch.  Under ``torch.autocast`` the step runs in autocast's dtype on
+copies of the weights made once (refreshed when the weights change), with log-probabilities and
+softmax in fp32.  **CPU**: the same step runs without capture and without bucketing, on the same
+operations, and the same shapes, as the model's eager :meth:`~fastrnn.seq2seq.Seq2Seq.decode_step`
+(the encoder's outputs stored once per row, as the eager step has them).
 
-**Results.**  The tokens are those of the eager step-by-step decoding.  On the CPU (fp32) every
-operation is the eager path's own, so scores agree to the last bit for greedy decoding and to
-rounding for beam search (whose attention batches a source's rows together).  On CUDA the
-fused kernels sum in another order than the eager path's ops (and the eager path may run
-fastrnn's recurrence kernels where the static step runs ``torch.*_cell``), so log-probabilities
-agree to rounding, and a token can differ where two candidates tie to within rounding: an exact
-tie in the argmax or the top-``K`` (likelier in bf16, whose logits tie often), or two beam
-candidates whose scores are that close.  Cases that may differ are exactly those ties.
+**Results.**  The tokens are those of the eager step-by-step decoding.  On the CPU every
+operation is the eager path's own, so the scores agree to the last bit.  On CUDA the fused
+kernels sum in another order than the eager path's ops (and the eager path may run fastrnn's
+recurrence kernels where the static step runs ``torch.*_cell``), so log-probabilities agree to
+rounding, and a token can differ where two candidates tie to within rounding: an exact tie in the
+argmax or the top-``K`` (likelier in bf16, whose logits tie often; the kernels take the smallest
+index), or two beam candidates whose scores are that close.  Those ties are the only cases that
+may differ.
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ from .decoding import BeamSearch, GreedySearch, Hypotheses
 SOURCE_BUCKET = 16
 #: On CUDA, output budgets (``max_len``) are rounded up to a multiple of this.
 LENGTH_BUCKET = 16
-#: Sessions (buffers and captured graphs) kept per model; the least recently used go first.
-MAX_SESSIONS = 16
+#: Static steps (buffers and captured graphs, one per shape) kept per model; the least recently used go first.
+MAX_SHAPES = 16
 
 CELLS = ("GRU", "LSTM", "RNN_TANH", "RNN_RELU")
 
@@ -188,7 +190,7 @@ def cell(mode: str, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, w_
     return fn(x, h, w_ih, w_hh, b_ih, b_hh), None
 
 
-class Session:
+class StaticStep:
     """The buffers and (on CUDA) the captured graph of one decoding shape: ``B`` sources, beam
     size ``K`` (0: greedy), source bucket ``S``, output ``capacity``, compute ``dtype``."""
 
@@ -370,7 +372,7 @@ class StaticDecoder:
         self.kernels = "auto"
         self.capture = True
         self.buckets: bool | None = None
-        self.sessions: collections.OrderedDict = collections.OrderedDict()
+        self.steps: collections.OrderedDict = collections.OrderedDict()
         self.weights: dict[torch.dtype, Weights] = {}
         self.pool = None
         self._fingerprint: tuple | None = None
@@ -379,7 +381,7 @@ class StaticDecoder:
         params = list(model.decoder.parameters())
         fp = fingerprint(params)
         if fp != self._fingerprint:  # new parameter tensors (model.to(...), a new dtype): start over
-            self.sessions.clear()
+            self.steps.clear()
             self.weights.clear()
             self._fingerprint = fp
         dtype = compute_dtype(params[0].dtype, device)
@@ -395,8 +397,8 @@ class StaticDecoder:
             return self.kernels
         return "triton" if device.type == "cuda" else "torch"
 
-    def session(self, model: Any, B: int, K: int, S: int, max_len: int, device: torch.device) -> Session:
-        """The session of this shape (made, and on CUDA captured, on first use)."""
+    def get(self, model: Any, B: int, K: int, S: int, max_len: int, device: torch.device) -> StaticStep:
+        """The step of this shape (made, and on CUDA captured, on first use)."""
         w = self._weights(model, device)
         cuda = device.type == "cuda"
         buckets = cuda if self.buckets is None else self.buckets
@@ -405,12 +407,12 @@ class StaticDecoder:
         cap = max(cap, 2) if cuda and self.capture else cap  # the capture's two warm-up steps
         kernels = self._kernels(device)
         key = (B, K, S_b, cap, w.dtype, device, kernels)
-        sess = self.sessions.get(key)
-        if sess is not None:
-            self.sessions.move_to_end(key)
-            return sess
+        st = self.steps.get(key)
+        if st is not None:
+            self.steps.move_to_end(key)
+            return st
         try:
-            sess = self._new_session(w, B, K, S_b, cap, device, kernels)
+            st = self._new_step(w, B, K, S_b, cap, device, kernels)
         except Exception as e:
             if kernels != "triton" or self.kernels != "auto":
                 raise
@@ -422,33 +424,33 @@ class StaticDecoder:
             )
             self.kernels = kernels = "torch"
             key = (B, K, S_b, cap, w.dtype, device, kernels)
-            sess = self._new_session(w, B, K, S_b, cap, device, kernels)
-        self.sessions[key] = sess
-        while len(self.sessions) > MAX_SESSIONS:
-            self.sessions.popitem(last=False)
-        return sess
+            st = self._new_step(w, B, K, S_b, cap, device, kernels)
+        self.steps[key] = st
+        while len(self.steps) > MAX_SHAPES:
+            self.steps.popitem(last=False)
+        return st
 
-    def _new_session(self, w: Weights, B: int, K: int, S: int, cap: int, device: torch.device, kernels: str) -> Session:
-        sess = Session(w, B, K, S, cap, device, kernels)
+    def _new_step(self, w: Weights, B: int, K: int, S: int, cap: int, device: torch.device, kernels: str) -> StaticStep:
+        st = StaticStep(w, B, K, S, cap, device, kernels)
         if device.type == "cuda" and self.capture:
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()
-            sess.capture(self.pool)
-        return sess
+            st.capture(self.pool)
+        return st
 
     def greedy(self, model: Any, src: torch.Tensor, src_lengths: torch.Tensor, max_len: int, every: int) -> Hypotheses:
-        sess = self.session(model, src.shape[0], 0, src.shape[1], max_len, src.device)
-        sess.prepare(model, src, src_lengths)
-        sess.search.reset()
-        sess.run(max_len, every)
-        return sess.search.result()
+        st = self.get(model, src.shape[0], 0, src.shape[1], max_len, src.device)
+        st.prepare(model, src, src_lengths)
+        st.search.reset()
+        st.run(max_len, every)
+        return st.search.result()
 
     def beam(
         self, model: Any, src: torch.Tensor, src_lengths: torch.Tensor, K: int, max_len: int, lp: float, every: int
     ) -> Hypotheses:
-        sess = self.session(model, src.shape[0], K, src.shape[1], max_len, src.device)
-        sess.prepare(model, src, src_lengths)
-        sess.search.reset(max_len, lp)
-        steps = sess.run(max_len, every)
-        trace = sess.fused.backtrace if sess.fused is not None else None
-        return sess.search.finish(steps, max_len, lp, trace)
+        st = self.get(model, src.shape[0], K, src.shape[1], max_len, src.device)
+        st.prepare(model, src, src_lengths)
+        st.search.reset(max_len, lp)
+        steps = st.run(max_len, every)
+        trace = st.fused.backtrace if st.fused is not None else None
+        return st.search.finish(steps, max_len, lp, trace)
