@@ -215,6 +215,35 @@ def test_unknown_characters_are_warned_about_once(checkpoint, tmp_path, capsys, 
     assert "(2 pairs), beam 2, length penalty 0" in captured.out, captured.out
 
 
+def test_translate_and_evaluate_decode_on_static_buffers_unless_eager(checkpoint, capsys, monkeypatch):
+    """By default the static-buffer step (a CUDA graph on a GPU); --eager: the model's own step.
+    Both print the same translations and the same evaluation."""
+    from fastrnn.seq2seq import Seq2Seq
+    from fastrnn.seq2seq import static as static_mod
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the other decoding path ran")
+
+    texts = ["abc", "cab", "a", "bcaab"]
+    for flags in ([], ["--beam", "3"]):
+        outputs = {}
+        for eager in (False, True):
+            with monkeypatch.context() as m:  # the path not asked for must not run
+                if eager:
+                    m.setattr(static_mod, "decoder_for", refuse)
+                else:
+                    m.setattr(Seq2Seq, "decode_step", refuse)
+                option = ["--eager"] if eager else []
+                assert main(["translate", "-c", str(checkpoint), *flags, *option, *texts]) == 0
+                outputs[eager, "translate"] = capsys.readouterr().out
+                assert main(["evaluate", "-c", str(checkpoint), *flags, *option]) == 0
+                outputs[eager, "evaluate"] = capsys.readouterr().out
+        assert len(outputs[True, "translate"].splitlines()) == len(texts)
+        for command in ("translate", "evaluate"):
+            assert outputs[False, command] == outputs[True, command], (flags, command)
+    assert "--eager" in _entries(_help(capsys, "translate")) and "--eager" in _entries(_help(capsys, "evaluate"))
+
+
 def test_import_fastrnn_leaves_the_seq2seq_application_alone():
     code = """
 import json, sys
