@@ -693,10 +693,10 @@ def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int, ker
 
 
 def multi_unsupported(tier: int, mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
-                      interpreted: bool = False) -> str | None:  # fmt: skip
-    """Why tier 2/3 cannot run this layer (``None`` when it can).  Tier 2's co-residency is
-    checked at launch (it needs the compiled kernel); a tier-2 launch that does not fit runs as
-    tier 3."""
+                      interpreted: bool = False, release: str | None = None) -> str | None:  # fmt: skip
+    """Why tier 2/3 cannot run this layer (``None`` when it can; no limit depends on the Triton
+    ``release``).  Tier 2's co-residency is checked at launch (it needs the compiled kernel); a
+    tier-2 launch that does not fit runs as tier 3."""
     if dtype not in DTYPES:
         return f"dtype {dtype} is not supported (float16, bfloat16, float32, float64 are)"
     if proj_size:

@@ -81,8 +81,9 @@ class Tier:
     (:func:`register`); :func:`choose_tier`, :func:`plan_layer`, ``fastrnn.ops`` and the kernel
     report only go through this record.
 
-    * ``unsupported(mode, hidden_size, proj_size, dtype, interpreted) -> str | None``: why it
-      cannot run a layer (``None``: it can);
+    * ``unsupported(mode, hidden_size, proj_size, dtype, interpreted=False, release=None) -> str |
+      None``: why it cannot run a layer (``None``: it can), with the limits of a Triton ``release``
+      (default: the installed one; a tier whose limits do not depend on it ignores it);
     * ``config(mode, hidden_size, proj_size, dtype, kernel, smem_bytes, precision)``: its launch
       configuration for ``kernel`` (``"fwd"``/``"bwd"``), an instance of ``config_type`` (a frozen
       dataclass following :class:`TierConfig`);
@@ -92,7 +93,8 @@ class Tier:
       BackwardResult`` run it (:mod:`.call`);
     * ``forward_launch(call, gx, cfg)`` / ``backward_launch(call, grads, cfg)`` build its launch
       without running it, and ``compiled(launch)`` gives the ``(kernel, args, kwargs)`` a real launch
-      compiles (the kernel report's view);
+      compiles (the kernel report's view of a Triton tier); a tier built otherwise (CUDA C++) has
+      no ``compiled`` and gives the report its rows itself: ``report_rows(configs) -> rows``;
     * ``rank``: the order :func:`choose_tier` tries tiers in (lowest first); ``automatic=False``:
       only forced (``FASTRNN_TIER``) or as another tier's fallback;
     * ``barriers_per_step``: grid-wide barriers on each step's chain (the kernel report's estimate).
@@ -109,9 +111,10 @@ class Tier:
     backward: Callable[..., Any]
     forward_launch: Callable[..., Any]
     backward_launch: Callable[..., Any]
-    compiled: Callable[..., tuple]
+    compiled: Callable[..., tuple] | None = None
     automatic: bool = True
     barriers_per_step: int = 0
+    report_rows: Callable[..., list] | None = None
 
 
 _TIERS: dict[int, Tier] = {}
@@ -131,6 +134,13 @@ def register(tier: Tier) -> Tier:
     _registered_tiers.cache_clear()
     plan_layer.cache_clear()
     return tier
+
+
+def unregister(number: int) -> None:
+    """Remove tier ``number`` from the registry (a tier registered for a while, e.g. by a test)."""
+    _TIERS.pop(number, None)
+    _registered_tiers.cache_clear()
+    plan_layer.cache_clear()
 
 
 def registered() -> dict[int, Tier]:

@@ -1,5 +1,5 @@
-"""Kernel report: compile the recurrence kernels (tier 1, and tiers 2/3 of ``persistent.py``) for
-sm_90 / sm_80 on a machine without a GPU.
+"""Kernel report: compile the recurrence kernels of every registered tier
+(:mod:`fastrnn.kernels.tiers`) for sm_90 / sm_80 on a machine without a GPU.
 
 Each configuration is compiled with Triton's own toolchain (``triton.compile`` of an
 ``ASTSource`` for a ``GPUTarget``) into a real cubin, which is then read with the CUDA tools that
@@ -15,7 +15,7 @@ ship inside Triton (``cuobjdump -res-usage`` and ``nvdisasm``):
 
 The kernel arguments are not written down here a second time: the tiers' launchers build every
 launch as data (their registered ``forward_launch``/``backward_launch``, with the configuration of
-:func:`~fastrnn.kernels.tiers.plan`); the report asks them for it on ``meta`` tensors, so it sees
+:func:`~fastrnn.kernels.tiers.plan_layer`); the report asks them for it on ``meta`` tensors, so it sees
 exactly the positional arguments, flags (``HAS_H0``, ``SAVE``, ...) and constexprs a real launch
 passes.  Triton's own binder then turns them into the ``signature``/``constexprs``/``attrs`` the
 JIT would use (its value-1 and divisible-by-16 specialisation, honouring the kernel's
@@ -28,7 +28,7 @@ One module per job:
 * :mod:`.cost` -- the per-step model from the TTIR and the SASS loops;
 * :mod:`.pool` -- compiling in worker subprocesses, several at a time, through a disk cache;
 * :mod:`.tables` -- the table, the comparison with a baseline, the step estimates;
-* :mod:`.limits` -- the tier-1 size limits as a table (``docs/tiers.md``);
+* :mod:`.limits` -- a tier's size limits as a table (``docs/tiers.md``);
 * :mod:`.cli` -- the command line.
 
 Command line (``python -m fastrnn.kernels.report --help``)::
@@ -56,11 +56,11 @@ from .configs import (
     SHARED_LIMIT,
     KernelConfig,
     compile_source,
+    configs,
     launch_arguments,
-    multi_configs,
+    launch_config,
     report_cells,
     specialization_key,
-    tier1_configs,
 )
 from .cost import CLOCK_GHZ, CYCLES, loads_ahead, step_profile
 from .pool import cache_dir, cache_key, compile_report
@@ -84,12 +84,13 @@ __all__ = [
     "compare",
     "compile_report",
     "compile_source",
+    "configs",
     "format_table",
     "launch_arguments",
+    "launch_config",
     "loads_ahead",
     "main",
     "missing_tools",
-    "multi_configs",
     "nvidia_tool",
     "ptxas_spills",
     "registers_fit",
@@ -97,7 +98,6 @@ __all__ = [
     "row_key",
     "specialization_key",
     "step_profile",
-    "tier1_configs",
     "triton_minor",
     "write_estimates",
 ]

@@ -12,16 +12,15 @@ from collections.abc import Sequence
 
 import triton
 
-from .. import cells, tier1
-from .configs import CELLS, DTYPES, EXTRA_CELLS, KERNELS, SHARED_LIMIT, multi_configs, tier1_configs
+from .. import cells, releases, tiers
+from .configs import CELLS, DTYPES, EXTRA_CELLS, KERNELS, SHARED_LIMIT, configs
 from .pool import cache_dir, compile_report, serve
 from .sass import missing_tools
 from .tables import compare, format_table, write_estimates
 
 DESCRIPTION = (
-    "Kernel report: compile the recurrence kernels (tier 1, and tiers 2/3 of persistent.py) for sm_90 / sm_80 on a "
-    "machine without a GPU, and read registers, spills, shared memory, tensor-core instructions and a per-step "
-    "estimate from the cubin."
+    "Kernel report: compile the recurrence kernels of the registered tiers for sm_90 / sm_80 on a machine without a "
+    "GPU, and read registers, spills, shared memory, tensor-core instructions and a per-step estimate from the cubin."
 )
 
 
@@ -36,15 +35,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=list(KERNELS))
     p.add_argument("--variants", default="heaviest", choices=["heaviest", "default", "all"])
     p.add_argument("--num-warps", nargs="+", type=int, default=None, help="override the configuration's warps")
-    p.add_argument("--block-b", nargs="+", type=int, default=None, help="override tier1_config's BLOCK_B")
+    p.add_argument("--block-b", nargs="+", type=int, default=None, help="override the configuration's BLOCK_B")
     p.add_argument("--split-k", nargs="+", type=int, default=None, help="override the configuration's SPLIT_K")
     p.add_argument("--resident", nargs="+", choices=("yes", "no"), default=None,
-                   help="tiers 2/3: override the resident/streamed choice")  # fmt: skip
-    p.add_argument("--beyond-limit", action="store_true", help="also sizes tier 1 refuses")
-    p.add_argument("--tiers", nargs="+", type=int, default=[1], choices=[1, 2, 3],
-                   help="kernel tiers to compile (2, 3: persistent.py; projected LSTMs have none)")  # fmt: skip
+                   help="override the resident/streamed choice (tiers that have one)")  # fmt: skip
+    p.add_argument("--beyond-limit", action="store_true", help="also sizes the tier refuses")
+    p.add_argument("--tiers", nargs="+", type=int, default=[1], choices=sorted(tiers.registered()),
+                   help="kernel tiers to compile (the registered tiers)")  # fmt: skip
     p.add_argument("--batch", type=int, default=64, help="batch size of the launch (with T = 8)")
-    p.add_argument("--tf32", action="store_true", help="also fp32 with allow_tf32=True (tensor cores)")
+    p.add_argument("--precisions", nargs="+", default=["ieee"], choices=list(tiers.PRECISIONS),
+                   help="fp32 dot precisions to compile (tf32, tf32x3: tensor cores)")  # fmt: skip
+    p.add_argument("--tf32", action="store_true", help="also fp32 with TF32 dots (as --precisions ieee tf32)")
     p.add_argument(
         "--states",
         action="store_true",
@@ -86,48 +87,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"cannot compile: {', '.join(missing)} not found in triton/backends/nvidia/bin", file=sys.stderr)
         return 2
-    configs = []
-    if 1 in a.tiers:
-        configs += tier1_configs(
-            a.cells,
-            a.dtypes,
-            a.hidden,
-            a.arch,
-            a.kernels,
-            a.variants,
-            a.num_warps or [None],
-            a.block_b or [None],
-            a.beyond_limit,
-            a.batch,
-            a.proj,
-            a.tf32,
-            a.split_k or [None],
-        )
-    if multi_tiers := [t for t in a.tiers if t != 1]:
-        configs += multi_configs(
-            a.cells,
-            a.dtypes,
-            a.hidden,
-            a.arch,
-            a.kernels,
-            multi_tiers,
-            a.num_warps or [None],
-            a.batch,
-            a.split_k or [None],
-            [{"yes": True, "no": False}[r] for r in a.resident] if a.resident else [None],
-        )
+    precisions = list(dict.fromkeys([*a.precisions, *(["tf32"] if a.tf32 else [])]))
+    resident = [{"yes": True, "no": False}[r] for r in a.resident] if a.resident else [None]
+    rows_to_compile = configs(
+        a.tiers, a.cells, a.dtypes, a.hidden, a.arch, a.kernels, a.variants, a.num_warps or [None], a.block_b or [None],
+        a.beyond_limit, a.batch, a.proj, precisions, a.split_k or [None], resident,
+    )  # fmt: skip
     if a.states:
-        configs += [dataclasses.replace(c, states=True) for c in configs if cells.get(c.mode).has_cell_state]
+        rows_to_compile += [
+            dataclasses.replace(c, states=True) for c in rows_to_compile if cells.get(c.mode).has_cell_state
+        ]
     start = time.perf_counter()
-    rows = compile_report(configs, jobs=a.jobs, timeout=a.timeout, cache=not a.no_cache)
-    limits = ", ".join(
-        f"{name} {tier1.TIER1_MAX_WEIGHT_BYTES[dt] // 1024}/{tier1.TIER1_MAX_WEIGHT_BYTES_UNALIGNED[dt] // 1024}"
-        for name, dt in DTYPES.items()
-    )
+    rows = compile_report(rows_to_compile, jobs=a.jobs, timeout=a.timeout, cache=not a.no_cache)
+    known = "" if releases.known() else " (not in kernels/releases.json: the smallest known limits apply)"
     print(
-        f"# fastrnn kernel report (tiers {' '.join(map(str, a.tiers))}): triton {triton.__version__}, tier-1 limits in KiB (H, P multiples "
-        f"of 16 / other sizes): {limits}; {len(rows)} configs ({sum(1 for r in rows if r.get('cached'))} from the "
-        f"cache) in {time.perf_counter() - start:.0f} s with {a.jobs} jobs"
+        f"# fastrnn kernel report (tiers {' '.join(map(str, a.tiers))}): triton {triton.__version__}{known}; "
+        f"{len(rows)} configs ({sum(1 for r in rows if r.get('cached'))} from the cache) in "
+        f"{time.perf_counter() - start:.0f} s with {a.jobs} jobs"
     )
     print(format_table(rows, markdown=a.markdown))
     if a.json:

@@ -1,5 +1,5 @@
 """The configuration grid of the kernel report: what to compile (:class:`KernelConfig`, the
-sweeps :func:`tier1_configs` and :func:`multi_configs`) and the launch each one stands for, as
+sweep :func:`configs` over the registered tiers) and the launch each one stands for, as
 the tier's own launchers build it (:func:`launch_arguments`), bound the way Triton's JIT binds it
 (:func:`compile_source`, :func:`specialization_key`)."""
 
@@ -56,11 +56,12 @@ KERNELS = ("fwd", "bwd")
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """One tier-1 kernel compile: which kernel, cell, dtype, size, variant and target.
+    """One kernel compile: which tier, kernel, cell, dtype, size, variant and target.
 
-    ``num_warps``/``block_b`` of ``None`` mean "what ``tier1.tier1_config`` picks" (the default); an
-    integer overrides it, for exploring (the launcher itself is still what builds the call).
-    ``proj_size`` is LSTMP's projection size (0: ``hidden_size // 2``); other cells ignore it.
+    ``num_warps``/``block_b``/``split_k``/``resident`` of ``None`` mean "what the tier's launch
+    configuration picks" (the default); a value overrides it, for exploring (the launcher itself is
+    still what builds the call).  ``proj_size`` is LSTMP's projection size (0: ``hidden_size //
+    2``); other cells ignore it.
     """
 
     kernel: str  # "fwd" or "bwd"
@@ -77,9 +78,9 @@ class KernelConfig:
     block_b: int | None = None
     precision: str = "ieee"  # fp32 dots (tiers.PRECISIONS)
     proj_size: int = 0
-    tier: int = 1  # 1: tier1.py; 2 (persistent, grid barrier) or 3 (per step): persistent.py
+    tier: int = 1  # a registered tier (fastrnn.kernels.tiers)
     split_k: int | None = None  # override the configuration's SPLIT_K
-    resident: bool | None = None  # tiers 2/3: override the configuration's resident/streamed choice
+    resident: bool | None = None  # override the configuration's resident/streamed choice (a tier that has one)
     states: bool = False  # return_states: the forward stores every step's c_t, the backward reads its gradient
 
     @property
@@ -123,12 +124,13 @@ class KernelConfig:
             flags.append("states")
         return ",".join(flags)
 
-    def tier1_unsupported(self) -> str | None:
-        """Why tier 1 refuses this size (``None``: it accepts it)."""
-        return tiers.tier_unsupported(1, self.mode, self.hidden_size, self.proj, self.torch_dtype)
+    def unsupported(self) -> str | None:
+        """Why the configuration's tier refuses this size (``None``: it accepts it)."""
+        return tiers.tier_unsupported(self.tier, self.mode, self.hidden_size, self.proj, self.torch_dtype)
 
 
-def tier1_configs(
+def configs(
+    tiers_: Sequence[int] = (1,),
     cells: Sequence[str] = tuple(CELLS),
     dtypes: Sequence[str] = ("fp32", "bf16", "fp16", "fp64"),
     hidden_sizes: Sequence[int] = (32, 64, 128, 256),
@@ -140,25 +142,29 @@ def tier1_configs(
     beyond_limit: bool = False,
     batch: int = 64,
     proj_sizes: Sequence[int] = (0,),
-    tf32: bool = False,
+    precisions: Sequence[str] = ("ieee",),
     split_k: Sequence[int | None] = (None,),
+    resident: Sequence[bool | None] = (None,),
 ) -> list[KernelConfig]:
-    """The configurations to compile.
+    """The configurations to compile, for every tier of ``tiers_`` (registered tiers, through
+    :mod:`fastrnn.kernels.tiers` only): each size a tier runs (``beyond_limit``: also the sizes
+    it refuses, to find the spill frontier).
 
     Args:
         variants: ``"heaviest"`` (varlen, reverse, with h0 and, forward, saving: the most live
             values), ``"default"`` (dense, forward, no h0), or ``"all"`` (every combination of
             dense/varlen, forward/reverse, with/without h0, plus inference forwards).
-        num_warps, block_b: ``None`` is ``tier1.tier1_config``'s choice; integers override it.
-        beyond_limit: also sizes that ``tier1_unsupported`` refuses (to find the spill frontier).
+        num_warps, block_b, split_k, resident: ``None`` is the tier's configuration's choice;
+            other values override it where the tier's configuration has that knob (a field of
+            its type; :meth:`~fastrnn.kernels.tiers.TierConfig.override`).
         proj_sizes: LSTMP projection sizes (0: ``hidden_size // 2``); sizes not below the hidden
             size are left out.
-        tf32: also every fp32 config with ``allow_tf32=True`` (its ``tl.dot`` runs on tensor
-            cores: another kernel, with its own register use).
+        precisions: fp32 dot precisions (:data:`fastrnn.kernels.tiers.PRECISIONS`); every other
+            dtype compiles with ``"ieee"`` only (its dots do not depend on it).
 
     Example::
 
-        cfgs = tier1_configs(cells=["LSTM"], dtypes=["bf16"], hidden_sizes=[64], archs=[90])
+        cfgs = configs([1], cells=["LSTM"], dtypes=["bf16"], hidden_sizes=[64], archs=[90])
     """
     if variants == "heaviest":
         flag_sets = [(True, True, True, True)]
@@ -171,46 +177,21 @@ def tier1_configs(
         raise ValueError(f"variants must be 'heaviest', 'default' or 'all', got {variants!r}")
     out = []
     sizes = [(cell, h, p) for cell in cells for h in hidden_sizes for p in (proj_sizes if _projected(cell) else (0,))]
-    for (cell, hidden, proj), dtype, arch, kernel, (varlen, rev, h0, save), warps, bb, sk in itertools.product(
-        dict.fromkeys(sizes), dtypes, archs, kernels, flag_sets, num_warps, block_b, split_k
-    ):
-        proj = (proj or max(1, hidden // 2)) if _projected(cell) else 0
-        if (kernel == "bwd" and not save) or proj >= hidden:
-            continue  # inference has no backward; a projection is smaller than the hidden size
-        cfg = KernelConfig(kernel, cell, dtype, hidden, arch, varlen, rev, h0, save, batch, warps, bb, proj_size=proj,
-                           split_k=sk)  # fmt: skip
-        if beyond_limit or cfg.tier1_unsupported() is None:
-            out.append(cfg)
-            if tf32 and dtype == "fp32":
-                out.append(dataclasses.replace(cfg, precision="tf32"))
-    return list(dict.fromkeys(out))
-
-
-def multi_configs(
-    cells: Sequence[str] = ("RNN_TANH", "LSTM", "GRU"),
-    dtypes: Sequence[str] = ("fp32", "bf16", "fp16", "fp64"),
-    hidden_sizes: Sequence[int] = (128, 1024),
-    archs: Sequence[int] = (90,),
-    kernels: Sequence[str] = ("fwd", "bwd"),
-    tiers: Sequence[int] = (2, 3),
-    num_warps: Sequence[int | None] = (None,),
-    batch: int = 64,
-    split_k: Sequence[int | None] = (None,),
-    resident: Sequence[bool | None] = (None,),
-) -> list[KernelConfig]:
-    """Tier-2/3 configurations (``persistent.py``), heaviest variant; projected LSTMs have no tier 2/3.
-
-    Example::
-
-        cfgs = multi_configs(cells=["GRU"], dtypes=["bf16"], hidden_sizes=[1024], tiers=[2])
-    """
-    out = []
-    for cell, dtype, hidden, arch, kernel, tier, warps, sk, res in itertools.product(
-        cells, dtypes, hidden_sizes, archs, kernels, tiers, num_warps, split_k, resident
-    ):
-        if not _projected(cell):
-            out.append(KernelConfig(kernel, cell, dtype, hidden, arch, True, True, True, True, batch, warps, tier=tier,
-                                    split_k=sk, resident=res))  # fmt: skip
+    for tier in tiers_:
+        knobs = {f.name for f in dataclasses.fields(tiers.get_tier(tier).config_type)}
+        own = {k: v if k in knobs else (None,) for k, v in
+               dict(num_warps=num_warps, block_b=block_b, split_k=split_k, resident=resident).items()}  # fmt: skip
+        for (cell, hidden, proj), dtype, arch, kernel, (varlen, rev, h0, save), warps, bb, sk, res, prec in (
+            itertools.product(dict.fromkeys(sizes), dtypes, archs, kernels, flag_sets, own["num_warps"],
+                              own["block_b"], own["split_k"], own["resident"], precisions)
+        ):  # fmt: skip
+            proj = (proj or max(1, hidden // 2)) if _projected(cell) else 0
+            if (kernel == "bwd" and not save) or proj >= hidden or (prec != "ieee" and dtype != "fp32"):
+                continue  # inference has no backward; a projection is smaller; precisions are fp32's
+            cfg = KernelConfig(kernel, cell, dtype, hidden, arch, varlen, rev, h0, save, batch, warps, bb, prec, proj,
+                               tier, sk, res)  # fmt: skip
+            if beyond_limit or cfg.unsupported() is None:
+                out.append(cfg)
     return list(dict.fromkeys(out))
 
 

@@ -260,7 +260,7 @@ def compile_report(
 
     Example::
 
-        rows = compile_report(tier1_configs(cells=["GRU"], dtypes=["fp16"], hidden_sizes=[64]))
+        rows = compile_report(configs([1], cells=["GRU"], dtypes=["fp16"], hidden_sizes=[64]))
         assert not any(r["loop_spills"] for r in rows)
     """
     configs = list(configs)
