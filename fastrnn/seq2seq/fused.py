@@ -207,7 +207,7 @@ def beam_select_kernel(
     m = tl.load(stats_ptr + at * 2, mask=rv[:, None] & cv[None, :], other=float("-inf"))
     se = tl.load(stats_ptr + at * 2 + 1, mask=rv[:, None] & cv[None, :], other=0.0)
     big = tl.where(rv, tl.max(m, 1), 0.0)
-    lse = big + tl.log(tl.sum(se * tl.exp(m - big[:, None]), 1))
+    lse = tl.where(rv, big + tl.log(tl.where(rv, tl.sum(se * tl.exp(m - big[:, None]), 1), 1.0)), 0.0)
     score = tl.load(score_ptr + first + rs, mask=rv, other=float("-inf"))
     # every live row ending here: finished candidates of length t + 1
     x_eos = tl.load(logits_ptr + (first + rs) * s_row + EOS, mask=rv, other=0.0).to(tl.float32)
