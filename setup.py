@@ -20,7 +20,7 @@ setup(
     python_requires=">=3.10",
     packages=["fastrnn", "fastrnn.kernels", "fastrnn.kernels.report"],
     package_dir={"fastrnn": "fastrnn", "fastrnn.kernels": "kernels", "fastrnn.kernels.report": "kernels/report"},
-    package_data={"fastrnn": ["auto_table.json"], "fastrnn.kernels": ["releases.json"]},
+    package_data={"fastrnn": ["auto_table.json"], "fastrnn.kernels": ["releases.json", "verified.json", "cuda/*"]},
     install_requires=[
         "torch>=2.11",
         "triton>=3.6",

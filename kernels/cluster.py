@@ -89,12 +89,14 @@ SM_REGISTERS = 65536
 #: Cluster sizes, largest first: any number of CTAs up to 16 (above 8 non-portable, which H100 and
 #: H200 allow).
 CLUSTER_SIZES = tuple(range(16, 0, -1))
-WARP_COUNTS = (1, 2, 4, 8, 12, 16)
+#: Warps per CTA the layouts take: any count that splits the tiles evenly (a K of 11 k-steps takes
+#: 11 warps of one k-step each, not one warp of 11).
+WARP_COUNTS = tuple(range(1, 17))
 #: Registers a thread keeps for everything but its A fragments, by direction: a base plus a share
 #: per (unit, sequence) pair it owns.  ptxas takes whatever the launch bounds allow, so this is a
 #: headroom rule, not a count: with it every configuration section 8 of kernels/NOTES.md lists
 #: compiles without spills (the kernel report checks each).
-WORK_REGISTERS = {"fwd": (64, 12), "bwd": (64, 16)}
+WORK_REGISTERS = {"fwd": (64, 12), "bwd": (64, 20)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,6 +436,33 @@ def _static_reason(mode: str, hidden_size: int, proj_size: int, dtype: torch.dty
             return (f"{mode} with hidden_size={hidden_size} needs {kib} KiB of W_hh per CTA at {c} CTAs, more than "
                     f"the registers and {SMEM_LIMIT // 1024} KiB of shared memory of one SM hold")  # fmt: skip
     return None
+
+
+def supported_sizes(mode: str, dtype: torch.dtype, up_to: int = 4096) -> list[int]:
+    """Every hidden size the tier runs for this cell and dtype (a projection never)."""
+    return [h for h in range(16, up_to + 1, 16) if _static_reason(mode, h, 0, dtype) is None]
+
+
+SIZES_BEGIN, SIZES_END = "<!-- cluster-sizes:begin -->", "<!-- cluster-sizes:end -->"
+
+
+def sizes_table() -> str:
+    """The hidden sizes of every cell as docs/tiers.md shows them (generated, never typed)."""
+    lines = [SIZES_BEGIN, "| tier 4: hidden sizes (float16 and bfloat16) | |", "|---|---|"]
+    families: dict[tuple[int, ...], list[str]] = {}
+    for mode in CELL_IDS:
+        sizes = supported_sizes(mode, torch.float16)
+        if sizes != supported_sizes(mode, torch.bfloat16):
+            raise AssertionError(f"{mode}: fp16 and bf16 take different sizes")
+        families.setdefault(tuple(sizes), []).append(mode)
+    for sizes, modes in families.items():
+        prefix = 0
+        while prefix < len(sizes) and sizes[prefix] == 16 * (prefix + 1):
+            prefix += 1
+        rest = ", ".join(map(str, sizes[prefix:]))
+        text = f"every multiple of 16 up to {sizes[prefix - 1]}" + (f"; {rest}" if rest else "")
+        lines.append(f"| {', '.join(modes)} | {text} |")
+    return "\n".join([*lines, SIZES_END])
 
 
 def nvcc_path() -> str | None:
@@ -1238,10 +1267,11 @@ def record_verification(device: torch.device | int | None = None, path: Path | N
     path = Path(path) if path is not None else VERIFIED_PATH
     record = dict(tier=NUMBER, name=TIER_NAME, kernel_hash=sources_hash(), gpu=gpu, capability=capability,
                   date=datetime.date.today().isoformat(), **extra)  # fmt: skip
-    records = [r for r in load_verified(path)
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    records = [r for r in doc.get("records", [])
                if not (r.get("tier") == NUMBER and r.get("capability") == capability)]  # fmt: skip
-    records.append(record)
-    path.write_text(json.dumps(dict(records=records), indent=2, sort_keys=True) + "\n")
+    doc["records"] = [*records, record]
+    path.write_text(json.dumps(doc, indent=2) + "\n")
     return record
 
 

@@ -20,6 +20,7 @@ within twice cuDNN's error (``python -m benchmarks.cluster_check`` runs them fir
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -84,7 +85,7 @@ def sim():
     return _sim()
 
 
-def _case(mode, dtype, H, T=5, B=10, varlen=False, reverse=False, h0=False, seed=0):
+def _case(mode, dtype, H, T=5, B=10, varlen=False, reverse=False, h0=False, seed=0, states=False, save=True):
     """A layer's call (CPU tensors in ``dtype``) and its gx: weights like torch.nn's init."""
     g = torch.Generator().manual_seed(seed)
     G, dt = cells.get(mode).G, cluster.TORCH_DTYPES[dtype]
@@ -98,7 +99,8 @@ def _case(mode, dtype, H, T=5, B=10, varlen=False, reverse=False, h0=False, seed
     if varlen:
         lengths = torch.randint(1, T + 1, (B,), generator=g)
         lengths[0] = T
-    return RecurrenceCall(mode, T, B, w, h0_, c0_, lengths, b_hh, None, reverse, True), gx
+    call = RecurrenceCall(mode, T, B, w, h0_, c0_, lengths, b_hh, None, reverse, save)
+    return (dataclasses.replace(call, states=True) if states else call), gx
 
 
 def _reference(call: RecurrenceCall, gx: torch.Tensor):
@@ -148,8 +150,6 @@ class Guarded:
 
 
 def _guarded_call(mem: Guarded, call: RecurrenceCall, gx: torch.Tensor) -> tuple[RecurrenceCall, torch.Tensor]:
-    import dataclasses
-
     c = dataclasses.replace(call, w_hh=mem.copy(call.w_hh), h0=mem.copy(call.h0), c0=mem.copy(call.c0),
                             lengths=mem.copy(call.lengths), b_hh=mem.copy(call.b_hh))  # fmt: skip
     return c, mem.copy(gx)
@@ -169,7 +169,7 @@ def _run_backward(s: cluster.Simulator, cfg, call, res: ForwardResult, seed=2):
     call, _ = _guarded_call(mem, call, res.out)
     g = torch.Generator().manual_seed(seed + 100)
     rnd = lambda t: None if t is None else mem.copy(torch.randn(t.shape, generator=g).to(t.dtype))
-    grads = Gradients(rnd(res.out), rnd(res.h_n), rnd(res.c_n), None, mem.copy(res.out), mem.copy(res.saved))
+    grads = Gradients(rnd(res.out), rnd(res.h_n), rnd(res.c_n), rnd(res.cs), mem.copy(res.out), mem.copy(res.saved))
     bres = BackwardResult(**allocate(backward_shapes(call), mem.empty))
     s.run(cfg, cluster.backward_params(call, grads, bres, call.lengths), -(-call.B // cfg.batch_tile), seed)
     mem.check()
@@ -194,7 +194,7 @@ def _check_layer(s: cluster.Simulator, fwd_cfg, bwd_cfg, case: dict, seed: int =
         errs["c_n"] = _err(res.c_n, c_n)
     # the saved tensors of every active step (padding slots are 0)
     S, H = call.cell.S, call.H
-    if S:
+    if S and call.saving:
         want = torch.zeros(call.T, call.B, S * H, dtype=torch.float64)
         rows = torch.arange(call.B)
         for st in cache.steps:
@@ -202,6 +202,11 @@ def _check_layer(s: cluster.Simulator, fwd_cfg, bwd_cfg, case: dict, seed: int =
             vals = torch.cat([st["saved"][name] for name in call.cell.saved], dim=1)
             want[t[act], rows[act]] = vals[act]
         errs["saved"] = _err(res.saved, want)
+    if res.cs is not None:  # return_states: every step's c_t, 0 at padding
+        errs["cs"] = _err(res.cs, cache.c_states.double())
+    if not call.saving:
+        assert res.saved is None
+        return errs
     grads, bres = _run_backward(s, bwd_cfg, call, res, seed + 1)
     if "h_new" in call.cell.reads:
         # RNN cells: the backward's derivative reads h_t (relu's is a step at 0), so the float64 BPTT
@@ -211,8 +216,8 @@ def _check_layer(s: cluster.Simulator, fwd_cfg, bwd_cfg, case: dict, seed: int =
         for st in cache.steps:
             act = st["active"][:, None]
             st["h"] = torch.where(act, res.out[st["t"], rows].double(), st["h"])
-    g = reference.layer_backward(cache, grads.d_out.double(), grads.d_hn.double(),
-                                 None if grads.d_cn is None else grads.d_cn.double())  # fmt: skip
+    d = lambda t: None if t is None else t.double()
+    g = reference.layer_backward(cache, d(grads.d_out), d(grads.d_hn), d(grads.d_cn), d(grads.d_cs))
     errs["d_gx"] = _err(bres.d_gx, g["x"])
     errs["d_h0"] = _err(bres.d_h0, g["h0"])
     if bres.d_c0 is not None:
@@ -270,6 +275,17 @@ def test_simulated_reduce_scatter_backward_matches_float64_reference(sim, key, c
     errs = _check_layer(sim, fwd, bwd, CASES[case])
     bad = {k: v for k, v in errs.items() if not v <= SIM_TOL[fwd.dtype]}
     assert not bad, f"{fwd.name()} / {bwd.name()} {case}: {bad}"
+
+
+@pytest.mark.parametrize("key", [("LSTM", "fp16"), ("LSTM", "bf16")], ids=["LSTM-fp16", "LSTM-bf16"])
+def test_simulated_states_and_inference(sim, key):
+    """return_states (every step's c_t forward, its gradient d_cs backward) and the inference
+    forward (nothing saved)."""
+    fwd, bwd = SIM_CONFIGS[key]
+    for case in (dict(varlen=True, reverse=True, h0=True, states=True), dict(varlen=True, save=False)):
+        errs = _check_layer(sim, fwd, bwd, case)
+        assert ("cs" in errs) == case.get("states", False)
+        assert all(v <= SIM_TOL[fwd.dtype] for v in errs.values()), (case, errs)
 
 
 def test_simulated_cluster_of_16_ctas(sim):
@@ -561,7 +577,9 @@ def test_verification_record_is_written_and_read(tmp_path):
     path = tmp_path / "verified.json"
     assert cluster.verification(capability="9.0", path=path) == (
         False, f"tier {cluster.NUMBER} has not been verified on compute capability 9.0")  # fmt: skip
+    path.write_text(json.dumps({"about": "kept", "records": []}))
     rec = cluster.record_verification(path=path, gpu="NVIDIA H200", capability="9.0", torch="2.11")
+    assert json.loads(path.read_text())["about"] == "kept"
     assert rec["kernel_hash"] == cluster.sources_hash() and rec["tier"] == cluster.NUMBER
     ok, why = cluster.verification(capability="9.0", path=path)
     assert ok and "NVIDIA H200" in why
@@ -749,3 +767,12 @@ def test_batch_tile_follows_the_clusters_the_device_runs(fake_driver, monkeypatc
     assert cluster.batch_tile_for(cfg, 5, 0).batch_tile == 8
     assert cluster.batch_tile_for(cfg, 56, 0).batch_tile == 8  # 7 clusters of 8
     assert cluster.batch_tile_for(cfg, 57, 0) is cfg  # 8 clusters would not all run: tiles of 16
+
+
+def test_docs_size_table_is_generated():
+    """docs/tiers.md's table of tier 4's hidden sizes is what the tier accepts (never typed)."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "tiers.md").read_text()
+    begin, end = page.index(cluster.SIZES_BEGIN), page.index(cluster.SIZES_END) + len(cluster.SIZES_END)
+    assert page[begin:end] == cluster.sizes_table(), (
+        "docs/tiers.md's tier-4 sizes are stale: paste cluster.sizes_table()"
+    )
