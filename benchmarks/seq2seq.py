@@ -393,7 +393,7 @@ def _build(case: Case, wl: Seq2SeqWorkload, device: torch.device, provider: str)
         import fastrnn
 
         try:  # the encoder's route (the decoder's is the same: same cell, sizes and device)
-            what = "encoder: " + fastrnn.explain(model.encoder.rnn.rnn, wl.src)
+            what = "encoder: " + fastrnn.explain(model.encoder.rnn, wl.src)
         except Exception as e:  # informative only
             what = f"backend={provider!r} (explain() failed: {type(e).__name__}: {e})"
     step()  # warm-up (kernel compilation, CUDA-graph capture, lazy init) before the profiled call
