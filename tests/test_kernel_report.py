@@ -71,7 +71,7 @@ def _configs() -> list[report.KernelConfig]:
         seen.add((cell, dtype, *size))
         out += report.configs(
             [1], [cell], [dtype], [size[0]], archs=(90, 80), proj_sizes=(size[1],),
-            precisions=("ieee", "tf32") if dtype == "fp32" else ("ieee",),
+            precisions=("ieee", "tf32x3", "tf32") if dtype == "fp32" else ("ieee",),
         )  # fmt: skip
     # A few smaller sizes, default variant (dense, forward, no h0).
     for cell in ("RNN_TANH", "LSTM", "GRU"):

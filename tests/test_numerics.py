@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -358,3 +363,60 @@ def test_gather_gemm_precision_against_float64(precision):
     assert got[1].keys() == base[1].keys() == want[1].keys()
     for k in got[1]:
         assert_within_oracle(got[1][k], base[1][k], want[1][k], torch.float32, f"{precision} gradient {k}")
+
+
+# ---------------------------------------------------------------------------------------------
+# what each precision compiles to (sm_90, Triton's own toolchain; no GPU needed)
+
+_SASS_PROBE = r"""
+import json, os, re, subprocess, sys, tempfile
+import triton
+from fastrnn.kernels import report
+from fastrnn.kernels.report.sass import nvidia_tool
+cfg = report.KernelConfig(**json.loads(sys.argv[1]))
+src, target, options = report.compile_source(cfg)
+cubin = triton.compile(src, target=target, options=options).asm["cubin"]
+with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "k.cubin")
+    with open(path, "wb") as f:
+        f.write(cubin)
+    sass = subprocess.run([nvidia_tool("nvdisasm"), "-c", path], capture_output=True, text=True, check=True).stdout
+ops = {}
+for m in re.finditer(r"^\s*/\*[0-9a-f]+\*/\s*(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass, re.M):
+    ops[m.group(1)] = ops.get(m.group(1), 0) + 1
+print(json.dumps(dict(ops=ops, num_warps=options["num_warps"])))
+"""
+
+
+def sass_opcodes(**config) -> dict:
+    """``{"ops": opcode counts, "num_warps": ...}`` of the kernel a launch of
+    ``report.KernelConfig(**config)`` compiles to; opcodes with their modifiers (e.g.
+    ``HMMA.1688.F32.TF32``), read from its cubin with ``nvdisasm``; counts per warp."""
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    out = subprocess.run([sys.executable, "-c", _SASS_PROBE, json.dumps(config)], env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tier,cell,hidden", [(1, "RNN_TANH", 128), (1, "GRU", 64), (2, "GRU", 128)])
+def test_fp32_precisions_compile_to_their_instructions(tier, cell, hidden):
+    """sm_90 SASS of the fp32 forward: ``"tf32x3"`` and ``"tf32"`` multiply on tensor cores
+    (``HMMA.*.TF32``; tf32x3 three times as many as tf32), ``"ieee"`` on FMA units (``FFMA``, no
+    tensor-core instruction)."""
+    pytest.importorskip("triton.backends.nvidia")
+    from fastrnn.kernels import report
+
+    if report.missing_tools():
+        pytest.skip(f"CUDA tools {report.missing_tools()} not shipped with triton: cannot build cubins")
+    base = dict(kernel="fwd", cell=cell, dtype="fp32", hidden_size=hidden, arch=90, varlen=True, reverse=True,
+                has_h0=True, tier=tier)  # fmt: skip
+    probes = {p: sass_opcodes(**base, precision=p) for p in ("ieee", "tf32", "tf32x3")}
+    ops = {p: probe["ops"] for p, probe in probes.items()}
+    # per program (the counts are per warp; the precisions' tiles may differ in warps)
+    tf32_mma = {p: probe["num_warps"] * sum(n for op, n in ops[p].items() if re.match(r"HG?MMA\..*TF32", op))
+                for p, probe in probes.items()}  # fmt: skip
+    assert not any(re.match(r"(HG?MMA|DMMA)", op) for op in ops["ieee"]), ops["ieee"]
+    assert ops["ieee"].get("FFMA", 0) > 100, ops["ieee"]
+    assert tf32_mma["tf32"] > 0 and tf32_mma["tf32x3"] == 3 * tf32_mma["tf32"], tf32_mma
