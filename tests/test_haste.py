@@ -1,7 +1,12 @@
 """``fastrnn.from_haste``: state dicts built from haste's documented layout (``kernel (I, G*H)``,
 ``recurrent_kernel (H, G*H)``, LSTM gate order i, g, f, o; GRU z, r, h; ``gamma (2, G*H)``,
 ``gamma_h``/``beta_h (H,)``) load into fastrnn modules whose outputs equal haste's documented
-maths, written out here on haste's own matrices and gate order (float64, both backends)."""
+maths, written out here on haste's own matrices and gate order (float64, both backends).
+
+``backend="triton"`` holds what a user gets: where the release data (the dispatcher's own
+decision, :func:`fastrnn.kernels.tiers.choose_tier`) says no kernel tier runs the layer -- the
+float64 layer-norm cells on a GPU, with most Triton releases -- it raises
+:class:`fastrnn.BackendUnavailable` naming the limit, and ``backend="auto"`` gives haste's maths."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import torch
 
 import fastrnn
 from fastrnn.haste import convert_haste_state_dict
+from fastrnn.kernels import cells, releases, tiers
 from helpers import device
 
 EPS = 1e-5
@@ -63,6 +69,48 @@ def haste_state_dict(kind, I, H, gen):
     return sd
 
 
+_MODES = {"LayerNormLSTM": "LN_LSTM", "LayerNormGRU": "LN_GRU", "LSTM": "LSTM", "GRU": "GRU"}
+
+
+def kernels_refuse(kind: str, hidden_size: int) -> str | None:
+    """Why no kernel tier runs a float64 ``kind`` layer of ``hidden_size`` on the test device, as
+    the dispatcher decides it (release data included); ``None`` when one does."""
+    tier, why = tiers.choose_tier(_MODES[kind], hidden_size, 0, torch.float64, interpreted=device().type == "cpu")
+    return why if tier is None else None
+
+
+def run_or_refuse(m, kind: str, call):
+    """``call()`` with ``m`` on ``backend="triton"``: the result where a kernel tier runs the layer;
+    where none does, assert the refusal (:class:`fastrnn.BackendUnavailable` naming each tier's
+    reason, the tier-1 limit among them) and return the result with ``backend="auto"`` instead."""
+    why = kernels_refuse(kind, m.hidden_size)
+    if m.backend != "triton" or why is None:
+        return call()
+    with pytest.raises(fastrnn.BackendUnavailable) as err:
+        call()
+    for reason in why.split("; "):
+        assert reason in str(err.value), (reason, str(err.value))
+    m.backend = "auto"
+    return call()
+
+
+def test_float64_layer_norm_cells_have_the_release_data_limits():
+    """The data the tests above follow: a float64 layer-norm cell runs in the interpreter at any
+    size it can hold; compiled, within the release's own limit for the cell (0: never), which
+    names the cell when it refuses."""
+    for kind in ("LayerNormLSTM", "LayerNormGRU"):
+        mode = _MODES[kind]
+        assert tiers.tier_unsupported(1, mode, 6, 0, torch.float64, interpreted=True) is None
+        for tier in (2, 3):
+            assert "only tier 1" in tiers.tier_unsupported(tier, mode, 6, 0, torch.float64)
+        limit = tiers.get_tier(1).unsupported(mode, 6, 0, torch.float64, False)
+        nbytes = cells.get(mode).G * 16 * 16 * 8  # H = 6 pads to 16
+        allowed = releases.limits("tier1_cell_limits").get(mode, {}).get("float64", [None, None])[1]
+        assert (limit is None) == (allowed is None or nbytes <= allowed), (mode, limit, allowed)
+        if limit is not None:
+            assert f"holds at most {allowed // 1024} KiB for {mode}" in limit, limit
+
+
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("kind", ["LayerNormLSTM", "LayerNormGRU", "LSTM", "GRU"])
 def test_from_haste_matches_haste_maths(kind, backend):
@@ -79,7 +127,7 @@ def test_from_haste_matches_haste_maths(kind, backend):
     want_out, want_h, want_c = haste_forward(kind, sd, x, h0, c0)
     dev = lambda t: t.to(device())
     hx = (dev(h0)[None], dev(c0)[None]) if lstm else dev(h0)[None]
-    out, hidden = m(dev(x), hx)
+    out, hidden = run_or_refuse(m, kind, lambda: m(dev(x), hx))
     torch.testing.assert_close(out.cpu(), want_out, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close((hidden[0] if lstm else hidden)[0].cpu(), want_h, rtol=1e-10, atol=1e-12)
     if lstm:
@@ -94,7 +142,8 @@ def test_layer_norm_gru_zoneout_at_eval_matches_haste():
     x = torch.randn(4, 2, 3, generator=gen, dtype=torch.float64)
     h0 = torch.randn(2, 5, generator=gen, dtype=torch.float64)
     want, _, _ = haste_forward("LayerNormGRU", sd, x, h0, zoneout=0.25)
-    torch.testing.assert_close(m(x.to(device()), h0[None].to(device()))[0].cpu(), want, rtol=1e-10, atol=1e-12)
+    got = run_or_refuse(m, "LayerNormGRU", lambda: m(x.to(device()), h0[None].to(device()))[0])
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-10, atol=1e-12)
 
 
 def test_mapping_and_errors():
