@@ -12,6 +12,7 @@ divides with ``div.full.f32`` (2 ulp).  The GPU bounds below follow from those d
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import json
@@ -19,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -420,3 +422,94 @@ def test_fp32_precisions_compile_to_their_instructions(tier, cell, hidden):
     assert not any(re.match(r"(HG?MMA|DMMA)", op) for op in ops["ieee"]), ops["ieee"]
     assert ops["ieee"].get("FFMA", 0) > 100, ops["ieee"]
     assert tf32_mma["tf32"] > 0 and tf32_mma["tf32x3"] == 3 * tf32_mma["tf32"], tf32_mma
+
+
+# ---------------------------------------------------------------------------------------------
+# determinism (docs/numerics.md, "Determinism")
+
+KERNELS_DIR = Path(common.__file__).parent
+
+
+def _triton_atomics() -> set[tuple[str, str]]:
+    """``(file, function)`` of every ``tl.atomic_*`` call in the Triton kernel sources."""
+    found = set()
+    for path in KERNELS_DIR.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Attribute) and node.attr.startswith("atomic_"):
+                    found.add((path.name, fn.name))
+    return found
+
+
+def test_kernels_accumulate_without_atomics():
+    """No kernel sums floating-point values with atomics (whose order changes from run to run):
+    the only atomics are tier 2's barrier counter and timeout flag (integers); the CUDA sources
+    have none.  Every other sum is a dot or a reduction in an order fixed at compile time."""
+    assert _triton_atomics() == {("persistent.py", "grid_barrier")}
+    cuda = re.compile(r"\batomic[A-Z]\w*\s*\(|\bred\.(?:async|relaxed|release|global|shared)|\batom\.")
+    for path in sorted((KERNELS_DIR / "cuda").glob("*")) if (KERNELS_DIR / "cuda").is_dir() else []:
+        code = "\n".join(line.split("//")[0] for line in path.read_text(errors="replace").splitlines())
+        assert not cuda.search(code), f"{path.name}: an atomic operation ({cuda.search(code).group(0)})"
+
+
+def _two_runs(make, run):
+    """``run(make())`` twice, each on a freshly built module, under
+    ``torch.use_deterministic_algorithms(True)``."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        return [run(make()) for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def _outputs_and_grads(module, *inputs):
+    torch.manual_seed(3)
+    out = module(*inputs)
+    flat = [t for t in (out if isinstance(out, tuple) else (out,)) for t in (t if isinstance(t, tuple) else (t,))]
+    sum((t.float() * torch.randn(t.shape).to(t.device)).sum() for t in flat).backward()
+    return [t.detach().clone() for t in flat] + [p.grad.clone() for p in module.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize(
+    "what",
+    ["gru-inner-bias", pytest.param("layernorm-lstm", marks=pytest.mark.slow),
+     pytest.param("embedding-gather-gemm", marks=pytest.mark.slow), pytest.param("tier2-lstm", marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_bitwise_reproducible_under_deterministic_algorithms(what, monkeypatch):
+    """Outputs and every gradient bit for bit equal across two runs, for what sums across steps,
+    tokens or programs: GRU's inner recurrent bias (its gradient a sum over time and batch),
+    a layer-norm cell's per-unit parameters (likewise), the fused embedding's token gradients
+    (``index_put_`` with accumulation over repeated ids), tier 2 (programs exchange ``h`` and
+    their gate gradients every step)."""
+    x = torch.randn(7, 5, 4, device=device())
+    if what == "gru-inner-bias":
+        runs = _two_runs(
+            lambda: _seeded(lambda: fastrnn.GRU(4, 12, backend="triton")), lambda m: _outputs_and_grads(m, x)
+        )
+    elif what == "layernorm-lstm":
+        runs = _two_runs(lambda: _seeded(lambda: fastrnn.LayerNormLSTM(4, 12, backend="triton")),
+                         lambda m: _outputs_and_grads(m, x))  # fmt: skip
+    elif what == "embedding-gather-gemm":
+        ids = torch.randint(0, 3, (7, 5), device=device())  # many repeated ids
+        runs = _two_runs(
+            lambda: _seeded(
+                lambda: fastrnn.EmbeddingRNN(3, 6, 12, mode="GRU", backend="triton", strategy="gather_gemm")
+            ),
+            lambda m: _outputs_and_grads(m, ids),
+        )
+    else:
+        monkeypatch.setenv("FASTRNN_TIER", "2")
+        runs = _two_runs(
+            lambda: _seeded(lambda: fastrnn.LSTM(4, 20, backend="triton")), lambda m: _outputs_and_grads(m, x)
+        )
+    assert len(runs[0]) == len(runs[1]) > 2
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+
+
+def _seeded(build):
+    torch.manual_seed(0)
+    return build().to(device())
