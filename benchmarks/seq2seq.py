@@ -580,12 +580,73 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def host_time_per_token(
+    cell: str, attention: str | None, beam: int, static: bool | None, *, B: int = 8, H: int = 32, V: int = 50,
+    T: int = 20, reps: int = 30,
+) -> float:  # fmt: skip
+    """Host time (this thread's CPU time) per decoded token, in microseconds, on the CPU: a tiny
+    model (where the host's work per step dominates), ``<eos>`` suppressed so that every call runs
+    ``max_len`` steps, ``(t(2T) - t(T)) / T`` with ``t`` the fastest of ``reps`` calls (the
+    encoder and the set-up cancel).  ``static``: the decoding path (``None``: a release without
+    the keyword)."""
+    import inspect
+    import time
+
+    torch.manual_seed(0)
+    model = Seq2Seq(Seq2SeqConfig(V, V, embedding_dim=H, hidden_size=H, mode=cell, attention=attention)).eval()
+    with torch.no_grad():
+        model.decoder.out.bias[EOS] = -1e4
+    src, lengths = torch.randint(UNK + 1, V, (B, T)), torch.full((B,), T)
+    kw = {"static": static} if "static" in inspect.signature(greedy_decode).parameters else {}
+
+    def call(n: int) -> None:
+        if beam == 1:
+            greedy_decode(model, src, lengths, max_len=n, **kw)
+        else:
+            beam_search(model, src, lengths, beam, max_len=n, **kw)
+
+    def fastest(n: int) -> float:
+        call(n)
+        times = []
+        for _ in range(reps):
+            t0 = time.thread_time()
+            call(n)
+            times.append(time.thread_time() - t0)
+        return min(times)
+
+    return (fastest(2 * T) - fastest(T)) / T * 1e6
+
+
+def host_time_lines() -> list[str]:
+    """:func:`host_time_per_token` of GRU/LSTM with and without attention, greedy and beam 5, on
+    every decoding path this release has (one torch thread)."""
+    import inspect
+
+    torch.set_num_threads(1)
+    paths = (
+        {"static": True, "eager": False} if "static" in inspect.signature(greedy_decode).parameters else {"eager": None}
+    )
+    lines = []
+    for cell, att in (("GRU", "general"), ("LSTM", "general"), ("GRU", None), ("GRU", "bahdanau")):
+        for beam in (1, BEAM):
+            times = {name: host_time_per_token(cell, att, beam, static) for name, static in paths.items()}
+            what = "greedy" if beam == 1 else f"beam {beam}"
+            lines.append(
+                f"{cell} {att or 'none'} {what}: " + ", ".join(f"{k} {v:.0f} us/token" for k, v in times.items())
+            )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks.seq2seq RESULTS``: print :func:`summary_lines` of a results folder
-    (or its ``results.json``)."""
+    (or its ``results.json``).  ``python -m benchmarks.seq2seq --host-time``: print
+    :func:`host_time_lines` (decoding's host time per token on this CPU)."""
     args = sys.argv[1:] if argv is None else argv
+    if args == ["--host-time"]:
+        print("\n".join(host_time_lines()))
+        return 0
     if len(args) != 1:
-        print("usage: python -m benchmarks.seq2seq RESULTS_DIR_OR_JSON", file=sys.stderr)
+        print("usage: python -m benchmarks.seq2seq RESULTS_DIR_OR_JSON | --host-time", file=sys.stderr)
         return 2
     path = Path(args[0])
     if path.is_dir():

@@ -210,3 +210,14 @@ def test_recurrent_share_counts_everything_a_recurrent_module_runs(provider):
     assert s2s.RECURRENT_RANGE in names and s2s.is_recurrent_op(s2s.RECURRENT_RANGE)
     # the module left as it was
     assert "forward" not in vars(enc)
+
+
+def test_host_time_per_token_runs_every_decoding_path(monkeypatch):
+    """``python -m benchmarks.seq2seq --host-time``'s measurement (a tool, timed here only for running)."""
+    calls = []
+    real = s2s.greedy_decode
+    monkeypatch.setattr(s2s, "greedy_decode", lambda *a, **k: calls.append(k["static"]) or real(*a, **k))
+    for static in (True, False):
+        us = s2s.host_time_per_token("GRU", "general", 1, static, B=2, H=4, V=12, T=3, reps=2)
+        assert isinstance(us, float) and us == us  # a number (timings of 3 steps may be noise, even < 0)
+    assert set(calls) == {True, False}
