@@ -216,7 +216,12 @@ def test_host_time_per_token_runs_every_decoding_path(monkeypatch):
     """``python -m benchmarks.seq2seq --host-time``'s measurement (a tool, timed here only for running)."""
     calls = []
     real = s2s.greedy_decode
-    monkeypatch.setattr(s2s, "greedy_decode", lambda *a, **k: calls.append(k["static"]) or real(*a, **k))
+
+    def spy(model, src, src_lengths, max_len=None, *, sync_every=None, static=None):
+        calls.append(static)
+        return real(model, src, src_lengths, max_len, sync_every=sync_every, static=static)
+
+    monkeypatch.setattr(s2s, "greedy_decode", spy)
     for static in (True, False):
         us = s2s.host_time_per_token("GRU", "general", 1, static, B=2, H=4, V=12, T=3, reps=2)
         assert isinstance(us, float) and us == us  # a number (timings of 3 steps may be noise, even < 0)
