@@ -331,7 +331,7 @@ class StaticStep:
     def capture(self, pool: Any) -> None:
         """Capture :meth:`step` in a CUDA graph (after two warm-up steps on a side stream, which
         write step 0 and 1 of the buffers: :meth:`prepare` and the search's reset start over)."""
-        with torch.cuda.device(self.device):
+        with _on(self.device):
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
@@ -346,16 +346,20 @@ class StaticStep:
     def run(self, max_len: int, every: int) -> int:
         """Up to ``max_len`` steps, asking "all done?" every ``every`` steps; returns the steps run."""
         steps = 0
-        with torch.cuda.device(self.device) if self.graph is not None else contextlib.nullcontext():
-            for t in range(max_len):
-                if self.graph is not None:
-                    self.graph.replay()
-                else:
-                    self.step()
-                steps = t + 1
-                if steps % every == 0 and self.search.all_done():  # the loop's only host sync
-                    break
+        for t in range(max_len):
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self.step()
+            steps = t + 1
+            if steps % every == 0 and self.search.all_done():  # the loop's only host sync
+                break
         return steps
+
+
+def _on(device: torch.device):
+    """``device`` as the current CUDA device (Triton launches and graph replays go there)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 class StaticDecoder:
@@ -439,18 +443,20 @@ class StaticDecoder:
         return st
 
     def greedy(self, model: Any, src: torch.Tensor, src_lengths: torch.Tensor, max_len: int, every: int) -> Hypotheses:
-        st = self.get(model, src.shape[0], 0, src.shape[1], max_len, src.device)
-        st.prepare(model, src, src_lengths)
-        st.search.reset()
-        st.run(max_len, every)
-        return st.search.result()
+        with _on(src.device):
+            st = self.get(model, src.shape[0], 0, src.shape[1], max_len, src.device)
+            st.prepare(model, src, src_lengths)
+            st.search.reset()
+            st.run(max_len, every)
+            return st.search.result()
 
     def beam(
         self, model: Any, src: torch.Tensor, src_lengths: torch.Tensor, K: int, max_len: int, lp: float, every: int
     ) -> Hypotheses:
-        st = self.get(model, src.shape[0], K, src.shape[1], max_len, src.device)
-        st.prepare(model, src, src_lengths)
-        st.search.reset(max_len, lp)
-        steps = st.run(max_len, every)
-        trace = st.fused.backtrace if st.fused is not None else None
-        return st.search.finish(steps, max_len, lp, trace)
+        with _on(src.device):
+            st = self.get(model, src.shape[0], K, src.shape[1], max_len, src.device)
+            st.prepare(model, src, src_lengths)
+            st.search.reset(max_len, lp)
+            steps = st.run(max_len, every)
+            trace = st.fused.backtrace if st.fused is not None else None
+            return st.search.finish(steps, max_len, lp, trace)
