@@ -657,9 +657,10 @@ class MultiConfig:
 
 
 def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int, kernel: str = "fwd",
-                 smem_bytes: int | None = None) -> MultiConfig:  # fmt: skip
+                 smem_bytes: int | None = None, precision: str = "ieee") -> MultiConfig:  # fmt: skip
     """Tile choices of a tier-2/3 launch of ``kernel`` (``"fwd"``/``"bwd"``) on a device with
-    ``smem_bytes`` of shared memory per block (kernels/NOTES.md, "Tiers 2 and 3"):
+    ``smem_bytes`` of shared memory per block, fp32 dots in ``precision`` (kernels/NOTES.md,
+    "Tiers 2 and 3"):
 
     * tier 2 keeps each program's weight slice resident (:data:`RESIDENT_MAX_WEIGHT_BYTES`, the
       backward :data:`RESIDENT_MAX_WEIGHT_BYTES_BWD`, and the slice plus the ``h`` row within
@@ -667,11 +668,16 @@ def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int, ker
       K across warps (8 warps, :data:`RESIDENT_SPLIT_K` chunks); otherwise (and in tier 3) the
       slice is streamed from L2 in ``BLOCK_K`` chunks at 4 warps (16-bit backwards: 256-wide
       chunks split across 8 warps, :data:`STREAMED_SPLIT_BLOCK_K`);
+    * fp32 in ``"tf32x3"`` (three tensor-core products: split operands live in registers) keeps
+      each resident chunk of K at most 128 wide in the forward and 64 in the backward (more
+      chunks: RNN H = 1024 forward 8) and streams the backward's slice from K = 1024 (it spills
+      split in 8 or 16); streamed chunks stay 16 wide (32 spills the tier-2 LSTM forward);
     * ``maxnreg = 255`` (left alone, ptxas parks a few bytes in local memory inside the loop in
       about one config in ten); 2 pipeline stages, 3 for fp32/fp64 streamed builds, 1 for the
       fp64 streamed backward."""
     size = element_size(dtype)
     k_pad = pow2(hidden_size)
+    x3 = dtype == torch.float32 and precision == "tf32x3"
     slice_bytes = slice_weight_bytes(mode, hidden_size, dtype)
     smem_needed = slice_bytes + BLOCK_B * k_pad * element_size(torch.float64 if size == 8 else torch.float32)
     limits = RESIDENT_MAX_WEIGHT_BYTES_BWD if kernel == "bwd" else RESIDENT_MAX_WEIGHT_BYTES
@@ -680,6 +686,7 @@ def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int, ker
         and slice_bytes <= limits[size]
         and smem_needed <= (smem_bytes or DEFAULT_SMEM_BYTES)
         and releases.compiler_abort(mode, dtype, 2) is None
+        and not (x3 and kernel == "bwd" and k_pad > 512)
     )
     if not resident:
         if kernel == "bwd" and size == 2 and k_pad >= STREAMED_SPLIT_BLOCK_K:
@@ -689,6 +696,8 @@ def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int, ker
         stages = 2 if size == 2 else 1 if (size == 8 and kernel == "bwd") else 3
         return MultiConfig(False, min(BLOCK_K_STREAMED[size], k_pad), 4, stages, 255, 1)
     split = 1 if size == 8 else RESIDENT_SPLIT_K
+    if x3:
+        split = max(split, k_pad // (64 if kernel == "bwd" else 128))
     return MultiConfig(True, k_pad, 8, 2, 255, max(1, min(split, k_pad // 16)))
 
 
@@ -850,7 +859,7 @@ def multi_bwd(call: RecurrenceCall, grads: Gradients, cfg: MultiConfig, *, tier:
 
 def _register(number: int, name: str, rank: float, automatic: bool, compiled, barriers_per_step: int) -> None:
     def config(mode, hidden_size, proj_size, dtype, kernel, smem_bytes, precision):
-        return multi_config(mode, hidden_size, dtype, number, kernel, smem_bytes)
+        return multi_config(mode, hidden_size, dtype, number, kernel, smem_bytes, precision)
 
     tiers.register(
         tiers.Tier(
