@@ -1,59 +1,33 @@
 """``python -m benchmarks.auto_table``: generate ``fastrnn/auto_table.json`` from committed results.
 
 ``backend="auto"`` (:mod:`fastrnn.auto`) answers from this table on a GPU the benchmark suite has
-run on, for the kernel sources that run measured.  The table is generated, never edited by hand:
-``tests/test_auto_table.py`` regenerates it from the committed results and compares.
+run on.  The table is generated, never edited by hand: ``tests/test_auto_table.py`` regenerates it
+from the committed results and compares.
 
-Input: every GPU-suite results document under ``benchmarks/results/``, at any depth (``results.json`` or
-``bench-quick-results.json`` whose suite is ``gpu``).  Each row that both ``fastrnn`` and
-``cudnn`` measured becomes one shape class (cell, dtype, layers, direction, packed, fused
-embedding, H, size buckets, training) with both times and peak memories.  Per GPU, the most recent
-run's kernel sources count: runs that measured other kernel sources are left out.  The hash of the
-kernel sources (:func:`fastrnn.kernels.sources.kernel_hash`, over the files that build kernels) is
-the one the run recorded (``env.kernel_hash``), else the one of the run's commit (``git show``).
-
-A GPU whose latest run measured other kernels than this checkout's gets ``"stale"`` (why) in its
-entry: ``fastrnn.auto`` then ignores the entry and says so.  Regenerating after a GPU run of the
-current kernels drops the mark; ``tests/test_auto_table.py`` fails when an entry measured other
-kernels without the mark.
+Input: every GPU-suite results document under ``benchmarks/results/``, at any depth
+(``results.json`` or ``bench-quick-results.json`` whose suite is ``gpu``).  Each row that both
+``fastrnn`` and ``cudnn`` measured becomes one shape class (cell, dtype, layers, direction,
+packed, fused embedding, H, size buckets, training) with both times and peak memories, and the
+identity of the kernels that ran it (``kernels``: :func:`fastrnn.kernels.tiers.kernel_identity`,
+their launch plan and device code, recorded by the benchmark with each row).  ``fastrnn.auto``
+uses an entry only while the kernels that would run the class are those very kernels; a row
+without a recorded identity is left out.  Per GPU and class the most recent run counts.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from fastrnn.auto import TABLE_PATH, ShapeClass, bucket
-from fastrnn.kernels import sources
 from fastrnn.modules import resolve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 DTYPES = {"fp16": "torch.float16", "bf16": "torch.bfloat16", "fp32": "torch.float32", "fp64": "torch.float64"}
-
-
-def kernel_hash_at(commit: str, root: Path = REPO_ROOT) -> str:
-    """:func:`fastrnn.kernels.sources.kernel_hash` of the kernel sources at ``commit`` (from git)."""
-
-    def git(*args: str) -> bytes:
-        try:
-            return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True).stdout
-        except (OSError, subprocess.CalledProcessError) as e:
-            raise RuntimeError(
-                f"cannot read the kernel sources of commit {commit[:12]} from git ({e}); a full clone is needed"
-            ) from None
-
-    present = set(git("ls-tree", "--name-only", commit, "kernels/").decode().split())
-    h = hashlib.sha256()
-    for name in sorted(sources.KERNEL_SOURCES):  # the same files and bytes as sources.kernel_hash()
-        if f"kernels/{name}" in present:
-            h.update(name.encode() + b"\0" + sources.source_bytes(name, git("show", f"{commit}:kernels/{name}")))
-    return h.hexdigest()[:16]
 
 
 def result_documents(root: Path = RESULTS) -> list[tuple[Path, dict[str, Any]]]:
@@ -82,28 +56,23 @@ def row_class(row: dict[str, Any]) -> ShapeClass | None:
 
 
 def generate(docs: list[tuple[Path, dict[str, Any]]], root: Path = REPO_ROOT) -> dict[str, Any]:
-    """The table document for ``docs``: per GPU its latest kernel sources' classes, marked
-    ``"stale"`` when those are not this checkout's kernels (see the module doc)."""
+    """The table document for ``docs``: per GPU every class measured with a recorded kernel
+    identity, the most recent run's where several measured it (see the module doc)."""
     by_gpu: dict[str, list[tuple[Path, dict]]] = {}
     for path, doc in docs:
         by_gpu.setdefault(doc["env"]["gpu"], []).append((path, doc))
     devices = {}
-    current = sources.kernel_hash()
     for gpu, runs in sorted(by_gpu.items()):
         runs.sort(key=lambda pd: pd[1]["env"].get("date", ""))
-        hashes = [d["env"].get("kernel_hash") or kernel_hash_at(d["env"]["commit"], root) for _, d in runs]
-        latest = hashes[-1]
         classes: dict[str, dict] = {}
         run_files = []
-        for (path, doc), h in zip(runs, hashes, strict=True):
-            if h != latest:
-                continue
-            run_files.append(str(path.relative_to(root)))
+        for path, doc in runs:
+            used = False
             for row in doc["rows"]:
                 cls = row_class(row)
                 res = row.get("results", {})
                 fast, cudnn = res.get("fastrnn", {}), res.get("cudnn", {})
-                if cls is None or fast.get("status") != "ok" or cudnn.get("status") != "ok":
+                if cls is None or fast.get("status") != "ok" or cudnn.get("status") != "ok" or not fast.get("kernels"):
                     continue
                 c = row["case"]
                 classes[cls.key()] = {
@@ -112,11 +81,15 @@ def generate(docs: list[tuple[Path, dict[str, Any]]], root: Path = REPO_ROOT) ->
                     "triton_peak_mib": fast.get("peak_mib"),
                     "torch_peak_mib": cudnn.get("peak_mib"),
                     "tokens": int(c["B"]) * int(c["T"]),
+                    "kernels": fast["kernels"],
                 }
+                used = True
+            if used:
+                run_files.append(str(path.relative_to(root)))
+        if not classes:
+            continue
         env = runs[-1][1]["env"]
         devices[gpu] = {
-            "kernel_hash": latest,
-            **({"stale": f"measured on kernels {latest}; the kernels changed since"} if latest != current else {}),
             "commit": env.get("commit"),
             "date": env.get("date"),
             "versions": {k: env.get(k) for k in ("torch", "triton", "cuda", "cudnn", "driver")},

@@ -165,7 +165,7 @@ def _fastrnn_step(case: Case, wl: Workload, device: torch.device, backend: str):
     else:
         step = make_step(case, lambda: _data(case, module(wl.input)[0]), [module], wl.grad_out, wl.leaf)
     states = dict(return_states=True) if case.kind == "states" else {}
-    step.note = explained(case, module, wl.input, **states)
+    explained(case, module, wl.input, step, **states)
     return step
 
 

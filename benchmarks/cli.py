@@ -56,6 +56,15 @@ def timing_config(device: torch.device, rep_ms: float | None = None) -> TimingCo
     return TimingConfig(**{**cfg.__dict__, "rep_ms": rep_ms}) if rep_ms else cfg
 
 
+def _recorded(step, result: dict[str, Any]) -> None:
+    """What a step says about itself goes into its result: ``note`` (which backend ran, why) and
+    ``kernels`` (:func:`fastrnn.kernels.tiers.kernel_identity` of the kernels that ran: the shipped
+    ``auto`` table applies the row only to the very same kernels)."""
+    for name in ("note", "kernels"):
+        if getattr(step, name, None):
+            result[name] = getattr(step, name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m benchmarks``."""
     ap = argparse.ArgumentParser(
@@ -239,8 +248,7 @@ def measure_row(
                 res = _error(e)
                 _free(device)
                 fatal = _cuda_broken(device)
-            if getattr(step, "note", None):
-                res["note"] = step.note
+            _recorded(step, res)
             results[p] = res
             if fatal:
                 break
@@ -266,8 +274,7 @@ def measure_row(
         if suite.subject in samples and suite.baseline in samples:
             paired = paired_ratio(samples[suite.subject], samples[suite.baseline])
         for p, step in steps.items():
-            if getattr(step, "note", None):
-                results[p]["note"] = step.note
+            _recorded(step, results[p])
     for p in providers:
         if p not in results and subject_failed():
             results[p] = {"status": "skipped", "reason": f"{suite.subject} cannot run this row (--only-comparable)"}

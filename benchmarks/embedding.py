@@ -103,7 +103,7 @@ def _build_fastrnn(case: Case, wl: EmbedWorkload, device: torch.device, backend:
     )
     module.load_state_dict(wl.ref.state_dict())
     step = make_step(case, lambda: _output(case, module(wl.input)), [module], wl.grad_out)
-    step.note = explained(case, module, wl.input)
+    explained(case, module, wl.input, step)
     return step
 
 

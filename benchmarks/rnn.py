@@ -146,19 +146,24 @@ def make_step(
     return train_step
 
 
-def explained(case: Case, module: nn.Module, input, **kwargs) -> str:
-    """:func:`fastrnn.explain` of the call a row times: in the row's grad mode (``fwd`` rows run
-    under ``torch.no_grad()``, their modules in ``eval()``; call it after :func:`make_step`).
-    Informative only: a failure is the note, the timed call reports real failures."""
+def explained(case: Case, module: nn.Module, input, step, **kwargs) -> None:
+    """Note on ``step`` the decision of the call a row times (:func:`fastrnn.explain`), made in
+    the row's grad mode (``fwd`` rows run under ``torch.no_grad()``, their modules in ``eval()``;
+    call it after :func:`make_step`), and, where the kernels run, their identity
+    (``step.kernels``: :func:`fastrnn.kernels.tiers.kernel_identity`).  Informative only: a
+    failure is the note, the timed call reports real failures."""
     import contextlib
 
-    import fastrnn
+    from fastrnn.kernels import tiers
 
     try:
         with torch.no_grad() if case.mode == "fwd" else contextlib.nullcontext():
-            return fastrnn.explain(module, input, **kwargs)
+            decision = module.backend_decision(input, **kwargs)
+        step.note = decision.describe()
+        if decision.backend == "triton":
+            step.kernels = tiers.kernel_identity(decision.plan[0], embedded=case.kind == "embed")
     except Exception as e:
-        return f"explain() failed: {type(e).__name__}: {e}"
+        step.note = f"explain() failed: {type(e).__name__}: {e}"
 
 
 def _module_step(module: nn.Module, case: Case, wl: RNNWorkload):
@@ -194,7 +199,7 @@ def _build_fastrnn(case: Case, wl: RNNWorkload, device: torch.device, backend: s
                    dtype=case.torch_dtype, backend=backend)  # fmt: skip
     module.load_state_dict(wl.ref.state_dict())
     step = _module_step(module, case, wl)
-    step.note = explained(case, module, wl.input)
+    explained(case, module, wl.input, step)
     return step
 
 

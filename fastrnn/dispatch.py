@@ -137,6 +137,19 @@ def _snapshot(cudnn_enabled: bool, allow_tf32: bool, interpret: bool, late: bool
     )
 
 
+def auto_on_cpu(module, data: torch.Tensor) -> bool:
+    """Whether ``module(data)`` is ``auto`` on a CPU tensor with no ``FASTRNN_BACKEND`` set: always
+    ``torch.nn``'s own code (:func:`_backend_and_tier`'s first rule), so the caller may run it
+    without the decision's machinery -- a one-token call on the CPU costs little more than the
+    ``torch.nn`` module's.  False inside ``torch.compile`` (which decides through
+    :func:`decide`)."""
+    if module.__dict__.get("backend") != "auto" or not data.is_cpu or torch.compiler.is_compiling():
+        return False
+    if _ENVIRON_DATA is not None and os.environ is _ENVIRON:
+        return _ENVIRON_DATA.get(_KEYS[0]) is None
+    return os.environ.get("FASTRNN_BACKEND") is None
+
+
 def requested_backend(module) -> str:
     """The module's backend with ``FASTRNN_BACKEND`` applied (outside traced code only)."""
     return _environment().backend_override if module.backend == "auto" else module.backend
@@ -306,14 +319,14 @@ def _sizes(input, batch_first: bool, ids: bool) -> tuple[int, int]:
 @torch.compiler.assume_constant_result
 def _auto_in_trace(
     mode: str, dtype: str, layers: int, bidirectional: bool, packed: bool, embedded: bool, hidden_size: int,
-    proj_size: int, training: bool, device_index: int,
+    proj_size: int, training: bool, device_index: int, kernels: str,
 ) -> tuple[str, str]:  # fmt: skip
     """:func:`fastrnn.auto.choose` inside torch.compile's trace, for a class of any size: the
     caches and the table, else the rule; nothing is measured.  Run eagerly by Dynamo."""
     cls = auto.ShapeClass(mode, dtype, layers, bidirectional, packed, embedded, hidden_size, proj_size, -1, -1,
                           training)  # fmt: skip
     index = device_index if device_index >= 0 else torch.cuda.current_device()
-    return auto.choose(cls, torch.device("cuda", index), None, 0)
+    return auto.choose(cls, torch.device("cuda", index), None, 0, kernels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,8 +385,8 @@ def decide(
     key = (
         _environment(), attrs["backend"], param_dtype, params[0].device if params else None, device, cast, training,
         embedded | (packed or is_packed) << 1 | beyond_torch_nn << 2 | autocast << 3, attrs["allow_tf32"],
-        attrs.get("fp32_precision"), auto.epoch(), _buckets(input, module.batch_first, embedded) if device.type == "cuda"
-        else None,
+        attrs.get("fp32_precision"), auto.epoch(),
+        _buckets(input, module.batch_first, embedded) if _device_names(device)[0] == "cuda" else None,
     )  # fmt: skip
     cache = attrs.get("_fastrnn_decisions")
     if cache is None:
@@ -414,17 +427,27 @@ def _make_decision(module, input, data, params, param_dtype, cast, training: boo
     fields = (module.mode, str(dtype), module.num_layers, module.bidirectional,
               packed or isinstance(input, PackedSequence), embedded, module.hidden_size, module.proj_size)  # fmt: skip
     device = torch.device(input_device)
+    identity = _kernel_identity(plan[0].key, embedded)
     if torch.compiler.is_compiling():  # sizes may be symbolic: no branch on them (no guards)
-        choice, why = _auto_in_trace(*fields, training, device.index if device.index is not None else -1)
+        choice, why = _auto_in_trace(*fields, training, device.index if device.index is not None else -1, identity)
         verdict = None
     else:
         cls = auto.ShapeClass(*fields, auto.bucket(B, 2), auto.bucket(T, 4), training)
         build = (lambda: runners(kernels)) if runners is not None else None
-        choice, why, verdict = auto.choose_verdict(cls, device, build, B * T)
+        choice, why, verdict = auto.choose_verdict(cls, device, build, B * T, identity)
     alternative = Alternative(verdict, plan) if verdict is not None and verdict.tokens else None
     if choice == "triton":
         return Decision("triton", f"{why}; {kernels.why}", plan=plan, alternative=alternative, **base)
     return Decision("torch", why, plan=None, alternative=alternative, **base)
+
+
+@torch.compiler.assume_constant_result
+def _kernel_identity(plan_key: str, embedded: bool) -> str:
+    """:func:`fastrnn.kernels.tiers.kernel_identity` of a plan (it reads the kernel files: run
+    eagerly by Dynamo)."""
+    from .kernels import tiers
+
+    return tiers.kernel_identity(tiers.from_key(plan_key), embedded)
 
 
 def _stack_plan(module, dtype: torch.dtype, tier: int, device: torch.device, precision: str) -> tuple:

@@ -201,6 +201,10 @@ class EmbeddingRNN(nn.Module):
         # Bad ids are reported before any other error (lengths, backend); on the CPU's torch path
         # nn.Embedding's own range check stands in for the separate one.
         deferred = self._range_checked_later(ids)
+        if deferred and lengths is None and not packed and dispatch.auto_on_cpu(rnn, ids):
+            # auto on the CPU: nn.Embedding (its own range check, with this module's message) and
+            # torch.nn's code, nothing to decide
+            return run_torch(rnn, self._embed(ids, emb), hx)
         if not deferred:
             self._check_range(ids)
         try:

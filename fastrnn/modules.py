@@ -298,6 +298,8 @@ class RecurrentBase(nn.RNNBase):
                        list(self.parameters()))  # fmt: skip
 
     def forward(self, input, hx=None):
+        if dispatch.auto_on_cpu(self, input.data if isinstance(input, PackedSequence) else input):
+            return self._twin.forward(self, input, hx)  # auto on the CPU: torch.nn's code, nothing to decide
         decision = self.backend_decision(input, hx).check(self)
         if decision.backend == "torch":
             return self._twin.forward(self, input, hx)

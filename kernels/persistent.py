@@ -877,6 +877,7 @@ def _register(number: int, name: str, rank: float, automatic: bool, compiled, ba
             compiled=compiled,
             automatic=automatic,
             barriers_per_step=barriers_per_step,
+            device_sources=("cells.py", "common.py", "persistent.py"),
         )
     )
 

@@ -750,5 +750,6 @@ tiers.register(
         forward_launch=forward_launch,
         backward_launch=backward_launch,
         compiled=lambda launch: (launch.kernel, launch.args, dict(launch.kwargs)),
+        device_sources=("cells.py", "common.py", "tier1.py"),
     )
 )

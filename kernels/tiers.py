@@ -97,7 +97,9 @@ class Tier:
       no ``compiled`` and gives the report its rows itself: ``report_rows(configs) -> rows``;
     * ``rank``: the order :func:`choose_tier` tries tiers in (lowest first); ``automatic=False``:
       only forced (``FASTRNN_TIER``) or as another tier's fallback;
-    * ``barriers_per_step``: grid-wide barriers on each step's chain (the kernel report's estimate).
+    * ``barriers_per_step``: grid-wide barriers on each step's chain (the kernel report's estimate);
+    * ``device_sources``: the files (relative to this package) its device code is built from
+      (:func:`kernel_identity`).
     """
 
     number: int
@@ -115,6 +117,7 @@ class Tier:
     automatic: bool = True
     barriers_per_step: int = 0
     report_rows: Callable[..., list] | None = None
+    device_sources: tuple[str, ...] = ()
 
 
 _TIERS: dict[int, Tier] = {}
@@ -302,6 +305,16 @@ def plan_stack(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, 
         raise NoTier(f"no kernel tier runs {mode} with hidden_size={hidden_size}: {why}")
     plan = plan_layer(mode, hidden_size, proj_size, dtype, tier, smem_per_block(device), precision)
     return (plan,) * (layers * directions)
+
+
+def kernel_identity(plan: LayerPlan, embedded: bool = False) -> str:
+    """What a layer's kernels are: its plan's key and the hash of its tier's device code
+    (:func:`.sources.device_code_hash`; with the fused embedding's gather-GEMM for ``embedded``).
+    A measurement of a call applies to another build of fastrnn exactly while this is the same."""
+    from .sources import device_code_hash
+
+    files = get_tier(plan.tier).device_sources + (("embedding.py",) if embedded else ())
+    return f"{plan.key}@{device_code_hash(tuple(sorted(set(files))))}"
 
 
 class NoTier(RuntimeError):

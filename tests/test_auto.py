@@ -117,36 +117,40 @@ def test_kernel_hash_follows_the_kernel_sources():
     assert len(h) == 16 and h == auto.kernel_hash()
 
 
-def test_shipped_table_hit_and_stale_table(fake):
+KERNELS = "1|ieee|block_b=16|block_b=16@0123456789abcdef"  # the identity of the kernels that would run (faked)
+
+
+def test_shipped_table_hit_and_entries_of_other_kernels(fake):
+    """An entry answers only for the kernels it measured (the same plan and device code,
+    ``fastrnn.kernels.tiers.kernel_identity``); for others it is ignored and the reason says so.
+    Kills: using an entry whatever kernels it measured."""
     cls = _cls()
-    entry = {"triton_ms": 5.0, "torch_ms": 2.0, "triton_peak_mib": 10.0, "torch_peak_mib": 20.0, "tokens": 1024}
-    fake.table = {
-        "devices": {"Fake GPU": {"kernel_hash": "k1", "commit": "abcdef123456", "classes": {cls.key(): entry}}}
-    }
-    backend, why = auto.choose(cls, CUDA0, RUNNERS, 256)
+    entry = {"triton_ms": 5.0, "torch_ms": 2.0, "triton_peak_mib": 10.0, "torch_peak_mib": 20.0, "tokens": 1024,
+             "kernels": KERNELS}  # fmt: skip
+    fake.table = {"devices": {"Fake GPU": {"commit": "abcdef123456", "classes": {cls.key(): entry}}}}
+    backend, why = auto.choose(cls, CUDA0, RUNNERS, 256, KERNELS)
     assert backend == "torch" and why.startswith(
         "shipped table (Fake GPU, commit abcdef12): fastrnn 5 ms, torch.nn 2 ms"
     )
     assert fake.calls == []  # the table answered: nothing measured
-    fake.table["devices"]["Fake GPU"]["kernel_hash"] = "old"  # measured with other kernels: not trusted
-    backend, why = auto.choose(cls, CUDA0, RUNNERS, 256)
+    other = KERNELS.replace("block_b=16@", "block_b=32@")  # another launch plan: not these kernels
+    backend, why = auto.choose(cls, CUDA0, RUNNERS, 256, other)
     assert backend == "triton" and fake.calls == ["torch", "triton"]
-    assert why.startswith("measured") and "the shipped table does not apply (it measured kernels old" in why
+    assert why.startswith("measured") and "the shipped table does not apply (it measured other kernels" in why
 
 
-def test_a_stale_table_is_not_used_and_explain_says_why(fake, monkeypatch):
-    """An entry marked stale (benchmarks/auto_table.py: its run measured other kernels) never
-    answers, even with a matching kernel hash, and the reason reaches the explanation."""
+def test_a_table_of_other_kernels_is_not_used_and_explain_says_why(fake, monkeypatch):
+    """With measurement off, an entry of other kernels does not answer either: the rule does, and
+    the reason reaches the explanation."""
     cls = _cls()
-    entry = {"triton_ms": 5.0, "torch_ms": 2.0, "tokens": 1024}
-    stale = "measured on kernels 0123; the kernels changed since"
-    fake.table = {"devices": {"Fake GPU": {"kernel_hash": "k1", "stale": stale, "classes": {cls.key(): entry}}}}
+    entry = {"triton_ms": 5.0, "torch_ms": 2.0, "tokens": 1024, "kernels": KERNELS}
+    fake.table = {"devices": {"Fake GPU": {"commit": "abcdef123456", "classes": {cls.key(): entry}}}}
     monkeypatch.setenv("FASTRNN_AUTO_MEASURE", "0")
-    backend, why = auto.choose(cls, CUDA0, RUNNERS, 256)
-    assert backend == "torch" and "rule" in why and f"the shipped table does not apply ({stale})" in why
+    backend, why = auto.choose(cls, CUDA0, RUNNERS, 256, KERNELS.replace("@0123", "@9999"))
+    assert backend == "torch" and "rule" in why and "the shipped table does not apply (it measured other" in why
     assert fake.calls == []
     fake.table = {"devices": {}}
-    assert "the shipped table has no Fake GPU" in auto.choose(cls, CUDA0, RUNNERS, 256)[1]
+    assert "the shipped table has no Fake GPU" in auto.choose(cls, CUDA0, RUNNERS, 256, KERNELS)[1]
 
 
 def test_measurement_off_uses_the_table_else_the_rule(fake, monkeypatch):
@@ -183,7 +187,7 @@ def test_in_a_trace_nothing_is_measured_and_sizes_are_ignored(fake):
     fake.times = {"torch": 1.0, "triton": 3.0}
     auto.choose(_cls(b_bucket=7), CUDA0, RUNNERS, 256)  # torch faster at B bucket 7
     assert len(fake.calls) == 4
-    args = ("LSTM", "torch.float16", 1, False, False, False, 256, 0, False, 0)
+    args = ("LSTM", "torch.float16", 1, False, False, False, 256, 0, False, 0, KERNELS)
     backend, why = dispatch._auto_in_trace(*args)
     assert backend == "torch" and "2 size bucket(s), the least favourable" in why and len(fake.calls) == 4
     auto.clear_cache()
@@ -273,9 +277,9 @@ def test_explain_names_the_source_times_and_memory(fake, monkeypatch):
     fastrnn.auto.clear_cache(disk=False)  # forgotten in memory: the device cache answers
     assert fastrnn.explain(m, x).startswith("requested 'auto' -> triton: device cache: fastrnn 1 ms")
     fake.times = {"torch": 1.0, "triton": 3.0}
-    assert fastrnn.explain(m, torch.empty(5, 200, 8, dtype=torch.float16)).startswith(
+    assert fastrnn.explain(m, torch.empty(5, 2000, 8, dtype=torch.float16)).startswith(
         "requested 'auto' -> torch: measured: fastrnn 3 ms"
-    )
+    )  # another B bucket: another class, measured
 
 
 def test_auto_in_eval_mode_with_gradients_measures_the_forward_only(fake, monkeypatch):

@@ -19,58 +19,43 @@ def test_every_committed_gpu_run_is_in_the_table():
     table = json.loads(auto.TABLE_PATH.read_text())["devices"]
     docs = auto_table.result_documents()
     assert docs, "no committed GPU results"
-    for _, doc in docs:
-        assert doc["env"]["gpu"] in table
     h200 = table["NVIDIA H200"]
     key = "LSTM|float16|L1|uni|dense|rnn|H768|P0|B4|T5|infer"  # the headline row: cuDNN faster
     assert h200["classes"][key]["torch_ms"] < h200["classes"][key]["triton_ms"]
-    assert h200["kernel_hash"] == auto_table.kernel_hash_at(h200["commit"])
+    assert all(entry["kernels"] for entry in h200["classes"].values())
 
 
-def test_the_shipped_table_measured_these_kernels_or_says_it_is_stale():
-    """An entry whose kernels are not this checkout's is marked stale (and then never used)."""
-    for gpu, entry in json.loads(auto.TABLE_PATH.read_text())["devices"].items():
-        if entry["kernel_hash"] != auto.kernel_hash():
-            assert entry.get("stale"), f"{gpu}: measured kernels {entry['kernel_hash']}, not {auto.kernel_hash()}"
-        else:
-            assert "stale" not in entry, f"{gpu}: marked stale but measured these kernels"
+def test_every_entry_names_kernels_a_tier_can_read():
+    """Each entry's ``kernels`` is a plan this checkout's tiers read back (its tier's configuration
+    type, every field) and a device-code hash: what ``fastrnn.auto`` compares with the kernels that
+    would run the class now.  Kills: a hand-edited or truncated identity."""
+    from fastrnn.kernels import tiers
+
+    for entry in json.loads(auto.TABLE_PATH.read_text())["devices"]["NVIDIA H200"]["classes"].values():
+        plan_key, _, device_code = entry["kernels"].rpartition("@")
+        plan = tiers.from_key(plan_key)
+        assert plan.key == plan_key and len(device_code) == 16 and int(device_code, 16) >= 0
 
 
-def _run(tmp_path, name: str, kernel_hash: str, date: str) -> tuple:
+def _run(tmp_path, name: str, kernels: str | None, date: str, t: float = 1.0) -> tuple:
     row = {
         "case": dict(kind="rnn", cell="LSTM", dtype="fp16", layers=1, bidir=False, packed=False, H=256, B=16, T=512,
                      mode="fwd"),
-        "results": {"fastrnn": {"status": "ok", "median_ms": 1.0}, "cudnn": {"status": "ok", "median_ms": 2.0}},
+        "results": {"fastrnn": {"status": "ok", "median_ms": t, **({"kernels": kernels} if kernels else {})},
+                    "cudnn": {"status": "ok", "median_ms": 2.0}},
     }  # fmt: skip
-    env = dict(gpu="Fake GPU", kernel_hash=kernel_hash, commit="c" * 40, date=date)
+    env = dict(gpu="Fake GPU", commit="c" * 40, date=date)
     path = tmp_path / name / "results.json"
     return path, {"suite": "gpu", "env": env, "rows": [row]}
 
 
-def test_regenerating_marks_other_kernels_stale_and_clears_the_mark(tmp_path):
-    old = auto_table.generate([_run(tmp_path, "a", "0123456789abcdef", "2026-01-01")], root=tmp_path)
-    entry = old["devices"]["Fake GPU"]
-    assert entry["kernel_hash"] == "0123456789abcdef" and "kernels changed since" in entry["stale"]
-    runs = [
-        _run(tmp_path, "a", "0123456789abcdef", "2026-01-01"),
-        _run(tmp_path, "b", auto.kernel_hash(), "2026-02-01"),
-    ]
-    new = auto_table.generate(runs, root=tmp_path)["devices"]["Fake GPU"]  # a run of these kernels: not stale
-    assert new["kernel_hash"] == auto.kernel_hash() and "stale" not in new and new["sources"] == ["b/results.json"]
+def test_each_entry_records_its_kernels_and_the_latest_run_wins(tmp_path):
+    """Rows without the identity of their kernels are left out; a later run's measurement of a
+    class replaces an earlier one.  Kills: entries without an identity, or the first run winning."""
+    old = auto_table.generate([_run(tmp_path, "a", None, "2026-01-01")], root=tmp_path)
+    assert "Fake GPU" not in old["devices"]
+    runs = [_run(tmp_path, "a", "k-old", "2026-01-01", 1.0), _run(tmp_path, "b", "k-new", "2026-02-01", 3.0)]
+    new = auto_table.generate(runs, root=tmp_path)["devices"]["Fake GPU"]
+    (entry,) = new["classes"].values()
+    assert entry["kernels"] == "k-new" and entry["triton_ms"] == 3.0 and new["sources"][-1] == "b/results.json"
     assert list(new["classes"]) == ["LSTM|float16|L1|uni|dense|rnn|H256|P0|B4|T5|infer"]
-
-
-def test_kernel_hash_of_the_working_tree_matches_git_when_clean():
-    """The two ways to hash the kernel sources (files on disk, git objects) agree: HEAD's hash
-    equals the installed sources' unless the files that build kernels have uncommitted changes."""
-    import subprocess
-
-    from fastrnn.kernels import sources
-
-    paths = [f"kernels/{name}" for name in sources.KERNEL_SOURCES]
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=auto_table.REPO_ROOT,
-                           capture_output=True, text=True).stdout.strip()  # fmt: skip
-    if not dirty:
-        assert auto_table.kernel_hash_at("HEAD") == auto.kernel_hash()
-    else:
-        assert auto_table.kernel_hash_at("HEAD") != auto.kernel_hash()

@@ -28,7 +28,7 @@ def decisions(monkeypatch):
         calls.append(args)
         return real(*args)
 
-    monkeypatch.setattr(dispatch, "_decision", spy)
+    monkeypatch.setattr(dispatch, "_make_decision", spy)
     return calls
 
 
@@ -50,28 +50,49 @@ def test_embedding_rnn_decides_once_per_kind_of_call(decisions, mode, backend):
     ids = torch.randint(0, V, (3, 4))
     lengths = torch.tensor([4, 1, 3])
 
+    # auto on the CPU is torch.nn's code for a padded batch without deciding anything
+    # (dispatch.auto_on_cpu); lengths and packed input go through the decision
+    plain = 0 if backend == "auto" else 1
     out, _ = m(ids)
-    assert len(decisions) == 1
+    assert len(decisions) == plain
     torch.testing.assert_close(out, ref["rnn"](ref["embedding"](ids))[0])
     m(ids)
     m(ids[:2])
-    assert len(decisions) == 1  # the same kind of call: remembered
+    assert len(decisions) == plain  # the same kind of call: remembered
     m(ids, lengths=lengths)
-    assert len(decisions) == 2  # variable lengths: another kind of call
+    assert len(decisions) == plain + 1  # variable lengths: another kind of call
     m(pack_padded_sequence(ids, lengths, batch_first=True, enforce_sorted=False))
-    assert len(decisions) == 2  # packed input: variable lengths too
+    assert len(decisions) == plain + 1  # packed input: variable lengths too
     with torch.no_grad():
         state = m(ids)[1]  # no gradients: another kind
         for _ in range(5):
             m(ids[:, :1], state)  # one-token decoding steps with the state
-    assert len(decisions) == 3
+    assert len(decisions) == 2 * plain + 1
 
 
 def test_standalone_module_decides_once_per_call(decisions):
-    m = fastrnn.LSTM(E, H)
+    m = fastrnn.LSTM(E, H, backend="torch")
     for _ in range(3):
         m(torch.randn(4, 2, E))
     assert len(decisions) == 1
+
+
+def test_auto_on_the_cpu_runs_torch_nn_without_deciding(decisions, monkeypatch):
+    """auto on CPU tensors is always torch.nn's code: no decision is made, the outputs are
+    torch.nn's to the bit, and FASTRNN_BACKEND still applies.  Kills: a fast path that ignores
+    the variable, or one taken for CUDA-side settings."""
+    ref = nn.GRU(E, H)
+    m = fastrnn.GRU(E, H)
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 2, E)
+    assert torch.equal(m(x)[0], ref(x)[0]) and not decisions
+    monkeypatch.setenv("FASTRNN_BACKEND", "torch")
+    m(x)
+    assert len(decisions) == 1  # the variable is set: the decision is made (and says why)
+    monkeypatch.setenv("FASTRNN_BACKEND", "triton")
+    before = _runtime.LAUNCHES.get("recurrent_fwd", 0)
+    m(x)
+    assert _runtime.LAUNCHES.get("recurrent_fwd", 0) == before + 1  # the kernels, as asked
 
 
 def test_a_remembered_decision_follows_what_it_rests_on(decisions, monkeypatch):
@@ -84,7 +105,7 @@ def test_a_remembered_decision_follows_what_it_rests_on(decisions, monkeypatch):
     monkeypatch.setenv("FASTRNN_BACKEND", "triton")
     assert m.backend_decision(x).backend == "triton" and len(decisions) == 2
     monkeypatch.delenv("FASTRNN_BACKEND")
-    assert m.backend_decision(x).backend == "torch" and len(decisions) == 2  # as before: remembered
+    assert m.backend_decision(x).backend == "torch" and len(decisions) == 3  # as before (a new snapshot: decided again)
     changes = [
         lambda: setattr(m, "backend", "triton"),
         lambda: m.double(),
