@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import dispatch, ops
-from .auto import Runners
+from .auto import Runners, capturing
 from .dispatch import Decision
 from .functional import first_layer_projection
 from .modules import RecurrentBase, build, fast_twin, layout, run_kernels, run_torch
@@ -47,10 +47,12 @@ class EmbeddingRNN(nn.Module):
         backend, allow_tf32, fp32_precision: as :class:`fastrnn.LSTM`.  strategy: ``"auto"``,
         ``"table"``, ``"gather_gemm"``.
         check_ids: check that every id indexes the embedding before anything runs, on every
-            device and backend, raising ``IndexError`` with the bad id and its position (module
-            doc, "Token ids"); ``False`` trusts the ids (ids the model made itself, e.g. a
-            decoder's argmax), where a bad id is what it is for ``nn.Embedding``: an ``IndexError``
-            on the CPU, a device-side assertion on CUDA.
+            device and backend, raising ``IndexError`` with the bad id and its position; on CUDA
+            that reads two numbers back to the host, one synchronisation per call.  ``False``
+            trusts CUDA ids (ids the model made itself, e.g. a decoder's argmax) and skips that
+            synchronisation; a bad one is then a device-side assertion, as with ``nn.Embedding``.
+            Inside ``torch.compile`` and a CUDA-graph capture, where nothing can be read back, the
+            check is that device-side assertion either way.
 
     Parameters: ``embedding.weight`` and the recurrent module's under ``rnn.`` -- the state dict
     of a module holding ``embedding = nn.Embedding(...)`` and ``rnn = nn.LSTM(...)`` loads as is.
@@ -147,9 +149,9 @@ class EmbeddingRNN(nn.Module):
         a device-side assertion, which would leave the process's CUDA context unusable.  Inside
         ``torch.compile``'s trace or a CUDA-graph capture nothing can be read back: there the
         check is a device-side assertion, as ``nn.Embedding``'s own check on CUDA."""
-        if not ids.numel() or not self.check_ids:
-            return
-        if torch.compiler.is_compiling() or (ids.is_cuda and torch.cuda.is_current_stream_capturing()):
+        if not ids.numel() or (not self.check_ids and not ids.is_cpu):
+            return  # trusted CUDA ids (on the CPU the check costs no synchronisation: always made)
+        if torch.compiler.is_compiling() or (ids.is_cuda and capturing()):
             ok = (ids >= 0).all() & (ids < self.embedding.num_embeddings).all()
             torch._assert_async(ok, "EmbeddingRNN: token ids out of range of the embedding")
             return
@@ -182,7 +184,7 @@ class EmbeddingRNN(nn.Module):
         checks the range itself, on the host, before anything else runs, and its error becomes
         :meth:`_range_error`'s (:meth:`_embed`); the kernels' path and every error raised before
         the lookup check it first (:meth:`forward`), so a bad id is always what is reported."""
-        if torch.compiler.is_compiling() or not self.check_ids:
+        if torch.compiler.is_compiling():
             return False
         return ids.is_cpu and ids.dtype in _EMBEDDING_INDEX_DTYPES
 

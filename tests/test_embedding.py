@@ -157,6 +157,34 @@ def test_bad_ids_raise_on_host_before_any_kernel(name, make, exc):
     assert _runtime.total_launches() == before
 
 
+class _OnCuda(torch.Tensor):
+    """CPU ids that say they are CUDA ids: the CUDA branch of EmbeddingRNN's id check, on a CPU."""
+
+    @property
+    def is_cuda(self) -> bool:
+        return True
+
+    @property
+    def is_cpu(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch", "auto"])
+def test_bad_ids_on_cuda_raise_index_error_naming_id_and_position(backend):
+    """A bad CUDA id is an ``IndexError`` on the host, naming the id and its position, before any
+    kernel -- never a device-side assertion (which leaves the process's CUDA context unusable).
+    Kills: checking CUDA ids with ``torch._assert_async`` outside a trace or a graph capture."""
+    m = fastrnn.EmbeddingRNN.from_modules(nn.Embedding(V, E), nn.GRU(E, H), backend=backend)
+    ids = torch.tensor([[1, 2], [3, V + 4], [-1, 0]]).as_subclass(_OnCuda)
+    before = _runtime.total_launches()
+    with pytest.raises(IndexError, match=rf"token id {V + 4} is out of range \[0, {V}\).*at position \[1, 1\]"):
+        m(ids)
+    assert _runtime.total_launches() == before
+    m.check_ids = False  # trusts CUDA ids only: CPU ids are checked all the same (no synchronisation)
+    with pytest.raises(IndexError):
+        m(torch.tensor([[1, V]]))
+
+
 @pytest.mark.parametrize("option", [dict(max_norm=1.0), dict(sparse=True), dict(scale_grad_by_freq=True)])
 def test_unsupported_embedding_options_rejected(option):
     emb = nn.Embedding(V, E, **option)
