@@ -77,7 +77,7 @@ def plan(
                 *pytest,
                 *_pytest_workers(cpus),
                 "-m",
-                "slow or not slow",  # the exhaustive sweeps too: compiled, they are the bf16/fp16 check
+                "(slow or not slow) and not device_assert",  # the sweeps too: compiled, they are the 16-bit check
                 "--ignore",
                 "tests/test_kernel_report.py",
                 "--junitxml",
@@ -86,6 +86,12 @@ def plan(
             tests_s,
             what="the test suite, kernels compiled for the GPU (the kernel report is a CPU check)",
         ),  # fmt: skip
+        Step(
+            "isolated",
+            [python, "-m", "benchmarks.gpu_check", "--isolated", "device_assert", "--out", str(out)],
+            60,
+            what="the tests that could trip a device-side assertion, each in a process of its own",
+        ),
         Step(
             "interpreter",
             [*pytest, "-m", "interpreter and not slow", "--junitxml", str(out / "interpreter.xml")],
@@ -132,6 +138,46 @@ def _summary_counts(log: str) -> str:
     return lines[-1] if lines else ""
 
 
+def junit_counts(path: Path) -> dict[str, int] | None:
+    """``{tests, failed, errors, skipped, passed}`` of a pytest JUnit XML file (failures and errors
+    apart: an error is a test that could not run, e.g. a broken CUDA context), or ``None``."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    n = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    counts = dict(tests=n["tests"], failed=n["failures"], errors=n["errors"], skipped=n["skipped"])
+    counts["passed"] = counts["tests"] - counts["failed"] - counts["errors"] - counts["skipped"]
+    return counts
+
+
+def run_isolated(marker: str, out: Path, python: str = sys.executable) -> int:
+    """Run each test marked ``marker`` in a pytest process of its own (a device-side assertion
+    poisons the process's CUDA context, so it must cost one test, not every later one on the
+    worker), each with its own JUnit file under ``out/isolated/``; prints one line per test and the
+    counts, failures and errors apart.  Returns 0 when every test passed or was skipped."""
+    listed = subprocess.run([python, "-m", "pytest", "--collect-only", "-q", "-m", marker, "-p", "no:cacheprovider"],
+                            capture_output=True, text=True)  # fmt: skip
+    ids = [line.strip() for line in listed.stdout.splitlines() if "::" in line]
+    folder = out / "isolated"
+    folder.mkdir(parents=True, exist_ok=True)
+    total = dict(tests=0, failed=0, errors=0, skipped=0, passed=0)
+    for i, test in enumerate(ids):
+        xml = folder / f"{i:03d}.xml"
+        rc = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marker, test,
+                             "--junitxml", str(xml)], capture_output=True, text=True).returncode  # fmt: skip
+        counts = junit_counts(xml) or dict(tests=1, failed=0, errors=1, skipped=0, passed=0)  # died: an error
+        for k in total:
+            total[k] += counts[k]
+        print(f"{'ok' if rc in (0, 5) else 'FAILED'} {test}", flush=True)
+    print(f"{total['passed']} passed, {total['failed']} failed, {total['errors']} errors, {total['skipped']} skipped "
+          f"({len(ids)} tests, one process each)")  # fmt: skip
+    return 0 if total["failed"] == 0 and total["errors"] == 0 else 1
+
+
 def run_step(step: Step, out: Path, cwd: Path) -> dict:
     """Run ``step``; its combined output goes to ``out/<name>.log``.  Returns its record."""
     log_path = out / f"{step.name}.log"
@@ -147,10 +193,17 @@ def run_step(step: Step, out: Path, cwd: Path) -> dict:
         except subprocess.TimeoutExpired:
             rc, status = None, f"timed out after {step.timeout_s:.0f} s"
     text = log_path.read_text(errors="replace")
+    junit = next((Path(a) for a in step.argv if a.endswith(".xml")), None)
     return dict(
         name=step.name, what=step.what, argv=step.argv, env=step.env, status=status, returncode=rc,
         seconds=round(time.monotonic() - t0, 1), result=_summary_counts(text), log=log_path.name,
+        counts=junit_counts(junit) if junit is not None else None,
     )  # fmt: skip
+
+
+def _count(record: dict, key: str) -> str:
+    counts = record.get("counts")
+    return "" if not counts else str(counts[key])
 
 
 def write_summary(out: Path, env: dict, records: list[dict]) -> str:
@@ -162,9 +215,10 @@ def write_summary(out: Path, env: dict, records: list[dict]) -> str:
         "",
         *[f"- {k}: {env.get(k)}" for k in keys],
         "",
-        "| step | status | seconds | result | what |",
-        "|---|---|---|---|---|",
-        *[f"| {r['name']} | {r['status']} | {r['seconds']} | {r['result']} | {r['what']} |" for r in records],
+        "| step | status | seconds | passed | failed | errors | result | what |",
+        "|---|---|---|---|---|---|---|---|",
+        *[f"| {r['name']} | {r['status']} | {r['seconds']} | {_count(r, 'passed')} | {_count(r, 'failed')} | "
+          f"{_count(r, 'errors')} | {r['result']} | {r['what']} |" for r in records],  # fmt: skip
         "",
         "Logs: " + ", ".join(f"`{r['log']}`" for r in records) + "; benchmark results in `bench-quick/`.",
     ]
@@ -177,10 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", help="results folder (default benchmarks/results/<gpu>-check-<date>)")
     ap.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, help="time for the whole check")
-    ap.add_argument("--only", action="append", choices=("tests", "interpreter", "bench", "table"),
+    ap.add_argument("--only", action="append", choices=("tests", "isolated", "interpreter", "bench", "table", "readme"),
                     help="run only these steps")  # fmt: skip
     ap.add_argument("--dry-run", action="store_true", help="print the steps and exit")
+    ap.add_argument("--isolated", metavar="MARKER", help=argparse.SUPPRESS)  # the isolated step's own run
     args = ap.parse_args(argv)
+    if args.isolated:
+        return run_isolated(args.isolated, Path(args.out or "."))
 
     import torch
 

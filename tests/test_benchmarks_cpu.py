@@ -307,7 +307,7 @@ def test_run_order_headline_first_then_core():
     assert len(core) == 3 * 3 * 2 * 2 * 2
     assert {r.cell for r in core} == {"RNN", "LSTM", "GRU"} and {r.B for r in core} == {16, 64}
     quick = grids.grid("quick")
-    assert quick[0].key == rows[0].key and len(quick) == 124 + 8 + 8 + 8 + 10  # rnn, embed, lnrnn, states, seq2seq
+    assert quick[0].key == rows[0].key and len(quick) == 124 + 8 + 8 + 8 + 12  # rnn, embed, lnrnn, states, seq2seq
 
 
 def test_cost_model():

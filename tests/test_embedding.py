@@ -148,6 +148,7 @@ BAD_IDS = [
 ]
 
 
+@pytest.mark.device_assert
 @pytest.mark.parametrize("name,make,exc", BAD_IDS, ids=[b[0] for b in BAD_IDS])
 def test_bad_ids_raise_on_host_before_any_kernel(name, make, exc):
     fused, _, _ = _pair("GRU")

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from fastrnn.seq2seq import EOS, PAD, SOS, Seq2Seq, Seq2SeqConfig, beam_search, decoding, greedy_decode
+from fastrnn.seq2seq import EOS, PAD, SOS, Seq2Seq, Seq2SeqConfig, beam_search, greedy_decode, search
 
 
 @pytest.fixture(autouse=True)
@@ -494,12 +494,12 @@ def test_stopping_early_never_changes_the_result(monkeypatch, length_penalty):
     B, max_len = 12, 6
     model = Automaton.random_tries(B, max_len, (4, 5, 6), vocab=8, seed=7)
     src, src_len = _src(B)
-    real = decoding.penalties
+    real = search.penalties
     never = lambda cap, n, lp: (real(cap, n, lp)[0], torch.full((cap,), math.inf))  # noqa: E731
     runs = {}
     for name in ("stopping", "to the end"):
         if name == "to the end":
-            monkeypatch.setattr(decoding, "penalties", never)
+            monkeypatch.setattr(search, "penalties", never)
         runs[name] = []
         for width in (2, 3, 5):
             model.calls = 0

@@ -41,7 +41,7 @@ import triton.language as tl
 from fastrnn.kernels import _runtime
 
 from .data import EOS, PAD
-from .decoding import Hypotheses
+from .search import Hypotheses
 
 #: Logit columns per program of :func:`row_stats_kernel` (smaller for a small vocabulary).
 CHUNK = 1024

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..embedding import EmbeddingRNN
 from ..modules import FAMILIES, build, resolve
+from . import static
 from .attention import LUONG_SCORES, BahdanauAttention, LuongAttention
 from .data import PAD, SOS
 from .decoding import LENGTH_PENALTY, Hypotheses, beam_search, greedy_decode
@@ -364,6 +365,14 @@ class Seq2Seq(nn.Module):
     def reorder_state(state: DecoderState, index: torch.Tensor) -> DecoderState:
         """The states of batch entries ``index (N,)``: beam search expands and reorders with it."""
         return state.index_select(index)
+
+    def static_decoder(self):
+        """``(decoder, None)``: this model's static-buffer decoding step
+        (:mod:`fastrnn.seq2seq.static`, made on first use), or ``(None, why not)`` (e.g. training
+        mode with dropout).  What :func:`~fastrnn.seq2seq.greedy_decode` and
+        :func:`~fastrnn.seq2seq.beam_search` ask a decoder model for."""
+        reason = static.unsupported(self)
+        return (static.decoder_for(self), None) if reason is None else (None, reason)
 
     def translate(
         self,

@@ -9,8 +9,8 @@ source-length bucket ``S`` and output capacity:
   and the greedy row; 1 row for greedy decoding), the encoder's outputs padded to the bucket,
   their mask and the attention's projected keys (computed once per call: the keys never change
   while decoding);
-* the search's bookkeeping (:class:`~fastrnn.seq2seq.decoding.GreedySearch` /
-  :class:`~fastrnn.seq2seq.decoding.BeamSearch`), step counter included, on the device.
+* the search's bookkeeping (:class:`~fastrnn.seq2seq.search.GreedySearch` /
+  :class:`~fastrnn.seq2seq.search.BeamSearch`), step counter included, on the device.
 
 One step (:meth:`StaticStep.step`) is: embedding, the decoder's cells (``torch.gru_cell`` & co.,
 one per layer, on the model's own weights), attention, ``tanh(W_c [ctx; h])`` and the output
@@ -52,7 +52,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .decoding import BeamSearch, GreedySearch, Hypotheses
+from .search import BeamSearch, GreedySearch, Hypotheses
 
 #: On CUDA, source lengths are rounded up to a multiple of this (one captured graph per bucket).
 SOURCE_BUCKET = 16
@@ -67,11 +67,8 @@ _DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def unsupported(model: Any) -> str | None:
-    """Why ``model`` cannot decode on static buffers, or ``None`` when it can."""
-    from .model import Seq2Seq
-
-    if not isinstance(model, Seq2Seq):
-        return f"the static-buffer step is a Seq2Seq's, and this decoder model is a {type(model).__name__}"
+    """Why ``model`` (a :class:`~fastrnn.seq2seq.Seq2Seq`) cannot decode on static buffers, or
+    ``None`` when it can."""
     dec = model.decoder
     if model.training and model.config.dropout > 0:
         return "the model is in training mode with dropout (call model.eval() first)"
