@@ -16,14 +16,19 @@ Measured (:func:`measure_machine`):
   ``step_us`` = the smallest of the GPU figures measured; on the CPU it is one tiny aten op
   (dispatch overhead), ``cpu_op_us``.
 * ``cta_sync_us``: one program looping over a CTA barrier (``bar.sync``) and a dependent FMA per
-  step: the per-step floor of a recurrence whose whole step fits one SM (no grid barrier), and
-  ``smem_per_sm``, the shared memory of one SM.
+  step, and ``smem_per_sm``, the shared memory of one SM;
+* ``cta_step_us``: one program (one warp) running the smallest dependent step of a recurrence on
+  tensor cores: a 16 x 16 fp16 state times a resident 16 x 16 weight tile (one ``tl.dot``), tanh,
+  and the state back into the dot's operand layout for the next step.  Every on-chip recurrence
+  step contains this chain (a matrix product, an activation, the new state where the next
+  product reads it): the per-step floor of a recurrence whose whole step fits one SM.
 
 Floors of a row (:func:`row_floors`): ``bw`` = bytes / bandwidth, ``flop`` = FLOPs / matmul
-throughput of the row's dtype, ``seq`` = dependent steps x the per-step floor -- ``cta_sync_us``
-when one layer's ``W_hh`` fits one SM's shared memory (a single program can run the step: no
-grid barrier to charge; tier 1 and cuDNN's small-layer kernels do), else ``step_us``; ``floor``
-is the largest and ``bound`` names it.  A provider's ``frac_of_floor`` = floor / its median time (1 = at the floor).
+throughput of the row's dtype, ``seq`` = dependent steps x the per-step floor -- when one
+layer's ``W_hh`` fits one SM's shared memory (a single program can run the step: no grid barrier
+to charge; tier 1 and cuDNN's small-layer kernels do) ``cta_step_us`` (a machine record without it:
+``cta_sync_us``, a barrier alone, which a real step far exceeds), else ``step_us``; ``floor`` is
+the largest and ``bound`` names it.  A provider's ``frac_of_floor`` = floor / its median time (1 = at the floor).
 """
 
 from __future__ import annotations
@@ -129,9 +134,9 @@ def _measure_cuda(device: torch.device, dtypes: list[str], grid_sync: bool) -> d
     except Exception as e:  # recorded: the figure is then missing from the floor
         notes["graph_launch_us"] = f"CUDA graph capture failed: {type(e).__name__}: {e}"
 
-    grid_sync_us = cta_sync_us = None
+    grid_sync_us = cta_sync_us = cta_step_us = None
     if grid_sync:
-        grid_sync_us, note, cta_sync_us = _grid_sync_subprocess()
+        grid_sync_us, note, cta_sync_us, cta_step_us = _grid_sync_subprocess()
         if note:
             notes["grid_sync_us"] = note
     else:
@@ -151,6 +156,7 @@ def _measure_cuda(device: torch.device, dtypes: list[str], grid_sync: bool) -> d
         graph_launch_us=graph_launch_us,
         grid_sync_us=grid_sync_us,
         cta_sync_us=cta_sync_us,
+        cta_step_us=cta_step_us,
         smem_per_sm=getattr(torch.cuda.get_device_properties(device), "shared_memory_per_multiprocessor", None),
         step_us=measured[source],
         step_source=source,
@@ -194,9 +200,11 @@ def _measure_cpu(dtypes: list[str]) -> dict[str, Any]:
 
 def step_floor_us(cost: Cost, machine: dict[str, Any]) -> tuple[float, str]:
     """``(per-step floor in us, its source)`` of a row: see the module doc."""
-    cta, smem = machine.get("cta_sync_us"), machine.get("smem_per_sm")
-    if cta is not None and smem and 0 < cost.recurrent_bytes <= smem:
-        return cta, "cta_sync_us"
+    smem = machine.get("smem_per_sm")
+    if smem and 0 < cost.recurrent_bytes <= smem:
+        for name in ("cta_step_us", "cta_sync_us"):
+            if machine.get(name) is not None:
+                return machine[name], name
     return machine["step_us"], machine.get("step_source", "step_us")
 
 
@@ -226,41 +234,11 @@ def row_floors(cost: Cost, machine: dict[str, Any], dtype: str) -> dict[str, Any
 # The grid barrier probe.  It runs in a child process (``python -m benchmarks.floors
 # --grid-sync``) so that a barrier which cannot complete is killed by a timeout.
 
-_KERNEL = None
-
-
 def _grid_sync_kernel():
-    """The persistent barrier-loop kernel (defined lazily: Triton is imported only here).
+    """The probe kernels (:mod:`benchmarks.step_probes`, imported here: Triton only on demand)."""
+    from . import step_probes
 
-    It calls tier 2's own barrier (:func:`fastrnn.kernels.persistent.grid_barrier`), so the floor is
-    what a tier-2 step pays for synchronisation, and nothing else."""
-    global _KERNEL
-    if _KERNEL is None:
-        import triton
-        import triton.language as tl
-
-        from fastrnn.kernels.persistent import grid_barrier
-
-        @triton.jit
-        def _grid_sync_loop_kernel(sync_ptr, steps, max_spin, NUM_PROGRAMS: tl.constexpr):
-            # sync_ptr: (64,) int32 zeros: the counter at 0, the timeout flag at 32.
-            budget = max_spin
-            for s in range(steps):
-                ok = grid_barrier(sync_ptr, sync_ptr + 32, (s + 1) * NUM_PROGRAMS, budget)
-                budget = tl.where(ok, budget, -1)
-
-        @triton.jit
-        def _cta_loop_kernel(x_ptr, steps):
-            # one program: a dependent FMA and a CTA barrier per step (the on-chip step floor)
-            offs = tl.arange(0, 128)
-            x = tl.load(x_ptr + offs)
-            for _ in range(steps):
-                x = x * 0.5 + 1.0
-                tl.debug_barrier()
-            tl.store(x_ptr + offs, x)
-
-        _KERNEL = (_grid_sync_loop_kernel, _cta_loop_kernel)
-    return _KERNEL
+    return step_probes.grid_sync_loop_kernel, step_probes.cta_loop_kernel, step_probes.cta_step_kernel
 
 
 def grid_sync_probe(device: torch.device | None = None) -> dict[str, Any]:
@@ -269,7 +247,7 @@ def grid_sync_probe(device: torch.device | None = None) -> dict[str, Any]:
     from fastrnn.kernels.persistent import MAX_SPIN
 
     device = device or torch.device("cuda")
-    kernel, cta_kernel = _grid_sync_kernel()
+    kernel, cta_kernel, step_kernel = _grid_sync_kernel()
     nprog = torch.cuda.get_device_properties(device).multi_processor_count
     sync = torch.zeros(64, dtype=torch.int32, device=device)
 
@@ -289,10 +267,15 @@ def grid_sync_probe(device: torch.device | None = None) -> dict[str, Any]:
     x = torch.zeros(128, device=device)
     c1 = _best_cuda_ms(lambda: cta_kernel[(1,)](x, s1, num_warps=4), reps=5)
     c2 = _best_cuda_ms(lambda: cta_kernel[(1,)](x, s2, num_warps=4), reps=5)
-    return {"grid_sync_us": (t2 - t1) * 1e3 / (s2 - s1), "programs": nprog, "cta_sync_us": (c2 - c1) * 1e3 / (s2 - s1)}
+    h = torch.randn(16, 16, device=device).half()
+    w = (torch.randn(16, 16, device=device) / 4).half()
+    d1 = _best_cuda_ms(lambda: step_kernel[(1,)](h, w, s1, num_warps=1), reps=5)
+    d2 = _best_cuda_ms(lambda: step_kernel[(1,)](h, w, s2, num_warps=1), reps=5)
+    return {"grid_sync_us": (t2 - t1) * 1e3 / (s2 - s1), "programs": nprog, "cta_sync_us": (c2 - c1) * 1e3 / (s2 - s1),
+            "cta_step_us": (d2 - d1) * 1e3 / (s2 - s1)}  # fmt: skip
 
 
-def _grid_sync_subprocess() -> tuple[float | None, str | None, float | None]:
+def _grid_sync_subprocess() -> tuple[float | None, str | None, float | None, float | None]:
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
@@ -306,14 +289,14 @@ def _grid_sync_subprocess() -> tuple[float | None, str | None, float | None]:
             timeout=GRID_SYNC_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
-        return None, f"grid barrier probe timed out after {GRID_SYNC_TIMEOUT_S} s", None
+        return None, f"grid barrier probe timed out after {GRID_SYNC_TIMEOUT_S} s", None, None
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return None, f"grid barrier probe failed (rc={proc.returncode}): {tail[0]}", None
+        return None, f"grid barrier probe failed (rc={proc.returncode}): {tail[0]}", None, None
     result = json.loads(lines[-1])
     note = f"{result['programs']} programs (one per SM), cooperative launch"
-    return float(result["grid_sync_us"]), note, result.get("cta_sync_us")
+    return float(result["grid_sync_us"]), note, result.get("cta_sync_us"), result.get("cta_step_us")
 
 
 def main(argv: list[str] | None = None) -> int:

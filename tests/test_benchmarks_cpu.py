@@ -377,7 +377,8 @@ def test_gpu_check_plan_and_summary(tmp_path):
 
 
 def test_seq_floor_uses_the_on_chip_step_only_when_one_sm_holds_the_weights():
-    """A recurrence whose W_hh fits one SM is charged ``cta_sync_us`` a step, else ``step_us``."""
+    """A recurrence whose W_hh fits one SM is charged ``cta_step_us`` a step (a record without it:
+    ``cta_sync_us``), else ``step_us``."""
     from benchmarks.cases import Cost
     from benchmarks.floors import row_floors
 
@@ -396,6 +397,29 @@ def test_seq_floor_uses_the_on_chip_step_only_when_one_sm_holds_the_weights():
     assert f_small["seq_floor_ms"] == pytest.approx(1000 * 0.5e-3)
     assert f_large["seq_step_source"] == "grid_sync_us"
     assert f_large["seq_floor_ms"] == pytest.approx(1000 * 4.0e-3)
+    stepped = row_floors(small, dict(machine, cta_step_us=0.8), "bf16")  # the dependent-step probe measured
+    assert stepped["seq_step_source"] == "cta_step_us" and stepped["seq_floor_ms"] == pytest.approx(1000 * 0.8e-3)
+    assert row_floors(large, dict(machine, cta_step_us=0.8), "bf16")["seq_step_source"] == "grid_sync_us"
     # a machine record from before the CTA probe (or without it) charges step_us to every row
     old = {k: v for k, v in machine.items() if k not in ("cta_sync_us", "smem_per_sm")}
     assert row_floors(small, old, "bf16")["seq_floor_ms"] == pytest.approx(1000 * 4.0e-3)
+
+
+@pytest.mark.interpreter
+def test_the_dependent_step_probe_computes_a_recurrence():
+    """The on-chip step floor's probe kernel runs the chain it claims (h <- tanh(h W) each step,
+    fp16 state), checked in Triton's interpreter against torch.  Kills: a probe whose loop the
+    compiler could drop or that skips the product."""
+    import fastrnn  # noqa: F401  (decides interpreted vs compiled kernels first)
+    from benchmarks import floors
+
+    step = floors._grid_sync_kernel()[2]
+    torch.manual_seed(0)
+    h0 = torch.randn(16, 16).half()
+    w = (torch.randn(16, 16) / 4).half()
+    h = h0.clone()
+    step[(1,)](h, w, 3, num_warps=1)
+    want = h0
+    for _ in range(3):
+        want = torch.tanh(want.float() @ w.float()).half()
+    torch.testing.assert_close(h, want, atol=2e-3, rtol=2e-3)
