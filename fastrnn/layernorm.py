@@ -2,7 +2,7 @@
 zoneout and recurrent DropConnect, on the same kernels as the ``torch.nn`` drop-ins.
 
 The maths follow haste's ``LayerNormLSTM``/``LayerNormGRU`` (Ba et al. 2016; stated in
-``fastrnn/kernels/cells.py``): layer norm over all ``G*H`` gate pre-activations of the input part
+:mod:`fastrnn.kernels.cells`): layer norm over all ``G*H`` gate pre-activations of the input part
 and of the recurrent part (one mean and variance per row for all gates, a gain ``gamma`` per
 unit, no shift: the biases follow), and for the LSTM a layer norm of ``c_t`` (gain and shift)
 before the output ``tanh``.  The parameters are ``torch.nn``'s (``weight_ih_l0``, ``weight_hh_l0``,

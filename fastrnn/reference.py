@@ -12,7 +12,7 @@ not share code with them.  One layer and one direction at a time:
 which low-precision results are judged.
 
 Each cell's step is registered here (:func:`register`), beside its spec and kernel maths in
-``fastrnn/kernels/cells.py``, with the same interface as the kernel maths (lists instead of
+:mod:`fastrnn.kernels.cells`, with the same interface as the kernel maths (lists instead of
 tuples, ``saved`` a dict)::
 
     forward(px, ph, h, c) -> (m, c_new, saved)
@@ -32,7 +32,7 @@ The cells of ``torch.nn`` (gate order as ``torch.nn``)::
           h' = (1 - z) n + z h
 
 The layer-normalised cells (``LN_LSTM``, ``LN_GRU``; haste's formulation, see
-``fastrnn/kernels/cells.py``) use the extended interface, with their parameter vectors ``prm``
+:mod:`fastrnn.kernels.cells`) use the extended interface, with their parameter vectors ``prm``
 (a list of ``(H,)`` tensors) and the step's zoneout keep mask ``zm`` (``(B, H)``, a keep
 probability, or ``None``)::
 

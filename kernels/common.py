@@ -335,11 +335,6 @@ def element_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def triton_version() -> tuple[int, int]:
-    major, minor = (int(x) for x in triton.__version__.split(".")[:2])
-    return major, minor
-
-
 @functools.cache
 def warn_once(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=3)

@@ -25,8 +25,8 @@ on that).
 
 Precision: loads in the storage dtype, state ``h``/``c`` and accumulation in ``ACC`` (fp32, or
 fp64 for fp64 tensors), stores in the output dtype.  Offsets are int64.  Optional tensors are
-passed as ``None`` (a compile-time constant in Triton) with their ``HAS_*`` flag derived once, in
-:func:`_flags`.
+passed as ``None`` (a compile-time constant in Triton) with their ``HAS_*`` flag derived once
+(:func:`.common.flags`).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def _train(model, steps: int, seed: int = 0) -> list[float]:
     return losses
 
 
-@pytest.mark.parametrize("cell", ["LSTM"])  # the issue asks for LSTM; GRU/RNN gradients are covered in test_modules
+@pytest.mark.parametrize("cell", ["LSTM"])  # the most gates; GRU/RNN gradients are covered in test_modules
 @pytest.mark.parametrize("steps", [100, pytest.param(200, marks=pytest.mark.slow)])  # 100: the loss has halved
 def test_loss_curves_agree(cell, steps):
     fast_cls, torch_cls = TWINS[cell]
