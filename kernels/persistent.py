@@ -669,9 +669,10 @@ def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int, ker
       slice is streamed from L2 in ``BLOCK_K`` chunks at 4 warps (16-bit backwards: 256-wide
       chunks split across 8 warps, :data:`STREAMED_SPLIT_BLOCK_K`);
     * fp32 in ``"tf32x3"`` (three tensor-core products: split operands live in registers) keeps
-      each resident chunk of K at most 128 wide in the forward and 64 in the backward (more
-      chunks: RNN H = 1024 forward 8) and streams the backward's slice from K = 1024 (it spills
-      split in 8 or 16); streamed chunks stay 16 wide (32 spills the tier-2 LSTM forward);
+      each resident chunk of K at most 32 wide (64: the GRU H = 256 backward spills with triton
+      3.6) and streams the slice from K = 1024 (resident, split in 8 or 16, the backward spills,
+      and the forward with triton 3.6); streamed chunks stay 16 wide (32 spills the tier-2 LSTM
+      forward);
     * ``maxnreg = 255`` (left alone, ptxas parks a few bytes in local memory inside the loop in
       about one config in ten); 2 pipeline stages, 3 for fp32/fp64 streamed builds, 1 for the
       fp64 streamed backward."""
@@ -686,7 +687,7 @@ def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int, ker
         and slice_bytes <= limits[size]
         and smem_needed <= (smem_bytes or DEFAULT_SMEM_BYTES)
         and releases.compiler_abort(mode, dtype, 2) is None
-        and not (x3 and kernel == "bwd" and k_pad > 512)
+        and not (x3 and k_pad > 512)
     )
     if not resident:
         if kernel == "bwd" and size == 2 and k_pad >= STREAMED_SPLIT_BLOCK_K:
@@ -697,7 +698,7 @@ def multi_config(mode: str, hidden_size: int, dtype: torch.dtype, tier: int, ker
         return MultiConfig(False, min(BLOCK_K_STREAMED[size], k_pad), 4, stages, 255, 1)
     split = 1 if size == 8 else RESIDENT_SPLIT_K
     if x3:
-        split = max(split, k_pad // (64 if kernel == "bwd" else 128))
+        split = max(split, k_pad // 32)
     return MultiConfig(True, k_pad, 8, 2, 255, max(1, min(split, k_pad // 16)))
 
 
