@@ -241,16 +241,13 @@ def recurrent_stack(
     )  # fmt: skip
 
 
-def _run(mode: str, input, weights, h0, c0, *, batch_first: bool, return_states: bool = False, **options):
+def _run(mode: str, input, weights, h0, c0, batch_first: bool, options: dict):
     """:func:`recurrent_stack` on ``input`` in the caller's layout (``batch_first``: (B, T, ...));
-    ``options`` are its keywords."""
+    ``options`` are its keywords.  Returns its results, the sequences in the caller's layout."""
     x = input.transpose(0, 1) if batch_first else input
-    res = recurrent_stack(mode, x, weights, h0, c0, return_states=return_states, **options)
+    res = recurrent_stack(mode, x, weights, h0, c0, **options)
     tm = lambda t: t.transpose(0, 1) if batch_first else t
-    out, h_n, c_n = res[:3]
-    if return_states:
-        return tm(out), h_n, c_n, tm(res[3])
-    return tm(out), h_n, c_n
+    return (tm(res[0]), res[1], res[2], *(tm(t) for t in res[3:]))
 
 
 def rnn(
@@ -259,27 +256,17 @@ def rnn(
     hx: torch.Tensor | None = None,
     *,
     nonlinearity: str = "tanh",
-    num_layers: int = 1,
-    bias: bool = True,
     batch_first: bool = False,
-    dropout: float = 0.0,
-    training: bool = False,
-    bidirectional: bool = False,
-    lengths: torch.Tensor | None = None,
-    allow_tf32: bool = False,
-    fp32_precision: str | None = None,
+    **options,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Elman RNN stack: ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``.
 
-    ``input`` (T, B, I) (or (B, T, I) with ``batch_first``), ``hx`` (L*D, B, H).
+    ``input`` (T, B, I) (or (B, T, I) with ``batch_first``), ``hx`` (L*D, B, H).  ``options``:
+    :func:`recurrent_stack`'s keywords (``num_layers``, ``bias``, ``dropout``, ``training``,
+    ``bidirectional``, ``lengths``, ``allow_tf32``, ``fp32_precision``, ...).
     Returns ``(output (T, B, D*H), h_n (L*D, B, H))``.
     """
-    mode = cells.rnn_mode(nonlinearity)
-    out, h_n, _ = _run(
-        mode, input, weights, hx, None, batch_first=batch_first, num_layers=num_layers, bias=bias, dropout=dropout,
-        training=training, bidirectional=bidirectional, lengths=lengths, allow_tf32=allow_tf32,
-        fp32_precision=fp32_precision,
-    )  # fmt: skip
+    out, h_n, _ = _run(cells.rnn_mode(nonlinearity), input, weights, hx, None, batch_first, options)
     return out, h_n
 
 
@@ -288,21 +275,13 @@ def lstm(
     weights: Sequence[torch.Tensor],
     hx: tuple[torch.Tensor, torch.Tensor] | None = None,
     *,
-    num_layers: int = 1,
-    bias: bool = True,
     batch_first: bool = False,
-    dropout: float = 0.0,
-    training: bool = False,
-    bidirectional: bool = False,
-    proj_size: int = 0,
-    lengths: torch.Tensor | None = None,
-    allow_tf32: bool = False,
-    return_states: bool = False,
-    fp32_precision: str | None = None,
+    **options,
 ):
     """LSTM stack (gate order i, f, g, o; optional projection ``h_t = W_hr (o * tanh(c_t))``).
 
-    ``input`` (T, B, I), ``hx = (h_0 (L*D, B, P), c_0 (L*D, B, H))`` with ``P = proj_size or H``.
+    ``input`` (T, B, I), ``hx = (h_0 (L*D, B, P), c_0 (L*D, B, H))`` with ``P = proj_size or H``;
+    ``options`` as :func:`rnn`'s, plus ``proj_size`` and ``return_states``.
     Returns ``(output (T, B, D*P), (h_n (L*D, B, P), c_n (L*D, B, H)))``; with ``return_states``
     also ``c_states`` (T, B, L*D*H) (``(B, T, L*D*H)`` with ``batch_first``): the cell state of
     every step, layer and direction (layer ``l``, direction ``d`` at ``(l*D + d)*H``), computed
@@ -313,14 +292,8 @@ def lstm(
         out, (h_n, c_n), c_states = fastrnn.functional.lstm(x, lstm._flat_weights, return_states=True)
     """
     h0, c0 = hx if hx is not None else (None, None)
-    res = _run(
-        "LSTM", input, weights, h0, c0, batch_first=batch_first, num_layers=num_layers, bias=bias, dropout=dropout,
-        training=training, bidirectional=bidirectional, proj_size=proj_size, lengths=lengths, allow_tf32=allow_tf32,
-        return_states=return_states, fp32_precision=fp32_precision,
-    )  # fmt: skip
-    if return_states:
-        return res[0], (res[1], res[2]), res[3]
-    return res[0], (res[1], res[2])
+    out, h_n, c_n, *states = _run("LSTM", input, weights, h0, c0, batch_first, options)
+    return (out, (h_n, c_n), *states)
 
 
 def gru(
@@ -328,23 +301,13 @@ def gru(
     weights: Sequence[torch.Tensor],
     hx: torch.Tensor | None = None,
     *,
-    num_layers: int = 1,
-    bias: bool = True,
     batch_first: bool = False,
-    dropout: float = 0.0,
-    training: bool = False,
-    bidirectional: bool = False,
-    lengths: torch.Tensor | None = None,
-    allow_tf32: bool = False,
-    fp32_precision: str | None = None,
+    **options,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GRU stack with PyTorch's maths (gate order r, z, n; ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))``).
 
-    ``input`` (T, B, I), ``hx`` (L*D, B, H).  Returns ``(output (T, B, D*H), h_n (L*D, B, H))``.
+    ``input`` (T, B, I), ``hx`` (L*D, B, H); ``options`` as :func:`rnn`'s.  Returns ``(output (T,
+    B, D*H), h_n (L*D, B, H))``.
     """
-    out, h_n, _ = _run(
-        "GRU", input, weights, hx, None, batch_first=batch_first, num_layers=num_layers, bias=bias, dropout=dropout,
-        training=training, bidirectional=bidirectional, lengths=lengths, allow_tf32=allow_tf32,
-        fp32_precision=fp32_precision,
-    )  # fmt: skip
+    out, h_n, _ = _run("GRU", input, weights, hx, None, batch_first, options)
     return out, h_n

@@ -40,25 +40,12 @@ from .modules import RecurrentBase, check_states, layout, package_outputs
 
 
 def layer_norm_stack(
-    mode: str,
-    input: torch.Tensor,
-    weights: list[torch.Tensor],
-    norms: list[tuple[torch.Tensor, ...]],
-    h0: torch.Tensor | None = None,
-    c0: torch.Tensor | None = None,
-    *,
-    num_layers: int = 1,
-    bias: bool = True,
-    bidirectional: bool = False,
-    dropout: float = 0.0,
-    training: bool = False,
-    lengths: torch.Tensor | None = None,
-    allow_tf32: bool = False,
-    zoneout: torch.Tensor | float | None = None,
-    tier: int | None = None,
-    return_states: bool = False,
-    plan=None,
-) -> tuple[torch.Tensor, ...]:
+    mode: str, input: torch.Tensor, weights: list[torch.Tensor], norms: list[tuple[torch.Tensor, ...]],
+    h0: torch.Tensor | None = None, c0: torch.Tensor | None = None, *, num_layers: int = 1, bias: bool = True,
+    bidirectional: bool = False, dropout: float = 0.0, training: bool = False, lengths: torch.Tensor | None = None,
+    allow_tf32: bool = False, zoneout: torch.Tensor | float | None = None, tier: int | None = None,
+    return_states: bool = False, plan=None,
+) -> tuple[torch.Tensor, ...]:  # fmt: skip
     """A stack of layer-normalised layers (``mode`` ``"LN_LSTM"`` or ``"LN_GRU"``).
 
     Args:

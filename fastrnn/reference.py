@@ -447,22 +447,11 @@ def layer_backward(
 
 
 def stack_forward(
-    mode: str,
-    x: torch.Tensor,
-    weights,
-    h0: torch.Tensor | None = None,
-    c0: torch.Tensor | None = None,
-    *,
-    num_layers: int = 1,
-    bias: bool = True,
-    bidirectional: bool = False,
-    proj_size: int = 0,
-    lengths: torch.Tensor | None = None,
-    upcast: bool = False,
-    dropout: float = 0.0,
-    training: bool = False,
+    mode: str, x: torch.Tensor, weights, h0: torch.Tensor | None = None, c0: torch.Tensor | None = None, *,
+    num_layers: int = 1, bias: bool = True, bidirectional: bool = False, proj_size: int = 0,
+    lengths: torch.Tensor | None = None, upcast: bool = False, dropout: float = 0.0, training: bool = False,
     return_states: bool = False,
-):
+):  # fmt: skip
     """A ``torch.nn``-style stack over ``_flat_weights``-ordered weights.
 
     ``x`` (T, B, I) time-major.  Returns ``(out (T,B,D*P), h_n (L*D,B,P), c_n or None)``, and

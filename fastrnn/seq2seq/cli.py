@@ -316,10 +316,7 @@ def _plot_buckets(table: list[tuple], path: str, title: str, with_bleu: bool) ->
         ax.set_ylabel("exact match (%)")
     ax.set_xticks(x, [t[0] for t in table])
     ax.set_xlabel("source length (tokens)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from .demo import finish_figure
+
+    finish_figure(fig, ax, title, path)
     return path

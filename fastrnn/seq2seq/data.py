@@ -328,24 +328,17 @@ def _random_date_pair(rng: random.Random) -> Pair:
     month = calendar.month_name[d.month].lower()
     mon = calendar.month_abbr[d.month].lower()
     weekday = calendar.day_name[d.weekday()].lower()
-    style = rng.randrange(8)
-    if style == 0:
-        src = f"the {_ordinal_words(d.day)} of {month}, {_year_words(d.year, rng)}"
-    elif style == 1:
-        src = f"{month} {_ordinal_words(d.day)}, {_year_words(d.year, rng)}"
-    elif style == 2:
-        src = f"{weekday}, {month} {_ordinal_digits(d.day)}, {d.year}"
-    elif style == 3:
-        src = f"{d.day} {month} {d.year}"
-    elif style == 4:
-        src = f"{mon} {d.day}, {d.year}"
-    elif style == 5:
-        src = f"{weekday} the {_ordinal_words(d.day)} of {month} {d.year}"
-    elif style == 6:
-        src = f"{_ordinal_digits(d.day)} of {month}, {_year_words(d.year, rng)}"
-    else:
-        src = f"{month} {d.day}, {_year_words(d.year, rng)}"
-    return src, d.isoformat()
+    styles = (  # only the chosen one is built: the years' wording draws from rng as before
+        lambda: f"the {_ordinal_words(d.day)} of {month}, {_year_words(d.year, rng)}",
+        lambda: f"{month} {_ordinal_words(d.day)}, {_year_words(d.year, rng)}",
+        lambda: f"{weekday}, {month} {_ordinal_digits(d.day)}, {d.year}",
+        lambda: f"{d.day} {month} {d.year}",
+        lambda: f"{mon} {d.day}, {d.year}",
+        lambda: f"{weekday} the {_ordinal_words(d.day)} of {month} {d.year}",
+        lambda: f"{_ordinal_digits(d.day)} of {month}, {_year_words(d.year, rng)}",
+        lambda: f"{month} {d.day}, {_year_words(d.year, rng)}",
+    )
+    return styles[rng.randrange(8)](), d.isoformat()
 
 
 # ----------------------------------------------------------------------------------------------

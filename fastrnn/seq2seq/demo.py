@@ -125,13 +125,20 @@ def plot(results: dict[str, dict], s: DemoSettings, path: Path) -> Path | None:
     ax.set_xlabel("source length (characters)")
     ax.set_ylabel("exact-match accuracy (%)")
     ax.set_ylim(-3, 103)
-    ax.set_title(f"reverse task: GRU encoder-decoder, {s.steps} training steps each, unseen pairs")
+    finish_figure(fig, ax, f"reverse task: GRU encoder-decoder, {s.steps} training steps each, unseen pairs", path)
+    return path
+
+
+def finish_figure(fig, ax, title: str, path) -> None:
+    """Title, grid and legend of a one-axes accuracy plot; write it to ``path`` (PNG) and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return path
 
 
 def run_demo(s: DemoSettings, out: str | Path = "fastrnn-demo", sequential: bool = False) -> dict[str, dict]:
