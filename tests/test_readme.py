@@ -4,6 +4,7 @@ README stays short."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -101,3 +102,24 @@ def test_tier_limits_table_is_generated():
         "docs/tiers.md's tier-1 limits differ from kernels/releases.json: "
         "paste the output of python -m fastrnn.kernels.report --limits-table"
     )
+
+
+def test_the_drop_in_snippet_runs_beside_a_folder_named_fastrnn(tmp_path):
+    """The README's drop-in example, run by a user from the folder that holds a clone (a folder
+    named ``fastrnn`` beside the current directory), imports the installed package, not that
+    folder as a namespace package.  Holds for the README's install (``pip install ".[...]"``); an
+    editable install's finder loses to such a folder, which the README says."""
+    import importlib.metadata
+    import json as _json
+    import subprocess
+    import sys
+
+    dist = importlib.metadata.distribution("fastrnn")
+    direct = dist.read_text("direct_url.json")
+    if direct and _json.loads(direct).get("dir_info", {}).get("editable"):
+        pytest.skip("fastrnn is installed editable (pip install -e): the README's install is not")
+    (tmp_path / "fastrnn").mkdir()  # the clone's folder, beside the current directory
+    code = _blocks(README)[0]
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
