@@ -84,8 +84,18 @@ ARCH = "sm_90a"
 #: reserved besides (``.nv.shared.<kernel>``: 1 KiB; counted against the limit to be safe).
 SMEM_LIMIT = 227 * 1024
 RESERVED_SMEM = 1024
-#: Registers of one SM; a thread may use at most 255.
+#: Registers of one SM (16384 per sub-partition; a CTA's warps are spread over the four), and a
+#: thread's maximum.
 SM_REGISTERS = 65536
+
+
+def register_cap(num_warps: int) -> int:
+    """The registers a thread of a one-CTA-per-SM kernel of ``num_warps`` warps may have: its
+    sub-partition holds ceil(num_warps / 4) of them (ptxas' limit under ``__launch_bounds__``:
+    168 for 9-12 warps, 128 for 13-16), at most 255, in steps of 8."""
+    return min(255, SM_REGISTERS // 4 // (-(-num_warps // 4) * 32) // 8 * 8)
+
+
 #: Cluster sizes, largest first: any number of CTAs up to 16 (above 8 non-portable, which H100 and
 #: H200 allow).
 CLUSTER_SIZES = tuple(range(16, 0, -1))
@@ -93,9 +103,10 @@ CLUSTER_SIZES = tuple(range(16, 0, -1))
 #: 11 warps of one k-step each, not one warp of 11).
 WARP_COUNTS = tuple(range(1, 17))
 #: Registers a thread keeps for everything but its A fragments, by direction: a base plus a share
-#: per (unit, sequence) pair it owns.  ptxas takes whatever the launch bounds allow, so this is a
-#: headroom rule, not a count: with it every configuration section 8 of kernels/NOTES.md lists
-#: compiles without spills (the kernel report checks each).
+#: per (unit, sequence) pair it owns (:func:`_work_registers` adds the accumulators).  ptxas takes
+#: whatever the launch bounds allow, so this is a headroom rule, not a count, fitted so that every
+#: size the tier takes compiles with no local memory in the time loop (kernels/NOTES.md section 8;
+#: ``tests/test_cuda_tier.py -m slow`` checks them all).
 WORK_REGISTERS = {"fwd": (64, 12), "bwd": (64, 20)}
 
 
@@ -370,9 +381,13 @@ def cluster_size(hidden_size: int) -> int | None:
     return None
 
 
-def _work_registers(kernel: str, pairs_per_thread: int) -> int:
+def _work_registers(kernel: str, pairs_per_thread: int, accumulators: int, cap: int) -> int:
+    """Registers a thread keeps besides its A fragments: :data:`WORK_REGISTERS`, in the forward the
+    accumulators beyond the 16 its base counts (the backward's base was fitted with them), and 8
+    more where ptxas' cap is below 255 (less room to schedule)."""
     base, per_pair = WORK_REGISTERS[kernel]
-    return base + per_pair * pairs_per_thread
+    extra = max(0, accumulators - 16) if kernel == "fwd" else 0
+    return base + per_pair * pairs_per_thread + extra + (8 if cap < 255 else 0)
 
 
 def layouts(mode: str, hidden_size: int, dtype: torch.dtype, kernel: str, batch_tile: int = 16,
@@ -395,9 +410,12 @@ def layouts(mode: str, hidden_size: int, dtype: torch.dtype, kernel: str, batch_
                     continue
                 mtw, ksw = (M // 16) // wm, (K // 16) // (nw // wm)
                 pp = -(-U * batch_tile // (nw * 32))
-                budget = min(255, SM_REGISTERS // (nw * 32)) // 8 * 8 - _work_registers(kernel, pp)
-                kreg = max(0, min(ksw, budget // (4 * mtw)))
                 acc = 2 if ksw >= 4 and mtw * batch_tile // 8 < 4 else 1
+                cap = register_cap(nw)
+                budget = cap - _work_registers(kernel, pp, 4 * acc * mtw * batch_tile // 8, cap)
+                if budget < 0:  # the pairs' own state alone exceeds the registers
+                    continue
+                kreg = min(ksw, budget // (4 * mtw))
                 cfg = ClusterConfig(mode, DTYPE_NAMES[dtype], kernel, hidden_size, c, batch_tile, nw, wm, kreg, acc,
                                     reduce)  # fmt: skip
                 if cfg.smem_bytes + RESERVED_SMEM <= smem_limit:
@@ -1121,23 +1139,26 @@ def analyse(cfg: ClusterConfig, build: Build) -> dict[str, Any]:
     )
 
 
-def report_configs(full: bool = False) -> list[ClusterConfig]:
+def report_configs(full: bool = False, every_size: bool = False) -> list[ClusterConfig]:
     """The configurations the report compiles: fp16 LSTM, GRU and tanh RNN at H 128-768 (176 and
-    336: clusters of 11 and 7 CTAs), both directions, both batch tiles (``full``: every cell and both
-    dtypes)."""
+    336: clusters of 11 and 7 CTAs), both directions, both batch tiles; ``full``: every cell and
+    both dtypes; ``every_size``: also every hidden size the tier takes (fp16, the three cells: bf16
+    and relu compile to the same resources)."""
     modes = tuple(CELL_IDS) if full else ("RNN_TANH", "GRU", "LSTM")
     dtypes = tuple(DTYPE_NAMES) if full else (torch.float16,)
-    out = []
-    for mode in modes:
-        for dtype in dtypes:
-            for hidden in (128, 176, 256, 336, 512, 768):
-                if _static_reason(mode, hidden, 0, dtype):
-                    continue
-                for kernel_ in ("fwd", "bwd"):
-                    for bt in (8, 16):
-                        if layouts(mode, hidden, dtype, kernel_, bt):
-                            out.append(choose_config(mode, hidden, dtype, kernel_, bt))
-    return out
+    wanted = [(mode, dtype, hidden) for mode in modes for dtype in dtypes for hidden in (128, 176, 256, 336, 512, 768)]
+    if every_size:
+        wanted += [(mode, torch.float16, hidden) for mode in ("RNN_TANH", "GRU", "LSTM")
+                   for hidden in supported_sizes(mode, torch.float16)]  # fmt: skip
+    out: list[ClusterConfig] = []
+    for mode, dtype, hidden in wanted:
+        if _static_reason(mode, hidden, 0, dtype):
+            continue
+        for kernel_ in ("fwd", "bwd"):
+            for bt in (8, 16):
+                if layouts(mode, hidden, dtype, kernel_, bt):
+                    out.append(choose_config(mode, hidden, dtype, kernel_, bt))
+    return list(dict.fromkeys(out))
 
 
 def report_row(cfg: ClusterConfig) -> dict[str, Any]:
@@ -1163,7 +1184,7 @@ def report_row(cfg: ClusterConfig) -> dict[str, Any]:
     row["compile_s"] = round(build.seconds if not build.cached else time.perf_counter() - start, 2)
     row["shared_bytes"] = facts["static_shared"] + cfg.smem_bytes
     row["shared_ok"] = row["shared_bytes"] <= SMEM_LIMIT
-    row["regs_ok"] = -(-facts["registers"] // 8) * 8 * cfg.threads <= SM_REGISTERS
+    row["regs_ok"] = facts["registers"] <= register_cap(cfg.num_warps)
     row["spills"] = bool(facts["stack_bytes"] or facts["local_insts"] or facts["spill_stores"])
     row["loop_spills"] = facts.get("loop_local_insts", 0) > 0
     row["tensor_core_ops"] = {"HMMA": facts.get("hmma", 0)}
