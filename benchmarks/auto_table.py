@@ -25,6 +25,8 @@ from typing import Any
 from fastrnn.auto import TABLE_PATH, ShapeClass, bucket
 from fastrnn.modules import resolve
 
+from .results import load
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 DTYPES = {"fp16": "torch.float16", "bf16": "torch.bfloat16", "fp32": "torch.float32", "fp64": "torch.float64"}
@@ -35,7 +37,7 @@ def result_documents(root: Path = RESULTS) -> list[tuple[Path, dict[str, Any]]]:
     for path in sorted(root.rglob("*.json")):
         if path.name not in ("results.json", "bench-quick-results.json"):
             continue
-        doc = json.loads(path.read_text())
+        doc = load(path)
         if doc.get("suite") == "gpu" and doc.get("env", {}).get("gpu"):
             docs.append((path, doc))
     return docs
@@ -51,7 +53,7 @@ def row_class(row: dict[str, Any]) -> ShapeClass | None:
         return None
     return ShapeClass(
         mode, DTYPES[c["dtype"]], int(c["layers"]), bool(c["bidir"]), bool(c["packed"]),
-        c["kind"] == "embed", int(c["H"]), 0, bucket(int(c["B"]), 2), bucket(int(c["T"]), 4), c["mode"] == "fwdbwd",
+        c["kind"] == "embed", int(c["H"]), 0, bucket(int(c["B"]), 2), bucket(int(c["T"]), 4), c["run"] == "fwdbwd",
     )  # fmt: skip
 
 

@@ -93,7 +93,7 @@ def setup(case: Case, device: torch.device, seed: int) -> Workload:
     import fastrnn
 
     torch.manual_seed(seed)
-    dtype, train = case.torch_dtype, case.mode == "fwdbwd"
+    dtype, train = case.torch_dtype, case.run == "fwdbwd"
     if case.kind == "lnrnn":
         cls = getattr(fastrnn, ln_cells()[case.cell][0])
         module = cls(case.H, case.H, device=device, dtype=dtype, zoneout=ZONEOUT, backend="torch")
@@ -135,7 +135,7 @@ def _copy(wl: Workload, backend: str) -> nn.Module:
 
 def _states_step(case: Case, module: nn.Module, wl: Workload):
     """A timed call with ``return_states=True``; training: backward through output and states."""
-    if case.mode == "fwd":
+    if case.run == "fwd":
         module.eval()
 
         def step():
@@ -201,7 +201,7 @@ def build_cudnn(case: Case, wl: Workload, device: torch.device):
     ref.load_state_dict({k: v for k, v in m.state_dict().items() if k in ref.state_dict()})
     if case.kind == "lnrnn":  # different maths: keep its output out of max_abs_diff (a list, not a tensor)
         fwd = make_step(case, lambda: _data(case, ref(wl.input)[0]), [ref], wl.grad_out, wl.leaf)
-        step = (lambda: [fwd()]) if case.mode == "fwd" else fwd
+        step = (lambda: [fwd()]) if case.run == "fwd" else fwd
         step.note = f"torch.nn.{family} without layer norm (none in torch.nn/cuDNN): the plain layer's time"
     else:
         step = make_step(case, lambda: _data(case, ref(wl.input)[0]), [ref], wl.grad_out, wl.leaf)
@@ -216,7 +216,7 @@ def cost(case: Case, seed: int) -> Cost:
     """The recurrent stack's cost (:func:`benchmarks.rnn.cost`) of the same shape; the layer
     norms' and the states' extra bytes are small next to it and left out (a floor)."""
     family = ln_cells()[case.cell][1] if case.kind == "lnrnn" else case.cell
-    base = Case("rnn", family, case.dtype, case.B, case.H, case.T, case.layers, case.bidir, case.packed, case.mode)
+    base = Case("rnn", family, case.dtype, case.B, case.H, case.T, case.layers, case.bidir, case.packed, case.run)
     c = rnn_cost(base, seed)
     return Cost(c.bytes, c.flops, c.steps, tokens(case, seed), c.recurrent_bytes)
 

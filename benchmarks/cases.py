@@ -1,7 +1,7 @@
 """What a benchmark row is, and the registry of *case kinds* that produce rows.
 
 A **row** (:class:`Case`) is one point of the grid: one kind of workload (``kind``), one cell,
-dtype, shape and mode.  Every provider of the run measures the same row side by side.
+dtype, shape and run (forward, or a training step).  Every provider of the run measures the same row side by side.
 
 A **case kind** (:class:`CaseKind`) says how to run a family of rows: how to set up the shared
 workload (weights, random inputs), how each provider builds a callable for it, what the row costs
@@ -35,7 +35,7 @@ DTYPES: dict[str, torch.dtype] = {
     "fp64": torch.float64,
 }
 
-#: Row modes: ``fwd`` is inference (``eval()`` + ``torch.no_grad()``); ``fwdbwd`` is a training
+#: Row runs: ``fwd`` is inference (``eval()`` + ``torch.no_grad()``); ``fwdbwd`` is a training
 #: step (``train()``, forward, then backward from a random output gradient).
 MODES = ("fwd", "fwdbwd")
 
@@ -69,7 +69,7 @@ class Case:
     layers: int = 1
     bidir: bool = False
     packed: bool = False
-    mode: str = "fwd"
+    run: str = "fwd"  # what the timed call runs: "fwd" (inference) or "fwdbwd" (a training step)
     extra: tuple[tuple[str, Any], ...] = ()
 
     @property
@@ -85,7 +85,7 @@ class Case:
             f"L{self.layers}",
             "bi" if self.bidir else "uni",
             "packed" if self.packed else "dense",
-            self.mode,
+            self.run,
         ]
         parts += [f"{k}{v}" for k, v in self.extra]
         return "/".join(parts)
@@ -195,7 +195,7 @@ SUITES = {s.name: s for s in (GPU_SUITE, CPU_SUITE)}
 
 
 # ---------------------------------------------------------------------------------------------
-# --filter: "LSTM", "H=256", "H=256,512", "B>=64", "dtype!=fp32", "mode=fwd"; terms are ANDed.
+# --filter: "LSTM", "H=256", "H=256,512", "B>=64", "dtype!=fp32", "run=fwd"; terms are ANDed.
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<=": operator.le,
@@ -231,7 +231,7 @@ def compile_filter(terms: Sequence[str]) -> Callable[[Case], bool]:
     substring of the row key (``rnn/LSTM/fp16/B16/H768/T1024/L1/uni/dense/fwd``).  A term may hold
     several space-separated terms.
 
-    >>> keep = compile_filter(["LSTM", "H>=512", "mode=fwd"])
+    >>> keep = compile_filter(["LSTM", "H>=512", "run=fwd"])
     """
     preds: list[Callable[[Case], bool]] = []
     for chunk in terms:
@@ -246,8 +246,13 @@ def compile_filter(terms: Sequence[str]) -> Callable[[Case], bool]:
     return lambda case: all(p(case) for p in preds)
 
 
+#: Former names of fields, still understood in filters: ``mode`` was ``run``'s.
+_FIELD_ALIASES = {"mode": "run"}
+
+
 def _field_pred(name: str, op: str, raw: str) -> Callable[[Case], bool]:
     fn = _OPS[op]
+    name = _FIELD_ALIASES.get(name, name)
     values = raw.split(",") if op in ("=", "!=") else [raw]
 
     def pred(case: Case) -> bool:

@@ -203,7 +203,7 @@ def measure_row(
     results: dict[str, dict[str, Any]] = {}
     fatal = None
     outputs: dict[str, torch.Tensor | None] = {}
-    compare = case.mode == "fwd"
+    compare = case.run == "fwd"
     try:
         wl = kind.setup(case, device, seed)
     except Exception as e:
@@ -274,7 +274,8 @@ def measure_row(
         if suite.subject in samples and suite.baseline in samples:
             paired = paired_ratio(samples[suite.subject], samples[suite.baseline])
         for p, step in steps.items():
-            _recorded(step, results[p])
+            if p in results:
+                _recorded(step, results[p])
     for p in providers:
         if p not in results and subject_failed():
             results[p] = {"status": "skipped", "reason": f"{suite.subject} cannot run this row (--only-comparable)"}

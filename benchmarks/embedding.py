@@ -69,7 +69,7 @@ def setup(case: Case, device: torch.device, seed: int) -> EmbedWorkload:
         inp = ids
         batch_sizes = [case.B] * case.T
         out_shape = (case.T, case.B, case.directions * case.H)
-    train = case.mode == "fwdbwd"
+    train = case.run == "fwdbwd"
     grad_out = torch.randn(out_shape, device=device, dtype=case.torch_dtype, generator=gen) if train else None
     return EmbedWorkload(ref, inp, batch_sizes, grad_out)
 
@@ -161,7 +161,7 @@ def cost(case: Case, seed: int) -> Cost:
     elem = torch.empty((), dtype=case.torch_dtype).element_size()
     N = tokens(case, seed)
     m = min(N, V)
-    train = case.mode == "fwdbwd"
+    train = case.run == "fwdbwd"
     k = 3 if train else 1
     flops = 0.0
     nbytes = 8.0 * N * (2 if train else 1)  # ids

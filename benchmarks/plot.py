@@ -14,7 +14,6 @@ display needed.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections import Counter
@@ -22,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from .cases import PROVIDER_LABELS
+from .results import load
 
 SLICE_FIELDS = ("T", "layers", "bidir", "packed")
-_AXES = ("kind", "cell", "dtype", "B", "H", "mode")
+_AXES = ("kind", "cell", "dtype", "B", "H", "run")
 _TIED_TO_H = {"E", "I"}
 _TICKS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0, 8.0, 16.0)
 
@@ -80,8 +80,8 @@ def _plot_kind(doc, kind, rows, out_dir, plt, np, TwoSlopeNorm, fixed) -> list[P
     sub = PROVIDER_LABELS.get(doc["subject"], doc["subject"])
     device = doc["env"].get("gpu") or "CPU"
     paths = []
-    for mode in sorted({r["case"]["mode"] for r in picked}):
-        mrows = [r for r in picked if r["case"]["mode"] == mode]
+    for mode in sorted({r["case"]["run"] for r in picked}):
+        mrows = [r for r in picked if r["case"]["run"] == mode]
         panels = sorted({(r["case"]["cell"], r["case"]["dtype"]) for r in mrows})
         cells = sorted({c for c, _ in panels})
         dtypes = sorted({d for _, d in panels})
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.results)
     if path.is_dir():
         path = path / "results.json"
-    doc = json.loads(path.read_text())
+    doc = load(path)
     paths = plot_document(
         doc,
         Path(args.out) if args.out else path.parent,

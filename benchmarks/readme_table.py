@@ -19,10 +19,11 @@ headline row (cuDNN's best case) and how many entries per dtype are above 1.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from .results import load
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results"
@@ -41,7 +42,7 @@ def latest_results(root: Path = RESULTS) -> Path:
     for path in sorted(root.rglob("*.json")):
         if path.name not in ("results.json", "bench-quick-results.json"):
             continue
-        doc = json.loads(path.read_text())
+        doc = load(path)
         if doc.get("suite") == "gpu" and doc.get("grid") == "quick" and doc.get("env", {}).get("gpu"):
             found.append((doc["env"].get("date", ""), str(path), path))
     if not found:
@@ -74,7 +75,7 @@ def table(doc: dict[str, Any], source: str) -> str:
         raise ValueError(f"{source}: no one-layer unidirectional dense rnn rows")
     T = max(r["case"]["T"] for r in plain)
     plain = [r for r in plain if r["case"]["T"] == T]
-    by = {(c["cell"], c["dtype"], c["B"], c["H"], c["mode"]): r for r in plain for c in [r["case"]]}
+    by = {(c["cell"], c["dtype"], c["B"], c["H"], c["run"]): r for r in plain for c in [r["case"]]}
     combos = sorted(
         {(k[0], k[1]) for k in by},
         key=lambda cd: (CELL_ORDER.index(cd[0]) if cd[0] in CELL_ORDER else 99, DTYPE_ORDER.index(cd[1])),
@@ -111,7 +112,7 @@ def table(doc: dict[str, Any], source: str) -> str:
         lines.append(f"| {cell} | {dtype} | " + " | ".join(entries) + " |")
     lines.append("")
     for r in rows:
-        if r.get("tier") != 0 or r["case"]["mode"] != "fwd":
+        if r.get("tier") != 0 or r["case"]["run"] != "fwd":
             continue
         c = r["case"]
         res = r.get("results", {})
@@ -136,7 +137,7 @@ def render(results: Path | None = None) -> str:
         source = path.relative_to(REPO_ROOT).as_posix()
     except ValueError:
         source = path.name
-    return table(json.loads(path.read_text()), source)
+    return table(load(path), source)
 
 
 def replace_block(text: str, block: str) -> str:

@@ -113,6 +113,29 @@ def device_slug(env: dict[str, Any]) -> str:
 # Storage
 
 
+def upgrade(doc: dict[str, Any]) -> dict[str, Any]:
+    """A results document (or a row) of any version, in this version's field names: a row's
+    ``case.mode`` (what its timed call runs, before the field was named ``run``) becomes
+    ``case.run``, and so do the summary's and the CPU overhead's.  In place; returns ``doc``."""
+    for row in doc.get("rows", [doc] if "case" in doc else []):
+        case = row.get("case", {})
+        if "mode" in case and "run" not in case:
+            case["run"] = case.pop("mode")
+    for s in doc.get("summary", []) if isinstance(doc.get("summary"), list) else []:
+        if "mode" in s and "run" not in s:
+            s["run"] = s.pop("mode")
+    ov = doc.get("cpu_overhead")
+    if isinstance(ov, dict) and "by_mode" in ov:
+        ov["by_run"] = ov.pop("by_mode")
+    return doc
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A results document (``results.json``, ``bench-quick-results.json``) in this version's field
+    names (:func:`upgrade`)."""
+    return upgrade(json.loads(Path(path).read_text()))
+
+
 def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], set[str]]:
     """``(runs, rows by key, keys of rows started)`` from a ``rows.jsonl``.
 
@@ -128,7 +151,7 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], dict[str, dict[str, An
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = upgrade(json.loads(line))
         except json.JSONDecodeError:
             continue
         kind = rec.get("type")
@@ -257,20 +280,20 @@ def _geomean(xs: list[float]) -> float | None:
 
 
 def summarize(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per (kind, cell, dtype, mode): rows, rows the subject ran, geomean/min/max speed-up."""
+    """Per (kind, cell, dtype, run): rows, rows the subject ran, geomean/min/max speed-up."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in doc["rows"]:
         c = row["case"]
-        groups.setdefault((c["kind"], c["cell"], c["dtype"], c["mode"]), []).append(row)
+        groups.setdefault((c["kind"], c["cell"], c["dtype"], c["run"]), []).append(row)
     out = []
-    for (kind, cell, dtype, mode), rows in sorted(groups.items()):
+    for (kind, cell, dtype, run), rows in sorted(groups.items()):
         sp = [r["speedup"] for r in rows if r.get("speedup")]
         out.append(
             dict(
                 kind=kind,
                 cell=cell,
                 dtype=dtype,
-                mode=mode,
+                run=run,
                 rows=len(rows),
                 subject_ran=sum(1 for r in rows if _ok(r, doc["subject"])),
                 compared=len(sp),
@@ -287,19 +310,19 @@ def wrapper_overhead(rows: list[dict[str, Any]], subject: str, baseline: str) ->
 
     Per row, the subject/baseline time ratio: the median of the per-round ratios of the
     interleaved calls (``paired_ratio``; else the ratio of the medians).  ``pct``: the median over
-    rows minus one (robust to a row disturbed by the rest of a shared machine); ``by_mode``: the
-    same per mode; ``geomean_pct``: the geometric mean instead; ``max_pct``: the worst row;
+    rows minus one (robust to a row disturbed by the rest of a shared machine); ``by_run``: the
+    same per run (``fwd``/``fwdbwd``); ``geomean_pct``: the geometric mean instead; ``max_pct``: the worst row;
     ``median_us``: the median per-call difference of the medians, in microseconds.
     """
     ratios: list[float] = []
-    by_mode: dict[str, list[float]] = {}
+    by_run: dict[str, list[float]] = {}
     diffs = []
     for row in rows:
         s, b = _ok(row, subject), _ok(row, baseline)
         if s and b:
             r = row.get("paired_ratio") or s["median_ms"] / b["median_ms"]
             ratios.append(r)
-            by_mode.setdefault(row["case"]["mode"], []).append(r)
+            by_run.setdefault(row["case"]["run"], []).append(r)
             diffs.append((s["median_ms"] - b["median_ms"]) * 1e3)
     g = _geomean(ratios)
     pct = (statistics.median(ratios) - 1) * 100 if ratios else None
@@ -307,7 +330,7 @@ def wrapper_overhead(rows: list[dict[str, Any]], subject: str, baseline: str) ->
         rows=len(ratios),
         pct=pct,
         geomean_pct=(g - 1) * 100 if g is not None else None,
-        by_mode={m: (statistics.median(v) - 1) * 100 for m, v in sorted(by_mode.items())},
+        by_run={m: (statistics.median(v) - 1) * 100 for m, v in sorted(by_run.items())},
         max_pct=(max(ratios) - 1) * 100 if ratios else None,
         median_us=sorted(diffs)[len(diffs) // 2] if diffs else None,
         target_pct=OVERHEAD_TARGET_PCT,
@@ -318,7 +341,7 @@ def wrapper_overhead(rows: list[dict[str, Any]], subject: str, baseline: str) ->
 # ---------------------------------------------------------------------------------------------
 # Reports
 
-_CASE_COLS = ["kind", "cell", "dtype", "B", "H", "T", "layers", "bidir", "packed", "mode"]
+_CASE_COLS = ["kind", "cell", "dtype", "B", "H", "T", "layers", "bidir", "packed", "run"]
 _FLOOR_COLS = ["bytes", "flops", "steps", "bw_floor_ms", "flop_floor_ms", "seq_floor_ms", "floor_ms", "floor_bound"]
 _RES_COLS = ["status", "median_ms", "p20_ms", "p80_ms", "mean_ms", "min_ms", "reps", "peak_mib", "frac_of_floor"]
 _ENV_COLS = ["gpu", "driver", "cuda", "cudnn", "torch", "triton", "fastrnn", "commit", "date"]
@@ -413,7 +436,7 @@ def overhead_line(ov: dict[str, Any]) -> str:
     if ov.get("pct") is None:
         return "fastrnn wrapper overhead: not measured (no row with both providers timed)"
     verdict = "within" if ov["within_target"] else "ABOVE"
-    modes = ", ".join(f"{m} {v:+.1f}%" for m, v in ov.get("by_mode", {}).items())
+    modes = ", ".join(f"{m} {v:+.1f}%" for m, v in ov.get("by_run", {}).items())
     return (
         f"fastrnn wrapper overhead (backend='auto' vs torch.nn, CPU): {ov['pct']:+.1f}% (median over "
         f"{ov['rows']} rows; {modes}; geomean {ov['geomean_pct']:+.1f}%, worst row {ov['max_pct']:+.1f}%, "
@@ -440,7 +463,7 @@ def headline_lines(doc: dict[str, Any]) -> list[str]:
         g = s["geomean_speedup"]
         kind = "" if s["kind"] == "rnn" else f"[{s['kind']}] "
         lines.append(
-            f"{kind}{s['cell']:>4} {s['dtype']} {s['mode']:<6}: {s['subject_ran']}/{s['rows']} rows ran on "
+            f"{kind}{s['cell']:>4} {s['dtype']} {s['run']:<6}: {s['subject_ran']}/{s['rows']} rows ran on "
             f"{PROVIDER_LABELS.get(sub, sub)}; speed-up over {PROVIDER_LABELS.get(base, base)} "
             + (f"geomean {g:.2f}× (min {s['min_speedup']:.2f}×, max {s['max_speedup']:.2f}×)" if g else "–")
         )
@@ -506,7 +529,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
     has_peak = any(res.get("peak_mib") is not None for r in doc["rows"] for res in r["results"].values())
     for (kind, cell, dtype), rows in sorted(groups.items()):
         out += [f"## {cell} {dtype}" + (f" ({kind})" if kind != "rnn" else ""), ""]
-        hdr = ["B", "H", "T", "L", "dir", "input", "mode"] + [L.get(p, p) for p in providers] + ["speed-up"]
+        hdr = ["B", "H", "T", "L", "dir", "input", "run"] + [L.get(p, p) for p in providers] + ["speed-up"]
         if has_peak:
             hdr += [f"peak {L.get(sub, sub)}", f"peak {L.get(base, base)}"]
         hdr += ["floor ms", f"{L.get(sub, sub)} %floor", f"{L.get(base, base)} %floor"]
@@ -520,7 +543,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
                 r["case"]["layers"],
                 r["case"]["bidir"],
                 r["case"]["packed"],
-                r["case"]["mode"],
+                r["case"]["run"],
                 r["case"]["B"],
                 r["case"]["H"],
             ),
@@ -535,7 +558,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
                 str(c["layers"]),
                 "bi" if c["bidir"] else "uni",
                 "packed" if c["packed"] else "dense",
-                c["mode"],
+                c["run"],
             ]
             cells += [_cell(r["results"].get(p), notes) for p in providers]
             cells.append(_fmt_x(r.get("speedup")))

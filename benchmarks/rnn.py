@@ -90,7 +90,7 @@ def setup(case: Case, device: torch.device, seed: int) -> RNNWorkload:
     ref = build(case.cell, case.input_size, case.H, case.layers, bidirectional=case.bidir, device=device,
                 dtype=dtype, torch_nn=twin, **({} if twin else {"backend": "torch"}))  # fmt: skip
     gen = torch.Generator(device=device).manual_seed(seed)
-    train = case.mode == "fwdbwd"
+    train = case.run == "fwdbwd"
     x = torch.randn(case.T, case.B, case.input_size, device=device, dtype=dtype, generator=gen)
     if case.packed:
         packed = pack_padded_sequence(x, packed_lengths(case, seed), enforce_sorted=False)
@@ -121,7 +121,7 @@ def make_step(
     ``fwd`` rows: ``modules`` in ``eval()``, under ``torch.no_grad()``.  ``fwdbwd`` rows: ``train()``,
     every parameter's (and ``leaf``'s) ``.grad`` reset to ``None``, forward, ``backward(grad_out)``.
     """
-    if case.mode == "fwd":
+    if case.run == "fwd":
         for m in modules:
             m.eval()
 
@@ -157,7 +157,7 @@ def explained(case: Case, module: nn.Module, input, step, **kwargs) -> None:
     from fastrnn.kernels import tiers
 
     try:
-        with torch.no_grad() if case.mode == "fwd" else contextlib.nullcontext():
+        with torch.no_grad() if case.run == "fwd" else contextlib.nullcontext():
             decision = module.backend_decision(input, **kwargs)
         step.note = decision.describe()
         if decision.backend == "triton":
@@ -257,7 +257,7 @@ def cost(case: Case, seed: int) -> Cost:
     G, H, D, L = resolve(case.cell).G, case.H, case.directions, case.layers
     elem = torch.empty((), dtype=case.torch_dtype).element_size()
     N = tokens(case, seed)
-    train = case.mode == "fwdbwd"
+    train = case.run == "fwdbwd"
     flops = 0.0
     elems = 0.0
     for layer in range(L):

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import re
 import sys
 from collections.abc import Callable, Iterable
@@ -62,6 +61,7 @@ from fastrnn.seq2seq import Seq2Seq, Seq2SeqConfig, beam_search, greedy_decode, 
 from fastrnn.seq2seq.data import EOS, PAD, UNK
 
 from .cases import Case, CaseKind, Cost, register_kind
+from .results import load
 from .timing import TimingConfig, time_cpu_interleaved, time_cuda
 
 #: AdamW's learning rate in the timed steps (every call is a real update of the weights).
@@ -382,7 +382,7 @@ def _time_ms(step: Callable[[], Any], device: torch.device) -> float:
 
 def _build(case: Case, wl: Seq2SeqWorkload, device: torch.device, provider: str):
     model = build_model(case, wl, device, provider)
-    decoding = case.mode == "fwd"
+    decoding = case.run == "fwd"
     if decoding:  # fastrnn on static buffers (a CUDA graph on CUDA); torch.nn step by step, as it is
         step = decode_step(case, model, wl, device, static=False if provider == "torch_nn" else None)
     else:
@@ -447,7 +447,7 @@ def cost(case: Case, seed: int) -> Cost:
     if att:
         flops += 2.0 * rows * T * H * (H + 2 * S) + 4.0 * rows * T * H * H
     params = 2 * V * H + 2 * case.layers * G * H * (2 * H + 2) + H * V + V + (3 * H * H + H if att else 0)
-    train = case.mode == "fwdbwd"
+    train = case.run == "fwdbwd"
     elem = 2 if case.dtype in ("bf16", "fp16") else 4
     nbytes = (4.0 if train else 2.0) * rows * T * V * elem + params * 4.0 * (8 if train else 1)
     if train:
@@ -557,7 +557,7 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     for row in doc.get("rows", []):
         if row["case"]["kind"] != "seq2seq":
             continue
-        train = row["case"]["mode"] == "fwdbwd"
+        train = row["case"]["run"] == "fwdbwd"
         for provider, res in row["results"].items():
             if res.get("status") != "ok":
                 lines.append(f"{row['key']} {provider}: {res.get('status')} {res.get('error', res.get('reason', ''))}")
@@ -651,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args[0])
     if path.is_dir():
         path = path / "results.json"
-    lines = summary_lines(json.loads(path.read_text()))
+    lines = summary_lines(load(path))
     print("\n".join(lines) if lines else f"no seq2seq rows in {path}")
     return 0
 

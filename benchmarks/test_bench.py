@@ -24,11 +24,11 @@ CUDA = torch.cuda.is_available()
 if CUDA:
     ROWS = [
         Case("rnn", "LSTM", "fp16", B=16, H=768, T=1024),  # the headline: cuDNN's best case
-        Case("rnn", "LSTM", "fp16", B=16, H=768, T=1024, mode="fwdbwd"),
+        Case("rnn", "LSTM", "fp16", B=16, H=768, T=1024, run="fwdbwd"),
         Case("rnn", "LSTM", "fp16", B=64, H=256, T=1024),
         Case("rnn", "GRU", "bf16", B=16, H=512, T=1024),
         Case("rnn", "RNN", "fp16", B=16, H=128, T=1024),
-        Case("rnn", "RNN", "fp32", B=64, H=128, T=1024, mode="fwdbwd"),
+        Case("rnn", "RNN", "fp32", B=64, H=128, T=1024, run="fwdbwd"),
         Case("rnn", "LSTM", "fp16", B=16, H=128, T=1024, packed=True),
         Case("rnn", "GRU", "fp16", B=16, H=128, T=128, layers=2, bidir=True),
     ]
@@ -36,7 +36,7 @@ if CUDA:
 else:
     ROWS = [
         Case("rnn", "LSTM", "fp32", B=8, H=64, T=32),
-        Case("rnn", "LSTM", "fp32", B=8, H=64, T=32, mode="fwdbwd"),
+        Case("rnn", "LSTM", "fp32", B=8, H=64, T=32, run="fwdbwd"),
         Case("rnn", "GRU", "fp32", B=8, H=64, T=32),
         Case("rnn", "RNN", "fp32", B=8, H=64, T=32),
         Case("rnn", "LSTM", "fp32", B=8, H=64, T=32, packed=True),

@@ -25,7 +25,8 @@ of four), and training (gradients needed) vs inference.  Where the answer comes 
    caches.  It also records each backend's peak memory (it resets the device's peak-memory
    statistics once); a backend that runs out of memory loses;
 5. **the rule** when nothing above answers (measurement off, inside ``torch.compile``'s trace or a
-   CUDA-graph capture, under DDP): the kernels for bfloat16, where cuDNN leaves its persistent
+   CUDA-graph capture, under DDP, or with ``torch.use_deterministic_algorithms(True)``: a choice
+   made by timing could differ between two runs, and so could their results): the kernels for bfloat16, where cuDNN leaves its persistent
    path (several times slower per step, see kernels/NOTES.md, and torch.nn re-compacts bf16
    weights every call), torch.nn otherwise.
 
@@ -503,9 +504,10 @@ def choose_verdict(
     ddp = _distributed()
     verdict, why = lookup(info, cls, use_disk=not ddp, kernels=kernels)
     if verdict is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
         can_measure = (
             runners is not None and measurement_enabled() and not ddp and not torch.compiler.is_compiling()
-            and not capturing() and cls.b_bucket >= 0
+            and not capturing() and cls.b_bucket >= 0 and not deterministic
         )  # fmt: skip
         if runners is not None and (can_measure or _CALIBRATING):
             verdict = measure(runners if isinstance(runners, Runners) else runners(), cls.training, device, tokens)
@@ -515,7 +517,9 @@ def choose_verdict(
         else:
             off = (
                 "inside torch.compile" if cls.b_bucket < 0 else "under DDP (see fastrnn.auto.calibrate)" if ddp
-                else "measurement off" if not measurement_enabled() else "inside a CUDA-graph capture"
+                else "measurement off" if not measurement_enabled()
+                else "deterministic algorithms asked for (a timing is not reproducible)" if deterministic
+                else "inside a CUDA-graph capture"
             )  # fmt: skip
             verdict = rule(cls)
             verdict.note += f"; {why}, {off}"

@@ -80,6 +80,7 @@ class Environment:
     hip: bool  # a ROCm build of torch: "cuda" tensors are HIP tensors
     cudnn_enabled: bool  # torch.nn's RNNs use cuDNN on CUDA tensors
     cudnn_allow_tf32: bool  # cuDNN's RNNs may multiply fp32 in TF32 (torch.backends.cudnn.allow_tf32)
+    deterministic: bool  # torch.use_deterministic_algorithms(True): auto does not time (fastrnn.auto)
 
 
 #: ``(raw values, snapshot)`` of the last :func:`_environment` call.
@@ -107,11 +108,11 @@ def _environment() -> Environment:
     data = _ENVIRON_DATA if os.environ is _ENVIRON else None
     if data is not None:
         raw = (data.get(_KEYS[0]), data.get(_KEYS[1]), data.get(_KEYS[2]), cudnn.enabled, cudnn.allow_tf32,
-               _runtime.INTERPRET, _runtime.LATE_INTERPRET)  # fmt: skip
+               _runtime.INTERPRET, _runtime.LATE_INTERPRET, torch.are_deterministic_algorithms_enabled())  # fmt: skip
     else:
         get = os.environ.get
         raw = (*(get(v) for v in _VARIABLES), cudnn.enabled, cudnn.allow_tf32, _runtime.INTERPRET,
-               _runtime.LATE_INTERPRET)  # fmt: skip
+               _runtime.LATE_INTERPRET, torch.are_deterministic_algorithms_enabled())  # fmt: skip
     last = _SNAPSHOT
     if last is not None and last[0] == raw:
         return last[1]
@@ -120,7 +121,7 @@ def _environment() -> Environment:
     return env
 
 
-def _snapshot(cudnn_enabled: bool, allow_tf32: bool, interpret: bool, late: bool) -> Environment:
+def _snapshot(cudnn_enabled: bool, allow_tf32: bool, interpret: bool, late: bool, deterministic: bool) -> Environment:
     interpret, late = (interpret, late) if _TRITON_INSTALLED else (False, False)
     backend = os.environ.get("FASTRNN_BACKEND", "auto") or "auto"
     check_backend_name(backend)
@@ -134,6 +135,7 @@ def _snapshot(cudnn_enabled: bool, allow_tf32: bool, interpret: bool, late: bool
         hip=torch.version.hip is not None,
         cudnn_enabled=bool(cudnn_enabled and torch.backends.cudnn.is_available()),
         cudnn_allow_tf32=bool(allow_tf32),
+        deterministic=bool(deterministic),
     )
 
 

@@ -323,3 +323,16 @@ def test_a_backend_that_raises_while_measured_loses_and_nothing_raises(fake, mon
     with pytest.warns(RuntimeWarning, match="torch.nn failed on a first-use measurement"):
         backend, why = auto.choose(_cls(), CUDA0, RUNNERS, 256)
     assert backend == "triton" and "torch.nn failed" in why
+
+
+def test_with_deterministic_algorithms_auto_does_not_time(fake):
+    """Under ``torch.use_deterministic_algorithms(True)`` auto never times a call (a choice by
+    timing could differ between two runs, and with it their results): the table, else the rule.
+    Kills: a measurement that ignores the flag."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        backend, why = auto.choose(_cls(), CUDA0, RUNNERS, 256)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert fake.calls == [] and backend == "torch" and "deterministic algorithms" in why
+    assert auto.choose(_cls(), CUDA0, RUNNERS, 256)[0] == "triton" and fake.calls == ["torch", "triton"]

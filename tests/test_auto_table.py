@@ -40,7 +40,7 @@ def test_every_entry_names_kernels_a_tier_can_read():
 def _run(tmp_path, name: str, kernels: str | None, date: str, t: float = 1.0) -> tuple:
     row = {
         "case": dict(kind="rnn", cell="LSTM", dtype="fp16", layers=1, bidir=False, packed=False, H=256, B=16, T=512,
-                     mode="fwd"),
+                     run="fwd"),
         "results": {"fastrnn": {"status": "ok", "median_ms": t, **({"kernels": kernels} if kernels else {})},
                     "cudnn": {"status": "ok", "median_ms": 2.0}},
     }  # fmt: skip

@@ -27,9 +27,9 @@ CFG = TimingConfig(rep_ms=1.0, warmup_ms=0.0, min_reps=2, max_reps=2, flush_l2=F
     "case",
     [
         Case("lnrnn", "LN_LSTM", "fp32", B=3, H=8, T=4, packed=True, extra=(("zo", 0.1),)),
-        Case("lnrnn", "LN_GRU", "fp32", B=3, H=8, T=4, mode="fwdbwd", extra=(("zo", 0.1),)),
+        Case("lnrnn", "LN_GRU", "fp32", B=3, H=8, T=4, run="fwdbwd", extra=(("zo", 0.1),)),
         Case("states", "LSTM", "fp32", B=3, H=8, T=4, layers=2, bidir=True, packed=True),
-        Case("states", "LSTM", "fp32", B=3, H=8, T=4, mode="fwdbwd"),
+        Case("states", "LSTM", "fp32", B=3, H=8, T=4, run="fwdbwd"),
     ],
     ids=lambda c: c.key,
 )
@@ -44,12 +44,12 @@ def test_gpu_suite_providers_run_on_cpu(case):
     assert "without" in row["results"]["cudnn"]["note"]
     if case.kind == "lnrnn":
         assert row["max_abs_diff"] is None  # the plain layer's output differs by design: not compared
-    elif case.mode == "fwd":
+    elif case.run == "fwd":
         assert row["max_abs_diff"] < 1e-5  # the states rows' output is torch.nn's
 
 
 def test_cpu_suite_rows_compare_auto_with_the_step_loop():
-    case = cases.select(grids.grid("cpu"), ["kind=states", "mode=fwd"])[0]
+    case = cases.select(grids.grid("cpu"), ["kind=states", "run=fwd"])[0]
     row, fatal = measure_row(case, suite=CPU_SUITE, providers=["fastrnn_auto", "torch_nn"], device=torch.device("cpu"),
                              machine=MACHINE, cfg=CFG, base_seed=0, run_slow=False)  # fmt: skip
     assert fatal is None and row["max_abs_diff"] == 0.0

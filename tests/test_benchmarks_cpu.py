@@ -100,13 +100,13 @@ def test_cpu_mode_json(cpu_run):
             row["results"]["torch_nn"]["median_ms"] / row["results"]["fastrnn_auto"]["median_ms"]
         )
         assert "torch" in row["results"]["fastrnn_auto"]["note"]  # explain(): auto picked torch on CPU
-        if row["case"]["mode"] == "fwd":
+        if row["case"]["run"] == "fwd":
             # backend='auto' on CPU runs torch.nn's own code: bit-identical outputs
             assert row["max_abs_diff"] == 0.0
     assert len(keys) == CPU_ROWS
     ov = doc["cpu_overhead"]
     assert ov["rows"] == CPU_ROWS and isinstance(ov["pct"], float) and math.isfinite(ov["pct"])
-    assert set(ov["by_mode"]) == {"fwd", "fwdbwd"} and math.isfinite(ov["geomean_pct"])
+    assert set(ov["by_run"]) == {"fwd", "fwdbwd"} and math.isfinite(ov["geomean_pct"])
     for row in doc["rows"]:  # interleaved samples: the per-round ratio the overhead is built from
         assert row["paired_ratio"] > 0
     assert isinstance(ov["median_us"], float) and ov["target_pct"] == 5.0
@@ -284,9 +284,9 @@ def test_loop_reference_matches_torch_nn(cell, layers, bidir, packed):
 def test_filters():
     rows = grids.grid("full")
     assert len(cases.select(rows, ["kind=rnn"])) == 3 * 3 * 5 * 5 * 2 * 2 * 2 * 2 * 2
-    pick = cases.select(rows, ["kind=rnn lstm", "H=256,512 B>=64", "dtype!=fp32", "packed=1", "mode=fwd"])
+    pick = cases.select(rows, ["kind=rnn lstm", "H=256,512 B>=64", "dtype!=fp32", "packed=1", "run=fwd"])
     assert pick and all(
-        r.cell == "LSTM" and r.H in (256, 512) and r.B >= 64 and r.dtype != "fp32" and r.packed and r.mode == "fwd"
+        r.cell == "LSTM" and r.H in (256, 512) and r.B >= 64 and r.dtype != "fp32" and r.packed and r.run == "fwd"
         for r in pick
     )
     assert len(pick) == 2 * 2 * 2 * 2 * 2 * 2  # H x B (64, 256) x dtype (fp16, bf16) x T x layers x bidir
@@ -316,7 +316,7 @@ def test_cost_model():
     assert cost.flops == 2 * 16 * 1024 * 4 * 768 * (768 + 768)
     assert cost.steps == 1024 and cost.tokens == 16 * 1024
     assert cost.bytes == 2 * (16 * 1024 * 768 + 4 * 768 * 1536 + 16 * 1024 * 768)
-    train = KIND.cost(Case("rnn", "LSTM", "fp16", B=16, H=768, T=1024, mode="fwdbwd"), 0)
+    train = KIND.cost(Case("rnn", "LSTM", "fp16", B=16, H=768, T=1024, run="fwdbwd"), 0)
     assert train.flops == 3 * cost.flops and train.steps == 2 * 1024 and train.bytes > 2 * cost.bytes
     assert KIND.cost(Case("rnn", "GRU", "fp32", 4, 8, 10, layers=2), 0).steps == 11  # wavefront
     assert KIND.cost(Case("rnn", "GRU", "fp32", 4, 8, 10, layers=2, bidir=True), 0).steps == 20

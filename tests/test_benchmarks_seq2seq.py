@@ -32,12 +32,12 @@ CFG = TimingConfig(rep_ms=1.0, warmup_ms=0.0, min_reps=3, max_reps=3, flush_l2=F
 
 
 def _case(cell: str, att: str, B: int, H: int, T: int, V: int, mode: str = "fwdbwd") -> Case:
-    return Case("seq2seq", cell, "fp32", B, H, T, mode=mode, extra=(("S", T), ("V", V), ("att", att)))
+    return Case("seq2seq", cell, "fp32", B, H, T, run=mode, extra=(("S", T), ("V", V), ("att", att)))
 
 
 @pytest.mark.parametrize("mode", ["fwdbwd", "fwd"])
 def test_cpu_rows_run_auto_against_torch_nn(mode):
-    case = cases.select(grids.grid("cpu"), ["kind=seq2seq", "cell=GRU", f"mode={mode}"])[0]
+    case = cases.select(grids.grid("cpu"), ["kind=seq2seq", "cell=GRU", f"run={mode}"])[0]
     row, fatal = measure_row(case, suite=CPU_SUITE, providers=["fastrnn_auto", "torch_nn"], device=torch.device("cpu"),
                              machine=MACHINE, cfg=CFG, base_seed=0, run_slow=False)  # fmt: skip
     assert fatal is None
@@ -60,7 +60,7 @@ def test_cpu_rows_run_auto_against_torch_nn(mode):
 
 
 def test_beam_rows_decode_the_same_tokens_as_torch_nn():
-    case = cases.select(grids.grid("smoke"), ["kind=seq2seq", "att=general", "mode=fwd", "beam=3"])[0]
+    case = cases.select(grids.grid("smoke"), ["kind=seq2seq", "att=general", "run=fwd", "beam=3"])[0]
     assert s2s.beam_of(case) == 3 and case.key.endswith("/beam3")
     row, fatal = measure_row(case, suite=CPU_SUITE, providers=["fastrnn_auto", "torch_nn"], device=torch.device("cpu"),
                              machine=MACHINE, cfg=CFG, base_seed=0, run_slow=False)  # fmt: skip
@@ -77,7 +77,7 @@ def test_beam_rows_decode_the_same_tokens_as_torch_nn():
 @pytest.mark.interpreter
 @pytest.mark.parametrize("mode", ["fwdbwd", pytest.param("fwd", marks=pytest.mark.slow)])  # fwdbwd runs the forward too
 def test_gpu_suite_providers_run(mode):
-    case = cases.select(grids.grid("smoke"), ["kind=seq2seq", "att=none", f"mode={mode}"])[0]
+    case = cases.select(grids.grid("smoke"), ["kind=seq2seq", "att=none", f"run={mode}"])[0]
     providers = ["fastrnn", "fastrnn_auto", "cudnn"]
     row, fatal = measure_row(case, suite=GPU_SUITE, providers=providers, device=device(), machine=MACHINE, cfg=CFG,
                              base_seed=0, run_slow=False)  # fmt: skip
@@ -155,9 +155,9 @@ def test_recurrent_share_from_the_profiler():
 def test_grids_and_cost():
     full = cases.select(grids.grid("full"), ["kind=seq2seq"])
     assert len(full) == 2 * 2 * 2 * 2 * 2 * 3 * 3  # training, greedy and beam-5 decoding of each shape
-    assert {s2s.beam_of(c) for c in full if c.mode == "fwd"} == {1, 5}
-    assert all(s2s.beam_of(c) == 1 for c in full if c.mode == "fwdbwd")
-    axes = {f: {c.fields()[f] for c in full} for f in ("cell", "att", "H", "B", "T", "S", "dtype", "mode")}
+    assert {s2s.beam_of(c) for c in full if c.run == "fwd"} == {1, 5}
+    assert all(s2s.beam_of(c) == 1 for c in full if c.run == "fwdbwd")
+    axes = {f: {c.fields()[f] for c in full} for f in ("cell", "att", "H", "B", "T", "S", "dtype", "run")}
     assert axes == {
         "cell": {"GRU", "LSTM"},
         "att": {"none", "general"},
@@ -166,12 +166,12 @@ def test_grids_and_cost():
         "T": {30, 100},
         "S": {30, 100},
         "dtype": {"fp32", "bf16", "fp16"},
-        "mode": {"fwd", "fwdbwd"},
+        "run": {"fwd", "fwdbwd"},
     }
     quick = cases.select(grids.grid("quick"), ["kind=seq2seq"])
     assert 0 < len(quick) <= 12 and {c.key for c in quick} <= {c.key for c in full}
-    assert {c.cell for c in quick} == {"GRU", "LSTM"} and {c.mode for c in quick} == {"fwd", "fwdbwd"}
-    decoding = {(c.cell, s2s.beam_of(c)) for c in quick if c.mode == "fwd"}
+    assert {c.cell for c in quick} == {"GRU", "LSTM"} and {c.run for c in quick} == {"fwd", "fwdbwd"}
+    decoding = {(c.cell, s2s.beam_of(c)) for c in quick if c.run == "fwd"}
     assert decoding == {("GRU", 1), ("LSTM", 1), ("GRU", 5), ("LSTM", 5)}
     assert all(grids.tier(c) <= 1 for c in quick)
     assert len(cases.select(grids.grid("cpu"), ["kind=seq2seq"])) == 4
@@ -182,7 +182,7 @@ def test_grids_and_cost():
     assert c.tokens == wl_tokens and case.B * case.T // 2 <= c.tokens <= case.B * case.T
     assert c.flops > 0 and c.bytes > 0 and c.steps == 4 * case.T
     greedy, beam = (
-        next(r for r in quick if r.mode == "fwd" and r.cell == "GRU" and s2s.beam_of(r) == b) for b in (1, 5)
+        next(r for r in quick if r.run == "fwd" and r.cell == "GRU" and s2s.beam_of(r) == b) for b in (1, 5)
     )
     g, b = cases.KINDS["seq2seq"].cost(greedy, 0), cases.KINDS["seq2seq"].cost(beam, 0)
     assert b.tokens == g.tokens == greedy.B * greedy.T and 4 * g.flops < b.flops < 6 * g.flops

@@ -188,7 +188,8 @@ def test_dispatch_decision_is_never_traced(monkeypatch, cls, backend):
     with _mkldnn_off_for_cpu_lstm(cls, "torch"), torch.autocast(device().type, dtype=torch.bfloat16):
         compiled(x)
     assert seen and not any(seen), seen
-    # and the decision holds outside compile too (eager calls run it directly)
+    # and outside compile nothing is traced either (auto on CPU tensors reads FASTRNN_BACKEND
+    # directly, in eager code, and runs torch.nn's code)
     seen.clear()
     model(x)
-    assert seen == [False] * len(seen) and seen
+    assert not any(seen)

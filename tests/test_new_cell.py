@@ -191,7 +191,7 @@ def test_a_registered_cell_gets_benchmark_rows(new_cell):
 
     for grid, rows in KIND.grids.items():
         assert any(c.cell == MODE for c in rows()), f"no {MODE} row in the {grid} grid"
-    case = next(c for c in KIND.grids["smoke"]() if c.cell == MODE and c.mode == "fwd")
+    case = next(c for c in KIND.grids["smoke"]() if c.cell == MODE and c.run == "fwd")
     machine = {"bandwidth_gbs": 10.0, "matmul_tflops": {"fp32": 0.1}, "step_us": 2.0, "step_source": "cpu_op_us"}
     cfg = TimingConfig(rep_ms=1.0, warmup_ms=0.0, min_reps=3, max_reps=3, flush_l2=False)
     row, fatal = measure_row(case, suite=GPU_SUITE, providers=["fastrnn", "cudnn", "loop"], device=torch.device("cpu"),

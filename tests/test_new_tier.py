@@ -102,7 +102,7 @@ def test_a_registered_tier_runs_a_benchmark_row(toy):
     from benchmarks.rnn import KIND
     from benchmarks.timing import TimingConfig
 
-    case = next(c for c in KIND.grids["smoke"]() if c.cell == "GRU" and c.mode == "fwd" and c.H <= 64)
+    case = next(c for c in KIND.grids["smoke"]() if c.cell == "GRU" and c.run == "fwd" and c.H <= 64)
     machine = {"bandwidth_gbs": 10.0, "matmul_tflops": {"fp32": 0.1}, "step_us": 2.0, "step_source": "cpu_op_us"}
     cfg = TimingConfig(rep_ms=1.0, warmup_ms=0.0, min_reps=3, max_reps=3, flush_l2=False)
     row, fatal = measure_row(case, suite=GPU_SUITE, providers=["fastrnn", "cudnn"], device=torch.device("cpu"),
