@@ -511,9 +511,10 @@ def _device_reason() -> str | None:
 
 
 def unsupported(
-    mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, interpreted: bool = False
+    mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, interpreted: bool = False, release: Any = None
 ) -> str | None:
-    """Why the cluster tier cannot run this layer (``None``: it can), in one line.
+    """Why the cluster tier cannot run this layer (``None``: it can), in one line (``release``: a
+    Triton release's limits, which do not apply to this tier).
 
     Example::
 
@@ -1203,12 +1204,27 @@ def report_row(cfg: ClusterConfig) -> dict[str, Any]:
     return row
 
 
-def report_rows(configs: Iterable[ClusterConfig] | None = None, jobs: int = 2) -> list[dict[str, Any]]:
-    """Rows of the kernel report for ``configs`` (default :func:`report_configs`), compiled with
-    ``jobs`` nvcc processes at once (cached on disk: a second run reads the cubins)."""
+def _as_cluster_config(cfg: Any) -> ClusterConfig:
+    """A :class:`ClusterConfig`, or the kernel report's row description (``kernel``, ``cell`` or
+    ``mode``, ``dtype`` as "fp16"/"bf16", ``hidden_size``, ``block_b``) turned into this tier's
+    configuration of that layer."""
+    if isinstance(cfg, ClusterConfig):
+        return cfg
+    mode = getattr(cfg, "mode", None) or cfg.cell
+    dtype = TORCH_DTYPES[cfg.dtype] if isinstance(cfg.dtype, str) else cfg.dtype
+    bt = getattr(cfg, "block_b", None) or 16
+    if not layouts(mode, cfg.hidden_size, dtype, cfg.kernel, bt):
+        bt = 8
+    return choose_config(mode, cfg.hidden_size, dtype, cfg.kernel, bt)
+
+
+def report_rows(configs: Iterable[Any] | None = None, jobs: int = 2) -> list[dict[str, Any]]:
+    """Rows of the kernel report for ``configs`` (:class:`ClusterConfig`, or the report's own row
+    descriptions; default :func:`report_configs`), compiled with ``jobs`` nvcc processes at once
+    (cached on disk: a second run reads the cubins)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    configs = list(configs) if configs is not None else report_configs()
+    configs = [_as_cluster_config(c) for c in configs] if configs is not None else report_configs()
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         return list(pool.map(report_row, configs))
 
@@ -1302,6 +1318,9 @@ def record_verification(device: torch.device | int | None = None, path: Path | N
 
 TIER_NAME = "thread-block cluster (CUDA)"
 
+#: The files (relative to the package) the tier's device code is built from (the simulator is not).
+DEVICE_SOURCES = tuple(f"cuda/{name}" for name in CUDA_SOURCES if name != "cluster_sim.hpp")
+
 _RECORD = dict(
     number=NUMBER,
     name=TIER_NAME,
@@ -1317,6 +1336,11 @@ _RECORD = dict(
     automatic=False,
     barriers_per_step=0,
 )
-if "config_type" in {f.name for f in dataclasses.fields(tiers.Tier)}:  # the registry's record names the type
+_FIELDS = {f.name: f for f in dataclasses.fields(tiers.Tier)}
+if "config_type" in _FIELDS:  # the record names the configuration type
     _RECORD["config_type"] = ClusterConfig
+if "report_rows" in _FIELDS:  # a tier not built by Triton gives the kernel report its rows itself
+    _RECORD.update(compiled=None, report_rows=report_rows)
+if "device_sources" in _FIELDS:
+    _RECORD["device_sources"] = DEVICE_SOURCES
 tiers.register(tiers.Tier(**_RECORD))

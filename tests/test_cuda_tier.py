@@ -440,8 +440,15 @@ def test_registered_forced_only():
     tier = tiers.get_tier(cluster.NUMBER)
     assert tier.automatic is False and tier.rank == 1.5 and tier.name == cluster.TIER_NAME
     assert tier.barriers_per_step == 0
-    with pytest.raises(NotImplementedError, match="report_rows"):
-        tier.compiled(None)
+    if getattr(tier, "report_rows", None) is not None:  # the kernel report asks the tier for its rows
+        assert tier.compiled is None and tier.report_rows is cluster.report_rows
+    else:
+        with pytest.raises(NotImplementedError, match="report_rows"):
+            tier.compiled(None)
+    if hasattr(tier, "device_sources"):
+        assert tier.device_sources == cluster.DEVICE_SOURCES
+        assert all((cluster.HERE / name).exists() for name in tier.device_sources)
+    assert tier.unsupported("LSTM", 100, 0, torch.float16, False, None) is not None  # a release is ignored
 
 
 def test_cuda_sources_hash_is_pinned_in_the_kernel_hash():
@@ -559,6 +566,10 @@ def test_every_configuration_compiles_with_the_planned_step():
 def test_report_rows_carry_the_kernel_report_keys():
     _need_nvcc()
     (row,) = cluster.report_rows([cluster.choose_config("LSTM", 256, torch.float16, "fwd", 8)])
+    # the kernel report's own row description names the same layer
+    described = dataclasses.make_dataclass("Row", ["kernel", "cell", "dtype", "hidden_size", "block_b"])
+    (again,) = cluster.report_rows([described("fwd", "LSTM", "fp16", 256, 8)])
+    assert again["config"] == row["config"]
     for key in ("kernel", "cell", "dtype", "hidden_size", "P", "arch", "variant", "block_b", "num_warps",
                 "weight_bytes", "registers", "stack_bytes", "spill_stores", "spill_loads", "local_insts",
                 "loop_local_insts", "shared_bytes", "tensor_cores", "step_mma", "step_bars", "est_us", "compile_s",
