@@ -1,25 +1,37 @@
-"""``python -m benchmarks.gpu_check``: everything a GPU should check, in one command (~8 minutes).
+"""``python -m benchmarks.gpu_check``: everything a GPU should check, in two calls of under ten
+minutes each.
 
-1. ``tests`` -- the test suite with the kernels compiled for the GPU, the sweeps marked ``slow``
-   included (``pytest -n N`` when pytest-xdist is installed).  ``tests/test_kernel_report.py`` is left out: it compiles for
+1. ``cluster`` -- the CUDA cluster tier's own check (``python -m benchmarks.cluster_check``: its
+   build, its correctness tests against float64 -- which, when they pass, write its verification
+   record to ``kernels/verified.json`` -- and benchmark rows with the tier forced), first, under
+   five minutes.
+2. ``tests`` -- the test suite with the kernels compiled for the GPU, the sweeps marked ``slow``
+   included (``pytest -n N`` when pytest-xdist is installed), except the tests that could trip a
+   device-side assertion.  ``tests/test_kernel_report.py`` is left out: it compiles for
    sm_90/sm_80 on the CPU and is the same on any machine (CI runs it).
-2. ``interpreter`` -- the default run's tests marked ``interpreter`` (CPU tensors through Triton's
-   interpreter; the slow sweeps are CI's) in their own process with ``TRITON_INTERPRET=1``: a process either compiles the kernels or
-   interprets them (``kernels/_runtime.py``).
-3. ``bench`` -- the quick benchmark grid (``python -m benchmarks --quick``) capped in time.
-4. ``table`` -- ``fastrnn/auto_table.json`` regenerated from the results (``python -m
+3. ``isolated`` -- the tests marked ``device_assert`` (they feed bad token ids), each in a
+   process of its own: a device-side assertion poisons the CUDA context of its process, which
+   must cost one test, not every later test of a worker.
+4. ``interpreter`` -- the default run's tests marked ``interpreter`` (CPU tensors through Triton's
+   interpreter; the slow sweeps are CI's) in their own process with ``TRITON_INTERPRET=1``: a
+   process either compiles the kernels or interprets them (``kernels/_runtime.py``).
+5. ``bench`` -- the quick benchmark grid (``python -m benchmarks --quick``) capped in time.
+6. ``table`` -- ``fastrnn/auto_table.json`` regenerated from the results (``python -m
    benchmarks.auto_table``), so that ``backend="auto"`` answers from this run once it is committed.
-5. ``readme`` -- README.md's speed-up table regenerated from this run's quick grid (``python -m
+7. ``readme`` -- README.md's speed-up table regenerated from this run's quick grid (``python -m
    benchmarks.readme_table``): commit it with the results.
 
 Each step runs as a subprocess under its own time limit, so a hang costs one step, never the run.
 The folder (default ``benchmarks/results/<gpu>-check-<date>/``) gets every log, the benchmark
 results and ``summary.md``/``summary.json`` with device, driver, CUDA, cuDNN, torch, triton,
-commit and date.  The exit status is 0 when every step passed.
+commit and date, and per step its tests passed, failed and in error, apart.  The exit status is 0
+when every step passed.  ``--part 1`` runs steps 1-4 (about 9 minutes), ``--part 2`` steps 5-7
+(about 6 minutes); no ``--part``: all of them.
 
 Example (on the GPU machine, from the repository root)::
 
-    pip install --no-deps --no-build-isolation -e . && python -m benchmarks.gpu_check
+    pip install --no-deps --no-build-isolation -e .
+    python -m benchmarks.gpu_check --part 1 && python -m benchmarks.gpu_check --part 2
 """
 
 from __future__ import annotations
@@ -36,9 +48,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: Minutes of the whole command; the tests get 35% and the interpreter tests 10% of it as their
-#: limits, the benchmark grid the rest.
-DEFAULT_MINUTES = 8.0
+#: Minutes of each part (``--part``): part 1 is the cluster tier's check (5 minutes at most), the
+#: tests (the rest, but the isolated and interpreter tests' 1.5); part 2 the benchmark grid and the
+#: tables.
+PART_MINUTES = {1: 9.0, 2: 6.0}
+CLUSTER_S = 300
+ISOLATED_S = 60
+INTERPRETER_S = 30
+#: The steps of each part.
+PARTS = {1: ("cluster", "tests", "isolated", "interpreter"), 2: ("bench", "table", "readme")}
 
 #: Providers of the benchmark step: the kernels and cuDNN side by side (the slow loop/compile
 #: references do not fit the time).
@@ -62,15 +80,21 @@ def _pytest_workers(cpus: int | None) -> list[str]:
     return ["-n", str(max(1, min(12, cpus or 1)))]
 
 
-def plan(
-    out: Path, minutes: float = DEFAULT_MINUTES, cpus: int | None = None, python: str = sys.executable
-) -> list[Step]:
-    """The steps of the check, writing under ``out``; the time limits add up to ``minutes``."""
-    budget = minutes * 60
-    tests_s, interp_s = 0.35 * budget, 0.10 * budget
-    bench_minutes = max(0.5, (budget - tests_s - interp_s) / 60 - 0.6)  # start-up and reports
+def plan(out: Path, cpus: int | None = None, python: str = sys.executable,
+         minutes: dict[int, float] | None = None) -> list[Step]:  # fmt: skip
+    """The steps of the check, writing under ``out``; the limits of each part's steps add up to
+    its minutes (:data:`PART_MINUTES`)."""
+    minutes = {**PART_MINUTES, **(minutes or {})}
+    tests_s = minutes[1] * 60 - CLUSTER_S - ISOLATED_S - INTERPRETER_S
+    bench_minutes = max(0.5, minutes[2] - 1.0)  # the tables, start-up and reports
     pytest = [python, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider"]
     return [
+        Step(
+            "cluster",
+            [python, "-m", "benchmarks.cluster_check", "--out", str(out / "cluster")],
+            CLUSTER_S,
+            what="the CUDA cluster tier: build, correctness against float64 (then its verification record), rows",
+        ),
         Step(
             "tests",
             [
@@ -80,6 +104,8 @@ def plan(
                 "(slow or not slow) and not device_assert",  # the sweeps too: compiled, they are the 16-bit check
                 "--ignore",
                 "tests/test_kernel_report.py",
+                "--ignore",
+                "tests/test_cuda_tier.py",  # the cluster step ran it
                 "--junitxml",
                 str(out / "tests.xml"),
             ],
@@ -89,13 +115,13 @@ def plan(
         Step(
             "isolated",
             [python, "-m", "benchmarks.gpu_check", "--isolated", "device_assert", "--out", str(out)],
-            60,
+            ISOLATED_S,
             what="the tests that could trip a device-side assertion, each in a process of its own",
         ),
         Step(
             "interpreter",
             [*pytest, "-m", "interpreter and not slow", "--junitxml", str(out / "interpreter.xml")],
-            interp_s,
+            INTERPRETER_S,
             env={"TRITON_INTERPRET": "1"},
             what="the interpreter tests (CPU tensors through Triton's interpreter) in their own process",
         ),
@@ -114,19 +140,19 @@ def plan(
                 "--out",
                 str(out / "bench-quick"),
             ],
-            bench_minutes * 60 + 60,
+            bench_minutes * 60 + 30,
             what=f"the quick benchmark grid ({BENCH_PROVIDERS}), capped in time",
         ),  # fmt: skip
         Step(
             "table",
             [python, "-m", "benchmarks.auto_table"],
-            60,
+            15,
             what="fastrnn/auto_table.json regenerated from the committed and new results",
         ),  # fmt: skip
         Step(
             "readme",
             [python, "-m", "benchmarks.readme_table"],
-            30,
+            15,
             what="README.md's speed-up table regenerated from the newest quick-grid results (this run's)",
         ),
     ]
@@ -230,8 +256,8 @@ def write_summary(out: Path, env: dict, records: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", help="results folder (default benchmarks/results/<gpu>-check-<date>)")
-    ap.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, help="time for the whole check")
-    ap.add_argument("--only", action="append", choices=("tests", "isolated", "interpreter", "bench", "table", "readme"),
+    ap.add_argument("--part", type=int, choices=sorted(PARTS), help="run only this part's steps (module doc)")
+    ap.add_argument("--only", action="append", choices=[n for part in PARTS.values() for n in part],
                     help="run only these steps")  # fmt: skip
     ap.add_argument("--dry-run", action="store_true", help="print the steps and exit")
     ap.add_argument("--isolated", metavar="MARKER", help=argparse.SUPPRESS)  # the isolated step's own run
@@ -247,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(torch.device("cuda" if has_cuda else "cpu"))
     day = _dt.date.today().isoformat()
     out = Path(args.out) if args.out else REPO_ROOT / "benchmarks" / "results" / f"{device_slug(env)}-check-{day}"
-    steps = [s for s in plan(out.resolve(), args.minutes, os.cpu_count()) if not args.only or s.name in args.only]
+    wanted = set(args.only or []) | set(PARTS.get(args.part, ()))
+    steps = [s for s in plan(out.resolve(), os.cpu_count()) if not wanted or s.name in wanted]
     if args.dry_run:
         for s in steps:
             print(f"[{s.name}] {' '.join(f'{k}={v}' for k, v in s.env.items())} {' '.join(s.argv)} "

@@ -350,22 +350,29 @@ def test_embedding_kind_rows():
 
 
 def test_gpu_check_plan_and_summary(tmp_path):
-    """The GPU command's steps and its results folder, executed on any machine: the interpreter
-    tests get their own TRITON_INTERPRET=1 process, the limits fit the budget, and a step's log
-    and pytest result line land in the summary."""
+    """The GPU command's steps and its results folder, executed on any machine: the cluster tier's
+    check first, the device-assertion tests apart (one process each), the interpreter tests in their
+    own TRITON_INTERPRET=1 process, each part's limits within its minutes (one command under ten
+    minutes), and a step's log, pytest line and JUnit counts (failures and errors apart) in the
+    summary."""
     from benchmarks import gpu_check
 
-    steps = gpu_check.plan(tmp_path, minutes=8.0, cpus=16, python="python")
-    assert [s.name for s in steps] == ["tests", "interpreter", "bench", "table", "readme"]
-    tests, interp, bench, _, _ = steps
-    assert "--ignore" in tests.argv and "tests/test_kernel_report.py" in tests.argv
-    assert tests.argv[tests.argv.index("-m", 2) + 1] == "slow or not slow"  # compiled, the sweeps run too
+    steps = gpu_check.plan(tmp_path, cpus=16, python="python")
+    names = [s.name for s in steps]
+    assert names == ["cluster", "tests", "isolated", "interpreter", "bench", "table", "readme"]
+    assert [n for part in gpu_check.PARTS.values() for n in part] == names
+    by = {s.name: s for s in steps}
+    tests, interp, bench = by["tests"], by["interpreter"], by["bench"]
+    assert "tests/test_kernel_report.py" in tests.argv and "tests/test_cuda_tier.py" in tests.argv
+    assert tests.argv[tests.argv.index("-m", 2) + 1] == "(slow or not slow) and not device_assert"
+    assert by["isolated"].argv[-4:-2] == ["--isolated", "device_assert"]
     assert (
         interp.env == {"TRITON_INTERPRET": "1"}
         and interp.argv[interp.argv.index("-m", 2) + 1] == "interpreter and not slow"
     )
     assert "--quick" in bench.argv and "--max-minutes" in bench.argv
-    assert sum(s.timeout_s for s in steps) <= 8.0 * 60 + 120
+    for part, minutes in gpu_check.PART_MINUTES.items():
+        assert sum(by[n].timeout_s for n in gpu_check.PARTS[part]) <= minutes * 60 <= 10 * 60
     ok = gpu_check.Step("ok", [sys.executable, "-c", "print('1 passed, 2 skipped in 0.1s')"], 60)
     slow = gpu_check.Step("slow", [sys.executable, "-c", "import time; time.sleep(30)"], 0.5)
     records = [gpu_check.run_step(s, tmp_path, tmp_path) for s in (ok, slow)]
@@ -374,6 +381,24 @@ def test_gpu_check_plan_and_summary(tmp_path):
     md = gpu_check.write_summary(tmp_path, {"gpu": "Test GPU", "commit": "abc"}, records)
     assert "| ok | passed |" in md and "- gpu: Test GPU" in md
     assert json.loads((tmp_path / "summary.json").read_text())["steps"][1]["name"] == "slow"
+
+
+def test_gpu_check_counts_failures_and_errors_apart(tmp_path):
+    """A JUnit file's failures (a test that ran and was wrong) and errors (a test that could not
+    run: a broken CUDA context) are counted apart, as the summary shows them.  Kills: adding them up."""
+    from benchmarks import gpu_check
+
+    xml = tmp_path / "t.xml"
+    xml.write_text(
+        '<testsuites><testsuite name="pytest" tests="10" failures="2" errors="3" skipped="1">'
+        "</testsuite></testsuites>"
+    )
+    assert gpu_check.junit_counts(xml) == dict(tests=10, failed=2, errors=3, skipped=1, passed=4)
+    step = gpu_check.Step("t", [sys.executable, "-c", "print('x')", "--junitxml", str(xml)], 30)
+    rec = gpu_check.run_step(step, tmp_path, tmp_path)
+    md = gpu_check.write_summary(tmp_path, {}, [rec])
+    assert "| t | failed | " in md or "| t | passed | " in md
+    assert "| 4 | 2 | 3 |" in md
 
 
 def test_seq_floor_uses_the_on_chip_step_only_when_one_sm_holds_the_weights():
