@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--report-only", action="store_true", help="rebuild reports and plot from --out/rows.jsonl")
     g.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    g.add_argument("--no-host-overhead", action="store_true",
+                   help="CPU: skip the host time per call rows (python -m benchmarks.host_overhead)")  # fmt: skip
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     g.add_argument("--quiet", action="store_true", help="print only the summary lines, not the tables")
     return ap
@@ -605,6 +607,22 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     doc = store.document()
     plots = [] if args.no_plot else _plot(out, doc)
     _print_report(doc, out, args.quiet, plots)
+    if suite.name == "cpu" and not stopped and not args.no_host_overhead:
+        print(host_overhead(out))
     if stopped:
         print(f"stopped early: {stopped}")
     return 0
+
+
+def host_overhead(out: Path) -> str:
+    """fastrnn's own host time per call (``python -m benchmarks.host_overhead --quick``, in a fresh
+    process: its kernel rows need Triton's interpreter flag set before fastrnn is imported), written
+    to ``out/host_overhead.json``; returns its table, or why it failed."""
+    import subprocess
+
+    path = out / "host_overhead.json"
+    res = subprocess.run([sys.executable, "-m", "benchmarks.host_overhead", "--quick", "--json", str(path)],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    if res.returncode:
+        return f"host time per call: not measured ({(res.stderr or res.stdout).strip()[-300:]})"
+    return "fastrnn's host time per call (CPU thread time; `python -m benchmarks.host_overhead`):\n" + res.stdout

@@ -68,6 +68,11 @@ def test_cpu_mode_says_so_in_one_line_and_reports_the_overhead(cpu_run):
     assert sum("No CUDA GPU" in ln for ln in lines) == 1
     overhead = [ln for ln in lines if ln.startswith("fastrnn wrapper overhead")]
     assert len(overhead) == 1 and f"% (median over {CPU_ROWS} rows; fwd " in overhead[0]
+    # and fastrnn's own host time per call, the decoder step's included (benchmarks/host_overhead.py)
+    host = json.loads((cpu_run[0] / "host_overhead.json").read_text())
+    calls = {(r["call"], r["backend"]) for r in host}
+    assert {("decoder", "auto"), ("decoder", "torch.nn"), ("decoder", "triton (launch stubbed)")} <= calls
+    assert all(r["us"] > 0 for r in host) and "fastrnn's host time per call" in stdout
 
 
 def test_cpu_mode_json(cpu_run):
