@@ -571,7 +571,7 @@ def _tool_version(path: str) -> str:
 #: (``fastrnn.kernels.sources``) covers this file but only the top level of ``kernels/``: pinning the
 #: CUDA sources' hash here carries every change to them into it (``tests/test_cuda_tier.py`` fails
 #: until this constant is updated after such a change).
-CUDA_SOURCES_HASH = "47a83da215780a13"
+CUDA_SOURCES_HASH = "ee799f16160ecffc"
 
 
 def cuda_sources_hash(directory: Path | None = None) -> str:
@@ -731,6 +731,11 @@ class Simulator:
                            ctypes.POINTER(ctypes.c_long)]  # fmt: skip
             fn.restype = ctypes.c_int
             getattr(lib, f"frsim_smem_{i}").restype = ctypes.c_int
+
+    def inject_timeout(self, cta: int = -1, wait: int = -1) -> None:
+        """From the next run on, every thread of CTA ``cta`` finds its ``wait``-th mbarrier wait
+        (1-based) timed out; ``-1``: no injection."""
+        self.lib.frsim_inject_timeout(ctypes.c_int(cta), ctypes.c_long(wait))
 
     def params_layout(self) -> list[int]:
         """``[sizeof(Params), offsetof(field) ...]`` of the C++ struct."""

@@ -288,6 +288,28 @@ def test_simulated_states_and_inference(sim, key):
         assert all(v <= SIM_TOL[fwd.dtype] for v in errs.values()), (case, errs)
 
 
+def test_simulated_timeout_ends_the_launch_with_nan_and_status(sim):
+    """A CTA whose exchange times out (injected: its third wait) finishes the launch without waiting
+    again: no deadlock, Params.status = 1, its units NaN from that step on, every unit from the next
+    (the NaN state it pushes), the steps before untouched."""
+    fwd, _ = SIM_CONFIGS[("LSTM", "fp16")]
+    mem = Guarded()
+    call, gx = _guarded_call(mem, *_case("LSTM", "fp16", 64, T=6))
+    res = ForwardResult(**allocate(forward_shapes(call), mem.empty))
+    status = torch.zeros(1, dtype=torch.int32)
+    sim.inject_timeout(cta=1, wait=3)  # the wait of step 3
+    try:
+        sim.run(fwd, cluster.forward_params(call, gx, res, None, status), -(-call.B // fwd.batch_tile))
+    finally:
+        sim.inject_timeout()
+    mem.check()
+    out, U = res.out.float(), fwd.U
+    assert status.item() == 1
+    assert torch.isfinite(out[:3]).all()
+    assert out[3, :, U : 2 * U].isnan().all() and torch.isfinite(out[3, :, :U]).all()
+    assert out[4:].isnan().all() and res.h_n.isnan().all()
+
+
 def test_simulated_cluster_of_16_ctas(sim):
     """The non-portable cluster size at a size the tier serves (LSTM H = 256: 16 units per CTA)."""
     errs = _check_layer(sim, *SIM_C16, dict(varlen=True, reverse=True, h0=True, T=4, B=9))

@@ -13,7 +13,8 @@ FR_FN u32 smem_addr(const void* p) {
 }
 
 // Give up an exchange after this long (ns of %globaltimer): a kernel never hangs; its outputs
-// are NaN from then on and Params.status says so.
+// are NaN from then on, Params.status says so, and the CTA waits no more (a launch that fails
+// ends within one timeout, not one per step).
 constexpr u64 EXCHANGE_TIMEOUT_NS = 2000000000ull;
 
 struct DevHW {

@@ -265,7 +265,7 @@ FR_FN void forward_body(const Params& p, HW& hw) {
   bool failed = false;
   for (int s = 0; s < T; ++s) {
     const int cur = s & 1;
-    if (s > 0 && !await<CF>(hw, sm, s)) failed = true;
+    if (s > 0 && !failed && !await<CF>(hw, sm, s)) failed = true;  // once failed, no more waiting
     mma_phase<CF>(hw, sm, sm.vec(cur), tid, a);
     hw.sync();
 #pragma unroll
@@ -395,7 +395,7 @@ FR_FN void backward_body(const Params& p, HW& hw) {
   for (int i = 0; i <= T; ++i) {
     const int cur = i & 1;
     if (i > 0) {
-      if (!await<CF>(hw, sm, i)) failed = true;
+      if (!failed && !await<CF>(hw, sm, i)) failed = true;  // once failed, no more waiting
       if constexpr (!CF::RS) {
         mma_phase<CF>(hw, sm, sm.vec(cur), tid, a);
         hw.sync();

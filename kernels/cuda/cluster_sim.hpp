@@ -216,6 +216,17 @@ inline SimBase*& current_sim() {
   return s;
 }
 
+// Fault injection: every thread of CTA `cta` finds its `wait`-th mbarrier wait (1-based) timed out
+// (as the device's 2-second limit would), without the phase completing.  -1: none.
+struct TimeoutInjection {
+  int cta = -1;
+  long wait = -1;
+};
+inline TimeoutInjection& injected_timeout() {
+  static TimeoutInjection t;
+  return t;
+}
+
 // The HW interface of cluster_kernel.cuh, on the simulator.
 struct SimHW {
   SimBase& S;
@@ -267,6 +278,11 @@ struct SimHW {
     const int k = S.bar_index(bar);
     Bar& B = S.bars[t->cta * 2 + k];
     if (!B.init) S.fail("wait on an uninitialised mbarrier");
+    const TimeoutInjection& inj = injected_timeout();
+    if (t->cta == inj.cta && t->waits_done[0] + t->waits_done[1] + 1 == inj.wait) {
+      t->waits_done[0] = t->waits_done[1] = -1000000;  // its later waits are not checked
+      return false;
+    }
     if ((u32)(B.phase & 1) == parity) {
       t->state = MBAR_WAIT;
       t->wait_bar = k;
@@ -458,12 +474,16 @@ int run(const fr::Params& p, int n_clusters, unsigned seed, char* err, int errle
       X(s_dcn_b) X(d_cs) X(s_dcs_t) X(s_dcs_b) X(out_in) X(s_oi_t) X(s_oi_b) X(saved_in) X(out) X(h_n) X(c_n)    \
           X(saved) X(cs) X(d_gx) X(d_ghi) X(d_h0) X(d_c0) X(status) X(T) X(B) X(reverse) X(pad_)
 #define FR_PARAMS_OFFSET(f) out[n++] = (long)offsetof(fr::Params, f);
-#define FR_SIM_LAYOUT()                                 \
-  extern "C" int frsim_params_layout(long* out) {       \
-    int n = 0;                                          \
-    out[n++] = (long)sizeof(fr::Params);                \
-    FR_PARAMS_FIELDS(FR_PARAMS_OFFSET)                  \
-    return n;                                           \
+#define FR_SIM_LAYOUT()                                                \
+  extern "C" int frsim_params_layout(long* out) {                      \
+    int n = 0;                                                         \
+    out[n++] = (long)sizeof(fr::Params);                               \
+    FR_PARAMS_FIELDS(FR_PARAMS_OFFSET)                                 \
+    return n;                                                          \
+  }                                                                    \
+  extern "C" void frsim_inject_timeout(int cta, long wait) {           \
+    frsim::injected_timeout().cta = cta;                               \
+    frsim::injected_timeout().wait = wait;                             \
   }
 
 // One exported configuration: frsim_run_<id>(params, clusters, seed, err, errlen, switches) and
