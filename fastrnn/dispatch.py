@@ -524,9 +524,9 @@ def _cuda_autocast_dtype(requested: str) -> str:
     """The dtype ``torch.nn``'s RNNs compute in under CUDA autocast asking for ``requested``.
 
     With cuDNN (the default), PyTorch's autocast wrapper of ``_cudnn_rnn`` casts to float16
-    whatever autocast dtype was asked for (seen on an H200 with torch 2.11: bfloat16 autocast
-    gives float16 RNN outputs); without cuDNN the RNN is built from ops that autocast lowers to
-    the requested dtype."""
+    whatever autocast dtype was asked for (bfloat16 autocast gives float16 RNN outputs; held by
+    ``tests/test_autocast.py`` on a GPU); without cuDNN the RNN is built from ops that autocast
+    lowers to the requested dtype."""
     return str(torch.float16) if _environment().cudnn_enabled else requested
 
 

@@ -595,17 +595,15 @@ RESIDENT_MAX_WEIGHT_BYTES_BWD: dict[int, int] = {
 }
 #: Shared memory per block when the device is not known (sm_90's opt-in maximum).
 DEFAULT_SMEM_BYTES = 227 * 1024
-#: Chunks of K a resident slice's dots are split into across warps (each at least 16 wide): the
-#: toy persistent step on an H200 went from 14.4 to 5.0 us at H = 768 with 4 (kernels/NOTES.md).
-#: fp64 (DMMA) is not split (not measured split).
+#: Chunks of K a resident slice's dots are split into across warps (each at least 16 wide): a
+#: shorter serial chain per step (kernels/NOTES.md, "Tiers 2 and 3").  fp64 (DMMA) is not split.
 RESIDENT_SPLIT_K = 4
 #: Chunk of the reduction dimension of streamed weights, by element size (fp32/fp64 dots hold
 #: K-long rows per thread: narrower chunks).
 BLOCK_K_STREAMED = {2: 64, 4: 16, 8: 16}
 #: The streamed 16-bit backward (slices over :data:`RESIDENT_MAX_WEIGHT_BYTES_BWD`) reads chunks
-#: this wide, each split in :data:`RESIDENT_SPLIT_K` across 8 warps: LSTM bf16 H = 1024
-#: estimated 9.6 us a step against 15.5 at 64-wide chunks on 4 warps (225 / 255 registers with
-#: triton 3.9 / 3.6, no spills; 512-wide chunks spill, 4 warps spill).
+#: this wide, each split in :data:`RESIDENT_SPLIT_K` across 8 warps: the widest that compiles
+#: without spills (kernels/NOTES.md, "Tiers 2 and 3").
 STREAMED_SPLIT_BLOCK_K = 256
 
 

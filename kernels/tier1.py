@@ -559,8 +559,7 @@ def tier1_config(
     if aligned(hidden_size, proj_size):
         num_warps = 4 if nbytes < 16 * 1024 else 8 if nbytes <= 64 * 1024 else 16
         if dtype == torch.float32 and nbytes > 48 * 1024:
-            # RNN H = 128 spills at 8 warps; LSTM H = 64 (triton 3.6 only) spills at 16 warps,
-            # split or not, and is clean at 8 (forward 244 registers, backward 128)
+            # the warps and splits that compile without spills (kernels/NOTES.md, "Tier 1")
             num_warps, split_k = (16, 1 if precision != "ieee" else 2) if cell.G == 1 else (8, 1)
             if x3:
                 num_warps, split_k = 8, 1
@@ -571,8 +570,8 @@ def tier1_config(
     if cell.extended:  # more per-step state (layer-norm cells: 4 warps spill at H = 15)
         num_warps = max(num_warps, 8)
         if dtype == torch.float32 and cell.has_cell_state and nbytes >= 16 * 1024:
-            # LN_LSTM H = 32: triton 3.9's LLVM aborts building its IEEE backward at 8 warps;
-            # in tf32x3, 16 warps spill and 8 are clean
+            # LN_LSTM: the IEEE backward at 8 warps aborts triton 3.9's LLVM; tf32x3 spills at 16
+            # (kernels/NOTES.md, "Layer-norm cells")
             num_warps = 8 if x3 else 16
     if x3 and proj_size and block_h >= 32:
         block_p = max(block_p, 32)
