@@ -814,3 +814,47 @@ def test_docs_size_table_is_generated():
     assert page[begin:end] == cluster.sizes_table(), (
         "docs/tiers.md's tier-4 sizes are stale: paste cluster.sizes_table()"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The launcher's own argument preparation, through the simulator instead of the driver
+
+
+class _SimKernel:
+    """``kernel[grid](params, keep, status)`` as the launcher calls it, run by the simulator."""
+
+    def __init__(self, s: cluster.Simulator, cfg: cluster.ClusterConfig):
+        self.s, self.cfg = s, cfg
+
+    def __getitem__(self, grid):
+        assert grid[0] % self.cfg.cluster == 0
+        return lambda params, keep=None, status=None: self.s.run(self.cfg, params, grid[0] // self.cfg.cluster, 5)
+
+
+def test_launchers_prepare_sliced_inputs_for_the_kernel(sim, monkeypatch):
+    """cluster.forward/backward with the bidirectional layer's slices (gx, d_out not contiguous),
+    lengths, h0, GRU's b_hh: what they hand the kernel (Params, grid) gives the reference's answer."""
+    monkeypatch.setattr(cluster, "kernel", lambda cfg, device_index: _SimKernel(sim, cfg))
+    monkeypatch.setattr(cluster, "batch_tile_for", lambda cfg, batch, device_index: cfg)
+    monkeypatch.setattr(cluster, "_device_index", lambda device: 0)
+    monkeypatch.setattr(cluster, "_check_call", lambda call: None)  # CPU tensors: the simulator's memory
+    fwd, bwd = SIM_CONFIGS[("GRU", "bf16")]
+    call, gx = _case("GRU", "bf16", 64, T=6, B=11, varlen=True, reverse=True, h0=True)
+    T, B, GH, H = call.T, call.B, gx.shape[2], call.H
+    both = torch.zeros(T, B, 2 * GH, dtype=gx.dtype)
+    both[..., GH:] = gx
+    sliced = both[..., GH:]  # the reverse direction's half of one input projection
+    assert not sliced.is_contiguous()
+    before = _runtime.LAUNCHES.get("cluster_fwd", 0)
+    res = cluster.forward(call, sliced, fwd)
+    assert _runtime.LAUNCHES.get("cluster_fwd", 0) == before + 1
+    out, h_n, _, cache = _reference(call, gx)
+    assert _err(res.out, out) <= SIM_TOL["bf16"] and _err(res.h_n, h_n) <= SIM_TOL["bf16"]
+    g = torch.Generator().manual_seed(3)
+    d_both = torch.randn(T, B, 2 * H, generator=g).to(gx.dtype)
+    d_out, d_hn = d_both[..., H:], torch.randn(B, H, generator=g).to(gx.dtype)
+    bres = cluster.backward(call, Gradients(d_out, d_hn, None, None, res.out, res.saved), bwd)
+    want = reference.layer_backward(cache, d_out.double(), d_hn.double())
+    assert _err(bres.d_gx, want["x"]) <= SIM_TOL["bf16"] and _err(bres.d_h0, want["h0"]) <= SIM_TOL["bf16"]
+    empty = dataclasses.replace(call, T=0)
+    assert torch.equal(cluster.forward(empty, sliced[:0], fwd).h_n, call.h0)  # nothing to run: h_n = h0
