@@ -760,6 +760,9 @@ def fake_driver(tmp_path, monkeypatch):
     subprocess.run([cxx, "-shared", "-fPIC", f"-I{include}", str(tmp_path / "fake.cpp"), "-o", str(so)], check=True)
     drv = cluster._Driver(str(so))
     monkeypatch.setattr(cluster, "_driver", lambda: drv)
+    # kernels loaded through the stand-in must never reach a later test (on a GPU: a real launch)
+    monkeypatch.setattr(cluster, "_KERNELS", {})
+    monkeypatch.setattr(cluster, "_ACTIVE_CLUSTERS", {})
 
     class Stream:
         cuda_stream = 0xABC0
@@ -800,7 +803,6 @@ def test_launch_through_the_driver_api(fake_driver):
 
 def test_batch_tile_follows_the_clusters_the_device_runs(fake_driver, monkeypatch):
     """Tiles of 8 sequences while all of the batch's clusters run at once (the stand-in says 7)."""
-    monkeypatch.setattr(cluster, "_ACTIVE_CLUSTERS", {})
     cfg = cluster.choose_config("GRU", 256, torch.float16, "bwd", 16)
     assert cluster.batch_tile_for(cfg, 5, 0).batch_tile == 8
     assert cluster.batch_tile_for(cfg, 56, 0).batch_tile == 8  # 7 clusters of 8
