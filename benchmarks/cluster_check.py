@@ -1,5 +1,6 @@
 """``python -m benchmarks.cluster_check``: the first check of the CUDA cluster tier (tier 4) on an
-H100/H200, in under five minutes.
+H100/H200, in under five minutes (``--seconds``, default 285: the tests and the benchmark get what
+the compile step leaves).
 
 1. ``compile`` -- nvcc builds every configuration the tier serves (every cell, fp16 and bf16, H
    128-768, both directions and batch tiles) in parallel into the disk cache, and the kernel
@@ -37,7 +38,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-#: Time limits (seconds) of the steps run as subprocesses.
+#: Seconds of the whole check (``--seconds``; ``python -m benchmarks.gpu_check`` gives it 300), and
+#: the most the tests and the benchmark take of what is left when they start.
+TOTAL_S = 285
 TESTS_S = 150
 BENCH_S = 120
 
@@ -108,11 +111,11 @@ def _junit_counts(path: Path) -> dict[str, Any]:
                 errors=int(suite.get("errors", 0)), gpu_tests=len(ran_gpu), gpu_skipped=skipped_gpu)  # fmt: skip
 
 
-def tests_step(out: Path, root: Path) -> dict[str, Any]:
+def tests_step(out: Path, root: Path, limit_s: float = TESTS_S) -> dict[str, Any]:
     junit = out / "tests.xml"
     argv = [sys.executable, "-m", "pytest", "tests/test_cuda_tier.py", "-q", "-rfEs", "-p", "no:cacheprovider",
             "--junitxml", str(junit)]  # fmt: skip
-    rec = _subprocess("tests", argv, TESTS_S, out, root)
+    rec = _subprocess("tests", argv, limit_s, out, root)
     counts = _junit_counts(junit)
     rec.update(counts)
     if rec["status"] == "passed" and (counts["gpu_skipped"] or not counts.get("gpu_tests")):
@@ -133,9 +136,10 @@ def verify_step(tests: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
                 result=f"kernels/verified.json: {record['gpu']} {record['capability']} {record['kernel_hash']}")  # fmt: skip
 
 
-def bench_step(out: Path, root: Path) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "benchmarks.cluster_check", "--bench-only", "--out", str(out)]
-    rec = _subprocess("bench", argv, BENCH_S, out, root)
+def bench_step(out: Path, root: Path, limit_s: float = BENCH_S) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "benchmarks.cluster_check", "--bench-only", "--out", str(out),
+            "--bench-seconds", f"{max(10.0, limit_s - 20):.0f}"]  # fmt: skip
+    rec = _subprocess("bench", argv, limit_s, out, root)
     path = out / "bench.json"
     rows = json.loads(path.read_text())["rows"] if path.exists() else []
     rec["result"] = f"{sum(1 for r in rows if r.get('fastrnn_us') is not None)} of {len(rows)} rows measured"
@@ -153,7 +157,7 @@ def _measure(fn, device) -> float:
     return time_cuda(fn, cfg, device).median_ms
 
 
-def bench(out: Path, budget_s: float = BENCH_S - 15) -> list[dict[str, Any]]:
+def bench(out: Path, budget_s: float = BENCH_S - 20) -> list[dict[str, Any]]:
     """Time every row of :func:`bench_rows` for tier 4 and cuDNN; rows are printed as they finish and
     ``bench.json``/``bench.md`` rewritten after each."""
     import torch
@@ -245,8 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="results folder (default benchmarks/results/<gpu>-cluster-<date>)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="parallel nvcc processes")
     ap.add_argument("--only", action="append", choices=("compile", "tests", "bench"), help="run only these steps")
+    ap.add_argument("--seconds", type=float, default=TOTAL_S, help="time for the whole check")
     ap.add_argument("--bench-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--bench-seconds", type=float, default=BENCH_S - 20, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    started = time.monotonic()
+    left = lambda: args.seconds - (time.monotonic() - started)
 
     import torch
 
@@ -261,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else REPO_ROOT / "benchmarks" / "results" / f"{device_slug(env)}-cluster-{day}"
     out.mkdir(parents=True, exist_ok=True)
     if args.bench_only:
-        bench(out)
+        bench(out, args.bench_seconds)
         return 0
     steps = args.only or ["compile", "tests", "bench"]
     records = []
@@ -270,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         records.append(compile_step(out, args.jobs))
         print(f"[compile] {records[-1]['status']} in {records[-1]['seconds']} s: {records[-1]['result']}", flush=True)
     if "tests" in steps:
-        print(f"[tests] tests/test_cuda_tier.py (limit {TESTS_S} s) ...", flush=True)
-        tests = tests_step(out, REPO_ROOT)
+        limit = max(30.0, min(TESTS_S, left() - 45))
+        print(f"[tests] tests/test_cuda_tier.py (limit {limit:.0f} s) ...", flush=True)
+        tests = tests_step(out, REPO_ROOT, limit)
         records.append(tests)
         print(
             f"[tests] {tests['status']} in {tests['seconds']} s: {tests['result']} {tests.get('why', '')}", flush=True
@@ -279,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         records.append(verify_step(tests, env))
         print(f"[verify] {records[-1]['status']}: {records[-1]['result']}", flush=True)
     if "bench" in steps:
-        print(f"[bench] tier 4 beside cuDNN, T = {T} (limit {BENCH_S} s) ...", flush=True)
-        records.append(bench_step(out, REPO_ROOT))
+        limit = max(20.0, min(BENCH_S, left() - 5))
+        print(f"[bench] tier 4 beside cuDNN, T = {T} (limit {limit:.0f} s) ...", flush=True)
+        records.append(bench_step(out, REPO_ROOT, limit))
         print(f"[bench] {records[-1]['status']} in {records[-1]['seconds']} s: {records[-1]['result']}", flush=True)
         bench_md = out / "bench.md"
         if bench_md.exists():

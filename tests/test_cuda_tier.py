@@ -860,3 +860,42 @@ def test_launchers_prepare_sliced_inputs_for_the_kernel(sim, monkeypatch):
     assert _err(bres.d_gx, want["x"]) <= SIM_TOL["bf16"] and _err(bres.d_h0, want["h0"]) <= SIM_TOL["bf16"]
     empty = dataclasses.replace(call, T=0)
     assert torch.equal(cluster.forward(empty, sliced[:0], fwd).h_n, call.h0)  # nothing to run: h_n = h0
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPU check's plan (python -m benchmarks.cluster_check), on a CPU
+
+
+def _cluster_check():
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:  # `benchmarks` is a folder of the repository, not an installed package
+        sys.path.insert(0, root)
+    from benchmarks import cluster_check
+
+    return cluster_check
+
+
+def test_gpu_check_grid_and_verification_rule(tmp_path, capsys):
+    """The benchmark grid (the headline row first, every cell x dtype x B x H beside it), and the
+    rule that a skipped gpu test means no verification record."""
+    cc = _cluster_check()
+    rows = cc.bench_rows()
+    assert rows[0] == dict(family="LSTM", nonlinearity=None, dtype="fp16", B=16, H=768)
+    assert len(rows) == 1 + 3 * 2 * 2 * 3
+    for row in rows:  # every row is a layer the tier runs (the fwd+bwd rows too)
+        mode = cells.family_mode(row["family"], row["nonlinearity"])
+        assert cluster._static_reason(mode, row["H"], 0, cluster.TORCH_DTYPES[row["dtype"]]) is None, row
+    junit = tmp_path / "tests.xml"
+    junit.write_text(
+        '<testsuites><testsuite tests="3" failures="0" errors="0">'
+        '<testcase name="test_gpu_forced_tier_against_float64[fp16-LSTM-H128]"/>'
+        '<testcase name="test_gpu_exchange_status_is_clean"><skipped message="needs a CUDA GPU"/></testcase>'
+        '<testcase name="test_mutant_is_caught[a]"/></testsuite></testsuites>'
+    )
+    counts = cc._junit_counts(junit)
+    assert counts["gpu_tests"] == 2 and counts["gpu_skipped"] == ["test_gpu_exchange_status_is_clean"]
+    assert cc.verify_step(dict(status="failed"), {})["status"] == "skipped"
+    if not torch.cuda.is_available():
+        assert cc.main([]) == 2 and "no CUDA device" in capsys.readouterr().err
