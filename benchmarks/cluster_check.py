@@ -163,7 +163,7 @@ def bench(out: Path, budget_s: float = BENCH_S - 20) -> list[dict[str, Any]]:
     import torch
 
     import fastrnn
-    from fastrnn.kernels import _runtime, cells, cluster
+    from fastrnn.kernels import _runtime, cells, cluster, tiers
 
     os.environ["FASTRNN_TIER"] = str(cluster.NUMBER)
     dev = torch.device("cuda")
@@ -178,7 +178,7 @@ def bench(out: Path, budget_s: float = BENCH_S - 20) -> list[dict[str, Any]]:
             continue
         mode = cells.family_mode(row["family"], row["nonlinearity"])
         dtype = dtypes[row["dtype"]]
-        why = cluster.unsupported(mode, row["H"], 0, dtype)
+        why = tiers.tier_unsupported(cluster.NUMBER, mode, row["H"], 0, dtype)
         fast_cls = getattr(fastrnn, row["family"])
         ref_cls = getattr(torch.nn, row["family"])
         kw = {"nonlinearity": row["nonlinearity"]} if row["nonlinearity"] else {}

@@ -266,7 +266,8 @@ def _backend_and_tier(
         from .kernels.tiers import choose_tier
 
         reasons = _device_reasons(env, device_type, param_device, input_device)
-        tier, why = choose_tier(mode, hidden_size, proj_size, _DTYPES[dtype], interpreted=device_type == "cpu")
+        cuda = torch.device(input_device) if device_type == "cuda" else None
+        tier, why = choose_tier(mode, hidden_size, proj_size, _DTYPES[dtype], device_type == "cpu", cuda)
         if tier is None:
             reasons.append(why)
         elif not reasons:

@@ -28,9 +28,11 @@ instead of a C++ extension's minute.  nvcc (CUDA >= 12.8, the one that ships sm_
 is needed at first use of a configuration; NVRTC is not used.  Without a CUDA device of compute
 capability 9.0 or without nvcc the tier is unavailable and says why in one line.
 
-**When it runs.**  Only when forced (``FASTRNN_TIER=4``) until a GPU has verified it: the GPU check
-(``python -m benchmarks.cluster_check``) writes ``kernels/verified.json`` (:func:`record_verification`)
-when the tier's correctness tests pass there, and :func:`verification` reads it for a device.
+**When it runs.**  Automatically (ranked between tier 1 and tier 2) on a GPU where it is verified,
+else only when forced (``FASTRNN_TIER=4``): the GPU check (``python -m benchmarks.cluster_check``)
+writes ``kernels/verified.json`` (:func:`record_verification`) when the tier's correctness tests
+pass there, and :func:`verification`, the tier's :attr:`~.tiers.Tier.verified`, reads it for a
+device.
 
 **The host simulator.**  ``cuda/cluster_sim.hpp`` runs the kernel body itself on the host (every
 thread of every CTA of a cluster as a user-level context, in lockstep, with a model of ldmatrix,
@@ -61,7 +63,7 @@ from typing import Any
 
 import torch
 
-from . import _runtime, cells, tiers
+from . import _runtime, cells, sources, tiers
 from .call import Gradients, RecurrenceCall, allocate, backward_shapes, forward_shapes
 from .common import BackwardResult, ForwardResult, Launch, final_gradients, initial_states, row_major
 
@@ -70,8 +72,11 @@ NUMBER = 4
 
 HERE = Path(__file__).resolve().parent
 CUDA_DIR = HERE / "cuda"
-#: The CUDA sources, in the order their hash takes them.
-CUDA_SOURCES = ("cluster_common.cuh", "cluster_kernel.cuh", "cluster_device.cuh", "cluster_entry.cu", "cluster_sim.hpp")
+#: The files (relative to the package) the tier's device code is built from.
+DEVICE_SOURCES = sources.CUDA_SOURCES
+#: The CUDA folder's files, in the order their hash takes them: the device code and the host-side
+#: simulator that runs it in the tests.
+CUDA_SOURCES = (*(Path(name).name for name in DEVICE_SOURCES), "cluster_sim.hpp")
 
 #: Cells of the tier (``Cell<...>`` in cluster_common.cuh) and storage dtypes.
 CELL_IDS = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
@@ -143,6 +148,7 @@ class ClusterConfig:
     reduce: bool = False  # backward: reduce-scatter fp32 partial sums instead of all-gathering dpre
 
     TILE_CONSTEXPRS = ("FR_BT", "FR_C", "FR_NW")
+    ARCHS = (90,)  # sm_90a: thread-block clusters, distributed shared memory
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -500,13 +506,21 @@ def _nvcc_path(explicit: str, path: str, cuda_home: str) -> str | None:
     return str(candidate) if candidate is not None and os.access(candidate, os.X_OK) else None
 
 
-def _device_reason() -> str | None:
+def device_unsupported(device: torch.device | None = None) -> str | None:
+    """Why ``device`` (``None``: the current CUDA device) cannot run the tier at all, whatever the
+    layer: no nvcc to build the kernels, no CUDA device, or not compute capability 9.0 (the tier's
+    :attr:`~.tiers.Tier.device_unsupported`; the kernel report, which compiles without a GPU, does
+    not ask it)."""
+    if nvcc_path() is None:
+        return ("the cluster tier compiles its CUDA kernels at first use and found no nvcc "
+                "(PATH, $FASTRNN_NVCC or $CUDA_HOME/bin)")  # fmt: skip
     if not torch.cuda.is_available():
         return "the cluster tier needs a CUDA GPU of compute capability 9.0 (H100/H200); there is no CUDA device"
-    major, minor = torch.cuda.get_device_capability()
+    index = _device_index(torch.device(device or "cuda"))
+    major, minor = torch.cuda.get_device_capability(index)
     if (major, minor) != (9, 0):
         return (f"the cluster tier needs compute capability 9.0 (sm_90a: H100/H200); "
-                f"{torch.cuda.get_device_name()} is {major}.{minor}")  # fmt: skip
+                f"{torch.cuda.get_device_name(index)} is {major}.{minor}")  # fmt: skip
     return None
 
 
@@ -514,11 +528,12 @@ def unsupported(
     mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, interpreted: bool = False, release: Any = None
 ) -> str | None:
     """Why the cluster tier cannot run this layer (``None``: it can), in one line (``release``: a
-    Triton release's limits, which do not apply to this tier).
+    Triton release's limits, which do not apply to this tier); what the machine lacks is
+    :func:`device_unsupported`'s.
 
     Example::
 
-        unsupported("LSTM", 256, 0, torch.float16)  # None on an H100 with nvcc; else the reason
+        unsupported("LSTM", 256, 0, torch.float16)  # None
         unsupported("LSTM", 100, 0, torch.float16)  # 'the cluster tier needs hidden_size a multiple of 16, got 100'
     """
     why = _static_reason(mode, hidden_size, proj_size, dtype)
@@ -526,10 +541,7 @@ def unsupported(
         return why
     if interpreted:
         return "the cluster tier runs compiled CUDA kernels only, not Triton's interpreter (CPU tensors)"
-    if nvcc_path() is None:
-        return ("the cluster tier compiles its CUDA kernels at first use and found no nvcc "
-                "(PATH, $FASTRNN_NVCC or $CUDA_HOME/bin)")  # fmt: skip
-    return _device_reason()
+    return None
 
 
 def describe(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype) -> str:
@@ -567,18 +579,6 @@ def _tool_version(path: str) -> str:
     return out.strip().splitlines()[-1]
 
 
-#: :func:`cuda_sources_hash` of the CUDA sources this file was written for.  The kernel hash
-#: (``fastrnn.kernels.sources``) covers this file but only the top level of ``kernels/``: pinning the
-#: CUDA sources' hash here carries every change to them into it (``tests/test_cuda_tier.py`` fails
-#: until this constant is updated after such a change).
-CUDA_SOURCES_HASH = "ee799f16160ecffc"
-
-
-def cuda_sources_hash(directory: Path | None = None) -> str:
-    """16 hex digits of SHA-256 over the CUDA sources (names and bytes)."""
-    return _cuda_sources_digest(directory).hex()[:16]
-
-
 def _cuda_sources_digest(directory: Path | None = None) -> bytes:
     h = hashlib.sha256()
     for name in CUDA_SOURCES:
@@ -586,9 +586,10 @@ def _cuda_sources_digest(directory: Path | None = None) -> bytes:
     return h.digest()
 
 
+@functools.cache
 def sources_hash() -> str:
     """16 hex digits of SHA-256 over the CUDA sources and this file: the tier's sources, which the
-    verification record names."""
+    verification record names (read once a process)."""
     h = hashlib.sha256(_cuda_sources_digest())
     h.update(b"cluster.py\0" + Path(__file__).read_bytes())
     return h.hexdigest()[:16]
@@ -1037,13 +1038,6 @@ def backward(call: RecurrenceCall, grads: Gradients, cfg: ClusterConfig) -> Back
     return res
 
 
-def _not_a_triton_launch(launch: Launch) -> tuple:
-    raise NotImplementedError(
-        "the cluster tier's kernels are CUDA C++, not Triton: the kernel report reads them with "
-        "fastrnn.kernels.cluster.report_rows(), not through Tier.compiled"
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # The kernel report's rows: resources and SASS facts of each configuration
 
@@ -1281,7 +1275,8 @@ def verification(device: torch.device | int | None = None, path: Path | None = N
                  capability: str | None = None) -> tuple[bool, str]:  # fmt: skip
     """``(verified, why)``: whether a GPU of ``device``'s compute capability passed the tier's
     correctness tests with these sources (:func:`sources_hash`).  ``capability`` (``"9.0"``) instead
-    of a device: ask without one."""
+    of a device: ask without one.  The tier's :attr:`~.tiers.Tier.verified`: until this is true
+    for a GPU, the tier runs there only when forced."""
     if capability is None:
         if not torch.cuda.is_available():
             return False, "no CUDA device"
@@ -1318,34 +1313,28 @@ def record_verification(device: torch.device | int | None = None, path: Path | N
 
 
 # ---------------------------------------------------------------------------------------------
-# Registration: forced only (FASTRNN_TIER=4) until the verification record is wired into the
-# automatic choice
+# Registration: automatic (between tier 1 and tier 2) on a GPU where it is verified, else forced
+# only (FASTRNN_TIER=4)
 
 TIER_NAME = "thread-block cluster (CUDA)"
 
-#: The files (relative to the package) the tier's device code is built from (the simulator is not).
-DEVICE_SOURCES = tuple(f"cuda/{name}" for name in CUDA_SOURCES if name != "cluster_sim.hpp")
-
-_RECORD = dict(
-    number=NUMBER,
-    name=TIER_NAME,
-    rank=1.5,
-    unsupported=unsupported,
-    config=config,
-    describe=describe,
-    forward=forward,
-    backward=backward,
-    forward_launch=forward_launch,
-    backward_launch=backward_launch,
-    compiled=_not_a_triton_launch,
-    automatic=False,
-    barriers_per_step=0,
+tiers.register(
+    tiers.Tier(
+        number=NUMBER,
+        name=TIER_NAME,
+        rank=1.5,
+        config_type=ClusterConfig,
+        unsupported=unsupported,
+        device_unsupported=device_unsupported,
+        config=config,
+        describe=describe,
+        forward=forward,
+        backward=backward,
+        forward_launch=forward_launch,
+        backward_launch=backward_launch,
+        report_rows=report_rows,
+        device_sources=DEVICE_SOURCES,
+        verified=verification,
+        barriers_per_step=0,
+    )
 )
-_FIELDS = {f.name: f for f in dataclasses.fields(tiers.Tier)}
-if "config_type" in _FIELDS:  # the record names the configuration type
-    _RECORD["config_type"] = ClusterConfig
-if "report_rows" in _FIELDS:  # a tier not built by Triton gives the kernel report its rows itself
-    _RECORD.update(compiled=None, report_rows=report_rows)
-if "device_sources" in _FIELDS:
-    _RECORD["device_sources"] = DEVICE_SOURCES
-tiers.register(tiers.Tier(**_RECORD))

@@ -24,9 +24,19 @@ HERE = Path(__file__).resolve().parent
 #: imports them on first use.  A new tier is one kernel file, its registration, and its name here.
 TIER_MODULES: tuple[str, ...] = ("tier1", "persistent", "cluster")
 
+#: The CUDA C++ device code of the tiers nvcc builds (relative to this package; the host-side
+#: simulator that tests it, ``cuda/cluster_sim.hpp``, builds nothing that runs on a GPU).
+CUDA_SOURCES: tuple[str, ...] = (
+    "cuda/cluster_common.cuh",
+    "cuda/cluster_kernel.cuh",
+    "cuda/cluster_device.cuh",
+    "cuda/cluster_entry.cu",
+)
+
 #: The files (relative to this package) whose contents decide what a kernel launch compiles to:
 #: the cells' maths, the shared jit helpers, the call record, the tier choice, the release data,
-#: every tier's kernel file, the multi-program runtime and the fused embedding's GEMM.
+#: every tier's kernel file, the multi-program runtime, the fused embedding's GEMM and the CUDA
+#: sources.
 KERNEL_SOURCES: tuple[str, ...] = (
     "cells.py",
     "common.py",
@@ -37,6 +47,7 @@ KERNEL_SOURCES: tuple[str, ...] = (
     *(f"{name}.py" for name in TIER_MODULES),
     "grid.py",
     "embedding.py",
+    *CUDA_SOURCES,
 )
 
 

@@ -61,7 +61,9 @@ class TierConfig(Protocol):
       holds on chip;
     * ``override(hidden_size, dtype, **changes)``: this configuration with the report's
       exploration knobs applied (``num_warps``, ``block_b``, ``split_k``, ``resident``; a knob the
-      tier does not have raises ``ValueError``).
+      tier does not have raises ``ValueError``);
+    * optionally ``ARCHS``: the compute capabilities (``90``, ``80``) the tier builds for (absent:
+      every one the report compiles for).
     """
 
     TILE_CONSTEXPRS: ClassVar[tuple[str, ...]]
@@ -84,6 +86,10 @@ class Tier:
     * ``unsupported(mode, hidden_size, proj_size, dtype, interpreted=False, release=None) -> str |
       None``: why it cannot run a layer (``None``: it can), with the limits of a Triton ``release``
       (default: the installed one; a tier whose limits do not depend on it ignores it);
+    * ``device_unsupported(device) -> str | None``: why a CUDA ``device`` (``None``: the current
+      one) cannot run the tier at all, whatever the layer (an architecture or a compiler the
+      machine lacks; ``None``: no such condition).  :func:`tier_unsupported` asks both; the kernel
+      report, which compiles without a GPU, asks only ``unsupported``;
     * ``config(mode, hidden_size, proj_size, dtype, kernel, smem_bytes, precision)``: its launch
       configuration for ``kernel`` (``"fwd"``/``"bwd"``), an instance of ``config_type`` (a frozen
       dataclass following :class:`TierConfig`);
@@ -97,6 +103,9 @@ class Tier:
       no ``compiled`` and gives the report its rows itself: ``report_rows(configs) -> rows``;
     * ``rank``: the order :func:`choose_tier` tries tiers in (lowest first); ``automatic=False``:
       only forced (``FASTRNN_TIER``) or as another tier's fallback;
+    * ``verified(device) -> (ok, why)``: for a tier that is chosen automatically only on a GPU
+      where its correctness tests have passed with these sources (``None``: no such condition);
+      until then it runs only when forced;
     * ``barriers_per_step``: grid-wide barriers on each step's chain (the kernel report's estimate);
     * ``device_sources``: the files (relative to this package) its device code is built from
       (:func:`kernel_identity`).
@@ -118,6 +127,8 @@ class Tier:
     barriers_per_step: int = 0
     report_rows: Callable[..., list] | None = None
     device_sources: tuple[str, ...] = ()
+    verified: Callable[..., tuple[bool, str]] | None = None
+    device_unsupported: Callable[..., str | None] | None = None
 
 
 _TIERS: dict[int, Tier] = {}
@@ -183,29 +194,40 @@ def forced_tier() -> int | None:
 
 
 def tier_unsupported(tier: int, mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
-                     interpreted: bool = False) -> str | None:  # fmt: skip
-    """Why ``tier`` cannot run this layer (``None`` when it can)."""
-    return get_tier(tier).unsupported(mode, hidden_size, proj_size, dtype, interpreted)
+                     interpreted: bool = False, device: torch.device | None = None) -> str | None:  # fmt: skip
+    """Why ``tier`` cannot run this layer on ``device`` (``None``: the current CUDA device; with
+    ``interpreted``, CPU tensors in Triton's interpreter), ``None`` when it can."""
+    record = get_tier(tier)
+    why = record.unsupported(mode, hidden_size, proj_size, dtype, interpreted)
+    if why is None and not interpreted and record.device_unsupported is not None:
+        why = record.device_unsupported(device)
+    return why
 
 
 def choose_tier(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
-                interpreted: bool = False) -> tuple[int | None, str]:  # fmt: skip
-    """``(tier, why)``: the tier that runs this layer, or ``(None, reasons)`` when none can.
+                interpreted: bool = False, device: torch.device | None = None) -> tuple[int | None, str]:  # fmt: skip
+    """``(tier, why)``: the tier that runs this layer on ``device`` (``None``: the current CUDA
+    device), or ``(None, reasons)`` when none can.
 
-    Rule: the first automatic tier in rank order that can run it -- tier 1 whenever all of
-    ``W_hh`` fits one program (no barrier, fastest per step), else tier 2 (multi-program
-    persistent; resident weights when the slice fits; it falls back to tier 3 at launch when the
-    GPU cannot hold its grid).  ``FASTRNN_TIER`` forces one.
+    Rule: the first automatic tier in rank order that can run it (and, for a tier with
+    :attr:`Tier.verified`, has passed its tests on this GPU) -- tier 1 whenever all of ``W_hh``
+    fits one program (no barrier, fastest per step), else the cluster tier on a GPU where it is
+    verified, else tier 2 (multi-program persistent; resident weights when the slice fits; it
+    falls back to tier 3 at launch when the GPU cannot hold its grid).  ``FASTRNN_TIER`` forces
+    one.
     """
     forced = forced_tier()
     if forced is not None:
-        why = tier_unsupported(forced, mode, hidden_size, proj_size, dtype, interpreted)
+        why = tier_unsupported(forced, mode, hidden_size, proj_size, dtype, interpreted, device)
         return (None, why) if why else (forced, f"tier {forced} forced by FASTRNN_TIER")
     reasons: list[str] = []
     for number, tier in registered().items():
         if not tier.automatic:
             continue
-        why = tier.unsupported(mode, hidden_size, proj_size, dtype, interpreted)
+        why = tier_unsupported(number, mode, hidden_size, proj_size, dtype, interpreted, device)
+        if why is None and tier.verified is not None:
+            ok, said = tier.verified(device)
+            why = None if ok else f"{said} (it runs when forced: FASTRNN_TIER={number})"
         if why is None:
             said = tier.describe(mode, hidden_size, proj_size, dtype)
             return number, f"{said}: {'; '.join(reasons)}" if reasons else said
@@ -300,7 +322,7 @@ def plan_stack(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, 
     stack: the tier :func:`choose_tier` picks (every layer has the same recurrent sizes; only the
     first layer's input projection, outside the kernels, sees the input width).  Raises
     :class:`NoTier` when no tier can run it."""
-    tier, why = choose_tier(mode, hidden_size, proj_size, dtype, interpreted=interpreted)
+    tier, why = choose_tier(mode, hidden_size, proj_size, dtype, interpreted=interpreted, device=device)
     if tier is None:
         raise NoTier(f"no kernel tier runs {mode} with hidden_size={hidden_size}: {why}")
     plan = plan_layer(mode, hidden_size, proj_size, dtype, tier, smem_per_block(device), precision)

@@ -458,30 +458,58 @@ def test_configuration_is_a_tier_config():
         assert tiers.from_key(key).forward == plan.forward and tiers.from_key(key).backward == plan.backward
 
 
-def test_registered_forced_only():
+def test_registered_between_tier_1_and_tier_2():
     tier = tiers.get_tier(cluster.NUMBER)
-    assert tier.automatic is False and tier.rank == 1.5 and tier.name == cluster.TIER_NAME
-    assert tier.barriers_per_step == 0
-    if getattr(tier, "report_rows", None) is not None:  # the kernel report asks the tier for its rows
-        assert tier.compiled is None and tier.report_rows is cluster.report_rows
-    else:
-        with pytest.raises(NotImplementedError, match="report_rows"):
-            tier.compiled(None)
-    if hasattr(tier, "device_sources"):
-        assert tier.device_sources == cluster.DEVICE_SOURCES
-        assert all((cluster.HERE / name).exists() for name in tier.device_sources)
+    assert tier.automatic and tier.rank == 1.5 and tier.name == cluster.TIER_NAME
+    assert tier.barriers_per_step == 0 and tier.verified is cluster.verification
+    assert tier.compiled is None and tier.report_rows is cluster.report_rows  # the report asks it for its rows
+    assert tier.device_sources == cluster.DEVICE_SOURCES
     assert tier.unsupported("LSTM", 100, 0, torch.float16, False, None) is not None  # a release is ignored
 
 
-def test_cuda_sources_hash_is_pinned_in_the_kernel_hash():
-    """cluster.py pins the CUDA sources' hash, so the kernel hash (which covers cluster.py) moves
-    with every change to them."""
+@pytest.mark.parametrize("verified", [False, True])
+def test_chosen_automatically_only_where_verified(verified, monkeypatch):
+    """A kernel that has never passed its tests on a GPU is never chosen automatically: an LSTM too
+    large for tier 1 goes to the cluster tier only where its verification record says so, else to
+    tier 2 with the reason.  Kills: ``choose_tier`` not asking ``Tier.verified``."""
+    monkeypatch.delenv("FASTRNN_TIER", raising=False)
+    tier = tiers.get_tier(cluster.NUMBER)
+    asked = []
+
+    def verified_here(device):
+        asked.append(device)
+        return verified, "verified on a test GPU" if verified else "not verified on compute capability 9.0"
+
+    as_on_a_gpu = dataclasses.replace(tier, unsupported=lambda *a, **k: None, device_unsupported=None,
+                                      verified=verified_here)  # fmt: skip
+    tiers.register(as_on_a_gpu)
+    try:
+        number, why = tiers.choose_tier("LSTM", 768, 0, torch.float16, device=torch.device("cuda", 1))
+        assert asked == [torch.device("cuda", 1)]
+        if verified:
+            assert number == cluster.NUMBER
+        else:
+            assert number == 2
+            assert f"not verified on compute capability 9.0 (it runs when forced: FASTRNN_TIER={cluster.NUMBER})" in why
+        # a layer tier 1 holds never gets that far
+        assert tiers.choose_tier("LSTM", 32, 0, torch.float16)[0] == 1
+        monkeypatch.setenv("FASTRNN_TIER", str(cluster.NUMBER))  # forced: no record needed
+        assert tiers.choose_tier("LSTM", 768, 0, torch.float16)[0] == cluster.NUMBER
+    finally:
+        tiers.register(tier)
+
+
+def test_every_tiers_device_sources_are_in_the_kernel_hash():
+    """The kernel hash (which keys auto's measurements and the report's cache) covers each tier's
+    device code: editing a CUDA source invalidates what was measured with it.  Kills: the CUDA
+    sources left out of ``sources.KERNEL_SOURCES``."""
     from fastrnn.kernels import sources
 
     assert "cluster" in sources.TIER_MODULES
-    assert cluster.CUDA_SOURCES_HASH == cluster.cuda_sources_hash(), (
-        f"kernels/cuda changed: set cluster.CUDA_SOURCES_HASH = {cluster.cuda_sources_hash()!r}"
-    )
+    for tier in tiers.registered().values():
+        assert set(tier.device_sources) <= set(sources.KERNEL_SOURCES), tier.name
+        assert all((sources.HERE / name).exists() for name in tier.device_sources)
+    assert tiers.get_tier(cluster.NUMBER).device_sources
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,7 +540,7 @@ def test_without_nvcc_the_tier_says_so_in_one_line(monkeypatch):
 def test_forced_tier_without_a_gpu_is_unavailable_not_broken(monkeypatch):
     """FASTRNN_TIER=4 on a machine without the tier: backend='auto' runs torch's code,
     backend='triton' raises BackendUnavailable naming the tier's reason."""
-    if torch.cuda.is_available() and cluster.unsupported("LSTM", 32, 0, torch.float16) is None:
+    if torch.cuda.is_available() and tiers.tier_unsupported(cluster.NUMBER, "LSTM", 32, 0, torch.float16) is None:
         pytest.skip("this machine runs the cluster tier")
     monkeypatch.setenv("FASTRNN_TIER", "4")
     x = torch.randn(4, 2, 8)
@@ -600,6 +628,22 @@ def test_report_rows_carry_the_kernel_report_keys():
     assert "| LSTM | fp16 | 256 | fwd | 8 | 16 |" in cluster.format_rows([row])
 
 
+def test_the_kernel_report_command_compiles_the_tier(capsys):
+    """``python -m fastrnn.kernels.report --tiers 4`` sweeps the tier's sizes for sm_90 only (no
+    sm_80 build, no fp32) and prints its nvcc-built rows among the others.  Kills: the report
+    handing CUDA rows to Triton's compiler, or sweeping architectures the tier does not build."""
+    _need_nvcc()
+    from fastrnn.kernels import report
+
+    cfgs = report.configs([1, cluster.NUMBER], cells=["GRU"], dtypes=["fp16", "fp32"], hidden_sizes=[32],
+                          archs=[90, 80], kernels=["fwd"])  # fmt: skip
+    assert {(c.tier, c.arch, c.dtype) for c in cfgs if c.tier == cluster.NUMBER} == {(cluster.NUMBER, 90, "fp16")}
+    assert report.main(["--tiers", "4", "--cells", "GRU", "--dtypes", "fp16", "--hidden", "32", "--kernels",
+                        "fwd", "--jobs", "1"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "tier4," in out and " ok" in out and "ERROR" not in out
+
+
 def test_step_prediction_for_the_target_layer():
     """The calibrated step model's prediction for LSTM fp16 H = 256, B = 16 (two clusters of 8
     sequences): at most 1.0 us a step forward (a prediction; the GPU check measures it)."""
@@ -645,7 +689,7 @@ def test_committed_verification_file_is_well_formed():
 def _gpu_or_skip(mode: str, H: int, dtype: torch.dtype):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    why = cluster.unsupported(mode, H, 0, dtype)
+    why = tiers.tier_unsupported(cluster.NUMBER, mode, H, 0, dtype)
     if why:
         pytest.skip(why)
 

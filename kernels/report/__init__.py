@@ -39,6 +39,10 @@ Command line (``python -m fastrnn.kernels.report --help``)::
     python -m fastrnn.kernels.report --tiers 2 3 --hidden 128 1024 --arch 90   # tiers 2 and 3
     python -m fastrnn.kernels.report --no-cache            # compile again what the cache holds
 
+A tier built by nvcc instead (the cluster tier, ``--tiers 4``) compiles and reads its own rows
+with the same keys (``Tier.report_rows``), for the architectures its configuration lists
+(``ARCHS``).
+
 Compiling needs real ``JITFunction`` kernels, so :func:`compile_report` compiles in worker
 subprocesses started with ``TRITON_INTERPRET=0`` (this process may interpret, see
 :mod:`fastrnn.kernels._runtime`); a compiler crash (LLVM assertions abort the process) then costs

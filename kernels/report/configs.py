@@ -125,8 +125,9 @@ class KernelConfig:
         return ",".join(flags)
 
     def unsupported(self) -> str | None:
-        """Why the configuration's tier refuses this size (``None``: it accepts it)."""
-        return tiers.tier_unsupported(self.tier, self.mode, self.hidden_size, self.proj, self.torch_dtype)
+        """Why the configuration's tier refuses this size (``None``: it accepts it); what this
+        machine lacks to run it (a GPU) does not count: the report only compiles."""
+        return tiers.get_tier(self.tier).unsupported(self.mode, self.hidden_size, self.proj, self.torch_dtype)
 
 
 def configs(
@@ -190,6 +191,8 @@ def configs(
                 continue  # inference has no backward; a projection is smaller; precisions are fp32's
             cfg = KernelConfig(kernel, cell, dtype, hidden, arch, varlen, rev, h0, save, batch, warps, bb, prec, proj,
                                tier, sk, res)  # fmt: skip
+            if arch not in getattr(tiers.get_tier(tier).config_type, "ARCHS", (arch,)):
+                continue  # a tier built for some architectures only (the cluster tier: sm_90a)
             if beyond_limit or cfg.unsupported() is None:
                 out.append(cfg)
     return list(dict.fromkeys(out))

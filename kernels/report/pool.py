@@ -256,7 +256,9 @@ def compile_report(
     this works from a process whose kernels are interpreted, and a compiler crash only costs
     its own config).  ``imports``: modules each worker imports before compiling (a cell
     registered outside fastrnn: its module registers it).  ``cache``: read and keep rows in
-    :func:`cache_dir` (:func:`cache_key`).
+    :func:`cache_dir` (:func:`cache_key`).  A tier not built by Triton (CUDA C++) makes its rows
+    itself, with the same keys (:attr:`~fastrnn.kernels.tiers.Tier.report_rows`, its own build
+    cache).
 
     Example::
 
@@ -265,9 +267,19 @@ def compile_report(
     """
     configs = list(configs)
     imports = list(imports)
-    rows: list[dict | None] = [_cached(cfg, imports) if cache else None for cfg in configs]
+    rows: list[dict | None] = [None] * len(configs)
+    own: dict[int, list[int]] = {}  # tiers not built by Triton: they compile and read their rows themselves
+    for i, cfg in enumerate(configs):
+        if tiers.get_tier(cfg.tier).report_rows is not None:
+            own.setdefault(cfg.tier, []).append(i)
+    for number, indices in own.items():
+        made = tiers.get_tier(number).report_rows([configs[i] for i in indices], jobs=jobs)
+        for i, row in zip(indices, made, strict=True):
+            rows[i] = row
     todo = queue.SimpleQueue()
     for i, cfg in enumerate(configs):
+        if rows[i] is None and cache:
+            rows[i] = _cached(cfg, imports)
         if rows[i] is None:
             todo.put((i, cfg))
     if todo.empty():
