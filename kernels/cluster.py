@@ -51,7 +51,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -65,7 +64,7 @@ import torch
 
 from . import _runtime, cells, sources, tiers
 from .call import Gradients, RecurrenceCall, allocate, backward_shapes, forward_shapes
-from .common import BackwardResult, ForwardResult, Launch, final_gradients, initial_states, row_major
+from .common import BackwardResult, ForwardResult, Launch, row_major, run_backward, run_forward
 
 #: This tier's number (``FASTRNN_TIER=4``).
 NUMBER = 4
@@ -999,11 +998,7 @@ def forward_launch(call: RecurrenceCall, gx: torch.Tensor, cfg: ClusterConfig) -
 def forward(call: RecurrenceCall, gx: torch.Tensor, cfg: ClusterConfig) -> ForwardResult:
     """Run one layer/direction's forward: ``out`` (T, B, H), ``h_n``, ``c_n`` and what the call asks
     for (the saved tensors, every step's ``c_t``), as :func:`~.call.forward_shapes` states them."""
-    launch, res = forward_launch(call, gx, cfg)
-    if launch is None:
-        return initial_states(res, call.h0, call.c0)
-    launch.run()
-    return res
+    return run_forward(*forward_launch(call, gx, cfg), call)
 
 
 def backward_launch(call: RecurrenceCall, grads: Gradients, cfg: ClusterConfig) -> tuple[Launch | None, BackwardResult]:
@@ -1031,21 +1026,11 @@ def backward_launch(call: RecurrenceCall, grads: Gradients, cfg: ClusterConfig) 
 def backward(call: RecurrenceCall, grads: Gradients, cfg: ClusterConfig) -> BackwardResult:
     """The reverse-time pass: ``d_gx`` (T, B, G*H), GRU's ``d_gh_inner``, ``d_h0``, ``d_c0`` in fp32,
     zero at padding (:func:`~.call.backward_shapes`); weight gradients stay GEMMs in ``fastrnn.ops``."""
-    launch, res = backward_launch(call, grads, cfg)
-    if launch is None:
-        return final_gradients(res, grads)
-    launch.run()
-    return res
+    return run_backward(*backward_launch(call, grads, cfg), grads)
 
 
 # ---------------------------------------------------------------------------------------------
 # The kernel report's rows: resources and SASS facts of each configuration
-
-_SASS_LINE = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s*(@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)([^;]*);")
-_SASS_LABEL = re.compile(r"^(\.L_x_\d+):")
-_SASS_TARGET = re.compile(r"`\((\.L_x_\d+)\)")
-_RES_USAGE = re.compile(r"Function\s+(\S+):\s*\n\s*REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
-_PTXAS_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
 def cuda_tool(name: str) -> str | None:
@@ -1053,31 +1038,9 @@ def cuda_tool(name: str) -> str | None:
     nvcc = nvcc_path()
     if nvcc is not None and os.access(Path(nvcc).parent / name, os.X_OK):
         return str(Path(nvcc).parent / name)
-    try:
-        import triton
-    except ImportError:
-        return None
-    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
-    return str(path) if os.access(path, os.X_OK) else None
+    from .report.sass import nvidia_tool
 
-
-def sass_loops(sass: str) -> tuple[list[tuple[int, str, str]], list[tuple[int, int]]]:
-    """``nvdisasm -c`` output as ``[(address, opcode, operands)]`` and its loops: ``(start, end)``
-    address ranges from each backward branch to its target."""
-    insts, labels, pending, loops = [], {}, [], []
-    for line in sass.splitlines():
-        if m := _SASS_LABEL.match(line):
-            pending.append(m.group(1))
-        elif m := _SASS_LINE.match(line):
-            addr = int(m.group(1), 16)
-            for label in pending:
-                labels[label] = addr
-            pending = []
-            insts.append((addr, m.group(3), m.group(4)))
-    for addr, op, operands in insts:
-        if op == "BRA" and (t := _SASS_TARGET.search(operands)) and labels.get(t.group(1), addr + 1) <= addr:
-            loops.append((labels[t.group(1)], addr))
-    return insts, loops
+    return nvidia_tool(name)
 
 
 def step_facts(sass: str) -> dict[str, Any]:
@@ -1085,7 +1048,9 @@ def step_facts(sass: str) -> dict[str, Any]:
     read from the SASS: instruction counts, local-memory traffic, and the mbarrier waits (try-wait
     instructions grouped by the barrier address they poll: one wait, however the compiler splits its
     spin loop)."""
-    insts, loops = sass_loops(sass)
+    from .report.sass import sass_instructions
+
+    insts, loops = sass_instructions(sass)
     with_mma = [(s, e) for s, e in loops if any(s <= a <= e and op == "HMMA" for a, op, _ in insts)]
     if not with_mma:
         return dict(time_loop=None)
@@ -1117,15 +1082,13 @@ def analyse(cfg: ClusterConfig, build: Build) -> dict[str, Any]:
     cuobjdump, nvdisasm = cuda_tool("cuobjdump"), cuda_tool("nvdisasm")
     if cuobjdump is None or nvdisasm is None:
         raise RuntimeError("the cluster tier's report needs cuobjdump and nvdisasm (beside nvcc, or Triton's copies)")
+    from .report.sass import ptxas_spills, resource_usage, sass_instructions
+
     res = subprocess.run([cuobjdump, "-res-usage", str(build.path)], capture_output=True, text=True, check=True).stdout
     sass = subprocess.run([nvdisasm, "-c", str(build.path)], capture_output=True, text=True, check=True).stdout
-    usage = {m.group(1): tuple(map(int, m.groups()[1:])) for m in _RES_USAGE.finditer(res)}
-    if KERNEL_NAME.decode() not in usage:
-        raise RuntimeError(f"cuobjdump -res-usage shows no {KERNEL_NAME.decode()} in {build.path}")
-    regs, stack, static_shared, local = usage[KERNEL_NAME.decode()]
-    spills = _PTXAS_SPILLS.search(build.ptxas_log)
-    spill_stores, spill_loads = (int(spills.group(2)), int(spills.group(3))) if spills else (None, None)
-    ops = [op for _, op, _ in sass_loops(sass)[0]]
+    regs, stack, static_shared, local = resource_usage(res, KERNEL_NAME.decode())
+    spill_stores, spill_loads = ptxas_spills(build.ptxas_log)
+    ops = [op for _, op, _ in sass_instructions(sass)[0]]
     return dict(
         registers=regs,
         stack_bytes=stack,

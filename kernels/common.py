@@ -288,6 +288,24 @@ def final_gradients(res: BackwardResult, grads) -> BackwardResult:
     return res
 
 
+def run_forward(launch: Launch | None, res: ForwardResult, call) -> ForwardResult:
+    """Run a tier's forward ``launch`` into ``res`` (its ``forward_launch``'s pair); ``None``: an
+    empty call, whose final states are ``call``'s initial ones."""
+    if launch is None:
+        return initial_states(res, call.h0, call.c0)
+    launch.run()
+    return res
+
+
+def run_backward(launch: Launch | None, res: BackwardResult, grads) -> BackwardResult:
+    """Run a tier's backward ``launch`` into ``res`` (its ``backward_launch``'s pair); ``None``: an
+    empty call, whose initial states' gradients are the final states' ones."""
+    if launch is None:
+        return final_gradients(res, grads)
+    launch.run()
+    return res
+
+
 # ---------------------------------------------------------------------------------------------
 # host helpers
 

@@ -120,7 +120,9 @@ def _code_tokens(text: str, node: ast.FunctionDef) -> str:
     prev_word = False
     for tok in tokenize.generate_tokens(io.StringIO(textwrap.dedent("".join(lines))).readline):
         line = tok.start[0] + first - 1
-        if tok.type in skip or (doc is not None and doc.lineno <= line <= doc.end_lineno and tok.type == tokenize.STRING):
+        if tok.type in skip or (
+            doc is not None and doc.lineno <= line <= doc.end_lineno and tok.type == tokenize.STRING
+        ):
             continue
         word = tok.type in (tokenize.NAME, tokenize.NUMBER)
         out.append((" " if word and prev_word else "") + tok.string)

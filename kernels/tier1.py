@@ -48,9 +48,7 @@ from .common import (
     backward_step_inputs,
     check_params,
     element_size,
-    final_gradients,
     flags,
-    initial_states,
     load_gates,
     load_split,
     mm,
@@ -58,6 +56,8 @@ from .common import (
     pow2,
     precision,
     row_major,
+    run_backward,
+    run_forward,
     store_saved,
     strides,
     time_index,
@@ -661,11 +661,7 @@ def recurrent_fwd(call: RecurrenceCall, gx: torch.Tensor, cfg: Tier1Config) -> F
         res = recurrent_fwd(call, gx, tier1_config("RNN_TANH", 8, 0, gx.dtype))
     """
     _runtime.check_device(gx.device)
-    launch, res = forward_launch(call, gx, cfg)
-    if launch is None:
-        return initial_states(res, call.h0, call.c0)
-    launch.run()
-    return res
+    return run_forward(*forward_launch(call, gx, cfg), call)
 
 
 def backward_launch(call: RecurrenceCall, grads: Gradients, cfg: Tier1Config) -> tuple[Launch | None, BackwardResult]:
@@ -723,11 +719,7 @@ def recurrent_bwd(call: RecurrenceCall, grads: Gradients, cfg: Tier1Config) -> B
     share of the parameters' gradient (the caller sums it).  Gradients are in fp32 (fp64 for
     fp64 inputs); weight gradients are left to the caller's GEMMs.
     """
-    launch, res = backward_launch(call, grads, cfg)
-    if launch is None:
-        return final_gradients(res, grads)
-    launch.run()
-    return res
+    return run_backward(*backward_launch(call, grads, cfg), grads)
 
 
 def _config(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype, kernel: str, smem_bytes: int | None,

@@ -47,8 +47,15 @@ struct AFrags {
   V4 r[CF::MTW][CF::KREG > 0 ? CF::KREG : 1];
 };
 
+// The start of both passes: thread 0 sets up the exchange's two mbarriers, then the CTA loads its
+// rows of W_hh as A fragments, into registers and (past KREG k-steps) shared memory.
 template <class CF, class HW>
-FR_FN void load_weights(HW& hw, const Smem<CF>& sm, const u16* w, int rank, int tid, AFrags<CF>& a) {
+FR_FN void start_cta(HW& hw, const Smem<CF>& sm, const u16* w, int rank, int tid, AFrags<CF>& a) {
+  if (tid == 0) {
+    hw.mbar_init(sm.bar(0), 1);
+    hw.mbar_init(sm.bar(1), 1);
+    hw.fence_mbar_init();
+  }
   const int lane = tid & 31, warp = tid >> 5;
 #pragma unroll
   for (int mt = 0; mt < CF::MTW; ++mt) {
@@ -228,13 +235,8 @@ FR_FN void forward_body(const Params& p, HW& hw) {
   const int T = p.T, B = p.B;
   const bool reverse = p.reverse != 0;
 
-  if (tid == 0) {
-    hw.mbar_init(sm.bar(0), 1);
-    hw.mbar_init(sm.bar(1), 1);
-    hw.fence_mbar_init();
-  }
   AFrags<CF> a;
-  load_weights<CF>(hw, sm, p.w, rank, tid, a);
+  start_cta<CF>(hw, sm, p.w, rank, tid, a);
   // h_{-1} (h0 or zeros) of the whole tile into buffer 0: the first step needs no exchange
   for (int e = tid; e < CF::BT * H; e += CF::NTHREADS) {
     const int b = e / H, k = e % H, row = tile * CF::BT + b;
@@ -338,13 +340,8 @@ FR_FN void backward_body(const Params& p, HW& hw) {
   const int T = p.T, B = p.B;
   const bool reverse = p.reverse != 0;
 
-  if (tid == 0) {
-    hw.mbar_init(sm.bar(0), 1);
-    hw.mbar_init(sm.bar(1), 1);
-    hw.fence_mbar_init();
-  }
   AFrags<CF> a;
-  load_weights<CF>(hw, sm, p.w, rank, tid, a);
+  start_cta<CF>(hw, sm, p.w, rank, tid, a);
 
   float dh[PP], dc[PP], h_init[PP], c_init[PP];
   float dhd1[PP], dcp1[PP];  // the finished step's direct dh and dc_{t-1}

@@ -37,6 +37,15 @@ def missing_tools() -> list[str]:
     return [name for name in ("ptxas", "cuobjdump", "nvdisasm") if nvidia_tool(name) is None]
 
 
+def resource_usage(res_usage: str, kernel_name: str) -> tuple[int, int, int, int]:
+    """``(registers, stack bytes, static shared bytes, local bytes)`` of ``kernel_name`` from
+    ``cuobjdump -res-usage`` output."""
+    usage = {m.group(1): tuple(map(int, m.groups()[1:])) for m in _RES_USAGE.finditer(res_usage)}
+    if kernel_name not in usage:
+        raise RuntimeError(f"cuobjdump -res-usage shows no function {kernel_name}:\n{res_usage}")
+    return usage[kernel_name]
+
+
 def analyse_cubin(cubin: bytes, kernel_name: str) -> dict:
     """Registers, stack, static shared/local memory and SASS opcode counts of one cubin."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -47,10 +56,7 @@ def analyse_cubin(cubin: bytes, kernel_name: str) -> dict:
             [nvidia_tool("cuobjdump"), "-res-usage", path], capture_output=True, text=True, check=True
         ).stdout
         sass = subprocess.run([nvidia_tool("nvdisasm"), "-c", path], capture_output=True, text=True, check=True).stdout
-    usage = {m.group(1): m.groups()[1:] for m in _RES_USAGE.finditer(res)}
-    if kernel_name not in usage:
-        raise RuntimeError(f"cuobjdump -res-usage shows no function {kernel_name}:\n{res}")
-    regs, stack, static_shared, local = map(int, usage[kernel_name])
+    regs, stack, static_shared, local = resource_usage(res, kernel_name)
     ops, loop_local, loops = _sass_ops(sass)
     return dict(
         registers=regs,
@@ -63,12 +69,9 @@ def analyse_cubin(cubin: bytes, kernel_name: str) -> dict:
     )
 
 
-def _sass_ops(sass: str) -> tuple[dict[str, int], int, list[dict]]:
-    """Opcode counts of ``nvdisasm -c`` output, the local-memory instructions (LDL/STL) that sit
-    inside a loop (between a backward branch and its target, e.g. the time loop), and the loops:
-    ``[{"start", "end", "mma"}]`` with the tensor-core instructions of each loop's own body
-    (nested loops' instructions not included)."""
-    ops: dict[str, int] = {}
+def sass_instructions(sass: str) -> tuple[list[tuple[int, str, str]], list[tuple[int, int]]]:
+    """``nvdisasm -c`` output as ``[(address, opcode, operands)]`` and its loops: the sorted
+    ``(start, end)`` address ranges from each backward branch to its target."""
     labels: dict[str, int] = {}
     insts: list[tuple[int, str, str]] = []
     pending: list[str] = []
@@ -81,13 +84,23 @@ def _sass_ops(sass: str) -> tuple[dict[str, int], int, list[dict]]:
                 labels[label] = addr
             pending.clear()
             insts.append((addr, m.group(2), m.group(3)))
-            ops[m.group(2)] = ops.get(m.group(2), 0) + 1
-    loops = []
+    loops = set()
     for addr, op, rest in insts:
         if op == "BRA" and (t := _SASS_BRANCH_TARGET.search(rest)) and labels.get(t.group(1), addr + 1) <= addr:
-            loops.append((labels[t.group(1)], addr))
+            loops.add((labels[t.group(1)], addr))
+    return insts, sorted(loops)
+
+
+def _sass_ops(sass: str) -> tuple[dict[str, int], int, list[dict]]:
+    """Opcode counts of ``nvdisasm -c`` output, the local-memory instructions (LDL/STL) that sit
+    inside a loop (between a backward branch and its target, e.g. the time loop), and the loops:
+    ``[{"start", "end", "mma"}]`` with the tensor-core instructions of each loop's own body
+    (nested loops' instructions not included)."""
+    insts, loops = sass_instructions(sass)
+    ops: dict[str, int] = {}
+    for _, op, _ in insts:
+        ops[op] = ops.get(op, 0) + 1
     loop_local = sum(1 for addr, op, _ in insts if op in ("LDL", "STL") and any(a <= addr <= b for a, b in loops))
-    loops = sorted(set(loops))
     info = []
     for a, b in loops:
         inner = [(c, d) for c, d in loops if a <= c and d <= b and (c, d) != (a, b)]
