@@ -234,6 +234,7 @@ def row_floors(cost: Cost, machine: dict[str, Any], dtype: str) -> dict[str, Any
 # The grid barrier probe.  It runs in a child process (``python -m benchmarks.floors
 # --grid-sync``) so that a barrier which cannot complete is killed by a timeout.
 
+
 def _grid_sync_kernel():
     """The probe kernels (:mod:`benchmarks.step_probes`, imported here: Triton only on demand)."""
     from . import step_probes

@@ -243,8 +243,11 @@ def write_summary(out: Path, env: dict, records: list[dict]) -> str:
         "",
         "| step | status | seconds | passed | failed | errors | result | what |",
         "|---|---|---|---|---|---|---|---|",
-        *[f"| {r['name']} | {r['status']} | {r['seconds']} | {_count(r, 'passed')} | {_count(r, 'failed')} | "
-          f"{_count(r, 'errors')} | {r['result']} | {r['what']} |" for r in records],  # fmt: skip
+        *[
+            f"| {r['name']} | {r['status']} | {r['seconds']} | {_count(r, 'passed')} | {_count(r, 'failed')} | "
+            f"{_count(r, 'errors')} | {r['result']} | {r['what']} |"
+            for r in records
+        ],  # fmt: skip
         "",
         "Logs: " + ", ".join(f"`{r['log']}`" for r in records) + "; benchmark results in `bench-quick/`.",
     ]

@@ -395,8 +395,7 @@ def test_gpu_check_counts_failures_and_errors_apart(tmp_path):
 
     xml = tmp_path / "t.xml"
     xml.write_text(
-        '<testsuites><testsuite name="pytest" tests="10" failures="2" errors="3" skipped="1">'
-        "</testsuite></testsuites>"
+        '<testsuites><testsuite name="pytest" tests="10" failures="2" errors="3" skipped="1"></testsuite></testsuites>'
     )
     assert gpu_check.junit_counts(xml) == dict(tests=10, failed=2, errors=3, skipped=1, passed=4)
     step = gpu_check.Step("t", [sys.executable, "-c", "print('x')", "--junitxml", str(xml)], 30)
