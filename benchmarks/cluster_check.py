@@ -125,13 +125,20 @@ def tests_step(out: Path, root: Path, limit_s: float = TESTS_S) -> dict[str, Any
     return rec
 
 
-def verify_step(tests: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
+def verify_step(tests: dict[str, Any], env: dict[str, Any], out: Path | None = None) -> dict[str, Any]:
+    """Write the verification record when the tests passed; a copy of the file goes to ``out`` (the
+    results folder, which is what comes back from a remote GPU: commit it as
+    ``kernels/verified.json``)."""
+    import shutil
+
     from fastrnn.kernels import cluster
 
     if tests["status"] != "passed":
         return dict(name="verify", status="skipped", seconds=0.0, result="the tests did not pass: no record written")
     record = cluster.record_verification(0, torch=env.get("torch"), cuda=env.get("cuda"), driver=env.get("driver"),
                                          commit=env.get("commit"))  # fmt: skip
+    if out is not None:
+        shutil.copy(cluster.VERIFIED_PATH, out / "verified.json")
     return dict(name="verify", status="passed", seconds=0.0,
                 result=f"kernels/verified.json: {record['gpu']} {record['capability']} {record['kernel_hash']}")  # fmt: skip
 
@@ -285,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"[tests] {tests['status']} in {tests['seconds']} s: {tests['result']} {tests.get('why', '')}", flush=True
         )
-        records.append(verify_step(tests, env))
+        records.append(verify_step(tests, env, out))
         print(f"[verify] {records[-1]['status']}: {records[-1]['result']}", flush=True)
     if "bench" in steps:
         limit = max(20.0, min(BENCH_S, left() - 5))
