@@ -71,6 +71,7 @@ et al. 2016; haste's per-step ``(B, H)`` mask ``zm``): ``h_t = h + zm (m - h)`` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -282,32 +283,15 @@ def _gru_backward(dm, dc, saved, h_new, h_prev, c_prev):
     return (dr, dz, dn), (dr, dz, dn * r), dm * z, dc
 
 
-RNN_TANH = register(
-    Cell(
-        "RNN_TANH",
-        "RNN",
-        ("h",),
-        (),
-        _rnn_tanh_forward,
-        _rnn_tanh_backward,
-        reads=frozenset({"h_new"}),
-        twin=nn.RNN,
-        twin_kwargs={"nonlinearity": "tanh"},
-    )  # fmt: skip
-)
-RNN_RELU = register(
-    Cell(
-        "RNN_RELU",
-        "RNN",
-        ("h",),
-        (),
-        _rnn_relu_forward,
-        _rnn_relu_backward,
-        reads=frozenset({"h_new"}),
-        twin=nn.RNN,
-        twin_kwargs={"nonlinearity": "relu"},
-    )  # fmt: skip
-)
+def _rnn(nonlinearity: str, forward: Callable, backward: Callable) -> Cell:
+    """Register ``torch.nn.RNN``'s cell of ``nonlinearity``."""
+    cell = Cell(f"RNN_{nonlinearity.upper()}", "RNN", ("h",), (), forward, backward, reads=frozenset({"h_new"}),
+                twin=nn.RNN, twin_kwargs={"nonlinearity": nonlinearity})  # fmt: skip
+    return register(cell)
+
+
+RNN_TANH = _rnn("tanh", _rnn_tanh_forward, _rnn_tanh_backward)
+RNN_RELU = _rnn("relu", _rnn_relu_forward, _rnn_relu_backward)
 LSTM = register(
     Cell(
         "LSTM",

@@ -158,17 +158,29 @@ enum { CELL_RNN_TANH = 0, CELL_RNN_RELU = 1, CELL_LSTM = 2, CELL_GRU = 3 };
 template <int CELL>
 struct Cell;
 
-template <>
-struct Cell<CELL_RNN_TANH> {
+// The plain RNN cells: m = act(x W_ih^T + h W_hh^T), act tanh or relu; no cell state, nothing saved
+// but h_new.
+template <int CELL>
+struct RnnCell {
   static constexpr int G = 1, S = 0, INNER = -1;
   static constexpr bool HAS_C = false, READ_H_NEW = true, READ_H_PREV = false;
   FR_FN static void forward(const float* px, const float* ph, float h, float c, float& m, float& c_new, float* sv) {
-    m = fr_tanh(px[0] + ph[0]);
+    const float v = px[0] + ph[0];
+    if constexpr (CELL == CELL_RNN_TANH) {
+      m = fr_tanh(v);
+    } else {
+      m = v > 0.0f ? v : 0.0f;
+    }
     c_new = c;
   }
   FR_FN static void backward(float dm, float dc, const float* sv, float h_new, float h_prev, float c_prev,
                              float* d_px, float* d_ph, float& dh_direct, float& dc_prev) {
-    const float d = dm * (1.0f - h_new * h_new);
+    float d;
+    if constexpr (CELL == CELL_RNN_TANH) {
+      d = dm * (1.0f - h_new * h_new);
+    } else {
+      d = h_new > 0.0f ? dm : 0.0f;
+    }
     d_px[0] = d;
     d_ph[0] = d;
     dh_direct = 0.0f;
@@ -177,23 +189,10 @@ struct Cell<CELL_RNN_TANH> {
 };
 
 template <>
-struct Cell<CELL_RNN_RELU> {
-  static constexpr int G = 1, S = 0, INNER = -1;
-  static constexpr bool HAS_C = false, READ_H_NEW = true, READ_H_PREV = false;
-  FR_FN static void forward(const float* px, const float* ph, float h, float c, float& m, float& c_new, float* sv) {
-    const float v = px[0] + ph[0];
-    m = v > 0.0f ? v : 0.0f;
-    c_new = c;
-  }
-  FR_FN static void backward(float dm, float dc, const float* sv, float h_new, float h_prev, float c_prev,
-                             float* d_px, float* d_ph, float& dh_direct, float& dc_prev) {
-    const float d = h_new > 0.0f ? dm : 0.0f;
-    d_px[0] = d;
-    d_ph[0] = d;
-    dh_direct = 0.0f;
-    dc_prev = dc;
-  }
-};
+struct Cell<CELL_RNN_TANH> : RnnCell<CELL_RNN_TANH> {};
+
+template <>
+struct Cell<CELL_RNN_RELU> : RnnCell<CELL_RNN_RELU> {};
 
 template <>
 struct Cell<CELL_LSTM> {

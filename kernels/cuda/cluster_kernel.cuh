@@ -50,7 +50,8 @@ struct AFrags {
 // The start of both passes: thread 0 sets up the exchange's two mbarriers, then the CTA loads its
 // rows of W_hh as A fragments, into registers and (past KREG k-steps) shared memory.
 template <class CF, class HW>
-FR_FN void start_cta(HW& hw, const Smem<CF>& sm, const u16* w, int rank, int tid, AFrags<CF>& a) {
+FR_FN AFrags<CF> start_cta(HW& hw, const Smem<CF>& sm, const u16* w, int rank, int tid) {
+  AFrags<CF> a;
   if (tid == 0) {
     hw.mbar_init(sm.bar(0), 1);
     hw.mbar_init(sm.bar(1), 1);
@@ -70,6 +71,18 @@ FR_FN void start_cta(HW& hw, const Smem<CF>& sm, const u16* w, int rank, int tid
       sm.wsm()[wsm_index<CF>(wp, mt, kk, ln)] = load_a_frag<CF>(w, rank, wp, ln, mt, CF::KREG + kk);
     }
   }
+  return a;
+}
+
+// Pair j of thread tid (pair_of) as the batch row and hidden unit it stands for; false where the
+// thread has no pair j or its row is past the batch.
+template <class CF>
+FR_FN bool pair_in_batch(int tid, int j, int rank, int tile, int B, int& row, int& unit) {
+  int u, b;
+  const bool mine = pair_of<CF>(tid, j, u, b);
+  row = tile * CF::BT + b;
+  unit = rank * CF::U + u;
+  return mine && row < B;
 }
 
 // The warp's share of "A @ v^T" (v: [BT][LDV] 16-bit in shared memory), summed into partial-sum
@@ -235,8 +248,7 @@ FR_FN void forward_body(const Params& p, HW& hw) {
   const int T = p.T, B = p.B;
   const bool reverse = p.reverse != 0;
 
-  AFrags<CF> a;
-  start_cta<CF>(hw, sm, p.w, rank, tid, a);
+  const AFrags<CF> a = start_cta<CF>(hw, sm, p.w, rank, tid);
   // h_{-1} (h0 or zeros) of the whole tile into buffer 0: the first step needs no exchange
   for (int e = tid; e < CF::BT * H; e += CF::NTHREADS) {
     const int b = e / H, k = e % H, row = tile * CF::BT + b;
@@ -248,10 +260,8 @@ FR_FN void forward_body(const Params& p, HW& hw) {
   u16 px_next[PP][G];
 #pragma unroll
   for (int j = 0; j < PP; ++j) {
-    int u, b;
-    const bool mine = pair_of<CF>(tid, j, u, b);
-    const int row = tile * CF::BT + b, unit = rank * U + u;
-    const bool valid = mine && row < B;
+    int row, unit;
+    const bool valid = pair_in_batch<CF>(tid, j, rank, tile, B, row, unit);
     len[j] = valid ? (p.lengths != nullptr ? p.lengths[row] : (i64)T) : 0;
     h[j] = (valid && p.h0 != nullptr) ? to_f32<DT>(p.h0[(i64)row * p.s_h0_b + unit]) : 0.0f;
     c[j] = (valid && CellT::HAS_C && p.c0 != nullptr) ? to_f32<DT>(p.c0[(i64)row * p.s_c0_b + unit]) : 0.0f;
@@ -311,10 +321,8 @@ FR_FN void forward_body(const Params& p, HW& hw) {
   }
 #pragma unroll
   for (int j = 0; j < PP; ++j) {
-    int u, b;
-    if (!pair_of<CF>(tid, j, u, b)) continue;
-    const int row = tile * CF::BT + b, unit = rank * U + u;
-    if (row >= B) continue;
+    int row, unit;
+    if (!pair_in_batch<CF>(tid, j, rank, tile, B, row, unit)) continue;
     p.h_n[(i64)row * H + unit] = to_storage<DT>(h[j]);
     if (CellT::HAS_C) p.c_n[(i64)row * H + unit] = to_storage<DT>(c[j]);
   }
@@ -340,8 +348,7 @@ FR_FN void backward_body(const Params& p, HW& hw) {
   const int T = p.T, B = p.B;
   const bool reverse = p.reverse != 0;
 
-  AFrags<CF> a;
-  start_cta<CF>(hw, sm, p.w, rank, tid, a);
+  const AFrags<CF> a = start_cta<CF>(hw, sm, p.w, rank, tid);
 
   float dh[PP], dc[PP], h_init[PP], c_init[PP];
   float dhd1[PP], dcp1[PP];  // the finished step's direct dh and dc_{t-1}
@@ -352,10 +359,8 @@ FR_FN void backward_body(const Params& p, HW& hw) {
   float ld_sv[PP][SV], ld_cprev[PP];
 #pragma unroll
   for (int j = 0; j < PP; ++j) {
-    int u, b;
-    const bool mine = pair_of<CF>(tid, j, u, b);
-    const int row = tile * CF::BT + b, unit = rank * U + u;
-    const bool valid = mine && row < B;
+    int row, unit;
+    const bool valid = pair_in_batch<CF>(tid, j, rank, tile, B, row, unit);
     len[j] = valid ? (p.lengths != nullptr ? p.lengths[row] : (i64)T) : 0;
     dh[j] = valid ? to_f32<DT>(p.d_hn[(i64)row * p.s_dhn_b + unit]) : 0.0f;
     dc[j] = (valid && CellT::HAS_C && p.d_cn != nullptr) ? to_f32<DT>(p.d_cn[(i64)row * p.s_dcn_b + unit]) : 0.0f;
@@ -443,10 +448,8 @@ FR_FN void backward_body(const Params& p, HW& hw) {
   }
 #pragma unroll
   for (int j = 0; j < PP; ++j) {
-    int u, b;
-    if (!pair_of<CF>(tid, j, u, b)) continue;
-    const int row = tile * CF::BT + b, unit = rank * U + u;
-    if (row >= B) continue;
+    int row, unit;
+    if (!pair_in_batch<CF>(tid, j, rank, tile, B, row, unit)) continue;
     p.d_h0[(i64)row * H + unit] = dh[j];
     if (CellT::HAS_C) p.d_c0[(i64)row * H + unit] = dc[j];
   }
