@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TERMS",
         help="keep rows matching every term: a substring of the row key "
         "(rnn/LSTM/fp16/B16/H768/T1024/L1/uni/dense/fwd) or FIELD=V[,V..], FIELD!=V, FIELD<V, "
-        "FIELD>=V... over kind cell dtype B H T layers bidir packed mode; repeatable",
+        "FIELD>=V... over kind cell dtype B H T layers bidir packed run; repeatable",
     )
     g.add_argument("--providers", help="comma list of providers (default: the suite's): " + ", ".join(PROVIDER_LABELS))
     g.add_argument(
@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--report-only", action="store_true", help="rebuild reports and plot from --out/rows.jsonl")
     g.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     g.add_argument("--no-host-overhead", action="store_true",
-                   help="CPU: skip the host time per call rows (python -m benchmarks.host_overhead)")  # fmt: skip
+                   help="CPU: skip the host time per call rows (python -m benchmarks.host_overhead) that end a "
+                        "run of the whole grid (a run with --filter or --limit has none)")  # fmt: skip
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     g.add_argument("--quiet", action="store_true", help="print only the summary lines, not the tables")
     return ap
@@ -607,7 +608,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     doc = store.document()
     plots = [] if args.no_plot else _plot(out, doc)
     _print_report(doc, out, args.quiet, plots)
-    if suite.name == "cpu" and not stopped and not args.no_host_overhead:
+    whole_grid = not (args.filter or args.limit)
+    if suite.name == "cpu" and whole_grid and not stopped and not args.no_host_overhead:
         print(host_overhead(out))
     if stopped:
         print(f"stopped early: {stopped}")
