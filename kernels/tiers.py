@@ -225,11 +225,12 @@ def choose_tier(mode: str, hidden_size: int, proj_size: int, dtype: torch.dtype,
         if not tier.automatic:
             continue
         why = tier_unsupported(number, mode, hidden_size, proj_size, dtype, interpreted, device)
+        record = ""
         if why is None and tier.verified is not None:
-            ok, said = tier.verified(device)
-            why = None if ok else f"{said} (it runs when forced: FASTRNN_TIER={number})"
+            ok, record = tier.verified(device)
+            why = None if ok else f"{record} (it runs when forced: FASTRNN_TIER={number})"
         if why is None:
-            said = tier.describe(mode, hidden_size, proj_size, dtype)
+            said = tier.describe(mode, hidden_size, proj_size, dtype) + (f" ({record})" if record else "")
             return number, f"{said}: {'; '.join(reasons)}" if reasons else said
         reasons.append(why)
     return None, "; ".join(reasons)
