@@ -32,6 +32,7 @@ def format_table(rows: Sequence[dict], markdown: bool = False) -> str:
         "smem KiB",
         "TC",
         "step mma/bar",
+        "CTA waits/step",
         "loop loads (ahead)",
         "est us/step",
         "compile s",
@@ -45,7 +46,7 @@ def format_table(rows: Sequence[dict], markdown: bool = False) -> str:
             lines.append(
                 base
                 + [r.get("block_b", "-"), r.get("num_warps", "-"), _kib(wbytes)]
-                + ["-"] * 10
+                + ["-"] * 11
                 + [f"ERROR {r['error'][:100]}"]
             )
             continue
@@ -73,6 +74,7 @@ def format_table(rows: Sequence[dict], markdown: bool = False) -> str:
                 _kib(r["shared_bytes"]),
                 tc,
                 f"{r.get('step_mma', '-')}/{r.get('step_bars', '-')}",
+                _waits(r),
                 f"{r.get('loop_loads', '-')} ({r.get('loads_ahead', '-')})",
                 r.get("est_us", "-"),
                 f"{r['compile_s']:.1f}",
@@ -89,6 +91,14 @@ def format_table(rows: Sequence[dict], markdown: bool = False) -> str:
     out.append("  ".join("-" * w for w in widths))
     out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in cells]
     return "\n".join(out)
+
+
+def _waits(r: dict) -> str:
+    """What a step waits for from other CTAs: grid barriers (tiers 2/3) or, in a cluster, mbarrier
+    waits and cluster barriers read from the SASS (``"1+0"``)."""
+    if "waits_per_step" in r:
+        return f"{r['waits_per_step']}+{r.get('cluster_barriers_per_step', 0)} (cluster)"
+    return f"{r.get('step_barriers', 0)} (grid)" if r.get("step_barriers") else "0"
 
 
 #: What :func:`compare` checks per config: lower is better for each.
