@@ -19,7 +19,7 @@ the compile step leaves).
 The folder (default ``benchmarks/results/<gpu>-cluster-<date>/``) gets the logs, ``report.md``,
 ``bench.json``/``bench.md`` and ``summary.md``.  The exit status is 0 when every step passed.
 
-Example (on the GPU machine, from the repository root)::
+Example (on a machine with the GPU, from the repository root)::
 
     pip install --no-deps --no-build-isolation -e . && python -m benchmarks.cluster_check
 """

@@ -28,7 +28,7 @@ commit and date, and per step its tests passed, failed and in error, apart.  The
 when every step passed.  ``--part 1`` runs steps 1-4 (about 9 minutes), ``--part 2`` steps 5-7
 (about 6 minutes); no ``--part``: all of them.
 
-Example (on the GPU machine, from the repository root)::
+Example (on a machine with the GPU, from the repository root)::
 
     pip install --no-deps --no-build-isolation -e .
     python -m benchmarks.gpu_check --part 1 && python -m benchmarks.gpu_check --part 2

@@ -35,7 +35,7 @@ from helpers import _tensors, assert_same_structure, device
 def _expecttest_or_shim() -> None:
     """torch's test helpers import ``expecttest`` (the ``test`` extra installs it) only to derive
     their ``TestCase`` from ``expecttest.TestCase``; ``module_db`` uses none of its features.  A
-    machine that cannot install it (a GPU machine without network) gets a stand-in whose
+    machine that cannot install it (one without network access) gets a stand-in whose
     ``TestCase`` is ``unittest.TestCase``, so the cases still run there on the compiled kernels."""
     try:
         import expecttest  # noqa: F401
