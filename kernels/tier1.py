@@ -545,7 +545,8 @@ def tier1_config(
     * ``"ieee"`` (FMA dots): above 48 KiB, RNN (H = 128) 16 warps with K split in two (K-long
       rows per thread spill otherwise), LSTM (H = 64) 8 warps; LN_LSTM from 16 KiB 16 warps
       (triton 3.9's LLVM aborts building its backward at 8);
-    * ``"tf32"`` (one tensor-core product): as IEEE, unsplit (split in two, triton 3.6 spills);
+    * ``"tf32"`` (one tensor-core product): as IEEE, unsplit (split in two, triton 3.6 spills),
+      but LN_LSTM from 16 KiB at 8 warps (its backward spills at 16);
     * ``"tf32x3"`` (three tensor-core products on split operands, about twice TF32's live operand
       registers): RNN H = 128 and every gated cell from 16 KiB at 8 warps, unsplit (16 warps cap
       a thread at 128 registers: the RNN spills there), LN_LSTM at 8 (clean, no abort); a
@@ -570,9 +571,9 @@ def tier1_config(
     if cell.extended:  # more per-step state (layer-norm cells: 4 warps spill at H = 15)
         num_warps = max(num_warps, 8)
         if dtype == torch.float32 and cell.has_cell_state and nbytes >= 16 * 1024:
-            # LN_LSTM: the IEEE backward at 8 warps aborts triton 3.9's LLVM; tf32x3 spills at 16
-            # (kernels/NOTES.md, "Layer-norm cells")
-            num_warps = 8 if x3 else 16
+            # LN_LSTM: the IEEE backward at 8 warps aborts triton 3.9's LLVM; the tensor-core dots
+            # (tf32, tf32x3) spill at 16 (kernels/NOTES.md, "Layer-norm cells")
+            num_warps = 16 if precision == "ieee" else 8
     if x3 and proj_size and block_h >= 32:
         block_p = max(block_p, 32)
     return Tier1Config(16, block_h, block_p, num_warps, split_k)
