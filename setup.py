@@ -18,9 +18,13 @@ setup(
     long_description=Path("README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["fastrnn", "fastrnn.kernels", "fastrnn.kernels.report"],
+    # every package folder (tests/test_readme.py checks a built wheel against the tree)
+    packages=["fastrnn", "fastrnn.seq2seq", "fastrnn.kernels", "fastrnn.kernels.report"],
     package_dir={"fastrnn": "fastrnn", "fastrnn.kernels": "kernels", "fastrnn.kernels.report": "kernels/report"},
-    package_data={"fastrnn": ["auto_table.json"], "fastrnn.kernels": ["releases.json", "verified.json", "cuda/*"]},
+    package_data={
+        "fastrnn": ["auto_table.json"],
+        "fastrnn.kernels": ["releases.json", "verified.json", "cuda/*", "NOTES.md"],
+    },
     install_requires=[
         "torch>=2.11",
         "triton>=3.6",

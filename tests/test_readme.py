@@ -104,6 +104,37 @@ def test_tier_limits_table_is_generated():
     )
 
 
+def test_the_wheel_holds_every_module_and_data_file(tmp_path):
+    """A built wheel (what ``pip install .`` installs) holds every module of ``fastrnn/`` and
+    ``kernels/`` (as ``fastrnn/kernels/``) and the data they read.  Kills: a package folder left
+    out of setup.py's list (``fastrnn.seq2seq`` once was: ``python -m fastrnn`` then failed on
+    import in a regular install)."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"  # a clean copy: a build/ folder left in the checkout would leak into the wheel
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("fastrnn", "kernels"):
+        shutil.copytree(ROOT / name, src / name, ignore=skip)
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path), str(src)], capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    (wheel,) = tmp_path.glob("fastrnn-*.whl")
+    held = set(zipfile.ZipFile(wheel).namelist())
+    shim = ROOT / "fastrnn" / "kernels"  # the source checkout's alias of kernels/, not installed
+    expected = {p.relative_to(ROOT).as_posix() for p in (ROOT / "fastrnn").rglob("*.py") if shim not in p.parents}
+    expected |= {"fastrnn/" + p.relative_to(ROOT).as_posix() for p in (ROOT / "kernels").rglob("*.py")}
+    expected |= {"fastrnn/auto_table.json", "fastrnn/kernels/releases.json", "fastrnn/kernels/verified.json"}
+    expected |= {
+        "fastrnn/kernels/" + p.relative_to(ROOT / "kernels").as_posix() for p in (ROOT / "kernels" / "cuda").iterdir()
+    }
+    assert not expected - held, sorted(expected - held)
+
+
 def test_the_drop_in_snippet_runs_beside_a_folder_named_fastrnn(tmp_path):
     """The README's drop-in example, run by a user from the folder that holds a clone (a folder
     named ``fastrnn`` beside the current directory), imports the installed package, not that
